@@ -1,0 +1,3 @@
+"""cnetd: the CNET Agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from cnetd.cli import main
+
+raise SystemExit(main())

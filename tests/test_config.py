@@ -1,0 +1,430 @@
+"""cnetd.config: real files in tmp_path, every error kind, env overrides, docs kept honest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnetd.config import (
+    AgentSection,
+    Config,
+    ConfigError,
+    PortRange,
+    ResourceLimits,
+    TasksSection,
+    default_config,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+
+ORIGINAL = """\
+agent: {address: "0.0.0.0", port: 8080, node_id: "discovery-server", node_name: "Discovery Server", region: "default", datacenter: "dc1", heartbeat: "30s"}
+logging: {level: "info", format: "json"}
+discovery: {enabled: true, servers: [], timeout: "5s", retry: 3}
+resources: {cpu: true, memory: true, disk: true, network: true, interval: "10s"}
+tasks: {max_concurrent: 10, timeout: "5m", cleanup: true}
+ml:
+  enabled: true
+  engines: ["python", "tensorflow", "pytorch"]
+  default_engine: "python"
+  model_path: "./models"
+  script_path: "./examples/ml_models"
+  port_range: {start: 9000, end: 9100}
+  resource_limits: {cpu_limit: 1.0, memory_limit: 536870912, disk_limit: 1073741824, gpu_limit: 0}
+  timeout: "30s"
+"""
+
+NO_ENV: dict[str, str] = {}
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    return load_config(write(tmp_path, text), environ=NO_ENV if environ is None else environ)
+
+
+def error_of(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text, environ)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "")
+    assert cfg.warnings == ()
+    assert cfg.source == tmp_path / "config.yaml"
+    assert cfg.agent == AgentSection(
+        address="127.0.0.1",
+        port=8080,
+        node_id="",
+        node_name=socket.gethostname(),
+        region="default",
+        datacenter="dc1",
+        heartbeat=30.0,
+        state_dir=tmp_path / "state",
+    )
+    assert (cfg.logging.level, cfg.logging.format) == ("info", "text")
+    assert (cfg.discovery.enabled, cfg.discovery.servers, cfg.discovery.timeout, cfg.discovery.retry) == (
+        False,
+        (),
+        5.0,
+        3,
+    )
+    assert cfg.resources.interval == 10.0 and cfg.resources.cpu and cfg.resources.network
+    assert cfg.tasks == TasksSection(10, 300.0, True, "auto", 10.0, False)
+    assert cfg.ml.engines == ("python",) and cfg.ml.default_engine == "python"
+    assert cfg.ml.model_path == tmp_path / "state" / "models"
+    assert cfg.ml.script_path == tmp_path / "examples" / "ml_models"
+    assert cfg.ml.port_range == PortRange(9000, 9100)
+    assert cfg.ml.resource_limits == ResourceLimits(1.0, 536870912, 1073741824, 0)
+    assert cfg.ml.timeout == 30.0
+
+
+def test_comment_only_file_and_empty_sections_are_defaults(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "# nothing here\nagent:\ntasks: {}\n")
+    assert cfg == dataclasses.replace(default_config(tmp_path), source=tmp_path / "config.yaml")
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = default_config(tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.agent.port = 1  # type: ignore[misc]
+
+
+def test_default_config_overrides(tmp_path: Path) -> None:
+    cfg = default_config(tmp_path, state_dir=tmp_path / "s", tasks={"timeout": "5m", "sandbox": "none"})
+    assert cfg.agent.state_dir == tmp_path / "s"
+    assert cfg.ml.model_path == tmp_path / "s" / "models"
+    assert cfg.tasks.timeout == 300.0 and cfg.tasks.sandbox == "none"
+    agent = AgentSection(port=1234, state_dir=tmp_path / "a")
+    cfg = default_config(tmp_path, agent=agent)
+    assert cfg.agent.port == 1234 and cfg.ml.model_path == tmp_path / "a" / "models"
+    with pytest.raises(ConfigError, match="unknown key 'tasks.sandbx'; did you mean 'sandbox'"):
+        default_config(tmp_path, tasks={"sandbx": "none"})
+    with pytest.raises(TypeError):
+        default_config(tmp_path, taks={})
+
+
+# --------------------------------------------------------------------------- the original file
+
+
+def test_original_config_parses_without_warnings(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, ORIGINAL)
+    assert cfg.warnings == ()
+    assert cfg.agent.address == "0.0.0.0"
+    assert cfg.agent.node_id == "discovery-server"
+    assert cfg.agent.node_name == "Discovery Server"
+    assert cfg.agent.heartbeat == 30.0
+    assert cfg.logging.format == "json"
+    assert cfg.discovery.enabled is True and cfg.discovery.timeout == 5.0
+    assert cfg.resources.interval == 10.0
+    assert cfg.tasks.timeout == 300.0 and cfg.tasks.max_concurrent == 10
+    assert cfg.ml.engines == ("python", "tensorflow", "pytorch")
+    assert cfg.ml.model_path == tmp_path / "models"
+    assert cfg.ml.script_path == tmp_path / "examples" / "ml_models"
+    assert cfg.ml.resource_limits == ResourceLimits(1.0, 536870912, 1073741824, 0)
+    assert cfg.ml.timeout == 30.0
+
+
+def test_our_keys(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        "agent: {state_dir: /var/lib/cnet}\n"
+        "tasks: {sandbox: systemd, stop_grace: 2s, stop_on_exit: true, timeout: 0}\n"
+        "logging: {level: WARNING}\n"
+        "ml: {resource_limits: {memory_limit: 256MiB, disk_limit: 2GB, cpu_limit: 2}}\n",
+    )
+    assert cfg.warnings == ()
+    assert cfg.agent.state_dir == Path("/var/lib/cnet")
+    assert cfg.ml.model_path == Path("/var/lib/cnet/models")
+    assert (cfg.tasks.sandbox, cfg.tasks.stop_grace, cfg.tasks.stop_on_exit) == ("systemd", 2.0, True)
+    assert cfg.tasks.timeout is None
+    assert cfg.logging.level == "warn"
+    # a partial resource_limits keeps the defaults of the keys it leaves out
+    assert cfg.ml.resource_limits == ResourceLimits(2.0, 256 * 2**20, 2 * 10**9, 0)
+
+
+def test_null_timeout_and_null_limit(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "tasks: {timeout: null}\nml: {resource_limits: {memory_limit: null}}\n")
+    assert cfg.tasks.timeout is None
+    assert cfg.ml.resource_limits.memory_limit is None
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf_dir = tmp_path / "etc" / "cnet"
+    conf_dir.mkdir(parents=True)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = write(conf_dir, "agent: {state_dir: ../var}\nml: {script_path: scripts}\n")
+    cfg = load_config(Path("..") / "etc" / "cnet" / "config.yaml", environ=NO_ENV)
+    assert cfg.agent.state_dir == tmp_path / "etc" / "var"
+    assert cfg.ml.model_path == tmp_path / "etc" / "var" / "models"
+    assert cfg.ml.script_path == conf_dir / "scripts"
+    assert cfg.source == path
+    assert all(Path(p).is_absolute() for p in (cfg.agent.state_dir, cfg.ml.model_path, cfg.ml.script_path))
+
+
+def test_explicit_model_path_is_not_tied_to_state_dir(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "agent: {state_dir: st}\nml: {model_path: /srv/models}\n")
+    assert cfg.agent.state_dir == tmp_path / "st"
+    assert cfg.ml.model_path == Path("/srv/models")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "CNET_NODE_ID": "n-1",
+        "CNET_PORT": "9999",
+        "CNET_REGION": "eu",
+        "CNET_DATACENTER": "fra1",
+        "CNET_LOG_LEVEL": "DEBUG",
+        "CNET_ADDRESS": "0.0.0.0",
+        "CNET_STATE_DIR": "envstate",
+        "CNET_SANDBOX": "none",
+    }
+    cfg = load_text(tmp_path, "agent: {port: 8081, region: us}\n", env)
+    a = cfg.agent
+    assert (a.node_id, a.port, a.region, a.datacenter, a.address) == ("n-1", 9999, "eu", "fra1", "0.0.0.0")
+    assert a.state_dir == tmp_path / "envstate"
+    assert cfg.ml.model_path == tmp_path / "envstate" / "models"
+    assert cfg.logging.level == "debug"
+    assert cfg.tasks.sandbox == "none"
+
+
+def test_empty_env_value_is_unset(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "agent: {port: 8081}\n", {"CNET_PORT": ""}).agent.port == 8081
+
+
+def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CNET_REGION", "from-os")
+    assert load_config(write(tmp_path, "")).agent.region == "from-os"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("CNET_PORT", "abc", "environment: CNET_PORT: must be an integer in 1..65535, got 'abc'"),
+        ("CNET_PORT", "70000", "environment: CNET_PORT: must be an integer in 1..65535, got 70000"),
+        ("CNET_LOG_LEVEL", "loud", "environment: CNET_LOG_LEVEL: must be one of 'debug', 'info', 'warn', 'error', got 'loud'"),
+        ("CNET_SANDBOX", "docker", "environment: CNET_SANDBOX: must be one of 'auto', 'systemd', 'cgroup', 'none', got 'docker'"),
+    ],
+)
+def test_bad_env_value_names_the_variable(tmp_path: Path, var: str, value: str, message: str) -> None:
+    assert error_of(tmp_path, "", {var: value}) == message
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("config.yaml", environ=NO_ENV)
+    assert str(info.value) == "config.yaml: cannot read: No such file or directory"
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r": cannot read: Is a directory$"):
+        load_config(tmp_path, environ=NO_ENV)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("agent:\n  port: [8080\n", r"line \d+, column \d+: invalid YAML: expected ',' or ']'"),
+        ("agent: {port: 1}\n  bad: indent\n", r"line 2, column \d+: invalid YAML: "),
+        ("agent:\n\tport: 1\n", r"line 2, column 1: invalid YAML: found character '\\t'"),
+        ("agent:\n  port: 1\n  port: 2\n", r"line 3, column 3: invalid YAML: duplicate key 'port'"),
+    ],
+)
+def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -> None:
+    message = error_of(tmp_path, text)
+    assert message.startswith(str(tmp_path / "config.yaml") + ": line ")
+    assert re.search(pattern, message), message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- a\n- b\n", "top level must be a mapping of sections, got a list"),
+        ("just a string\n", "top level must be a mapping of sections, got 'just a string'"),
+        ("agent: 5\n", "agent: must be a mapping, got 5"),
+        ("ml: {port_range: [9000, 9100]}\n", "ml.port_range: must be a mapping, got a list"),
+        ("tasks: {max_concurrent: ten}\n", "tasks.max_concurrent: must be an integer >= 1, got 'ten'"),
+        ("tasks: {max_concurrent: 0}\n", "tasks.max_concurrent: must be an integer >= 1, got 0"),
+        ("agent: {port: true}\n", "agent.port: must be an integer in 1..65535, got true"),
+        ("agent: {port: '8080'}\n", "agent.port: must be an integer in 1..65535, got '8080'"),
+        ("agent: {port: 65536}\n", "agent.port: must be an integer in 1..65535, got 65536"),
+        ("agent: {port: 80.5}\n", "agent.port: must be an integer in 1..65535, got 80.5"),
+        ("agent: {address: ''}\n", "agent.address: must be a non-empty string, got ''"),
+        ("agent: {node_id: 42}\n", "agent.node_id: must be a string, got 42"),
+        ("agent: {heartbeat: 0}\n", "agent.heartbeat: must be a duration > 0, got 0"),
+        ("discovery: {enabled: 'true'}\n", "discovery.enabled: must be true or false, got 'true'"),
+        ("discovery: {retry: -1}\n", "discovery.retry: must be an integer >= 0, got -1"),
+        ("discovery: {servers: a:1}\n", "discovery.servers: must be a list of strings, got 'a:1'"),
+        ("discovery: {servers: [ok, 3]}\n", "discovery.servers[1]: must be a non-empty string, got 3"),
+        ("discovery: {timeout: 5 parsecs}\n", "discovery.timeout: must be a duration like '30s', '5m', '1h30m' or a number of seconds, got '5 parsecs'"),
+        ("resources: {interval: -1}\n", "resources.interval: must be a duration >= 0, got -1"),
+        ("logging: {level: verbose}\n", "logging.level: must be one of 'debug', 'info', 'warn', 'error', got 'verbose'"),
+        ("logging: {level: [debug]}\n", "logging.level: must be one of 'debug', 'info', 'warn', 'error', got a list"),
+        ("logging: {format: xml}\n", "logging.format: must be one of 'json', 'text', got 'xml'"),
+        ("tasks: {sandbox: docker}\n", "tasks.sandbox: must be one of 'auto', 'systemd', 'cgroup', 'none', got 'docker'"),
+        ("tasks: {stop_grace: -2}\n", "tasks.stop_grace: must be a duration >= 0, got -2"),
+        ("ml: {port_range: {start: 9100, end: 9000}}\n", "ml.port_range: start (9100) must be <= end (9000)"),
+        ("ml: {port_range: {start: 0}}\n", "ml.port_range.start: must be an integer in 1..65535, got 0"),
+        ("ml: {default_engine: pytorch}\n", "ml.default_engine: must be one of ml.engines ('python'), got 'pytorch'"),
+        ("ml: {resource_limits: {cpu_limit: 0}}\n", "ml.resource_limits.cpu_limit: must be a number > 0, got 0"),
+        ("ml: {resource_limits: {memory_limit: lots}}\n", "ml.resource_limits.memory_limit: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'lots'"),
+        ("ml: {resource_limits: {disk_limit: 0}}\n", "ml.resource_limits.disk_limit: must be a size > 0, got 0"),
+        ("ml: {resource_limits: {gpu_limit: -1}}\n", "ml.resource_limits.gpu_limit: must be an integer >= 0, got -1"),
+        ("ml: {model_path: ''}\n", "ml.model_path: must be a path, got ''"),
+    ],
+)
+def test_each_error_is_one_line_naming_file_key_problem(tmp_path: Path, text: str, expected: str) -> None:
+    assert error_of(tmp_path, text) == f"{tmp_path / 'config.yaml'}: {expected}"
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+def test_unknown_keys_warn_with_suggestion(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        "tasks: {max_concurent: 3}\ntaks: {}\nfrobnicate: 1\nml: {resource_limits: {cpu: 2}}\nagent: {zzz: 1}\n",
+    )
+    f = tmp_path / "config.yaml"
+    assert cfg.warnings == (
+        f"{f}: unknown key 'tasks.max_concurent' (ignored); did you mean 'max_concurrent'?",
+        f"{f}: unknown key 'taks' (ignored); did you mean 'tasks'?",
+        f"{f}: unknown key 'frobnicate' (ignored)",
+        f"{f}: unknown key 'ml.resource_limits.cpu' (ignored); did you mean 'cpu_limit'?",
+        f"{f}: unknown key 'agent.zzz' (ignored)",
+    )
+    assert cfg.tasks.max_concurrent == 10  # the misspelt key really was ignored
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("500ms", 0.5),
+        ("1h30m", 5400.0),
+        ("1m30s", 90.0),
+        ("1.5h", 5400.0),
+        ("2d", 172800.0),
+        ("250us", 0.00025),
+        (" 10 s ", 10.0),
+        ("45", 45.0),
+        ("0", 0.0),
+        (30, 30.0),
+        (2.5, 2.5),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value, "f: k") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["5 parsecs", "abc", "", "-1s", "1x", "s", "5m-", True, None, [1], -1, float("inf")])
+def test_parse_duration_rejects(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration(value, "f.yaml: a.b")
+    assert str(info.value).startswith("f.yaml: a.b: must be a duration")
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (536870912, 536870912),
+        (1024.0, 1024),
+        ("512", 512),
+        ("512B", 512),
+        ("1KB", 1000),
+        ("1K", 1024),
+        ("1KiB", 1024),
+        ("512MB", 512 * 10**6),
+        ("1GB", 10**9),
+        ("512MiB", 512 * 2**20),
+        ("1GiB", 2**30),
+        ("100M", 100 * 2**20),
+        ("1.5G", 3 * 2**29),
+        ("2 gb", 2 * 10**9),
+        ("1TiB", 2**40),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value, "f: k") == size
+
+
+@pytest.mark.parametrize("value", ["abc", "", "-1", "10 parsecs", "1.5.5G", "MB", True, None, -1, 1.5, [1]])
+def test_parse_size_rejects(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_size(value, "f.yaml: a.b")
+    assert str(info.value).startswith("f.yaml: a.b: must be a ")
+
+
+# --------------------------------------------------------------------------- to_dict
+
+
+def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, ORIGINAL)
+    data = cfg.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["tasks"]["timeout"] == 300.0
+    assert data["agent"]["heartbeat"] == 30.0
+    assert data["ml"]["model_path"] == str(tmp_path / "models")
+    assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "ml"}
+    # the dict written back out (JSON is YAML) loads to the same configuration
+    again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
+    assert again.warnings == ()
+    assert again.to_dict() == data
+
+
+def test_to_dict_round_trips_no_timeout(tmp_path: Path) -> None:
+    data = default_config(tmp_path, tasks={"timeout": None}).to_dict()
+    assert data["tasks"]["timeout"] is None
+    assert load_config(write(tmp_path, yaml.safe_dump(data)), environ=NO_ENV).to_dict() == data
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_every_key_is_documented() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "config-reference.md").read_text()
+    rows = set(re.findall(r"^\|\s*`([a-z_.]+)`\s*\|", doc, re.MULTILINE))
+
+    def keys(prefix: str, value: object) -> set[str]:
+        if isinstance(value, dict):
+            return set().union(*(keys(f"{prefix}.{k}" if prefix else k, v) for k, v in value.items()))
+        return {prefix}
+
+    assert keys("", default_config(Path("/x")).to_dict()) <= rows
+    env_vars = {"CNET_NODE_ID", "CNET_PORT", "CNET_REGION", "CNET_DATACENTER", "CNET_LOG_LEVEL", "CNET_ADDRESS"}
+    assert all(v in doc for v in env_vars | {"CNET_STATE_DIR", "CNET_SANDBOX"})
