@@ -1,0 +1,50 @@
+"""The running agent's parts, as the composition root wires them (no globals)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from cnetd.config import Config
+from cnetd.logs.ingester import LogIngester
+from cnetd.metrics.resources import ResourceSampler
+from cnetd.ml.service import ModelService
+from cnetd.store.db import Database
+from cnetd.supervisor.launcher import Launcher
+from cnetd.tasks.service import TaskService
+
+
+@dataclass
+class Agent:
+    config: Config
+    base_dir: Path
+    node_id: str
+    db: Database
+    launcher: Launcher
+    ingester: LogIngester
+    tasks: TaskService
+    models: ModelService
+    resources: ResourceSampler
+    sandbox_reason: str
+    started_monotonic: float = field(default_factory=time.monotonic)
+    started_at: str = ""
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def enforcement(self, backend_name: str | None) -> dict[str, bool]:
+        """Per limit, whether the backend a task ran under enforces it."""
+        name = backend_name or self.launcher.sandbox.name
+        if name == self.launcher.sandbox.name:
+            return self.launcher.sandbox.capabilities.enforcement()
+        backend = self.launcher._backends.get(name)
+        if backend is None:
+            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True}
+        return backend.capabilities.enforcement()
+
+
+AGENT = web.AppKey("agent", Agent)

@@ -1,0 +1,68 @@
+"""The error envelope: {"error", "status", "timestamp", "details"} for every failure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from typing import Any
+
+from aiohttp import web
+
+from cnetd.clock import utc_now
+from cnetd.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, details: dict[str, Any] | None = None) -> web.Response:
+    body = {"error": message, "status": status, "timestamp": utc_now(), "details": details or {}}
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+def _http_message(exc: web.HTTPException, request: web.Request) -> str:
+    if isinstance(exc, web.HTTPNotFound):
+        return f"no such endpoint: {request.method} {request.path}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"method {request.method} not allowed on {request.path} (allowed: {allowed})"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return "request body too large"
+    return exc.reason
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DomainError as exc:
+        return error_response(exc.status, exc.message, exc.details)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not _wants_json(request):
+            raise
+        response = error_response(exc.status, _http_message(exc, request))
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc) or "disk I/O" in str(exc):
+            log.error("storage write failed: %s", exc)
+            return error_response(503, f"storage unavailable: {exc}; reads still work")
+        raise
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.path.startswith(("/api/", "/v2/")) or "text/html" not in request.headers.get("Accept", "")
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or a 400 saying what is wrong with it."""
+    raw = await request.read()
+    if not raw.strip():
+        raise DomainError("request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise DomainError("request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise DomainError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None

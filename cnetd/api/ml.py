@@ -1,0 +1,67 @@
+"""/api/ml/models: the seed document's endpoints."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cnetd.agent import AGENT
+from cnetd.api.errors import error_response, read_json
+from cnetd.api.logs import logs_response
+from cnetd.api.params import bool_param
+from cnetd.api.serialize import json_response, model_json
+from cnetd.tasks.model import Status
+
+
+async def list_models(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    return json_response([model_json(m, agent.enforcement(m.task.sandbox)) for m in await agent.models.list()])
+
+
+async def deploy_model(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    model = await agent.models.deploy(await read_json(request))
+    return json_response(model_json(model, agent.enforcement(model.task.sandbox)), status=201)
+
+
+async def get_model(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    model = await agent.models.get(request.match_info["id"])
+    return json_response(model_json(model, agent.enforcement(model.task.sandbox)))
+
+
+async def stop_model(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    model = await agent.models.stop(request.match_info["id"])
+    body = model_json(model, agent.enforcement(model.task.sandbox))
+    body["message"] = "ML model stopped"
+    return json_response(body)
+
+
+async def predict(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    wait = bool_param(request, "wait")
+    outcome = await agent.models.predict(request.match_info["id"], await read_json(request), wait)
+    task = outcome.task
+    if not outcome.waited:
+        return json_response({"prediction_task_id": task.id, "message": "Prediction task created"}, status=201)
+    body = {
+        "prediction_task_id": task.id,
+        "status": str(task.status),
+        "prediction": (task.result or {}).get("prediction"),
+        "result": task.result,
+    }
+    if task.status == Status.COMPLETED:
+        return json_response({**body, "message": "Prediction completed"})
+    if not task.status.terminal:
+        return error_response(504, f"prediction task {task.id} did not finish in time; it is {task.status}", body)
+    script_error = (task.result or {}).get("error") if isinstance(task.result, dict) else None
+    message = f"prediction failed: {script_error or task.reason}"
+    # The script rejecting its input is the caller's mistake; anything else is ours.
+    status = 422 if script_error else 502
+    return error_response(status, message, {**body, "reason": task.reason})
+
+
+async def model_logs(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    model = await agent.models.get(request.match_info["id"])
+    return await logs_response(request, model.task.id)

@@ -1,0 +1,61 @@
+"""JSON shapes of tasks, models and events, as the original API's clients expect them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from cnetd.ml.service import Model
+from cnetd.tasks.model import Task, TaskEvent
+
+
+def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": task.id,
+        "name": task.name,
+        "type": task.type,
+        "kind": task.kind,
+        "status": str(task.status),
+        "command": task.command,
+        "args": task.args,
+        "env": task.env,
+        "working_dir": task.working_dir,
+        "resources": {k: v for k, v in asdict(task.resources).items() if v is not None},
+        "created_at": task.created_at,
+        "started_at": task.started_at,
+        "stopped_at": task.stopped_at,
+        "exit_code": task.exit_code,
+        "reason": task.reason,
+        "progress": task.progress,
+        "result": task.result,
+        "log_file": task.log_file,
+        "timeout": task.timeout,
+        "model_id": task.model_id,
+        "node_id": task.node_id,
+        "unit": task.unit,
+        "sandbox": task.sandbox,
+    }
+    if enforcement is not None:
+        data["limits_enforced"] = enforcement
+    return data
+
+
+def model_json(model: Model, enforcement: dict[str, bool] | None = None) -> dict[str, Any]:
+    data = task_json(model.task, enforcement)
+    data.update(
+        model_type=model.record.model_type,
+        model_path=model.record.model_path,
+        script_path=model.record.script_path,
+    )
+    return data
+
+
+def event_json(event: TaskEvent) -> dict[str, Any]:
+    return {"id": event.id, "time": event.time, "type": event.type, "message": event.message}
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))

@@ -1,0 +1,61 @@
+"""/api/health, /api/node, /api/resources: what this node is and has."""
+
+from __future__ import annotations
+
+import socket
+
+from aiohttp import web
+
+from cnetd import __version__
+from cnetd.agent import AGENT, Agent
+from cnetd.api.serialize import json_response
+
+
+def sandbox_json(agent: Agent) -> dict[str, object]:
+    sandbox = agent.launcher.sandbox
+    return {
+        "backend": sandbox.name,
+        "reason": agent.sandbox_reason,
+        "limits_enforced": sandbox.capabilities.enforcement(),
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    return json_response({
+        "status": "ok",
+        "version": __version__,
+        "node_id": agent.node_id,
+        "uptime_seconds": round(agent.uptime, 3),
+        "started_at": agent.started_at,
+        "sandbox": sandbox_json(agent),
+        "tasks": await agent.tasks.counts(),
+    })
+
+
+async def node(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    cfg = agent.config.agent
+    return json_response({
+        "node_id": agent.node_id,
+        "node_name": cfg.node_name,
+        "hostname": socket.gethostname(),
+        "region": cfg.region,
+        "datacenter": cfg.datacenter,
+        "address": cfg.address,
+        "port": cfg.port,
+        "version": __version__,
+        "started_at": agent.started_at,
+        "uptime_seconds": round(agent.uptime, 3),
+        "sandbox": sandbox_json(agent),
+        "ml_enabled": agent.config.ml.enabled,
+        "max_concurrent": agent.config.tasks.max_concurrent,
+    })
+
+
+async def resources(request: web.Request) -> web.Response:
+    return json_response(request.app[AGENT].resources.totals())
+
+
+async def resources_usage(request: web.Request) -> web.Response:
+    return json_response(request.app[AGENT].resources.usage())

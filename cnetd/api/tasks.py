@@ -1,0 +1,75 @@
+"""/api/tasks: every task, of any type."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from aiohttp import web
+
+from cnetd.agent import AGENT
+from cnetd.api.errors import read_json
+from cnetd.api.logs import logs_response
+from cnetd.api.params import choice_param, int_param
+from cnetd.api.serialize import event_json, json_response, task_json
+from cnetd.supervisor.base import Handle
+from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
+from cnetd.tasks.request import parse_new_task
+
+STATUSES = tuple(str(s) for s in Status)
+KINDS = (*ML_KINDS, "run")
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    status = choice_param(request, "status", STATUSES)
+    tasks = await agent.tasks.list(
+        statuses=[status] if status else None,
+        type_=choice_param(request, "type", TASK_TYPES),
+        kind=choice_param(request, "kind", KINDS),
+        model_id=request.query.get("model_id") or None,
+        limit=int_param(request, "limit", 1000, 1, 10_000),
+        offset=int_param(request, "offset", 0, 0, 10**9),
+    )
+    return json_response([task_json(t, agent.enforcement(t.sandbox)) for t in tasks])
+
+
+async def create_task(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    new = parse_new_task(await read_json(request))
+    task = await agent.tasks.create(new)
+    return json_response(task_json(task, agent.enforcement(task.sandbox)), status=201)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    task = await agent.tasks.get(request.match_info["id"])
+    return json_response(task_json(task, agent.enforcement(task.sandbox)))
+
+
+async def stop_task(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    task = await agent.tasks.stop(request.match_info["id"])
+    body = task_json(task, agent.enforcement(task.sandbox))
+    body["message"] = "Task stopped"
+    return json_response(body)
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    return await logs_response(request, request.match_info["id"])
+
+
+async def task_events(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    events = await agent.tasks.events(request.match_info["id"])
+    return json_response([event_json(e) for e in events])
+
+
+async def task_stats(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    task = await agent.tasks.get(request.match_info["id"])
+    body: dict[str, object] = {"id": task.id, "status": str(task.status), "sandbox": task.sandbox, "usage": None}
+    if task.status == Status.RUNNING and task.handle:
+        handle = Handle.from_json(task.handle)
+        usage = await agent.launcher.backend_for(handle).stats(handle)
+        body["usage"] = asdict(usage)
+    return json_response(body)

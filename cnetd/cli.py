@@ -1,0 +1,82 @@
+"""The cnet-agent command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from aiohttp import web
+
+from cnetd import __version__
+from cnetd.config import Config, ConfigError, load_config
+from cnetd.logsetup import setup_logging
+from cnetd.store.db import StoreError
+
+log = logging.getLogger("cnetd")
+
+
+def normalise_go_style_flags(argv: list[str]) -> list[str]:
+    """The original agent took Go-style single-dash flags (-config); accept both."""
+    out = []
+    for arg in argv:
+        if arg == "-config" or arg.startswith("-config="):
+            arg = "-" + arg
+        elif arg == "-version":
+            arg = "--version"
+        out.append(arg)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnet-agent",
+        description="CNET Agent: deploys ML model scripts and process tasks on this node.",
+    )
+    parser.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+    parser.add_argument("--version", action="version", version=f"cnet-agent {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the agent (the default)")
+    check = sub.add_parser("check-config", help="validate the config file and print the effective config")
+    check.add_argument("-c", "--config", dest="config_sub", help="config file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(normalise_go_style_flags(sys.argv[1:] if argv is None else argv))
+    path = getattr(args, "config_sub", None) or args.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"cnet-agent: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    return run(config)
+
+
+def run(config: Config) -> int:
+    from cnetd.app import create_app
+
+    setup_logging(config.logging.level, config.logging.format)
+    for warning in config.warnings:
+        log.warning(warning)
+    address, port = config.agent.address, config.agent.port
+    log.info("cnet-agent %s starting: http://%s:%d, state in %s", __version__, address, port, config.agent.state_dir)
+    try:
+        web.run_app(create_app(config), host=address, port=port, print=None, access_log=None, shutdown_timeout=5)
+    except StoreError as exc:
+        log.error("%s", exc)
+        print(f"cnet-agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cnet-agent: cannot listen on {address}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # e.g. a sandbox that was asked for explicitly but cannot work
+        print(f"cnet-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,70 @@
+"""Node resources and usage from psutil, sampled in the background so that the
+first request already gets a real CPU figure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cnetd.config import ResourcesSection
+
+
+class ResourceSampler:
+    def __init__(self, settings: ResourcesSection, disk_path: Path) -> None:
+        self.settings = settings
+        self.disk_path = disk_path
+        self._latest: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        psutil.cpu_percent(interval=None)  # prime: the next call measures from now
+        self._latest = await asyncio.to_thread(self._sample, 0.1)
+        self._task = asyncio.create_task(self._run(), name="resource-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval)
+            self._latest = await asyncio.to_thread(self._sample, None)
+
+    def _sample(self, cpu_interval: float | None) -> dict[str, Any]:
+        usage: dict[str, Any] = {"timestamp": time.time()}
+        if self.settings.cpu:
+            usage["cpu"] = {
+                "percent": psutil.cpu_percent(interval=cpu_interval),
+                "load_average": list(os.getloadavg()),
+            }
+        if self.settings.memory:
+            vm = psutil.virtual_memory()
+            usage["memory"] = {"total": vm.total, "used": vm.total - vm.available, "available": vm.available, "percent": vm.percent}
+        if self.settings.disk:
+            du = psutil.disk_usage(str(self.disk_path))
+            usage["disk"] = {"path": str(self.disk_path), "total": du.total, "used": du.used, "free": du.free, "percent": du.percent}
+        if self.settings.network:
+            net = psutil.net_io_counters()
+            usage["network"] = {"bytes_sent": net.bytes_sent, "bytes_recv": net.bytes_recv}
+        return usage
+
+    def usage(self) -> dict[str, Any]:
+        return dict(self._latest)
+
+    def totals(self) -> dict[str, Any]:
+        vm = psutil.virtual_memory()
+        du = psutil.disk_usage(str(self.disk_path))
+        return {
+            "cpu": {"cores": psutil.cpu_count(logical=True), "physical_cores": psutil.cpu_count(logical=False)},
+            "memory": {"total": vm.total, "available": vm.available},
+            "disk": {"path": str(self.disk_path), "total": du.total, "free": du.free},
+            "gpu": {"count": 0},
+        }

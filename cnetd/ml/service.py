@@ -1,0 +1,164 @@
+"""ModelService: deploy specs become ml_model tasks; predictions become predict tasks."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnetd.config import Config
+from cnetd.errors import Conflict, Invalid, NotFound
+from cnetd.ml.inputs import input_argument
+from cnetd.store import models as mq
+from cnetd.store.models import ModelRecord
+from cnetd.supervisor.launcher import resolve_working_dir
+from cnetd.tasks.model import ML_KINDS, Status, Task
+from cnetd.tasks.request import (
+    NewTask,
+    args_field,
+    env_field,
+    name_field,
+    reject_unknown,
+    require_object,
+    resources_field,
+    string_field,
+    timeout_field,
+)
+from cnetd.tasks.service import TaskService
+
+DEPLOY_FIELDS = {
+    "name", "model_type", "model_path", "script_path", "command", "args", "working_dir", "env",
+    "resources", "timeout",
+}
+MODEL_TYPE_MAX = 64
+
+
+@dataclass(frozen=True)
+class Deployment:
+    task: NewTask
+    model_type: str
+    model_path: str
+    script_path: str
+
+
+@dataclass(frozen=True)
+class Model:
+    record: ModelRecord
+    task: Task
+
+
+@dataclass(frozen=True)
+class Prediction:
+    task: Task
+    waited: bool
+
+
+def kind_from_args(args: list[str]) -> str:
+    """The script verb (train/predict/evaluate/serve) the deploy args name, else "run"."""
+    for arg in args[:2]:
+        if arg in ML_KINDS:
+            return arg
+    return "run"
+
+
+class ModelService:
+    def __init__(self, tasks: TaskService, config: Config) -> None:
+        self.tasks = tasks
+        self.config = config
+
+    def parse_deployment(self, body: Any) -> Deployment:
+        body = require_object(body)
+        reject_unknown(body, DEPLOY_FIELDS)
+        name = name_field(body)
+        model_type = string_field(body, "model_type", required=False, default="custom", max_len=MODEL_TYPE_MAX)
+        model_path = string_field(body, "model_path", required=True)
+        script_path = string_field(body, "script_path", required=True)
+        command = string_field(body, "command", required=False, default="python3")
+        args = args_field(body) or [script_path, "train", model_path]
+        working_dir = string_field(body, "working_dir", required=False, default=".")
+        env = env_field(body)
+        env["MODEL_PATH"] = model_path
+        env["MODEL_TYPE"] = model_type
+        cwd = resolve_working_dir(self.tasks.launcher.base_dir, working_dir)
+        if cwd.is_dir() and not (cwd / script_path).is_file():
+            raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
+        task = NewTask(
+            name=name,
+            command=command,
+            args=args,
+            env=env,
+            working_dir=working_dir,
+            resources=resources_field(body, defaults=self.config.ml.resource_limits),
+            timeout=timeout_field(body),
+            type="ml_model",
+            kind=kind_from_args(args),
+        )
+        return Deployment(task=task, model_type=model_type, model_path=model_path, script_path=script_path)
+
+    async def deploy(self, body: Any) -> Model:
+        if not self.config.ml.enabled:
+            raise Conflict("ML support is disabled on this node (ml.enabled: false)")
+        deployment = self.parse_deployment(body)
+
+        def add_model(conn: sqlite3.Connection, task: Task) -> None:
+            mq.insert_model(conn, ModelRecord(
+                id=task.id, name=task.name, model_type=deployment.model_type,
+                model_path=deployment.model_path, script_path=deployment.script_path,
+                created_at=task.created_at,
+            ))
+
+        task = await self.tasks.create(deployment.task, also=add_model)
+        return await self.get(task.id)
+
+    async def get(self, model_id: str) -> Model:
+        record = await self.tasks.db.read(lambda c: mq.get_model(c, model_id))
+        if record is None:
+            raise NotFound(f"model {model_id} not found", {"id": model_id})
+        return Model(record=record, task=await self.tasks.get(model_id))
+
+    async def list(self) -> list[Model]:
+        return [Model(record=r, task=t) for r, t in await self.tasks.db.read(mq.list_models)]
+
+    async def stop(self, model_id: str) -> Model:
+        await self.get(model_id)
+        await self.tasks.stop(model_id)
+        return await self.get(model_id)
+
+    def model_file(self, model: Model) -> Path:
+        cwd = resolve_working_dir(self.tasks.launcher.base_dir, model.task.working_dir)
+        return cwd / model.record.model_path
+
+    async def predict(self, model_id: str, body: Any, wait: bool) -> Prediction:
+        body = require_object(body)
+        reject_unknown(body, {"input_data"})
+        if "input_data" not in body:
+            raise Invalid("input_data", "is required")
+        argument = input_argument(body["input_data"])
+        model = await self.get(model_id)
+        if not self.model_file(model).exists():
+            state = f"its deploy task is {model.task.status}"
+            if model.task.status == Status.FAILED and model.task.reason:
+                state += f": {model.task.reason}"
+            raise Conflict(
+                f"model {model.record.name} has no model file yet ({model.record.model_path}); {state}",
+                {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
+            )
+        base = model.task
+        new = NewTask(
+            name=f"{model.record.name}-predict",
+            command=base.command,
+            args=[model.record.script_path, "predict", model.record.model_path, argument],
+            env=dict(base.env),
+            working_dir=base.working_dir,
+            resources=base.resources,
+            timeout=self.config.ml.timeout,
+            type="ml_model",
+            kind="predict",
+            model_id=model_id,
+        )
+        task = await self.tasks.create(new)
+        if not wait:
+            return Prediction(task=task, waited=False)
+        budget = self.config.ml.timeout + self.config.tasks.stop_grace + 5
+        return Prediction(task=await self.tasks.wait_terminal(task.id, budget), waited=True)

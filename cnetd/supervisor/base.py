@@ -1,0 +1,121 @@
+"""The narrow interface every sandbox backend implements.
+
+In the spirit of Nomad's task drivers: start / wait / stop / recover / stats, an
+opaque handle that is all a restarted agent needs to reattach, and capabilities
+that are declared up front rather than discovered by failure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+class SpawnError(Exception):
+    """The process could not be started; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_limit: float | None = None  # cores, fractional
+    memory_limit: int | None = None  # bytes
+    disk_limit: int | None = None  # bytes the task may write
+    tasks_max: int | None = None  # processes/threads in the task
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    task_id: str
+    argv: list[str]  # argv[0] already resolved to an absolute path
+    env: dict[str, str]  # the complete environment of the process
+    working_dir: Path
+    log_path: Path  # stdout and stderr are appended here
+    exit_path: Path  # the shim writes the exit code here
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Everything needed to find the task's processes again, saved in SQLite."""
+
+    backend: str
+    pid: int  # the shim's pid, as the agent's PID namespace sees it
+    pid_start: int  # start time of that pid in clock ticks since boot (guards PID reuse)
+    exit_path: str
+    unit: str | None = None  # systemd unit name
+    cgroup: dict[str, str] | None = None  # controller (or "unified") -> cgroup directory
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Handle:
+        data: dict[str, Any] = json.loads(text)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None  # exit code as the shell reports it (128+N after signal N)
+    signal: int | None = None  # the signal that ended the command, when known
+    oom_killed: bool = False  # read from the cgroup, never guessed from 137
+    lost: bool = False  # the processes are gone and no exit status was recorded
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_percent: float | None = None  # 100 = one full core
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    enforces_cpu: bool
+    enforces_memory: bool
+    detects_oom: bool
+    kills_whole_tree: bool  # stop reaches every descendant, even ones that left the group
+    survives_agent_restart: bool
+
+    def enforcement(self) -> dict[str, bool]:
+        """Per limit, whether it is really enforced (disk is enforced by the supervisor)."""
+        return {
+            "cpu_limit": self.enforces_cpu,
+            "memory_limit": self.enforces_memory,
+            "disk_limit": True,
+        }
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def start(self, spec: LaunchSpec) -> Handle:
+        """Start the process; raise SpawnError with a human message when it cannot."""
+        ...
+
+    async def wait(self, handle: Handle) -> ExitStatus:
+        """Return once every process of the task is gone. Works for recovered handles."""
+        ...
+
+    async def stop(self, handle: Handle, grace: float) -> None:
+        """SIGTERM to every process of the task, SIGKILL to what is left after grace."""
+        ...
+
+    async def recover(self, handle: Handle) -> bool:
+        """True when the task's processes still run (PID reuse ruled out)."""
+        ...
+
+    async def stats(self, handle: Handle) -> Usage: ...
+
+    async def release(self, handle: Handle) -> None:
+        """Free what the backend holds for a finished task (cgroups, units)."""
+        ...
+
+    async def cleanup_orphans(self, known_task_ids: set[str]) -> list[str]:
+        """Remove leftovers of tasks the store does not know; return what was removed."""
+        ...

@@ -1,0 +1,71 @@
+"""The task record and its closed sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from cnetd.config import ResourceLimits
+
+TaskType = Literal["process", "ml_model"]
+TaskKind = Literal["train", "predict", "evaluate", "serve", "run"]
+TASK_TYPES: tuple[str, ...] = ("process", "ml_model")
+ML_KINDS: tuple[str, ...] = ("train", "predict", "evaluate", "serve")
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.STOPPED})
+ACTIVE = frozenset({Status.STARTING, Status.RUNNING})
+
+
+@dataclass
+class Task:
+    id: str
+    name: str
+    type: str
+    kind: str
+    status: Status
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    working_dir: str
+    resources: ResourceLimits
+    created_at: str
+    log_file: str
+    node_id: str
+    timeout: float | None = None
+    started_at: str | None = None
+    stopped_at: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    unit: str | None = None
+    progress: float | None = None
+    result: dict[str, Any] | None = None
+    model_id: str | None = None
+    sandbox: str | None = None
+    handle: str | None = None
+    stop_requested: bool = False
+    seq: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    task_id: str
+    time: str
+    type: str
+    message: str
+    id: int | None = None

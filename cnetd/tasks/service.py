@@ -1,0 +1,423 @@
+"""TaskService: creates, schedules, watches, stops and recovers tasks.
+
+Every status change goes through `_transition`, which checks the transition table,
+persists the change and its event in one write, and tells the live views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnetd.clock import seconds_since, utc_now
+from cnetd.config import Config
+from cnetd.errors import Conflict, Invalid, NotFound
+from cnetd.logs.ingester import LogIngester
+from cnetd.logs.output import progress_from_line, result_from_log
+from cnetd.store import tasks as q
+from cnetd.store.db import Database
+from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError
+from cnetd.supervisor.disk import DiskMeter, format_bytes
+from cnetd.supervisor.launcher import Launcher, resolve_working_dir
+from cnetd.tasks.bus import TaskBus, TaskChange
+from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
+from cnetd.tasks.request import NewTask
+from cnetd.tasks.states import check_transition, event
+
+log = logging.getLogger(__name__)
+
+LOST_REASON = "lost: process vanished while the agent was down"
+DISK_CHECK_INTERVAL = 1.0
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds % 3600 == 0 and seconds >= 3600:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0 and seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def format_megabytes(n: int) -> str:
+    return f"{n / 1_000_000:g} MB" if n % 1_000_000 == 0 else format_bytes(n)
+
+
+def failure_reason(exit: ExitStatus, task: Task) -> str | None:
+    """None for success, else a reason a person can act on."""
+    if exit.lost:
+        return LOST_REASON
+    if exit.oom_killed:
+        limit = task.resources.memory_limit
+        return f"out of memory (limit {format_megabytes(limit)})" if limit else "out of memory"
+    if exit.code == 0:
+        return None
+    if exit.signal:
+        try:
+            name = signal.Signals(exit.signal).name
+        except ValueError:
+            name = f"signal {exit.signal}"
+        return f"killed by {name} (exit code {exit.code})"
+    return f"exit code {exit.code}"
+
+
+@dataclass
+class _Watch:
+    task: asyncio.Task[None]
+    handle: Handle
+    backend: Sandbox
+    timed_out: bool = False
+    disk_exceeded: str | None = None
+
+
+class TaskService:
+    def __init__(
+        self, db: Database, launcher: Launcher, ingester: LogIngester, config: Config, node_id: str
+    ) -> None:
+        self.db = db
+        self.launcher = launcher
+        self.ingester = ingester
+        self.config = config
+        self.node_id = node_id
+        self.bus = TaskBus()
+        self._watches: dict[str, _Watch] = {}
+        self._finished: dict[str, asyncio.Event] = {}
+        self._progress: dict[str, float] = {}
+        self._stop_requests: set[str] = set()
+        self._kick = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._stopping_agent = False
+
+    # ---- queries -------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task:
+        task = await self.db.read(lambda c: q.get_task(c, task_id))
+        if task is None:
+            raise NotFound(f"task {task_id} not found", {"id": task_id})
+        return task
+
+    async def list(self, **filters: Any) -> list[Task]:
+        return await self.db.read(lambda c: q.list_tasks(c, **filters))
+
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        await self.get(task_id)
+        return await self.db.read(lambda c: q.list_events(c, task_id))
+
+    async def counts(self) -> dict[str, int]:
+        return await self.db.read(q.count_by_status)
+
+    # ---- creating --------------------------------------------------------------
+
+    async def create(
+        self, new: NewTask, also: Callable[[sqlite3.Connection, Task], None] | None = None
+    ) -> Task:
+        """Insert the task as pending (plus whatever `also` writes in the same
+        transaction), then let the scheduler start it when a slot is free."""
+        try:
+            self.launcher.check_startable(new.command, new.working_dir, new.env)
+        except SpawnError as exc:
+            field = "working_dir" if str(exc).startswith("working_dir") else "command"
+            raise Invalid(field, str(exc).split(": ", 1)[-1] if field == "working_dir" else str(exc)) from None
+        task_id = str(uuid.uuid4())
+        timeout = new.timeout if new.timeout is not None else self.config.tasks.timeout
+        task = Task(
+            id=task_id,
+            name=new.name,
+            type=new.type,
+            kind=new.kind,
+            status=Status.PENDING,
+            command=new.command,
+            args=list(new.args),
+            env=dict(new.env),
+            working_dir=new.working_dir,
+            resources=new.resources,
+            created_at=utc_now(),
+            log_file=str(self.launcher.log_path(task_id)),
+            node_id=self.node_id,
+            timeout=timeout,
+            model_id=new.model_id,
+            sandbox=self.launcher.sandbox.name,
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            q.insert_task(conn, task)
+            q.insert_event(conn, event(task_id, "created", f"{task.type} task '{task.name}' created"))
+            if also is not None:
+                also(conn, task)
+
+        await self.db.write(write)
+        self._finished[task_id] = asyncio.Event()
+        self._kick.set()
+        return task
+
+    # ---- scheduling --------------------------------------------------------------
+
+    async def start_background(self) -> None:
+        self._scheduler = asyncio.create_task(self._schedule_forever(), name="task-scheduler")
+        self._kick.set()
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self._start_pending()
+            except Exception:
+                log.exception("scheduling failed")
+
+    async def _start_pending(self) -> None:
+        active = await self.db.read(q.count_active)
+        free = self.config.tasks.max_concurrent - active
+        if free <= 0:
+            return
+        for task in await self.db.read(lambda c: q.next_pending(c, free)):
+            await self._launch(task)
+
+    async def _launch(self, task: Task) -> None:
+        await self._transition(task, Status.STARTING, "starting", "starting the process")
+        try:
+            spec = self.launcher.spec_for(task)
+            backend = self.launcher.sandbox
+            handle = await backend.start(spec)
+        except SpawnError as exc:
+            await self._finish(task, Status.FAILED, "failed", str(exc), reason=str(exc), stopped_at=utc_now())
+            return
+        except Exception as exc:  # a backend bug must not leave the task 'starting'
+            log.exception("start failed", extra={"task_id": task.id})
+            reason = f"spawn failed: {exc}"
+            await self._finish(task, Status.FAILED, "failed", reason, reason=reason, stopped_at=utc_now())
+            return
+        try:
+            # Persist the handle before reporting running: a restarted agent needs it.
+            await self._transition(
+                task,
+                Status.RUNNING,
+                "started",
+                f"running (pid {handle.pid}, sandbox {handle.backend}{', unit ' + handle.unit if handle.unit else ''})",
+                started_at=utc_now(),
+                handle=handle.to_json(),
+                unit=handle.unit,
+                sandbox=handle.backend,
+            )
+        except BaseException:
+            # Nomad's rule: a start whose handle cannot be saved is undone.
+            await backend.stop(handle, 0)
+            raise
+        self._watch(task, backend, handle)
+        if task.id in self._stop_requests:
+            await backend.stop(handle, self.config.tasks.stop_grace)
+
+    # ---- watching ---------------------------------------------------------------
+
+    def _watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
+        self.ingester.watch(task.id, task.log_file)
+        self._finished.setdefault(task.id, asyncio.Event())
+        runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
+        self._watches[task.id] = _Watch(task=runner, handle=handle, backend=backend)
+
+    async def _run_watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
+        waiting = asyncio.ensure_future(backend.wait(handle))
+        guards = [asyncio.create_task(self._enforce_timeout(task, waiting))]
+        if task.resources.disk_limit:
+            guards.append(asyncio.create_task(self._enforce_disk(task, waiting)))
+        try:
+            exit = await waiting
+        finally:
+            for guard in guards:
+                guard.cancel()
+            for guard in guards:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
+        watch = self._watches.get(task.id)
+        await self._record_exit(task, exit, watch)
+        await backend.release(handle)
+        self._watches.pop(task.id, None)
+
+    async def _enforce_timeout(self, task: Task, waiting: asyncio.Future[ExitStatus]) -> None:
+        if not task.timeout:
+            return
+        elapsed = seconds_since(task.started_at) if task.started_at else 0.0
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiting), max(0.0, task.timeout - elapsed))
+            return
+        watch = self._watches.get(task.id)
+        if watch is not None and not waiting.done():
+            watch.timed_out = True
+            log.info("task timed out after %s, stopping it", format_duration(task.timeout), extra={"task_id": task.id})
+            await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+
+    async def _enforce_disk(self, task: Task, waiting: asyncio.Future[ExitStatus]) -> None:
+        limit = task.resources.disk_limit
+        assert limit is not None
+        meter = DiskMeter(task.log_file, self._output_dirs(task), since=task.started_at)
+        while not waiting.done():
+            used = await asyncio.to_thread(meter.measure)
+            if used > limit:
+                watch = self._watches.get(task.id)
+                if watch is not None:
+                    watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used)}, limit {format_bytes(limit)})"
+                    await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiting), DISK_CHECK_INTERVAL)
+
+    def _output_dirs(self, task: Task) -> list[str]:
+        cwd = resolve_working_dir(self.launcher.base_dir, task.working_dir)
+        dirs = [str(cwd)]
+        model_path = task.env.get("MODEL_PATH")
+        if model_path:
+            dirs.append(str((cwd / model_path).parent))
+        return dirs
+
+    async def _record_exit(self, task: Task, exit: ExitStatus, watch: _Watch | None) -> None:
+        await self.ingester.drain(task.id)
+        result = await asyncio.to_thread(result_from_log, task.log_file)
+        current = await self.get(task.id)
+        changes: dict[str, Any] = {"exit_code": exit.code, "stopped_at": utc_now()}
+        if result is not None:
+            changes["result"] = result
+        if task.id in self._progress:
+            changes["progress"] = self._progress.pop(task.id)
+        if current.stop_requested or task.id in self._stop_requests:
+            status, kind, reason = Status.STOPPED, "stopped", None
+            message = "stopped by user" + (f" (exit code {exit.code})" if exit.code is not None else "")
+        elif watch is not None and watch.timed_out:
+            assert task.timeout is not None
+            status, kind, reason = Status.FAILED, "failed", f"timed out after {format_duration(task.timeout)}"
+            message = reason
+        elif watch is not None and watch.disk_exceeded:
+            status, kind, reason = Status.FAILED, "failed", watch.disk_exceeded
+            message = reason
+        else:
+            reason = failure_reason(exit, task)
+            status, kind = (Status.COMPLETED, "completed") if reason is None else (Status.FAILED, "failed")
+            message = reason or "completed (exit code 0)"
+        await self._finish(current, status, kind, message, reason=reason, **changes)
+
+    async def _finish(self, task: Task, status: Status, kind: str, message: str, **changes: Any) -> None:
+        await self._transition(task, status, kind, message, **changes)
+        self._stop_requests.discard(task.id)
+        self._finished.setdefault(task.id, asyncio.Event()).set()
+        self._kick.set()
+
+    # ---- progress ---------------------------------------------------------------
+
+    async def on_log_lines(self, task_id: str, lines: list[str]) -> None:
+        latest = None
+        for line in lines:
+            value = progress_from_line(line)
+            if value is not None:
+                latest = value
+        if latest is None:
+            return
+        previous = self._progress.get(task_id)
+        self._progress[task_id] = latest
+        if previous is None or abs(latest - previous) >= 0.01 or latest in (0.0, 1.0):
+            await self.db.write(lambda c: q.update_task(c, task_id, {"progress": latest}))
+            self.bus.publish(TaskChange(task_id, "running", "progress"))
+
+    # ---- stopping ---------------------------------------------------------------
+
+    async def stop(self, task_id: str, wait: bool = True) -> Task:
+        task = await self.get(task_id)
+        if task.status.terminal:
+            raise Conflict(f"task {task_id} has already ended ({task.status})", {"id": task_id, "status": str(task.status)})
+        if task.status == Status.PENDING:
+            await self._finish(task, Status.STOPPED, "stopped", "stopped by user before it started", stopped_at=utc_now())
+            return await self.get(task_id)
+        self._stop_requests.add(task_id)
+        await self.db.write(
+            lambda c: (
+                q.update_task(c, task_id, {"stop_requested": True}),
+                q.insert_event(c, event(task_id, "stop_requested", "stop requested by user")),
+            )
+        )
+        watch = self._watches.get(task_id)
+        if watch is not None:
+            await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+        if wait:
+            await self.wait_terminal(task_id, self.config.tasks.stop_grace + 10)
+        return await self.get(task_id)
+
+    async def wait_terminal(self, task_id: str, timeout: float | None) -> Task:
+        task = await self.get(task_id)
+        if task.status.terminal:
+            return task
+        done = self._finished.setdefault(task_id, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout)
+        return await self.get(task_id)
+
+    # ---- transitions -------------------------------------------------------------
+
+    async def _transition(self, task: Task, new: Status, event_type: str, message: str, **changes: Any) -> None:
+        check_transition(task.id, task.status, new)
+        changes["status"] = new
+        ev = event(task.id, event_type, message)
+
+        def write(conn: sqlite3.Connection) -> None:
+            q.update_task(conn, task.id, changes)
+            q.insert_event(conn, ev)
+
+        await self.db.write(write)
+        for key, value in changes.items():
+            setattr(task, key, value)
+        log.info("task %s: %s", new, message, extra={"task_id": task.id})
+        self.bus.publish(TaskChange(task.id, str(new), "status"))
+
+    # ---- agent start and stop -------------------------------------------------------
+
+    async def recover(self) -> None:
+        """On boot: every task the store says is active is reattached or settled."""
+        for task in await self.db.read(lambda c: q.list_tasks(c, statuses=[str(s) for s in ACTIVE], newest_first=False)):
+            if task.handle is None:
+                reason = "lost: the agent stopped while the task was starting"
+                await self._finish(task, Status.FAILED, "failed", reason, reason=reason, stopped_at=utc_now())
+                continue
+            handle = Handle.from_json(task.handle)
+            try:
+                backend = self.launcher.backend_for(handle)
+            except Exception as exc:
+                reason = f"lost: its sandbox backend '{handle.backend}' is not available ({exc})"
+                await self._finish(task, Status.FAILED, "failed", reason, reason=reason, stopped_at=utc_now())
+                continue
+            alive = await backend.recover(handle)
+            message = (
+                f"reattached after agent restart (pid {handle.pid})"
+                if alive
+                else "the process ended while the agent was down"
+            )
+            await self.db.write(lambda c, t=task, m=message: q.insert_event(c, event(t.id, "recovered", m)))
+            if task.stop_requested:
+                self._stop_requests.add(task.id)
+            self._watch(task, backend, handle)
+        known = await self.db.read(lambda c: {t.id for t in q.list_tasks(c)})
+        removed = await self.launcher.sandbox.cleanup_orphans(known)
+        for item in removed:
+            log.warning("removed leftover %s that belongs to no known task", item)
+
+    async def shutdown(self) -> None:
+        """Leave running tasks running (they outlive the agent) unless stop_on_exit."""
+        self._stopping_agent = True
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        if self.config.tasks.stop_on_exit:
+            for task_id in list(self._watches):
+                with contextlib.suppress(Exception):
+                    await self.stop(task_id)
+        for watch in list(self._watches.values()):
+            watch.task.cancel()
+        for watch in list(self._watches.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch.task
+        self._watches.clear()
+        self.bus.close()

@@ -1,0 +1,28 @@
+"""The legal task transitions, in one place. Each returns the event to persist."""
+
+from __future__ import annotations
+
+from cnetd.clock import utc_now
+from cnetd.tasks.model import Status, TaskEvent
+
+ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.STARTING, Status.STOPPED, Status.FAILED}),
+    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED, Status.STOPPED}),
+    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.STOPPED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.STOPPED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def check_transition(task_id: str, current: Status, new: Status) -> None:
+    if new not in ALLOWED[current]:
+        raise IllegalTransition(f"task {task_id}: {current} -> {new} is not allowed")
+
+
+def event(task_id: str, type_: str, message: str) -> TaskEvent:
+    return TaskEvent(task_id=task_id, time=utc_now(), type=type_, message=message)
