@@ -61,8 +61,10 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise DomainError("request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DomainError("request body is not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DomainError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import AgentProcess
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Make (unstarted) agents; every one is stopped and its tasks killed afterwards."""
+    made: list[AgentProcess] = []
+
+    def make(config: dict[str, Any] | None = None, name: str = "agent", **kw: Any) -> AgentProcess:
+        agent = AgentProcess(tmp_path / name, config, **kw)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.stop()
+        agent.kill_task_processes()
+
+
+@pytest.fixture
+def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
+    return agent_factory().start()

@@ -1,0 +1,131 @@
+"""Runs the real agent as a child process on a free loopback port, for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.http import Client
+from tests.support.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+TERMINAL = {"completed", "failed", "stopped"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class AgentProcess:
+    """One agent: its own work dir (with examples/ linked in, so the seed's relative
+    paths work), config file, state dir and port."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None,
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        examples = self.workdir / "examples"
+        if not examples.exists():
+            examples.symlink_to(REPO / "examples")
+        self.port = free_port()
+        self.state_dir = self.workdir / "state"
+        self.config = deep_merge(
+            {"agent": {"port": self.port, "state_dir": str(self.state_dir)}, "tasks": {"sandbox": "none"}},
+            config or {},
+        )
+        self.config_path = self.workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.prefix = prefix or []
+        self.env = env or {}
+        self.log_path = self.workdir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = Client(self.url)
+
+    def start(self, ready: bool = True) -> AgentProcess:
+        env = {**os.environ, **self.env}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "cnetd", "-config", str(self.config_path)],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        if ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                return self.api.get("/api/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout, "the agent to answer /api/health")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self.proc = None
+        return code
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+        self.proc = None
+
+    def wait_status(self, task_id: str, statuses: set[str], timeout: float = 60, path: str = "/api/tasks/") -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            reply = self.api.get(path + task_id)
+            assert reply.status == 200, reply.text
+            return reply.body if reply.body["status"] in statuses else None
+
+        return wait_until(reached, timeout, f"task {task_id} to reach {statuses}")
+
+    def wait_done(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        return self.wait_status(task_id, TERMINAL, timeout)
+
+    def kill_task_processes(self) -> None:
+        """Teardown: end every process a task of this agent may have left running."""
+        db = self.state_dir / "cnet.db"
+        if not db.exists():
+            return
+        conn = sqlite3.connect(db)
+        try:
+            rows = conn.execute("SELECT handle FROM tasks WHERE handle IS NOT NULL").fetchall()
+        finally:
+            conn.close()
+        import json
+
+        for (handle,) in rows:
+            pid = json.loads(handle)["pid"]
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+

@@ -1,0 +1,104 @@
+"""Every bad input gets a 4xx in the error envelope, naming what was wrong; nothing
+is created by a rejected request."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.agent import AgentProcess
+
+GOOD_TASK = {"name": "ok", "command": "true"}
+
+
+def assert_error(reply, status: int, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    assert reply.status == status, reply.text
+    assert set(reply.body) == {"error", "status", "timestamp", "details"}
+    assert reply.body["status"] == status
+    for needle in needles:
+        assert needle in reply.body["error"], reply.body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        ({"command": "true"}, ["name"]),
+        ({"name": "x"}, ["command"]),
+        ({"name": "x", "command": 5}, ["command", "string"]),
+        ({"name": "x", "command": "true", "args": "a b"}, ["args", "array"]),
+        ({"name": "x", "command": "true", "args": ["a", 2]}, ["args[1]"]),
+        ({"name": "x", "command": "true", "env": {"A": 1}}, ["env.A"]),
+        ({"name": "x", "command": "true", "env": ["A=1"]}, ["env"]),
+        ({"name": "x", "command": "true", "resources": {"cpu_limit": -1}}, ["resources.cpu_limit"]),
+        ({"name": "x", "command": "true", "resources": {"memory_limit": "lots"}}, ["resources.memory_limit"]),
+        ({"name": "x", "command": "true", "resources": {"memory_limt": 5}}, ["resources.memory_limt", "unknown"]),
+        ({"name": "x", "command": "true", "colour": "red"}, ["colour", "unknown"]),
+        ({"name": "x", "command": "true", "type": "container"}, ["type"]),
+        ({"name": "x", "command": "true", "timeout": "soon"}, ["timeout"]),
+        ({"name": "x", "command": "no-such-program-xyz"}, ["command", "not found"]),
+        ({"name": "x", "command": "true", "working_dir": "/no/such/dir"}, ["working_dir"]),
+        ({"name": "<script>", "command": "true"}, ["name"]),
+        ([1, 2], ["body", "object"]),
+    ],
+)
+def test_bad_task_bodies(agent: AgentProcess, body: object, needles: list[str]) -> None:
+    assert_error(agent.api.post("/api/tasks", body), 400, *needles)
+    assert agent.api.get("/api/tasks").body == []
+
+
+def test_malformed_and_empty_bodies(agent: AgentProcess) -> None:
+    assert_error(agent.api.post("/api/tasks", raw=b"{not json"), 400, "not valid JSON")
+    assert_error(agent.api.post("/api/tasks", raw=b""), 400, "empty")
+    assert_error(agent.api.post("/api/tasks", raw=b"\xff\xfe"), 400, "UTF-8")
+    assert_error(agent.api.post("/api/tasks", raw=b"x" * (2 * 1024 * 1024)), 413)
+
+
+def test_unknown_ids_routes_and_methods(agent: AgentProcess) -> None:
+    assert_error(agent.api.get("/api/tasks/nope"), 404, "nope")
+    assert_error(agent.api.delete("/api/tasks/nope"), 404)
+    assert_error(agent.api.get("/api/tasks/nope/logs"), 404)
+    assert_error(agent.api.get("/api/ml/models/nope"), 404)
+    assert_error(agent.api.post("/api/ml/models/nope/predict", {"input_data": 1}), 404)
+    assert_error(agent.api.get("/api/nothing-here"), 404, "no such endpoint")
+    reply = agent.api.request("PUT", "/api/tasks")
+    assert_error(reply, 405, "PUT")
+    assert "GET" in reply.headers["Allow"]
+
+
+def test_bad_query_parameters(agent: AgentProcess) -> None:
+    task = agent.api.post("/api/tasks", GOOD_TASK).body
+    assert_error(agent.api.get(f"/api/tasks/{task['id']}/logs?lines=abc"), 400, "lines")
+    assert_error(agent.api.get(f"/api/tasks/{task['id']}/logs?lines=0"), 400, "lines")
+    assert_error(agent.api.get(f"/api/tasks/{task['id']}/logs?lines=100001"), 400, "lines")
+    assert_error(agent.api.get("/api/tasks?status=weird"), 400, "status")
+
+
+@pytest.mark.parametrize(
+    ("patch", "needles"),
+    [
+        ({"model_path": None}, ["model_path"]),
+        ({"script_path": "examples/ml_models/missing.py"}, ["script_path", "no such file"]),
+        ({"resources": {"cpu_limit": "two"}}, ["resources.cpu_limit"]),
+        ({"args": [1, 2]}, ["args[0]"]),
+        ({"name": ""}, ["name"]),
+    ],
+)
+def test_bad_deploy_bodies(agent: AgentProcess, patch: dict[str, object], needles: list[str]) -> None:
+    from tests.test_ml_api import LINEAR_BODY
+
+    body = {**LINEAR_BODY, **patch}
+    body = {k: v for k, v in body.items() if v is not None}
+    assert_error(agent.api.post("/api/ml/models", body), 400, *needles)
+    assert agent.api.get("/api/ml/models").body == []
+    assert agent.api.get("/api/tasks").body == []
+
+
+def test_bad_predict_bodies(agent: AgentProcess) -> None:
+    from tests.test_ml_api import LINEAR_BODY
+
+    model = agent.api.post("/api/ml/models", LINEAR_BODY).body
+    path = f"/api/ml/models/{model['id']}/predict"
+    assert_error(agent.api.post(path, {}), 400, "input_data")
+    assert_error(agent.api.post(path, {"input_data": None}), 400, "input_data")
+    assert_error(agent.api.post(path, {"input_data": []}), 400, "input_data")
+    assert_error(agent.api.post(path, {"input": 5.5}), 400, "input")
+    assert_error(agent.api.post(path + "?wait=maybe", {"input_data": 5.5}), 400, "wait")
