@@ -233,12 +233,25 @@ class TaskService:
             for guard in guards:
                 guard.cancel()
             for guard in guards:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await guard
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a broken guard must not leave the task 'running' forever
+                    log.exception("task guard failed", extra={"task_id": task.id})
         watch = self._watches.get(task.id)
-        await self._record_exit(task, exit, watch)
-        await backend.release(handle)
-        self._watches.pop(task.id, None)
+        try:
+            await self._record_exit(task, exit, watch)
+        except Exception as exc:
+            log.exception("recording the exit failed", extra={"task_id": task.id})
+            current = await self.get(task.id)
+            if not current.status.terminal:
+                reason = f"internal error while recording the exit: {exc}"
+                await self._finish(current, Status.FAILED, "failed", reason, reason=reason, exit_code=exit.code, stopped_at=utc_now())
+        finally:
+            self._watches.pop(task.id, None)
+            with contextlib.suppress(Exception):
+                await backend.release(handle)
 
     async def _enforce_timeout(self, task: Task, waiting: asyncio.Future[ExitStatus]) -> None:
         if not task.timeout:
