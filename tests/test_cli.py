@@ -65,3 +65,13 @@ def test_env_overrides_reach_the_agent(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, env={"CNET_PORT": "7777", "CNET_NODE_ID": "n1", "PATH": "/usr/bin:/bin"},
     )
     assert '"port": 7777' in result.stdout and '"node_id": "n1"' in result.stdout
+
+
+def test_json_log_format_is_honoured(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    agent = agent_factory({"logging": {"format": "json", "level": "debug"}}).start()
+    agent.stop()
+    entries = [json.loads(line) for line in agent.log_text().splitlines() if line.strip()]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any("starting" in e["message"] for e in entries)

@@ -313,6 +313,8 @@ class TaskService:
             status, kind = (Status.COMPLETED, "completed") if reason is None else (Status.FAILED, "failed")
             message = reason or "completed (exit code 0)"
         await self._finish(current, status, kind, message, reason=reason, **changes)
+        if self.config.tasks.cleanup:
+            self.launcher.exit_path(task.id).unlink(missing_ok=True)
 
     async def _finish(self, task: Task, status: Status, kind: str, message: str, **changes: Any) -> None:
         await self._transition(task, status, kind, message, **changes)
