@@ -28,3 +28,6 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
 @pytest.fixture
 def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
     return agent_factory().start()
+
+
+from tests.harness.fixtures import cgroup_group, systemd_ns  # noqa: E402,F401  (session fixtures)

@@ -1,0 +1,128 @@
+"""Limits really enforced: by systemd scopes (inside a real systemd) and by cgroupfs
+directly. Memory over the limit is an OOM kill read from the cgroup, CPU is held to its
+quota, a stopped tree leaves no survivor; and the disk meter counts what a task writes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cnetd.supervisor.disk import DiskMeter, format_bytes
+from tests.harness.fixtures import BACKENDS, Driver, make_driver
+
+ENFORCING = [p for p in BACKENDS if p.values[0] != "none"]
+
+
+@pytest.fixture(params=ENFORCING)
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver]:
+    yield from make_driver(request, request.param, tmp_path)
+
+
+def test_allocating_past_the_memory_limit_is_an_oom_kill(driver: Driver) -> None:
+    result = driver.run("oom", alloc_mb=300, limit_mb=100)
+    assert result["status"]["oom_killed"] is True
+    assert result["status"]["code"] == 137
+    assert "allocated" not in result["log"]
+
+
+def test_allocating_under_the_memory_limit_works(driver: Driver) -> None:
+    result = driver.run("oom", alloc_mb=50, limit_mb=100)
+    assert result["status"] == {"code": 0, "signal": None, "oom_killed": False, "lost": False}
+    assert "allocated" in result["log"]
+
+
+def test_cpu_limit_holds_two_busy_processes_to_half_a_core(driver: Driver) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores to show the quota rather than the machine's size")
+    for _attempt in range(3):
+        result = driver.run("cpu", cpu_limit=0.5, window=3.0)
+        assert result["cpu_percent"] <= 60, result  # the quota holds, however idle the machine
+        if result["cpu_percent"] >= 40:
+            return
+        if result["idle_cores"] >= 0.5:  # half a core was there to take, and it did not get it
+            raise AssertionError(f"got {result['cpu_percent']:.1f}% of a core with a 50% quota: {result}")
+    # Other processes took every core in each window: only the upper bound could be shown.
+    pytest.skip(f"machine saturated by other processes (idle {result['idle_cores']:.2f} cores): "
+                f"got {result['cpu_percent']:.1f}%, the 40% lower bound is not observable")
+
+
+def test_stopped_tree_leaves_no_process_anywhere(driver: Driver) -> None:
+    marker = f"cnet-tree-{uuid.uuid4()}"
+    result = driver.run("stop_tree", marker=marker, grace=0.5)
+    assert result["survivors"] == []
+    # and seen from the host, independently of the backend's own bookkeeping
+    assert processes_with(marker) == []
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    needle = marker.encode()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if needle in f.read():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+# --- disk meter -----------------------------------------------------------------------
+
+
+def test_disk_meter_counts_log_and_new_or_modified_files(tmp_path: Path) -> None:
+    work, model, log = tmp_path / "work", tmp_path / "models", tmp_path / "task.log"
+    work.mkdir()
+    model.mkdir()
+    old_untouched = work / "dataset.csv"
+    old_untouched.write_bytes(b"x" * 5000)
+    old_modified = model / "model.pkl"
+    old_modified.write_bytes(b"x" * 100)
+    past = time.time() - 60
+    for f in (old_untouched, old_modified):
+        os.utime(f, (past, past))
+    started = time.time() - 1  # as the supervisor records it: before the task's first write
+
+    meter = DiskMeter(log, [work, model, work / "sub"], since=started)
+    assert meter.measure() == 0  # nothing written yet; the old files do not count
+
+    log.write_bytes(b"l" * 1000)
+    (work / "sub").mkdir()
+    (work / "sub" / "out.bin").write_bytes(b"o" * (2 << 20))
+    with open(old_modified, "ab") as out:
+        out.write(b"y" * 900)  # rewritten: its whole size counts now
+    (work / "link").symlink_to(old_untouched)  # never followed
+    assert meter.measure() == 1000 + (2 << 20) + 1000
+    assert not meter.truncated
+
+
+def test_disk_meter_takes_the_started_at_text_and_bounds_its_work(tmp_path: Path) -> None:
+    for i in range(50):
+        (tmp_path / f"f{i}").write_bytes(b"z" * 10)
+    meter = DiskMeter(tmp_path / "none.log", [tmp_path], since="2000-01-01T00:00:00.000Z", max_entries=20)
+    assert 0 < meter.measure() <= 200
+    assert meter.truncated
+    assert DiskMeter(tmp_path / "none.log", [tmp_path], since="2000-01-01T00:00:00.000Z").measure() == 500
+
+
+def test_disk_meter_counts_what_a_real_task_writes(tmp_path: Path) -> None:
+    import subprocess
+
+    started = time.time()
+    meter = DiskMeter(tmp_path / "task.log", [tmp_path], since=started)
+    subprocess.run(["/bin/sh", "-c", "head -c 3000000 /dev/zero > out.bin"], cwd=tmp_path, timeout=30, check=True)
+    assert meter.measure() == 3_000_000
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(100 << 20) == "100 MB"
+    assert format_bytes(int(1.2 * (1 << 30))) == "1.2 GB"
+    assert format_bytes(1 << 30) == "1.0 GB"
+    assert format_bytes(512) == "512 B"
