@@ -1,0 +1,87 @@
+"""The dashboard (/) and the nodes page (/nodes)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from aiohttp import web
+from markupsafe import Markup
+
+from cnetd import __version__
+from cnetd.agent import Agent
+from cnetd.ui.common import STATUSES, agent_of, renderer
+from cnetd.ui.render import fragment_response, polled
+
+RECENT = 10
+
+
+def node_context(agent: Agent) -> dict[str, Any]:
+    cfg = agent.config.agent
+    sandbox = agent.launcher.sandbox
+    return {
+        "node": {
+            "id": agent.node_id,
+            "name": cfg.node_name,
+            "hostname": socket.gethostname(),
+            "region": cfg.region,
+            "datacenter": cfg.datacenter,
+            "address": f"{cfg.address}:{cfg.port}",
+            "version": __version__,
+            "started_at": agent.started_at,
+            "uptime": agent.uptime,
+            "max_concurrent": agent.config.tasks.max_concurrent,
+            "ml_enabled": agent.config.ml.enabled,
+        },
+        "sandbox": {
+            "backend": sandbox.name,
+            "reason": agent.sandbox_reason,
+            "enforced": sandbox.capabilities.enforcement(),
+        },
+    }
+
+
+def resources_fragment(request: web.Request) -> tuple[Markup, bool]:
+    agent = agent_of(request)
+    ctx = {"usage": agent.resources.usage(), "uptime": agent.uptime}
+    inner = renderer(request).string(request, "_resources.html", ctx)
+    markup, unchanged = polled(request, inner, "/fragments/resources", "resources", "2s")
+    return markup, unchanged
+
+
+async def activity_fragment(request: web.Request) -> tuple[Markup, bool]:
+    agent = agent_of(request)
+    counts = await agent.tasks.counts()
+    recent = await agent.tasks.list(limit=RECENT)
+    ctx = {"counts": counts, "total": sum(counts.values()), "statuses": STATUSES, "recent": recent}
+    inner = renderer(request).string(request, "_activity.html", ctx)
+    markup, unchanged = polled(request, inner, "/fragments/activity", "activity", "2s")
+    return markup, unchanged
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    agent = agent_of(request)
+    resources, _ = resources_fragment(request)
+    activity, _ = await activity_fragment(request)
+    ctx = {**node_context(agent), "resources": resources, "activity": activity, "nav": "dashboard"}
+    return renderer(request).response(request, "dashboard.html", ctx)
+
+
+async def resources_part(request: web.Request) -> web.Response:
+    return fragment_response(*resources_fragment(request))
+
+
+async def activity_part(request: web.Request) -> web.Response:
+    return fragment_response(*await activity_fragment(request))
+
+
+async def nodes(request: web.Request) -> web.Response:
+    agent = agent_of(request)
+    discovery = agent.config.discovery
+    ctx = {
+        **node_context(agent),
+        "totals": agent.resources.totals(),
+        "discovery": {"enabled": discovery.enabled, "servers": list(discovery.servers)},
+        "nav": "nodes",
+    }
+    return renderer(request).response(request, "nodes.html", ctx)

@@ -1,0 +1,66 @@
+"""What a task page (and a model page, which is its deploy task's page plus the model)
+shows: the summary, the event timeline, the log tail, the usage chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cnetd.agent import Agent
+from cnetd.errors import NotFound
+from cnetd.ml.service import Model
+from cnetd.store import logs as lq
+from cnetd.tasks.model import Status, Task
+from cnetd.ui.chart import usage_series
+from cnetd.ui.state import UiState
+
+LOG_TAIL = 300
+
+
+@dataclass(frozen=True)
+class LogTail:
+    lines: list[tuple[int, str]]
+    last_seq: int
+    dropped: int  # lines before the first one shown (not shown, or dropped by retention)
+
+
+async def find_model(agent: Agent, task_id: str) -> Model | None:
+    try:
+        return await agent.models.get(task_id)
+    except NotFound:
+        return None
+
+
+def summary_context(agent: Agent, task: Task, model: Model | None) -> dict[str, Any]:
+    active = not task.status.terminal
+    show_progress = task.progress is not None or (active and task.type == "ml_model" and task.kind == "train")
+    return {
+        "task": task,
+        "model": model,
+        "active": active,
+        "show_progress": show_progress,
+        "enforced": agent.enforcement(task.sandbox),
+    }
+
+
+async def timeline_context(agent: Agent, task: Task) -> dict[str, Any]:
+    return {"task": task, "events": await agent.tasks.events(task.id)}
+
+
+async def log_tail(agent: Agent, task_id: str, lines: int = LOG_TAIL) -> LogTail:
+    rows = await agent.db.read(lambda c: lq.tail(c, task_id, lines))
+    last = rows[-1][0] if rows else 0
+    dropped = rows[0][0] - 1 if rows else 0
+    return LogTail(rows, last, dropped)
+
+
+def usage_context(ui: UiState, task: Task) -> dict[str, Any]:
+    samples = ui.history.of(task.id)
+    cpu, memory = usage_series(samples, task.resources.cpu_limit, task.resources.memory_limit)
+    return {
+        "task": task,
+        "cpu": cpu,
+        "memory": memory,
+        "running": task.status in (Status.PENDING, Status.STARTING, Status.RUNNING),
+        "span": samples[-1].at - samples[0].at if len(samples) > 1 else 0.0,
+    }

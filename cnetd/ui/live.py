@@ -1,0 +1,158 @@
+"""Live parts of a task page: one server-sent event stream per page (log lines as they
+are ingested, the summary and timeline whenever the TaskBus says the task changed),
+plus the polled usage chart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Literal
+
+from aiohttp import web
+from markupsafe import Markup
+
+from cnetd.store import logs as lq
+from cnetd.tasks.bus import TaskChange
+from cnetd.ui import detail
+from cnetd.ui.common import agent_of, renderer, ui_of
+from cnetd.ui.render import fragment_response, polled
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 15.0
+LINES_PER_EVENT = 500
+
+News = Literal["lines", "status", "progress", "resubscribe", "idle", "closing"]
+
+
+def sse_message(event: str, data: str, event_id: int | None = None) -> bytes:
+    """One SSE message; CR would end a data line early, so it is dropped."""
+    parts = [] if event_id is None else [f"id: {event_id}"]
+    parts.append(f"event: {event}")
+    parts += [f"data: {line}" for line in data.replace("\r", "").split("\n")]
+    return ("\n".join(parts) + "\n\n").encode()
+
+
+async def _next_change(queue: asyncio.Queue[TaskChange | None], task_id: str) -> TaskChange | None:
+    while True:
+        change = await queue.get()
+        if change is None or change.task_id == task_id:
+            return change
+
+
+class _Stream:
+    def __init__(self, request: web.Request, response: web.StreamResponse, task_id: str, last: int) -> None:
+        self.request = request
+        self.response = response
+        self.agent = agent_of(request)
+        self.ui = ui_of(request)
+        self.task_id = task_id
+        self.last = last
+        self.queue = self.agent.tasks.bus.subscribe()
+
+    async def send_state(self, timeline: bool = True) -> None:
+        task = await self.agent.tasks.get(self.task_id)
+        model = await detail.find_model(self.agent, self.task_id) if task.type == "ml_model" else None
+        r = renderer(self.request)
+        ctx = detail.summary_context(self.agent, task, model)
+        await self.response.write(sse_message("summary", r.string(self.request, "_summary.html", ctx)))
+        if timeline:
+            tl = await detail.timeline_context(self.agent, task)
+            await self.response.write(sse_message("timeline", r.string(self.request, "_timeline.html", tl)))
+
+    async def send_lines(self) -> bool:
+        rows = await self.agent.db.read(lambda c: lq.after(c, self.task_id, self.last, LINES_PER_EVENT))
+        if not rows:
+            return False
+        html = renderer(self.request).string(self.request, "_log_lines.html", {"lines": rows})
+        self.last = rows[-1][0]
+        await self.response.write(sse_message("log", html, self.last))
+        return True
+
+    async def wait_for_news(self) -> News:
+        waiters: dict[asyncio.Task[object], str] = {
+            asyncio.create_task(self.agent.ingester.wait_for_lines(self.task_id, self.last, KEEPALIVE_SECONDS)): "lines",
+            asyncio.create_task(_next_change(self.queue, self.task_id)): "change",
+            asyncio.create_task(self.ui.closing.wait()): "closing",
+        }
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            for waiter in waiters:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+        if self.ui.closing.is_set():
+            return "closing"
+        for waiter in done:
+            if waiters[waiter] == "change":
+                change = waiter.result()
+                if change is None:
+                    return "resubscribe"
+                return "progress" if change.kind == "progress" else "status"
+        return "lines" if any(w.result() for w in done) else "idle"
+
+    async def run(self) -> None:
+        await self.send_state()
+        while not self.ui.closing.is_set():
+            if await self.send_lines():
+                continue
+            task = await self.agent.tasks.get(self.task_id)
+            if task.status.terminal:
+                if await self.send_lines():  # lines ingested just before the status changed
+                    continue
+                await self.send_state()
+                await self.response.write(sse_message("end", str(task.status)))
+                return
+            news = await self.wait_for_news()
+            if news == "closing":
+                return  # the browser reconnects to the restarted agent by itself
+            if news == "resubscribe":  # the bus dropped us as too slow: catch up
+                self.agent.tasks.bus.unsubscribe(self.queue)
+                self.queue = self.agent.tasks.bus.subscribe()
+                await self.send_state()
+            elif news in ("status", "progress"):
+                await self.send_state(timeline=news == "status")
+            elif news == "idle":
+                await self.response.write(b": keepalive\n\n")
+
+    def close(self) -> None:
+        self.agent.tasks.bus.unsubscribe(self.queue)
+
+
+def _after(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    return int(raw) if raw.isdigit() else 0
+
+
+async def task_live(request: web.Request) -> web.StreamResponse:
+    task_id = request.match_info["id"]
+    await agent_of(request).tasks.get(task_id)  # 404 before the stream starts
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    stream = _Stream(request, response, task_id, _after(request))
+    try:
+        await stream.run()
+    except ConnectionError:
+        log.debug("live stream of task %s: the browser went away", task_id)
+    finally:
+        stream.close()
+    return response
+
+
+def usage_fragment(request: web.Request, ctx: dict[str, object]) -> tuple[Markup, bool]:
+    task = ctx["task"]
+    inner = renderer(request).string(request, "_usage.html", ctx)
+    url = str(request.app.router["ui-task-usage"].url_for(id=task.id))  # type: ignore[attr-defined]
+    markup, unchanged = polled(request, inner, url, "usage", "2s" if ctx["running"] else None)
+    return markup, unchanged
+
+
+async def task_usage(request: web.Request) -> web.Response:
+    agent, ui = agent_of(request), ui_of(request)
+    task = await agent.tasks.get(request.match_info["id"])
+    return fragment_response(*usage_fragment(request, detail.usage_context(ui, task)))

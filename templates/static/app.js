@@ -1,0 +1,51 @@
+/* cnetd web UI: a few helpers on top of htmx (no framework, no network but this agent). */
+(function () {
+  "use strict";
+
+  var flash = function (message) {
+    var box = document.getElementById("flash");
+    if (!box) { return; }
+    box.textContent = message;
+    box.hidden = false;
+    window.clearTimeout(box._timer);
+    box._timer = window.setTimeout(function () { box.hidden = true; }, 8000);
+  };
+
+  /* A failed request says why, using the API's error envelope when there is one. */
+  document.addEventListener("htmx:responseError", function (evt) {
+    var xhr = evt.detail.xhr;
+    var message = "The agent answered " + xhr.status + " " + (xhr.statusText || "");
+    try {
+      var body = JSON.parse(xhr.responseText);
+      if (body && body.error) { message = body.error; }
+    } catch (ignored) { /* not JSON */ }
+    flash(message);
+  });
+  document.addEventListener("htmx:sendError", function () {
+    flash("The agent did not answer; is it still running?");
+  });
+
+  /* A live stream that ended (the task is over) stops calling itself live. */
+  document.addEventListener("htmx:sseClose", function () {
+    document.querySelectorAll("[data-live]").forEach(function (el) { el.hidden = true; });
+  });
+
+  /* Logs follow the newest line while the reader is at the bottom. */
+  var nearBottom = function (el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 48; };
+  document.addEventListener("htmx:sseBeforeMessage", function (evt) {
+    var log = evt.target.closest && evt.target.closest(".log");
+    if (log) { log.dataset.follow = nearBottom(log) ? "1" : ""; }
+  });
+  document.addEventListener("htmx:sseMessage", function (evt) {
+    var log = evt.target.closest && evt.target.closest(".log");
+    if (log && log.dataset.follow) { log.scrollTop = log.scrollHeight; }
+  });
+  var bottomAll = function () {
+    document.querySelectorAll(".log").forEach(function (log) { log.scrollTop = log.scrollHeight; });
+  };
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", bottomAll);
+  } else {
+    bottomAll();
+  }
+})();

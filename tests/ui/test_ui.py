@@ -1,0 +1,274 @@
+"""The web UI in a real headless Chromium against a real agent: deploy from the form,
+watch it finish without reloading, predict, follow logs, stop with a confirm, see
+validation errors beside their fields; every page with 0 and ~300 tasks; nothing
+logged to the console, nothing requested from anywhere but the agent."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from playwright.sync_api import expect
+
+from tests.support.agent import AgentProcess
+from tests.ui.conftest import Browse
+
+PAGES = {"dashboard": ("/", "Dashboard"), "models": ("/models", "Models"), "tasks": ("/tasks", "Tasks"), "nodes": ("/nodes", "Nodes")}
+TICKER = "import time; [print('tick', i, flush=True) or time.sleep(0.2) for i in range(100000)]"
+
+
+def check_page(b: Browse, path: str, heading: str, shot: str) -> None:
+    b.goto(path)
+    expect(b.page).to_have_title(re.compile(rf"^{heading} · .+ · CNET Agent$"))
+    expect(b.page.locator("h1")).to_have_text(heading)
+    expect(b.page.locator("nav[aria-label=Main] a[aria-current=page]")).to_have_text(heading)
+    b.shot(shot)
+
+
+def status_of(b: Browse) -> object:
+    return b.page.locator("#status .badge")
+
+
+def test_every_page_with_no_tasks_and_live_updates(agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    for viewport in ("laptop", "phone"):
+        b = browse(agent, viewport)
+        for name, (path, heading) in PAGES.items():
+            check_page(b, path, heading, f"empty-{name}")
+        expect(b.page.get_by_text("No cluster configured.")).to_be_visible()
+        b.assert_clean()
+
+    b = browse(agent)
+    b.goto("/models")
+    expect(b.page.get_by_text("No models deployed yet.")).to_be_visible()
+    # Keyboard: the first Tab reaches the skip link, which moves focus to the content.
+    b.page.keyboard.press("Tab")
+    expect(b.page.locator(":focus")).to_have_text("Skip to content")
+    b.page.keyboard.press("Enter")
+    b.page.keyboard.press("Tab")
+    expect(b.page.locator(":focus")).to_have_text("Deploy a model")
+    # Every form control has a label.
+    unlabelled = b.page.locator("input:not([type=hidden]), textarea, select").evaluate_all(
+        "els => els.filter(e => !(e.labels && e.labels.length)).map(e => e.name || e.id)"
+    )
+    assert unlabelled == []
+    b.goto("/tasks")
+    expect(b.page.get_by_text("No tasks yet.")).to_be_visible()
+    # A task created elsewhere shows up in the open list without a reload (polling).
+    created = agent.api.post("/api/tasks", {"name": "from-the-api", "command": "true"}).body
+    row = b.page.locator(f"#t-{created['id']}")
+    expect(row).to_have_text("from-the-api", timeout=10_000)
+    expect(b.page.locator("#task-list tr", has=row).locator(".badge")).to_have_text("completed", timeout=10_000)
+    b.goto("/")
+    expect(b.page.locator("a.count.s-completed .n")).to_have_text("1")
+    b.assert_clean()
+
+
+def test_deploy_preset_train_and_predict(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    b = browse(ui_agent)
+    page = b.page
+    b.goto("/models")
+    page.get_by_role("link", name="Linear regression").click()
+    expect(page.locator("#deploy-name")).to_have_value("linear-regression-model")
+    expect(page.locator("#deploy-args")).to_have_value(
+        "examples/ml_models/simple_linear_regression.py\ntrain\nmodels/linear_regression_model.joblib\n1000"
+    )
+    expect(page.locator("#deploy-env")).to_have_value("PYTHONPATH=examples/ml_models")
+    page.get_by_role("button", name="Deploy").click()
+    page.wait_for_url(re.compile(r"/models/[0-9a-f-]{36}$"))
+    model_id = page.url.rsplit("/", 1)[1]
+    # The status reaches completed on the open page: no reload.
+    expect(status_of(b)).to_have_text("completed", timeout=90_000)
+    expect(page.locator("#log-lines .ln").first).to_be_visible()
+    expect(page.locator("#result")).to_contain_text('"status": "success"')
+    expect(page.locator("#timeline")).to_contain_text("completed (exit code 0)")
+    assert page.url.endswith(model_id)
+
+    page.locator("#predict-input_data").fill("5.5")
+    page.get_by_role("button", name="Predict").click()
+    value = page.locator("#prediction-value")
+    expect(value).to_be_visible(timeout=60_000)
+    assert abs(float(value.inner_text()) - 14.0) < 0.5, value.inner_text()
+    expect(page.locator("#predictions li").first).to_contain_text("5.5")
+    b.shot("model")
+    b.goto("/models")
+    expect(page.locator(f"#m-{model_id}")).to_have_text("linear-regression-model")
+    b.shot("models")
+    b.assert_clean()
+
+    phone = browse(ui_agent, "phone")
+    phone.goto(f"/models/{model_id}")
+    expect(status_of(phone)).to_have_text("completed")
+    phone.shot("model")
+    phone.assert_clean()
+
+
+def test_task_form_follows_logs_and_stops_after_confirm(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    b = browse(ui_agent)
+    page = b.page
+    b.goto("/tasks")
+    page.locator("#task-name").fill("ticker")
+    page.locator("#task-command").fill(sys.executable)
+    page.locator("#task-args").fill("-c\n" + TICKER)
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}$"))
+    task_id = page.url.rsplit("/", 1)[1]
+    expect(status_of(b)).to_have_text("running", timeout=15_000)
+    # Lines stream in over SSE: more keep arriving on the open page.
+    lines = page.locator("#log-lines .ln")
+    expect(lines.first).to_be_visible()
+    seen = lines.count()
+    expect(page.locator("#log-lines .ln").nth(seen + 3)).to_be_visible(timeout=10_000)
+    expect(page.locator("#log-lines")).to_contain_text("tick 5")
+    expect(page.locator("#usage .mem polyline")).to_have_count(1, timeout=10_000)  # the chart draws itself
+    b.shot("task-running")
+    phone = browse(ui_agent, "phone")
+    phone.goto(f"/tasks/{task_id}")
+    expect(phone.page.locator("#log-lines .ln").first).to_be_visible()
+    phone.shot("task-running")
+    phone.assert_clean()
+
+    dialogs: list[str] = []
+
+    def accept(dialog: object) -> None:
+        dialogs.append(dialog.message)  # type: ignore[attr-defined]
+        dialog.accept()  # type: ignore[attr-defined]
+
+    page.once("dialog", accept)
+    page.get_by_role("button", name="Stop").click()
+    expect(status_of(b)).to_have_text("stopped", timeout=20_000)
+    assert dialogs and "ticker" in dialogs[0]
+    expect(page.locator("#timeline")).to_contain_text("stopped by user")
+    expect(page.get_by_role("button", name="Stop")).to_have_count(0)
+    assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "stopped"
+    b.shot("task-stopped")
+    b.assert_clean()
+
+
+def test_bad_entries_show_the_error_beside_the_field(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    b = browse(ui_agent)
+    page = b.page
+    before = len(ui_agent.api.get("/api/ml/models").body)
+    b.goto("/models")
+    page.get_by_role("link", name="Linear regression").click()
+    expect(page.locator("#deploy-name")).to_have_value("linear-regression-model")
+    page.locator("#deploy-cpu_limit").fill("-1")
+    page.get_by_role("button", name="Deploy").click()
+    error = page.locator("#deploy-field-cpu_limit .field-error")
+    expect(error).to_contain_text("must be a number of cores > 0")
+    expect(page.locator("#deploy-cpu_limit")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#deploy-cpu_limit")).to_have_value("-1")  # what was typed stays
+    expect(page.locator(".field-error")).to_have_count(1)
+    b.shot("deploy-error")
+
+    page.locator("#deploy-cpu_limit").fill("1")
+    page.locator("#deploy-name").fill("")
+    page.get_by_role("button", name="Deploy").click()
+    expect(page.locator("#deploy-field-name .field-error")).to_contain_text("is required")
+    expect(page.locator(".field-error")).to_have_count(1)
+
+    page.locator("#deploy-name").fill("ok-name")
+    page.locator("#deploy-env").fill("NOT A PAIR")
+    page.get_by_role("button", name="Deploy").click()
+    expect(page.locator("#deploy-field-env .field-error")).to_contain_text("expected KEY=value")
+
+    b.goto("/tasks")
+    page.locator("#task-name").fill("no-such-command")
+    page.locator("#task-command").fill("definitely-not-a-command-here")
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#task-field-command .field-error")).to_be_visible()
+    assert len(ui_agent.api.get("/api/ml/models").body) == before
+    b.assert_clean()
+
+
+def test_every_page_with_hundreds_of_tasks(agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]) -> None:
+    agent = agent_factory({"tasks": {"max_concurrent": 20}}).start()
+
+    def create(i: int) -> str:
+        if i % 5 == 0:
+            body = {"name": f"model-{i}", "model_path": f"models/m{i}.joblib",
+                    "script_path": "examples/ml_models/simple_linear_regression.py", "command": "true", "args": ["x"]}
+            reply = agent.api.post("/api/ml/models", body)
+        else:
+            reply = agent.api.post("/api/tasks", {"name": f"task-{i}", "command": "true"})
+        assert reply.status == 201, reply.text
+        return str(reply.body["id"])
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(create, range(300)))
+
+    for viewport in ("laptop", "phone"):
+        b = browse(agent, viewport)
+        for name, (path, heading) in PAGES.items():
+            check_page(b, path, heading, f"many-{name}")
+        b.assert_clean()
+
+    b = browse(agent)
+    page = b.page
+    b.goto("/tasks")
+    expect(page.locator("#task-list tbody tr")).to_have_count(50)
+    page.get_by_role("link", name="Older →").click()
+    expect(page.locator("h2#h-tasks + span")).to_have_text(re.compile(r"^51–100"))
+    b.goto("/tasks?type=ml_model&page=2")
+    expect(page.locator("#task-list tbody tr")).to_have_count(10)
+    page.locator("#filter-status").select_option("pending")  # filters apply on change, no reload
+    expect(page).to_have_url(re.compile(r"status=pending"))
+    b.goto("/models?page=2")
+    expect(page.locator("#model-list tbody tr")).to_have_count(10)
+    b.goto(f"/models/{ids[0]}")
+    expect(page.locator("h1")).to_have_text("model-0")
+    b.goto(f"/tasks/{ids[1]}")
+    expect(status_of(b)).to_have_text(re.compile("pending|starting|running|completed"))
+    b.shot("many-task")
+    b.assert_clean()
+
+
+def test_serve_predict_warm_and_stop_serving(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    from tests.test_ml_api import LINEAR_BODY
+
+    body = {**LINEAR_BODY, "name": "served-linear", "model_path": "models/served.joblib",
+            "args": [LINEAR_BODY["script_path"], "train", "models/served.joblib", "200"]}
+    model = ui_agent.api.post("/api/ml/models", body).body
+    ui_agent.wait_status(model["id"], {"completed"}, 90, path="/api/ml/models/")
+    b = browse(ui_agent)
+    page = b.page
+    b.goto(f"/models/{model['id']}")
+    card = page.locator("#serving")
+    if card.count() == 0:
+        import pytest
+
+        pytest.skip("this agent has no serving API (POST/DELETE /api/ml/models/{id}/serve)")
+    expect(card).to_contain_text("not served")
+    card.get_by_role("button", name="Serve").click()
+    expect(card).to_contain_text("serving · 1 of 1 ready", timeout=60_000)
+    page.locator("#predict-input_data").fill("[1.0, 2.0]")
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator(".prediction")).to_contain_text("answered by a warm worker")
+    values = [float(v) for v in page.locator("#prediction-value").inner_text().strip("[]").split(",")]
+    assert abs(values[0] - 5.0) < 0.5 and abs(values[1] - 7.0) < 0.5, values
+    b.shot("model-served")
+    page.once("dialog", lambda d: d.accept())
+    card.get_by_role("button", name="Stop serving").click()
+    expect(card).to_contain_text("stopped")
+    b.assert_clean()
+
+
+def test_output_is_escaped_and_static_files_are_cacheable(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    html = "<img src=/static/nope.png onerror=alert(1)><b>bold</b>"
+    created = ui_agent.api.post("/api/tasks", {"name": "escape-me", "command": "echo", "args": [html],
+                                               "env": {"SHOW": html}}).body
+    b = browse(ui_agent)
+    page = b.page
+    b.goto(f"/tasks/{created['id']}")
+    expect(status_of(b)).to_have_text("completed")
+    expect(page.locator("#log-lines .ln").first).to_have_text(html)  # shown as text, from the page or the stream
+    assert page.locator("main img, main b").count() == 0
+    b.assert_clean()
+
+    css = next(u for u in b.requests if "/static/app.css?v=" in u)
+    versioned = ui_agent.api.get(css[len(ui_agent.url):])
+    assert versioned.status == 200 and "immutable" in versioned.headers["Cache-Control"]
+    assert versioned.headers["Content-Type"].startswith("text/css")
+    assert "immutable" not in ui_agent.api.get("/static/app.css").headers["Cache-Control"]
+    assert ui_agent.api.get("/static/..%2Fbase.html").status == 404
