@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 
-from aiohttp import web
-
 from cnetd import __version__
+from cnetd.bundle import restore_environment
 from cnetd.config import Config, ConfigError, load_config
 from cnetd.logsetup import setup_logging
 from cnetd.store.db import StoreError
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    restore_environment()  # in the one-file binary: children must not load its bundled libraries
     args = build_parser().parse_args(normalise_go_style_flags(sys.argv[1:] if argv is None else argv))
     path = getattr(args, "config_sub", None) or args.config
     try:
@@ -61,22 +62,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: Config) -> int:
     from cnetd.app import create_app
+    from cnetd.sdnotify import Notifier
+    from cnetd.server import ListenError, serve
 
     setup_logging(config.logging.level, config.logging.format)
     for warning in config.warnings:
         log.warning(warning)
+    notifier = Notifier()  # reads and unsets NOTIFY_SOCKET & co: tasks must not inherit them
     address, port = config.agent.address, config.agent.port
     log.info("cnet-agent %s starting: http://%s:%d, state in %s", __version__, address, port, config.agent.state_dir)
     try:
-        web.run_app(create_app(config), host=address, port=port, print=None, access_log=None, shutdown_timeout=5)
+        asyncio.run(serve(create_app(config), address, port, notifier))
     except StoreError as exc:
         log.error("%s", exc)
         print(f"cnet-agent: {exc}", file=sys.stderr)
         return 1
+    except ListenError as exc:
+        print(f"cnet-agent: {exc.strerror}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"cnet-agent: cannot listen on {address}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"cnet-agent: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # e.g. a sandbox that was asked for explicitly but cannot work
         print(f"cnet-agent: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
     return 0

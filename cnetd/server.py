@@ -1,0 +1,113 @@
+"""Serving the app: listen, tell systemd when ready, stop cleanly on SIGTERM/SIGINT.
+
+web.run_app has no hook after the socket listens, and READY=1 must mean "it serves": so
+the app is run through AppRunner/TCPSite here, with what run_app did (no access log, a
+short shutdown timeout). Order on start: store, recovery and background parts (the app's
+cleanup_ctx, in runner.setup()), then listen, then READY=1. On SIGTERM/SIGINT (the handlers
+only set an event): STOPPING=1, stop listening, give open requests shutdown_timeout to
+finish, then the app's cleanup (tasks left running or stopped as configured, every log
+line written so far ingested into SQLite, the store closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import weakref
+
+from aiohttp import web
+
+from cnetd.agent import AGENT
+from cnetd.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 3.0  # seconds open requests (SSE follows too) get after SIGTERM
+STATUS_EVERY = 30.0  # seconds between STATUS= refreshes (task counts)
+
+
+class ListenError(OSError):
+    """The socket could not be bound; the message names the address."""
+
+
+async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
+                shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    _end_streams_on_shutdown(app)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    background: list[asyncio.Task[None]] = []
+    try:
+        notifier.status("starting: opening the store, recovering tasks")
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        url = f"http://{host}:{port}"
+        agent = app.get(AGENT)
+        sandbox = agent.launcher.sandbox.name if agent is not None else "?"
+        summary = f"serving {url}, sandbox {sandbox}"
+        notifier.ready(summary)
+        log.info("ready: %s", summary)
+        if notifier.enabled:
+            background.append(asyncio.create_task(notifier.run_watchdog(), name="sd-watchdog"))
+            background.append(asyncio.create_task(_refresh_status(app, notifier, summary), name="sd-status"))
+        await stop.wait()
+        log.info("shutting down: no new requests; open ones get %.0fs", shutdown_timeout)
+        stop_on_exit = agent is not None and agent.config.tasks.stop_on_exit
+        notifier.stopping("stopping: " + ("stopping running tasks (tasks.stop_on_exit)" if stop_on_exit
+                                          else "running tasks keep running"))
+    finally:
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await runner.cleanup()
+        finally:
+            for sig in signals:  # only now: a second SIGTERM must not cut the cleanup short
+                loop.remove_signal_handler(sig)
+            notifier.close()
+    log.info("stopped")
+
+
+def _end_streams_on_shutdown(app: web.Application) -> None:
+    """Streams (SSE log follows, live UI fragments) never finish on their own: on shutdown
+    cancel their handlers, so that they do not hold the exit for the whole timeout.
+    Ordinary requests in flight still get shutdown_timeout to complete."""
+    streams: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
+
+    async def remember(request: web.Request, response: web.StreamResponse) -> None:
+        if not isinstance(response, web.Response) and request.task is not None:
+            streams.add(request.task)
+
+    async def cancel(_app: web.Application) -> None:
+        for task in list(streams):
+            task.cancel()
+
+    app.on_response_prepare.append(remember)
+    app.on_shutdown.append(cancel)
+
+
+async def _refresh_status(app: web.Application, notifier: Notifier, summary: str) -> None:
+    """STATUS= with the task counts, for `systemctl status cnet-agent`."""
+    agent = app.get(AGENT)
+    if agent is None:
+        return
+    while True:
+        await asyncio.sleep(STATUS_EVERY)
+        try:
+            counts = await asyncio.wait_for(agent.tasks.counts(), STATUS_EVERY)
+        except Exception as exc:  # the status line is a courtesy: never fatal
+            log.debug("status refresh failed: %s", exc)
+            continue
+        running = counts.get("running", 0) + counts.get("starting", 0)
+        notifier.status(f"{summary}; {running} running, {counts.get('pending', 0)} pending")
