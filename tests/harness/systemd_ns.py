@@ -30,6 +30,18 @@ SYSTEMD = Path("/lib/systemd/systemd")
 TOOLS = ("unshare", "nsenter", "mount", "systemctl", "systemd-run")
 PREFIX = "cnet-sdns-"  # sub-cgroup names: cnet-sdns-<owner pid>-<owner start>-<n>
 MINIMAL_TARGET = "[Unit]\nDescription=cnet test minimal target\n"
+# The namespace shares the host's filesystem: a unit that pulls in the boot targets would
+# run the host's boot services for real (systemd-tmpfiles-setup once emptied /tmp). Masked,
+# a unit that needs them fails to start instead; a test's unit sets DefaultDependencies=no.
+MASKED_UNITS = (
+    "sysinit.target", "basic.target", "local-fs.target", "sockets.target", "timers.target",
+    "paths.target", "network.target", "network-online.target", "multi-user.target",
+    "systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service", "systemd-tmpfiles-clean.timer",
+    "systemd-sysctl.service", "systemd-sysusers.service", "systemd-udevd.service", "systemd-udev-trigger.service",
+    "systemd-journald.service", "systemd-journald.socket", "systemd-journald-dev-log.socket",
+    "systemd-journald-audit.socket", "systemd-random-seed.service", "systemd-remount-fs.service",
+    "systemd-modules-load.service", "systemd-update-utmp.service", "systemd-journal-flush.service",
+)
 USABLE_STATES = ("running", "degraded")
 V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
                   "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
@@ -195,6 +207,8 @@ class SystemdNamespace:
         etc = self.workdir / "etc"
         etc.mkdir()
         (etc / "minimal.target").write_text(MINIMAL_TARGET)
+        for unit in MASKED_UNITS:
+            (etc / unit).symlink_to("/dev/null")
         pairs: list[str] = []
         for point, own in _cgroup_hierarchies().items():
             sub = own / self.name
