@@ -109,6 +109,9 @@ class TasksSection:
     sandbox: SandboxKind = "auto"
     stop_grace: float = 10.0
     stop_on_exit: bool = False
+    allowed_commands: tuple[str, ...] = ()  # empty: any command
+    cgroup_group: str = "cnet"  # the cgroup backend's group under the agent's own cgroup
+    slice: str = "cnet.slice"  # the systemd slice that holds every task's scope
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,14 @@ class MLSection:
     port_range: PortRange = PortRange()
     resource_limits: ResourceLimits = ResourceLimits(1.0, 536870912, 1073741824, 0)
     timeout: float = 30.0
+    allowed_roots: tuple[Path, ...] = ()  # empty: the agent's working directory and its state dir
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    token_file: Path | None = None
+    metrics_public: bool = False  # /metrics without a token
 
 
 _SECTION_CLASSES: dict[str, type] = {
@@ -136,6 +147,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "resources": ResourcesSection,
     "tasks": TasksSection,
     "ml": MLSection,
+    "auth": AuthSection,
 }
 
 
@@ -157,6 +169,7 @@ class Config:
     resources: ResourcesSection
     tasks: TasksSection
     ml: MLSection
+    auth: AuthSection = AuthSection()
     source: Path | None = None
     warnings: tuple[str, ...] = ()
 
@@ -166,7 +179,9 @@ class Config:
         Paths are strings and durations are seconds; ``source`` and ``warnings`` are left
         out, so writing this dict back out gives a file that loads to the same sections.
         """
-        return {name: _plain(getattr(self, name)) for name in _SECTION_CLASSES}
+        data = {name: _plain(getattr(self, name)) for name in _SECTION_CLASSES}
+        data["auth"]["tokens"] = ["<redacted>" for _ in self.auth.tokens]
+        return data
 
 
 # --------------------------------------------------------------------------- scalars
@@ -377,6 +392,9 @@ _SPEC: dict[str, Spec] = {
         "sandbox": _choice(SandboxKind),
         "stop_grace": _duration(allow_zero=True),
         "stop_on_exit": _bool,
+        "allowed_commands": _strings,
+        "cgroup_group": _str(),
+        "slice": _str(),
     },
     "ml": {
         "enabled": _bool,
@@ -392,8 +410,20 @@ _SPEC: dict[str, Spec] = {
             "gpu_limit": _optional(_int(0)),
         },
         "timeout": _duration(),
+        "allowed_roots": lambda v, where: tuple(_path(p, f"{where}[{i}]") for i, p in enumerate(_list(v, where))),
+    },
+    "auth": {
+        "tokens": _strings,
+        "token_file": _optional(_path),
+        "metrics_public": _bool,
     },
 }
+
+
+def _list(v: Any, where: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise _fail(where, "a list", v)
+    return v
 
 
 def _text_int(text: str) -> Any:
@@ -410,6 +440,7 @@ _ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CNET_STATE_DIR": ("agent", "state_dir", lambda t: os.path.abspath(os.path.expanduser(t))),
     "CNET_LOG_LEVEL": ("logging", "level", str),
     "CNET_SANDBOX": ("tasks", "sandbox", str),
+    "CNET_AUTH_TOKEN": ("auth", "tokens", lambda t: [t]),
 }
 
 
@@ -512,6 +543,14 @@ def _assemble(
             f"{label}: ml.default_engine: must be one of ml.engines "
             f"({', '.join(repr(e) for e in ml.engines) or 'empty'}), got {_show(ml.default_engine)}"
         )
+    ml = dataclasses.replace(ml, allowed_roots=tuple(resolve(p) for p in ml.allowed_roots))
+    auth = build("auth")
+    if auth.token_file is not None:
+        auth = dataclasses.replace(auth, token_file=resolve(auth.token_file))
+        auth = dataclasses.replace(auth, tokens=auth.tokens + _read_tokens(auth.token_file, label))
+    for token in auth.tokens:
+        if len(token) < 16:
+            raise ConfigError(f"{label}: auth.tokens: each token must be at least 16 characters (a short token is guessable)")
     return Config(
         agent=agent,
         logging=build("logging"),
@@ -519,12 +558,21 @@ def _assemble(
         resources=build("resources"),
         tasks=build("tasks"),
         ml=ml,
+        auth=auth,
         source=source,
         warnings=tuple(warnings),
     )
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def _read_tokens(path: Path, label: str) -> tuple[str, ...]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{label}: auth.token_file: cannot read {path}: {exc.strerror or exc}") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
 class _Loader(yaml.SafeLoader):

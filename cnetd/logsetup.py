@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
@@ -39,11 +40,23 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{context}]" if context else text
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    import logging as _logging
-    import time
+class MalformedRequestFilter(logging.Filter):
+    """A client that sends broken HTTP is the client's problem: one warning line, no traceback."""
 
-    handler = _logging.StreamHandler(sys.stderr)
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            record.msg = f"malformed HTTP request refused: {str(record.exc_info[1]).splitlines()[0]}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
@@ -51,7 +64,8 @@ def setup_logging(level: str, fmt: str) -> None:
         # journald stamps every line itself: do not print a second timestamp there.
         formatter = TextFormatter(with_time="JOURNAL_STREAM" not in os.environ)
     handler.setFormatter(formatter)
-    root = _logging.getLogger()
+    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
-    _logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())

@@ -36,6 +36,8 @@ def assert_error(reply, status: int, *needles: str) -> None:  # type: ignore[no-
         ({"name": "x", "command": "true", "timeout": "soon"}, ["timeout"]),
         ({"name": "x", "command": "no-such-program-xyz"}, ["command", "not found"]),
         ({"name": "x", "command": "true", "working_dir": "/no/such/dir"}, ["working_dir"]),
+        ({"name": "x", "command": "true", "working_dir": "a" * 300}, ["working_dir", "255"]),
+        ({"name": "x", "command": "true", "resources": {"cpu_limit": 10**400}}, ["resources.cpu_limit"]),
         ({"name": "<script>", "command": "true"}, ["name"]),
         ([1, 2], ["body", "object"]),
     ],
@@ -80,6 +82,8 @@ def test_bad_query_parameters(agent: AgentProcess) -> None:
         ({"resources": {"cpu_limit": "two"}}, ["resources.cpu_limit"]),
         ({"args": [1, 2]}, ["args[0]"]),
         ({"name": ""}, ["name"]),
+        ({"script_path": "0" * 5000}, ["script_path"]),
+        ({"model_path": "m" * 256}, ["model_path", "255"]),
     ],
 )
 def test_bad_deploy_bodies(agent: AgentProcess, patch: dict[str, object], needles: list[str]) -> None:
@@ -102,3 +106,16 @@ def test_bad_predict_bodies(agent: AgentProcess) -> None:
     assert_error(agent.api.post(path, {"input_data": []}), 400, "input_data")
     assert_error(agent.api.post(path, {"input": 5.5}), 400, "input")
     assert_error(agent.api.post(path + "?wait=maybe", {"input_data": 5.5}), 400, "wait")
+
+
+def test_malformed_http_is_refused_with_one_warning_line(agent: AgentProcess) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Bad: \x00\r\n\r\n")
+        assert b" 400 Bad Request" in s.recv(100)
+    assert agent.api.get("/api/health").status == 200
+    from tests.support.waiting import wait_until
+
+    wait_until(lambda: "malformed HTTP request refused" in agent.log_text(), 5, "the warning line")
+    assert "Traceback" not in agent.log_text()

@@ -400,7 +400,7 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert data["agent"]["heartbeat"] == 30.0
     assert data["ml"]["model_path"] == str(tmp_path / "models")
     assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
-    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "ml"}
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "ml", "auth"}
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
     assert again.warnings == ()
@@ -428,3 +428,25 @@ def test_every_key_is_documented() -> None:
     assert keys("", default_config(Path("/x")).to_dict()) <= rows
     env_vars = {"CNET_NODE_ID", "CNET_PORT", "CNET_REGION", "CNET_DATACENTER", "CNET_LOG_LEVEL", "CNET_ADDRESS"}
     assert all(v in doc for v in env_vars | {"CNET_STATE_DIR", "CNET_SANDBOX"})
+
+
+def test_auth_tokens_from_file_and_env_are_redacted_in_to_dict(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("# ops team\nfile-token-0123456789abcdef\n\n")
+    path = tmp_path / "config.yaml"
+    path.write_text("auth:\n  tokens: [inline-token-0123456789ab]\n  token_file: tokens\n")
+    config = load_config(path, environ={})
+    assert config.auth.tokens == ("inline-token-0123456789ab", "file-token-0123456789abcdef")
+    assert config.to_dict()["auth"]["tokens"] == ["<redacted>", "<redacted>"]
+    assert "0123456789" not in repr(config.auth)
+    from_env = load_config(path, environ={"CNET_AUTH_TOKEN": "env-token-0123456789abcdef"})
+    assert "env-token-0123456789abcdef" in from_env.auth.tokens
+
+
+def test_short_tokens_and_missing_token_files_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("auth:\n  tokens: [short]\n")
+    with pytest.raises(ConfigError, match="auth.tokens: each token must be at least 16 characters"):
+        load_config(path, environ={})
+    path.write_text("auth:\n  token_file: /no/such/file\n")
+    with pytest.raises(ConfigError, match="auth.token_file: cannot read"):
+        load_config(path, environ={})

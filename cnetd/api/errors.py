@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.clock import utc_now
-from cnetd.errors import DomainError
+from cnetd.errors import DomainError, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,14 @@ def _wants_json(request: web.Request) -> bool:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a 400 saying what is wrong with it."""
+    """The request body as JSON, or a 4xx saying what is wrong with it.
+
+    Content-Type must be JSON: a page on another site can send a text/plain or form
+    POST to a loopback agent without a CORS preflight, but not an application/json one.
+    """
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'}")
     raw = await request.read()
     if not raw.strip():
         raise DomainError("request body is empty; expected a JSON object")

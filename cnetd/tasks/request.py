@@ -81,6 +81,25 @@ def string_field(body: Mapping[str, Any], key: str, *, required: bool, default: 
     return value
 
 
+def path_field(body: Mapping[str, Any], key: str, *, required: bool, default: str = "") -> str:
+    """A path: a string whose every component fits a file name (255 bytes)."""
+    value = string_field(body, key, required=required, default=default)
+    if any(len(part.encode()) > 255 for part in value.split("/")):
+        raise Invalid(key, "has a path component longer than 255 bytes")
+    return value
+
+
+def finite_number(value: Any) -> float | None:
+    """value as a finite float, or None when it is not a JSON number (or too large)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def args_field(body: Mapping[str, Any], key: str = "args") -> list[str]:
     value = body.get(key)
     if value is None:
@@ -129,11 +148,10 @@ def resources_field(
     reject_unknown(value, {"cpu_limit", "memory_limit", "disk_limit", "gpu_limit"}, prefix=f"{key}.")
     cpu = value.get("cpu_limit", base.cpu_limit)
     if cpu is not None:
-        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu) or cpu <= 0:
-            raise Invalid(f"{key}.cpu_limit", f"must be a number of cores > 0, got {cpu!r}")
-        if cpu > 1024:
-            raise Invalid(f"{key}.cpu_limit", f"must be at most 1024 cores, got {cpu!r}")
-        cpu = float(cpu)
+        cores = finite_number(cpu)
+        if cores is None or cores <= 0 or cores > 1024:
+            raise Invalid(f"{key}.cpu_limit", f"must be a number of cores > 0 and at most 1024, got {cpu!r}")
+        cpu = cores
     sizes = {}
     for name in ("memory_limit", "disk_limit"):
         item = value.get(name, getattr(base, name))
@@ -183,7 +201,7 @@ def parse_new_task(body: Any) -> NewTask:
         command=string_field(body, "command", required=True),
         args=args_field(body),
         env=env_field(body),
-        working_dir=string_field(body, "working_dir", required=False, default="."),
+        working_dir=path_field(body, "working_dir", required=False, default="."),
         resources=resources_field(body),
         timeout=timeout_field(body),
     )

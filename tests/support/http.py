@@ -26,7 +26,7 @@ class Client:
                 headers: dict[str, str] | None = None, timeout: float = 60) -> Reply:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        if data is not None:
+        if data is not None and "Content-Type" not in (headers or {}):
             req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")

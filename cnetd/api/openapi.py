@@ -1,0 +1,402 @@
+"""The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json.
+
+A test compares it with the router (every /api, /v2 and /metrics route is described,
+nothing else is) and a fuzz run checks the agent's answers against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from cnetd import __version__
+from cnetd.api.serialize import json_response
+from cnetd.ml.serving.spec import LIMITS as SERVING_LIMITS
+from cnetd.ml.serving.spec import LOADERS
+from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
+from cnetd.tasks.request import MAX_ARG_CHARS, MAX_ARGS, MAX_ENV, NAME_PATTERN
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+STRING = {"type": "string"}
+TIME = {"type": "string", "format": "date-time"}
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": STRING}
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": STRING}
+VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": STRING}
+
+SIZE = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]}
+RESOURCES: Schema = {
+    "type": "object",
+    "properties": {
+        "cpu_limit": {"type": "number", "exclusiveMinimum": 0, "maximum": 1024, "description": "cores"},
+        "memory_limit": {**SIZE, "description": "bytes, or a size like \"512MB\""},
+        "disk_limit": {**SIZE, "description": "bytes the task may write"},
+        "gpu_limit": {"type": "integer", "minimum": 0},
+    },
+    "additionalProperties": False,
+}
+RESOURCES_OUT: Schema = {
+    "type": "object",
+    "properties": {
+        "cpu_limit": {"type": "number"},
+        "memory_limit": {"type": "integer"},
+        "disk_limit": {"type": "integer"},
+        "gpu_limit": {"type": "integer"},
+    },
+}
+NAME = {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 128}
+ARGS = {"type": "array", "maxItems": MAX_ARGS, "items": {"type": "string", "maxLength": MAX_ARG_CHARS}}
+ENV = {"type": "object", "maxProperties": MAX_ENV, "additionalProperties": {"type": "string"}}
+DURATION = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "minLength": 1}]}
+
+SERVING_SPEC: Schema = {
+    "type": "object",
+    "properties": {
+        **{
+            name: {"type": "integer" if whole else "number", "minimum": lo, "maximum": hi}
+            for name, (_, lo, hi, whole) in SERVING_LIMITS.items()
+        },
+        "loader": {"enum": list(LOADERS)},
+    },
+    "additionalProperties": False,
+}
+
+TASK: Schema = {
+    "type": "object",
+    "required": ["id", "name", "type", "kind", "status", "command", "args", "env", "working_dir",
+                 "resources", "created_at", "started_at", "stopped_at", "exit_code", "reason",
+                 "progress", "result", "log_file"],
+    "properties": {
+        "id": STRING,
+        "name": STRING,
+        "type": {"enum": list(TASK_TYPES)},
+        "kind": {"enum": [*ML_KINDS, "run"]},
+        "status": {"enum": [str(s) for s in Status]},
+        "command": STRING,
+        "args": {"type": "array", "items": STRING},
+        "env": {"type": "object", "additionalProperties": STRING, "description": "secret-looking values are <redacted>"},
+        "working_dir": STRING,
+        "resources": RESOURCES_OUT,
+        "created_at": TIME,
+        "started_at": nullable(TIME),
+        "stopped_at": nullable(TIME),
+        "exit_code": nullable({"type": "integer"}),
+        "reason": nullable(STRING),
+        "progress": nullable({"type": "number", "minimum": 0, "maximum": 1}),
+        "result": nullable({"type": "object"}),
+        "log_file": STRING,
+        "timeout": nullable({"type": "number"}),
+        "model_id": nullable(STRING),
+        "node_id": STRING,
+        "unit": nullable(STRING),
+        "sandbox": nullable(STRING),
+        "usage": nullable({"type": "object"}),
+        "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    },
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "status", "timestamp", "details"],
+        "properties": {"error": STRING, "status": {"type": "integer"}, "timestamp": TIME, "details": {"type": "object"}},
+    },
+    "V2Error": {"type": "object", "required": ["error"], "properties": {"error": STRING}},
+    "Task": TASK,
+    "Model": {
+        "allOf": [
+            ref("Task"),
+            {
+                "type": "object",
+                "required": ["model_type", "model_path", "script_path"],
+                "properties": {
+                    "model_type": STRING, "model_path": STRING, "script_path": STRING,
+                    "serving": nullable({"type": "object"}),
+                },
+            },
+        ]
+    },
+    "Event": {
+        "type": "object",
+        "required": ["id", "time", "type", "message"],
+        "properties": {"id": {"type": "integer"}, "time": TIME, "type": STRING, "message": STRING},
+    },
+    "NewTask": {
+        "type": "object",
+        "required": ["name", "command"],
+        "properties": {
+            "name": NAME,
+            "type": {"const": "process"},
+            "command": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "args": ARGS,
+            "env": ENV,
+            "working_dir": {"type": "string", "maxLength": 4096},
+            "resources": RESOURCES,
+            "timeout": DURATION,
+        },
+        "additionalProperties": False,
+    },
+    "Deployment": {
+        "type": "object",
+        "required": ["name", "model_path", "script_path"],
+        "properties": {
+            "name": NAME,
+            "model_type": {"type": "string", "maxLength": 64},
+            "model_path": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "script_path": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "command": {"type": "string", "maxLength": 4096},
+            "args": ARGS,
+            "working_dir": {"type": "string", "maxLength": 4096},
+            "env": ENV,
+            "resources": RESOURCES,
+            "timeout": DURATION,
+            "serving": SERVING_SPEC,
+        },
+        "additionalProperties": False,
+    },
+    "PredictRequest": {
+        "type": "object",
+        "required": ["input_data"],
+        "properties": {"input_data": {"description": "a number, a list of numbers, a string, or any JSON"}},
+        "additionalProperties": False,
+    },
+    "PredictionCreated": {
+        "type": "object",
+        "required": ["prediction_task_id", "message"],
+        "properties": {"prediction_task_id": STRING, "message": STRING},
+    },
+    "PredictionResult": {
+        "type": "object",
+        "required": ["prediction_task_id", "status", "prediction", "message"],
+        "properties": {
+            "prediction_task_id": nullable(STRING),
+            "status": STRING,
+            "prediction": {},
+            "result": nullable({"type": "object"}),
+            "message": STRING,
+        },
+    },
+    "ServingSpec": SERVING_SPEC,
+    "Health": {
+        "type": "object",
+        "required": ["status", "version", "uptime_seconds", "sandbox"],
+        "properties": {
+            "status": STRING, "version": STRING, "node_id": STRING, "uptime_seconds": {"type": "number"},
+            "started_at": TIME, "sandbox": {"type": "object"}, "tasks": {"type": "object"},
+        },
+    },
+    "Node": {"type": "object", "required": ["node_id", "node_name", "region", "datacenter"], "properties": {
+        "node_id": STRING, "node_name": STRING, "region": STRING, "datacenter": STRING}},
+    "Object": {"type": "object"},
+    "V2Tensor": {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": STRING,
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "datatype": STRING,
+            "data": {"type": "array"},
+            "parameters": {"type": "object"},
+        },
+    },
+    "V2InferRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": STRING,
+            "inputs": {"type": "array", "minItems": 1, "items": ref("V2Tensor")},
+            "outputs": {"type": "array", "items": {"type": "object"}},
+            "parameters": {"type": "object"},
+        },
+    },
+    "V2InferResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": STRING, "model_version": STRING, "id": STRING,
+            "outputs": {"type": "array", "items": ref("V2Tensor")},
+        },
+    },
+    "V2ModelMetadata": {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {"name": STRING, "versions": {"type": "array", "items": STRING}, "platform": STRING,
+                       "inputs": {"type": "array"}, "outputs": {"type": "array"}},
+    },
+}
+
+ERROR_TEXT = {
+    400: "a malformed body or a wrong field (the message names it)",
+    401: "a token is required (when auth.tokens is set)",
+    404: "no such id",
+    409: "the task has already ended, or the model has no model file yet",
+    413: "the body is larger than 1 MiB",
+    415: "Content-Type is not application/json",
+    422: "the model's script rejected the input",
+    429: "the model's request queue is full",
+    502: "the prediction failed for a reason that is not the input",
+    503: "storage or worker unavailable",
+    504: "no answer in time",
+}
+
+
+def json_content(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def responses(ok: dict[int, tuple[str, Schema]], errors: tuple[int, ...], v2: bool = False) -> Schema:
+    out: Schema = {str(code): {"description": text, "content": json_content(schema)} for code, (text, schema) in ok.items()}
+    for code in (*errors, 401):
+        out[str(code)] = {"description": ERROR_TEXT[code], "content": json_content(ref("V2Error" if v2 else "Error"))}
+    return out
+
+
+def body(schema_name: str, required: bool = True) -> Schema:
+    return {"required": required, "content": json_content(ref(schema_name))}
+
+
+WRITE_ERRORS = (400, 413, 415, 503)
+
+
+def operation(summary: str, resp: Schema, params: list[Schema] | None = None, request: Schema | None = None,
+              op_id: str = "") -> Schema:
+    op: Schema = {"summary": summary, "operationId": op_id, "responses": resp}
+    if params:
+        op["parameters"] = params
+    if request:
+        op["requestBody"] = request
+    return op
+
+
+def query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+LINES = query("lines", {"type": "integer", "minimum": 1, "maximum": 10000}, "how many of the last lines (default 100)")
+FOLLOW = query("follow", {"type": "boolean"}, "stream new lines as server-sent events until the task ends")
+LOG_RESPONSES = {
+    "200": {
+        "description": "the last lines as a JSON array of strings (text/event-stream with follow=1)",
+        "content": {**json_content({"type": "array", "items": STRING}), "text/event-stream": {"schema": STRING}},
+    },
+    **{k: v for k, v in responses({}, (400, 404)).items()},
+}
+
+
+def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[str, Schema]:
+    params = [NAME_PARAM, *extra_params]
+    return {
+        base: {"get": operation("V2 model metadata", responses(
+            {200: ("metadata", ref("V2ModelMetadata"))}, (404,), v2=True), params, op_id=f"v2ModelMetadata{suffix}")},
+        base + "/ready": {"get": operation("V2 model readiness", responses(
+            {200: ("ready", ref("Object"))}, (404, 503), v2=True), params, op_id=f"v2ModelReady{suffix}")},
+        base + "/infer": {"post": operation("V2 inference", responses(
+            {200: ("outputs", ref("V2InferResponse"))}, (400, 404, 409, 413, 429, 503, 504), v2=True),
+            params, body("V2InferRequest"), op_id=f"v2Infer{suffix}")},
+    }
+
+
+def build_document() -> Schema:
+    task_list_params = [
+        query("status", {"enum": [str(s) for s in Status]}, "only tasks in this status"),
+        query("type", {"enum": list(TASK_TYPES)}, "only tasks of this type"),
+        query("kind", {"enum": [*ML_KINDS, "run"]}, "only tasks of this kind"),
+        query("model_id", STRING, "only the tasks of this model"),
+        query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "at most this many (default 1000)"),
+        query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "skip this many"),
+    ]
+    paths: dict[str, Schema] = {
+        "/api/health": {"get": operation("Liveness, version, sandbox and task counts", responses(
+            {200: ("healthy", ref("Health"))}, ()), op_id="health")},
+        "/api/node": {"get": operation("This node", responses({200: ("node", ref("Node"))}, ()), op_id="node")},
+        "/api/resources": {"get": operation("Node totals", responses({200: ("totals", ref("Object"))}, ()), op_id="resources")},
+        "/api/resources/usage": {"get": operation("Node usage now", responses({200: ("usage", ref("Object"))}, ()), op_id="resourcesUsage")},
+        "/api/openapi.json": {"get": operation("This document", responses({200: ("OpenAPI 3.1", ref("Object"))}, ()), op_id="openapi")},
+        "/api/tasks": {
+            "get": operation("Every task, newest first", responses(
+                {200: ("tasks", {"type": "array", "items": ref("Task")})}, (400,)), task_list_params, op_id="listTasks"),
+            "post": operation("Start a process task", responses(
+                {201: ("created (pending until a slot is free)", ref("Task"))}, WRITE_ERRORS), None, body("NewTask"), op_id="createTask"),
+        },
+        "/api/tasks/{id}": {
+            "get": operation("One task", responses({200: ("task", ref("Task"))}, (404,)), [ID_PARAM], op_id="getTask"),
+            "delete": operation("Stop a task (status becomes stopped)", responses(
+                {200: ("stopped", ref("Task"))}, (404, 409, 503)), [ID_PARAM], op_id="stopTask"),
+        },
+        "/api/tasks/{id}/logs": {"get": {"summary": "A task's log lines", "operationId": "taskLogs",
+                                         "parameters": [ID_PARAM, LINES, FOLLOW], "responses": LOG_RESPONSES}},
+        "/api/tasks/{id}/events": {"get": operation("A task's history", responses(
+            {200: ("events", {"type": "array", "items": ref("Event")})}, (404,)), [ID_PARAM], op_id="taskEvents")},
+        "/api/tasks/{id}/stats": {"get": operation("A task's CPU and memory now", responses(
+            {200: ("usage", ref("Object"))}, (404,)), [ID_PARAM], op_id="taskStats")},
+        "/api/ml/models": {
+            "get": operation("Every model", responses(
+                {200: ("models", {"type": "array", "items": ref("Model")})}, ()), op_id="listModels"),
+            "post": operation("Deploy a model (creates its training task)", responses(
+                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409)), None, body("Deployment"), op_id="deployModel"),
+        },
+        "/api/ml/models/{id}": {
+            "get": operation("One model", responses({200: ("model", ref("Model"))}, (404,)), [ID_PARAM], op_id="getModel"),
+            "delete": operation("Stop a model's task", responses(
+                {200: ("stopped", ref("Model"))}, (404, 409, 503)), [ID_PARAM], op_id="stopModel"),
+        },
+        "/api/ml/models/{id}/predict": {"post": operation(
+            "Predict: a prediction task, or with wait=true the prediction itself",
+            responses({200: ("prediction (wait=true)", ref("PredictionResult")),
+                       201: ("prediction task created", ref("PredictionCreated"))},
+                      (*WRITE_ERRORS, 404, 409, 422, 429, 502, 504)),
+            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], body("PredictRequest"),
+            op_id="predict")},
+        "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
+                                             "parameters": [ID_PARAM, LINES, FOLLOW], "responses": LOG_RESPONSES}},
+        "/api/ml/models/{id}/serve": {
+            "post": operation("Serve the model from warm workers", responses(
+                {200: ("serving", ref("Model")), 202: ("starting", ref("Model"))}, (*WRITE_ERRORS, 404, 409, 504)),
+                [ID_PARAM, query("wait", {"type": "boolean"}, "wait until a worker is ready")],
+                body("ServingSpec", required=False), op_id="serveModel"),
+            "delete": operation("Stop serving the model", responses(
+                {200: ("not served", ref("Model"))}, (404, 409, 503)), [ID_PARAM], op_id="unserveModel"),
+        },
+        "/v2": {"get": operation("V2 server metadata", responses({200: ("metadata", ref("Object"))}, (), v2=True), op_id="v2Server")},
+        "/v2/health/live": {"get": operation("V2 liveness", responses({200: ("live", ref("Object"))}, (), v2=True), op_id="v2Live")},
+        "/v2/health/ready": {"get": operation("V2 readiness", responses({200: ("ready", ref("Object"))}, (503,), v2=True), op_id="v2Ready")},
+        **v2_model_paths("/v2/models/{name}", [], ""),
+        **v2_model_paths("/v2/models/{name}/versions/{version}", [VERSION_PARAM], "Version"),
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics", "operationId": "metrics",
+            "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {"schema": STRING}}},
+                          "401": {"description": ERROR_TEXT[401], "content": json_content(ref("Error"))}},
+        }},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CNET Agent API",
+            "version": __version__,
+            "description": "Deploy ML model scripts and process tasks on this node. Errors are "
+                           "{error, status, timestamp, details}; V2 (Open Inference Protocol) errors are {error}.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": paths,
+    }
+
+
+DOCUMENT = build_document()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(DOCUMENT)
