@@ -12,6 +12,7 @@ from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.service import ModelService
+from cnetd.ml.serving.manager import ServingManager
 from cnetd.store.db import Database
 from cnetd.supervisor.launcher import Launcher
 from cnetd.tasks.service import TaskService
@@ -28,6 +29,7 @@ class Agent:
     tasks: TaskService
     models: ModelService
     resources: ResourceSampler
+    serving: ServingManager
     sandbox_reason: str
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: str = ""

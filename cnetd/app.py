@@ -14,16 +14,22 @@ from aiohttp import web
 from cnetd.agent import AGENT, Agent
 from cnetd.api.errors import error_middleware
 from cnetd.api.routes import add_api_routes
+from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
 from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.service import ModelService
+from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
+from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
+from cnetd.security.confine import Confinement
+from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
 from cnetd.supervisor.launcher import Launcher
 from cnetd.supervisor.select import choose_sandbox
 from cnetd.tasks.service import TaskService
+from cnetd.ui.routes import add_ui_routes
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +50,16 @@ async def persistent_node_id(db: Database, configured: str) -> str:
 
 def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     """base_dir is what relative working_dirs are relative to (default: the cwd)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    check_bind_policy(config.agent.address, config.auth.tokens)
+    authenticator = Authenticator(config.auth.tokens, config.auth.metrics_public)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(authenticator)], client_max_size=MAX_BODY_BYTES
+    )
+    app[AUTHENTICATOR] = authenticator
     app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
     add_api_routes(app)
+    add_login_routes(app)
+    add_ui_routes(app)
     return app
 
 
@@ -57,27 +70,33 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
     await db.open()
     try:
         node_id = await persistent_node_id(db, config.agent.node_id)
-        sandbox, reason = choose_sandbox(config.tasks.sandbox)
+        sandbox, reason = choose_sandbox(config.tasks.sandbox, config.tasks.cgroup_group, config.tasks.slice)
         log.info("sandbox: %s", reason)
-        launcher = Launcher(sandbox, state_dir, base_dir, os.environ)
+        launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks)
         ingester = LogIngester(db)
-        tasks = TaskService(db, launcher, ingester, config, node_id)
+        roots = config.ml.allowed_roots or (base_dir, state_dir)
+        confinement = Confinement(roots, config.tasks.allowed_commands)
+        tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
         ingester._on_lines = tasks.on_log_lines
         resources = ResourceSampler(config.resources, state_dir)
+        models = ModelService(tasks, config)
+        serving = ServingManager(tasks, models, launcher.run_dir, stable_copy(WORKER_RELATIVE, state_dir))
         agent = Agent(
             config=config, base_dir=base_dir, node_id=node_id, db=db, launcher=launcher,
-            ingester=ingester, tasks=tasks, models=ModelService(tasks, config), resources=resources,
+            ingester=ingester, tasks=tasks, models=models, resources=resources, serving=serving,
             sandbox_reason=reason, started_at=utc_now(),
         )
         app[AGENT] = agent
         await ingester.start()
         await tasks.recover()
         await tasks.start_background()
+        await serving.start()  # after recovery: reattaches to workers that outlived the agent
         await resources.start()
         try:
             yield
         finally:
             await resources.stop()
+            await serving.stop()  # lets go of the workers; they keep running
             await tasks.shutdown()
             await ingester.stop()
     finally:

@@ -32,5 +32,25 @@ class Conflict(DomainError):
     status = 409
 
 
+class UnsupportedMediaType(DomainError):
+    status = 415
+
+
 class Unavailable(DomainError):
     status = 503
+
+
+class TooMany(DomainError):
+    """A bounded queue is full; the caller may retry later."""
+
+    status = 429
+
+
+class BadGateway(DomainError):
+    """A process the agent relies on answered with something unusable."""
+
+    status = 502
+
+
+class TimedOut(DomainError):
+    status = 504

@@ -9,30 +9,43 @@ from cnetd.api.errors import error_response, read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
 from cnetd.api.serialize import json_response, model_json
+from cnetd.api.serving import predict_warm
+from cnetd.errors import Conflict
 from cnetd.tasks.model import Status
 
 
 async def list_models(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    return json_response([model_json(m, agent.enforcement(m.task.sandbox)) for m in await agent.models.list()])
+    return json_response([
+        model_json(m, agent.enforcement(m.task.sandbox), agent.serving.describe(m.record)) for m in await agent.models.list()
+    ])
 
 
 async def deploy_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     model = await agent.models.deploy(await read_json(request))
-    return json_response(model_json(model, agent.enforcement(model.task.sandbox)), status=201)
+    return json_response(model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record)), status=201)
 
 
 async def get_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     model = await agent.models.get(request.match_info["id"])
-    return json_response(model_json(model, agent.enforcement(model.task.sandbox)))
+    return json_response(model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record)))
 
 
 async def stop_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model = await agent.models.stop(request.match_info["id"])
-    body = model_json(model, agent.enforcement(model.task.sandbox))
+    model_id = request.match_info["id"]
+    # Stopping a model stops its warm workers too; a served model whose training has
+    # long ended is then "stopped" by that alone, not a conflict.
+    unserved = await agent.serving.unserve(model_id)
+    try:
+        model = await agent.models.stop(model_id)
+    except Conflict:
+        if not unserved:
+            raise
+        model = await agent.models.get(model_id)
+    body = model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record))
     body["message"] = "ML model stopped"
     return json_response(body)
 
@@ -40,6 +53,9 @@ async def stop_model(request: web.Request) -> web.Response:
 async def predict(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     wait = bool_param(request, "wait")
+    served = agent.serving.served(request.match_info["id"]) if wait else None
+    if served is not None:  # the fast path: a warm worker answers, no task is created
+        return await predict_warm(request, served)
     outcome = await agent.models.predict(request.match_info["id"], await read_json(request), wait)
     task = outcome.task
     if not outcome.waited:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cnetd.api import ml, system, tasks
+from cnetd.api import metrics, ml, openapi, serving, system, tasks, v2
 
 
 def add_api_routes(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get("/api/node", system.node, name="node")
     r.add_get("/api/resources", system.resources, name="resources")
     r.add_get("/api/resources/usage", system.resources_usage, name="resources-usage")
+    r.add_get("/api/openapi.json", openapi.openapi, name="openapi")
 
     r.add_get("/api/tasks", tasks.list_tasks, name="tasks")
     r.add_post("/api/tasks", tasks.create_task, name="tasks-create")
@@ -28,3 +29,16 @@ def add_api_routes(app: web.Application) -> None:
     r.add_delete("/api/ml/models/{id}", ml.stop_model, name="model-stop")
     r.add_post("/api/ml/models/{id}/predict", ml.predict, name="model-predict")
     r.add_get("/api/ml/models/{id}/logs", ml.model_logs, name="model-logs")
+    r.add_post("/api/ml/models/{id}/serve", serving.serve_model, name="model-serve")
+    r.add_delete("/api/ml/models/{id}/serve", serving.unserve_model, name="model-unserve")
+
+    # The Open Inference Protocol (KServe V2); a model's version is its id.
+    r.add_get("/v2", v2.server_metadata, name="v2")
+    r.add_get("/v2/health/live", v2.server_live, name="v2-live")
+    r.add_get("/v2/health/ready", v2.server_ready, name="v2-ready")
+    for base, suffix in (("/v2/models/{name}", ""), ("/v2/models/{name}/versions/{version}", "-version")):
+        r.add_get(base, v2.model_metadata, name=f"v2-model{suffix}")
+        r.add_get(base + "/ready", v2.model_ready, name=f"v2-model-ready{suffix}")
+        r.add_post(base + "/infer", v2.infer, name=f"v2-infer{suffix}")
+
+    r.add_get("/metrics", metrics.metrics, name="metrics")

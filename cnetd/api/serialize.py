@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.ml.service import Model
+from cnetd.security.redact import redact_env
 from cnetd.tasks.model import Task, TaskEvent
 
 
@@ -21,7 +22,7 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "status": str(task.status),
         "command": task.command,
         "args": task.args,
-        "env": task.env,
+        "env": redact_env(task.env),
         "working_dir": task.working_dir,
         "resources": {k: v for k, v in asdict(task.resources).items() if v is not None},
         "created_at": task.created_at,
@@ -37,18 +38,23 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "node_id": task.node_id,
         "unit": task.unit,
         "sandbox": task.sandbox,
+        "usage": task.usage,
     }
     if enforcement is not None:
         data["limits_enforced"] = enforcement
     return data
 
 
-def model_json(model: Model, enforcement: dict[str, bool] | None = None) -> dict[str, Any]:
+def model_json(
+    model: Model, enforcement: dict[str, bool] | None = None, serving: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`serving` is the live serving state (ServingManager.describe); without it, the stored one."""
     data = task_json(model.task, enforcement)
     data.update(
         model_type=model.record.model_type,
         model_path=model.record.model_path,
         script_path=model.record.script_path,
+        serving=serving if serving is not None else model.record.serving,
     )
     return data
 

@@ -10,6 +10,7 @@ from typing import Any
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound
 from cnetd.ml.inputs import input_argument
+from cnetd.ml.serving.spec import ServingSpec, parse_spec
 from cnetd.store import models as mq
 from cnetd.store.models import ModelRecord
 from cnetd.supervisor.launcher import resolve_working_dir
@@ -19,6 +20,7 @@ from cnetd.tasks.request import (
     args_field,
     env_field,
     name_field,
+    path_field,
     reject_unknown,
     require_object,
     resources_field,
@@ -29,7 +31,7 @@ from cnetd.tasks.service import TaskService
 
 DEPLOY_FIELDS = {
     "name", "model_type", "model_path", "script_path", "command", "args", "working_dir", "env",
-    "resources", "timeout",
+    "resources", "timeout", "serving",
 }
 MODEL_TYPE_MAX = 64
 
@@ -40,6 +42,7 @@ class Deployment:
     model_type: str
     model_path: str
     script_path: str
+    serving: ServingSpec | None = None  # serve the model once training completes
 
 
 @dataclass(frozen=True)
@@ -72,15 +75,18 @@ class ModelService:
         reject_unknown(body, DEPLOY_FIELDS)
         name = name_field(body)
         model_type = string_field(body, "model_type", required=False, default="custom", max_len=MODEL_TYPE_MAX)
-        model_path = string_field(body, "model_path", required=True)
-        script_path = string_field(body, "script_path", required=True)
+        model_path = path_field(body, "model_path", required=True)
+        script_path = path_field(body, "script_path", required=True)
         command = string_field(body, "command", required=False, default="python3")
         args = args_field(body) or [script_path, "train", model_path]
-        working_dir = string_field(body, "working_dir", required=False, default=".")
+        working_dir = path_field(body, "working_dir", required=False, default=".")
         env = env_field(body)
         env["MODEL_PATH"] = model_path
         env["MODEL_TYPE"] = model_type
         cwd = resolve_working_dir(self.tasks.launcher.base_dir, working_dir)
+        self.tasks.confinement.check_path("working_dir", working_dir, self.tasks.launcher.base_dir)
+        self.tasks.confinement.check_path("script_path", script_path, cwd)
+        self.tasks.confinement.check_path("model_path", model_path, cwd)
         if cwd.is_dir() and not (cwd / script_path).is_file():
             raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
         task = NewTask(
@@ -94,7 +100,10 @@ class ModelService:
             type="ml_model",
             kind=kind_from_args(args),
         )
-        return Deployment(task=task, model_type=model_type, model_path=model_path, script_path=script_path)
+        serving = parse_spec(body["serving"], prefix="serving.") if body.get("serving") is not None else None
+        return Deployment(
+            task=task, model_type=model_type, model_path=model_path, script_path=script_path, serving=serving,
+        )
 
     async def deploy(self, body: Any) -> Model:
         if not self.config.ml.enabled:
@@ -106,6 +115,9 @@ class ModelService:
                 id=task.id, name=task.name, model_type=deployment.model_type,
                 model_path=deployment.model_path, script_path=deployment.script_path,
                 created_at=task.created_at,
+                serving=None if deployment.serving is None else {
+                    "state": "awaiting_training", **deployment.serving.to_json(), "updated_at": task.created_at,
+                },
             ))
 
         task = await self.tasks.create(deployment.task, also=add_model)

@@ -14,13 +14,13 @@ from cnetd.tasks.model import Status, Task, TaskEvent
 TASK_COLUMNS = (
     "id name type kind status command args env working_dir resources timeout created_at "
     "started_at stopped_at exit_code reason unit log_file progress result model_id node_id "
-    "sandbox handle stop_requested"
+    "sandbox handle stop_requested usage"
 ).split()
-JSON_COLUMNS = {"args", "env", "result"}
+JSON_COLUMNS = {"args", "env", "result", "usage"}
 # Columns a transition may change (never the identity or the request).
 MUTABLE = {
     "status", "started_at", "stopped_at", "exit_code", "reason", "unit", "progress",
-    "result", "sandbox", "handle", "stop_requested",
+    "result", "sandbox", "handle", "stop_requested", "usage",
 }
 
 
@@ -130,13 +130,28 @@ def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
     return counts
 
 
-def count_active(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT COUNT(*) FROM tasks WHERE status IN ('starting', 'running')").fetchone()
+def _kind_clause(kinds: tuple[str, ...], exclude_kinds: tuple[str, ...]) -> tuple[str, list[str]]:
+    if kinds:
+        return f" AND kind IN ({', '.join('?' for _ in kinds)})", list(kinds)
+    if exclude_kinds:
+        return f" AND kind NOT IN ({', '.join('?' for _ in exclude_kinds)})", list(exclude_kinds)
+    return "", []
+
+
+def count_active(conn: sqlite3.Connection, exclude_kinds: tuple[str, ...] = ()) -> int:
+    clause, params = _kind_clause((), exclude_kinds)
+    row = conn.execute(f"SELECT COUNT(*) FROM tasks WHERE status IN ('starting', 'running'){clause}", params).fetchone()
     return int(row[0])
 
 
-def next_pending(conn: sqlite3.Connection, limit: int) -> list[Task]:
-    rows = conn.execute("SELECT * FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT ?", (limit,))
+def next_pending(
+    conn: sqlite3.Connection, limit: int | None, kinds: tuple[str, ...] = (), exclude_kinds: tuple[str, ...] = ()
+) -> list[Task]:
+    """The oldest pending tasks (of `kinds`, or not of `exclude_kinds`); limit None: all."""
+    clause, params = _kind_clause(kinds, exclude_kinds)
+    rows = conn.execute(
+        f"SELECT * FROM tasks WHERE status = 'pending'{clause} ORDER BY seq LIMIT ?", [*params, -1 if limit is None else limit]
+    )
     return [task_from_row(r) for r in rows]
 
 

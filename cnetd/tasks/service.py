@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import uuid
@@ -23,9 +24,10 @@ from cnetd.logs.ingester import LogIngester
 from cnetd.logs.output import progress_from_line, result_from_log
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
-from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError
+from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError, Usage
 from cnetd.supervisor.disk import DiskMeter, format_bytes
-from cnetd.supervisor.launcher import Launcher, resolve_working_dir
+from cnetd.security.confine import Confinement
+from cnetd.supervisor.launcher import Launcher, resolve_working_dir, task_environment
 from cnetd.tasks.bus import TaskBus, TaskChange
 from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
 from cnetd.tasks.request import NewTask
@@ -34,6 +36,7 @@ from cnetd.tasks.states import check_transition, event
 log = logging.getLogger(__name__)
 
 LOST_REASON = "lost: process vanished while the agent was down"
+LONG_LIVED = ("serve",)  # task kinds outside the tasks.max_concurrent slots
 DISK_CHECK_INTERVAL = 1.0
 
 
@@ -79,8 +82,10 @@ class _Watch:
 
 class TaskService:
     def __init__(
-        self, db: Database, launcher: Launcher, ingester: LogIngester, config: Config, node_id: str
+        self, db: Database, launcher: Launcher, ingester: LogIngester, config: Config, node_id: str,
+        confinement: Confinement,
     ) -> None:
+        self.confinement = confinement
         self.db = db
         self.launcher = launcher
         self.ingester = ingester
@@ -94,6 +99,8 @@ class TaskService:
         self._kick = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping_agent = False
+        self._usage: dict[str, dict[str, Any]] = {}
+        self._sampler: asyncio.Task[None] | None = None
 
     # ---- queries -------------------------------------------------------------
 
@@ -101,10 +108,16 @@ class TaskService:
         task = await self.db.read(lambda c: q.get_task(c, task_id))
         if task is None:
             raise NotFound(f"task {task_id} not found", {"id": task_id})
-        return task
+        return self._with_live_usage(task)
 
     async def list(self, **filters: Any) -> list[Task]:
-        return await self.db.read(lambda c: q.list_tasks(c, **filters))
+        return [self._with_live_usage(t) for t in await self.db.read(lambda c: q.list_tasks(c, **filters))]
+
+    def _with_live_usage(self, task: Task) -> Task:
+        live = self._usage.get(task.id)
+        if live is not None and not task.status.terminal:
+            task.usage = live
+        return task
 
     async def events(self, task_id: str) -> list[TaskEvent]:
         await self.get(task_id)
@@ -120,6 +133,8 @@ class TaskService:
     ) -> Task:
         """Insert the task as pending (plus whatever `also` writes in the same
         transaction), then let the scheduler start it when a slot is free."""
+        self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
+        self.confinement.check_command(new.command, task_environment(os.environ, new.env).get("PATH"))
         try:
             self.launcher.check_startable(new.command, new.working_dir, new.env)
         except SpawnError as exc:
@@ -161,6 +176,7 @@ class TaskService:
 
     async def start_background(self) -> None:
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="task-scheduler")
+        self._sampler = asyncio.create_task(self._sample_usage_forever(), name="task-usage-sampler")
         self._kick.set()
 
     async def _schedule_forever(self) -> None:
@@ -173,11 +189,16 @@ class TaskService:
                 log.exception("scheduling failed")
 
     async def _start_pending(self) -> None:
-        active = await self.db.read(q.count_active)
+        # Serving workers (kind "serve") live as long as a model is served: they start at
+        # once and take none of the tasks.max_concurrent slots, which are for jobs that end
+        # (else serving N replicas would starve training and predictions for good).
+        for task in await self.db.read(lambda c: q.next_pending(c, None, kinds=LONG_LIVED)):
+            await self._launch(task)
+        active = await self.db.read(lambda c: q.count_active(c, exclude_kinds=LONG_LIVED))
         free = self.config.tasks.max_concurrent - active
         if free <= 0:
             return
-        for task in await self.db.read(lambda c: q.next_pending(c, free)):
+        for task in await self.db.read(lambda c: q.next_pending(c, free, exclude_kinds=LONG_LIVED)):
             await self._launch(task)
 
     async def _launch(self, task: Task) -> None:
@@ -282,6 +303,8 @@ class TaskService:
                 await asyncio.wait_for(asyncio.shield(waiting), DISK_CHECK_INTERVAL)
 
     def _output_dirs(self, task: Task) -> list[str]:
+        if task.kind in LONG_LIVED:
+            return []  # a serving worker writes only its log; the shared dirs are other tasks' output
         cwd = resolve_working_dir(self.launcher.base_dir, task.working_dir)
         dirs = [str(cwd)]
         model_path = task.env.get("MODEL_PATH")
@@ -298,6 +321,8 @@ class TaskService:
             changes["result"] = result
         if task.id in self._progress:
             changes["progress"] = self._progress.pop(task.id)
+        if task.id in self._usage:
+            changes["usage"] = self._usage.pop(task.id)
         if current.stop_requested or task.id in self._stop_requests:
             status, kind, reason = Status.STOPPED, "stopped", None
             message = "stopped by user" + (f" (exit code {exit.code})" if exit.code is not None else "")
@@ -321,6 +346,36 @@ class TaskService:
         self._stop_requests.discard(task.id)
         self._finished.setdefault(task.id, asyncio.Event()).set()
         self._kick.set()
+
+    # ---- usage ------------------------------------------------------------------
+
+    async def _sample_usage_forever(self) -> None:
+        """CPU and memory of every running task, every resources.interval, from its sandbox."""
+        while True:
+            for task_id, watch in list(self._watches.items()):
+                try:
+                    usage = await watch.backend.stats(watch.handle)
+                except Exception:
+                    log.debug("no usage sample", exc_info=True, extra={"task_id": task_id})
+                    continue
+                if task_id in self._watches:
+                    self._record_usage(task_id, usage)
+            await asyncio.sleep(self.config.resources.interval)
+
+    def _record_usage(self, task_id: str, usage: Usage) -> None:
+        previous = self._usage.get(task_id, {})
+        current = usage.memory_bytes
+        peak = max(
+            (v for v in (usage.memory_peak_bytes, current, previous.get("memory_peak_bytes")) if v is not None),
+            default=None,
+        )
+        self._usage[task_id] = {
+            "cpu_percent": None if usage.cpu_percent is None else round(usage.cpu_percent, 1),
+            "memory_bytes": current,
+            "memory_peak_bytes": peak,
+            "pids": usage.pids,
+            "sampled_at": utc_now(),
+        }
 
     # ---- progress ---------------------------------------------------------------
 
@@ -421,10 +476,11 @@ class TaskService:
     async def shutdown(self) -> None:
         """Leave running tasks running (they outlive the agent) unless stop_on_exit."""
         self._stopping_agent = True
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
+        for background in (self._scheduler, self._sampler):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if self.config.tasks.stop_on_exit:
             for task_id in list(self._watches):
                 with contextlib.suppress(Exception):

@@ -1,0 +1,140 @@
+"""The Open Inference Protocol (KServe V2) over HTTP/JSON, for served models by name.
+
+A model's name is its deploy name (or its id); its version is its id. When several served
+models share a name, the newest one answers for the bare name. Errors are {"error": "..."}:
+404 unknown model or version, 409 a known model that is not being served (serve it first),
+503 served but no worker ready in time, 400 a bad tensor (or the worker's own message when
+it rejects the input), 429 a full queue, 504 a worker that did not answer in time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cnetd import __version__
+from cnetd.agent import AGENT, Agent
+from cnetd.errors import DomainError
+from cnetd.ml.serving.manager import Served
+from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
+from cnetd.store import serving as sq
+from cnetd.store.models import ModelRecord
+
+RETRY_AFTER = {429: "1", 503: "1"}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+
+
+def v2_error(status: int, message: str) -> web.Response:
+    response = _json({"error": message}, status)
+    if status in RETRY_AFTER:
+        response.headers["Retry-After"] = RETRY_AFTER[status]
+    return response
+
+
+async def _known(agent: Agent, name: str, version: str | None) -> ModelRecord | web.Response:
+    """The model a name (and version) addresses, or the 404 saying what is unknown."""
+    records = await agent.db.read(lambda c: sq.models_named(c, name))
+    if not records:
+        return v2_error(404, f"unknown model: {name}")
+    if version is None:
+        return records[0]
+    for record in records:
+        if record.id == version:
+            return record
+    return v2_error(404, f"model {name} has no version {version} (versions: {', '.join(r.id for r in records)})")
+
+
+def _not_served(record: ModelRecord) -> web.Response:
+    state = (record.serving or {}).get("state")
+    hint = f"POST /api/ml/models/{record.id}/serve to start it"
+    if state == "awaiting_training":
+        return v2_error(503, f"model {record.name} is not served yet: it is served once its training completes")
+    return v2_error(409, f"model {record.name} is not being served; {hint}")
+
+
+def _address(request: web.Request) -> tuple[str, str | None]:
+    return request.match_info["name"], request.match_info.get("version")
+
+
+async def server_live(request: web.Request) -> web.Response:
+    return _json({"live": True})
+
+
+async def server_ready(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    waiting = [s.name for s in agent.serving.all_served() if s.ready_replicas == 0]
+    if not agent.config.ml.enabled:
+        return _json({"ready": False, "error": "ML support is disabled on this node"}, 503)
+    if waiting:
+        return _json({"ready": False, "error": f"no ready worker for: {', '.join(sorted(waiting))}"}, 503)
+    return _json({"ready": True})
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json({"name": "cnetd", "version": __version__, "extensions": []})
+
+
+def _metadata(record: ModelRecord, served: Served | None, versions: list[str]) -> dict[str, Any]:
+    n = served.n_features if served is not None else None
+    return {
+        "name": record.name,
+        "versions": versions,
+        "platform": f"cnetd/{record.model_type}",
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, n if n is not None else -1]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}],
+    }
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    name, version = _address(request)
+    known = await _known(agent, name, version)
+    if isinstance(known, web.Response):
+        return known
+    records = await agent.db.read(lambda c: sq.models_named(c, known.name))
+    return _json(_metadata(known, agent.serving.find(known.id), [r.id for r in records]))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    name, version = _address(request)
+    served = agent.serving.find(name, version)
+    if served is not None and served.ready_replicas > 0:
+        return _json({"name": served.name, "ready": True})
+    known = await _known(agent, name, version)
+    if isinstance(known, web.Response):
+        return known
+    why = "no worker is ready yet" if served is not None else "it is not being served"
+    return _json({"name": known.name, "ready": False, "error": f"model {known.name} is not ready: {why}"}, 503)
+
+
+async def infer(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    name, version = _address(request)
+    served = agent.serving.find(name, version)
+    if served is None:
+        known = await _known(agent, name, version)
+        return known if isinstance(known, web.Response) else _not_served(known)
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return v2_error(400, f"request body is not valid JSON: {exc}")
+    try:
+        parsed = parse_infer_request(body)
+        answer = await served.predict(parsed.instances)
+    except DomainError as exc:
+        return v2_error(exc.status, exc.message)
+    reply: dict[str, Any] = {
+        "model_name": served.name,
+        "model_version": served.id,
+        "outputs": [output_tensor(parsed.output_name, answer.predictions)],
+    }
+    if parsed.id is not None:
+        reply["id"] = parsed.id
+    return _json(reply)

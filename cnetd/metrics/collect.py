@@ -1,0 +1,85 @@
+"""GET /metrics: the agent's numbers in Prometheus text format — tasks by status, the CPU
+and memory of every running task (from its sandbox), and per served model its requests,
+errors, latency, batch sizes, queue depth, cache and replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cnetd.agent import Agent
+from cnetd.metrics.prometheus import Exposition
+from cnetd.supervisor.base import Handle, Usage
+from cnetd.tasks.model import Status, Task
+
+log = logging.getLogger(__name__)
+
+
+async def _usage(agent: Agent, task: Task) -> Usage | None:
+    """The task service's last sample when it has one (asking the sandbox again would
+    shorten its CPU window), else the sandbox's answer now."""
+    sampled = getattr(task, "usage", None)
+    if isinstance(sampled, dict) and sampled.get("memory_bytes") is not None:
+        return Usage(cpu_percent=sampled.get("cpu_percent"), memory_bytes=sampled.get("memory_bytes"))
+    if not task.handle:
+        return None
+    try:
+        handle = Handle.from_json(task.handle)
+        return await agent.launcher.backend_for(handle).stats(handle)
+    except Exception as exc:  # a task that ends while we look, a backend that cannot say
+        log.debug("no stats for %s: %s", task.id, exc)
+        return None
+
+
+async def render(agent: Agent) -> str:
+    out = Exposition()
+    out.declare("cnet_agent_uptime_seconds", "gauge", "Seconds since the agent started.")
+    out.sample("cnet_agent_uptime_seconds", {"node_id": agent.node_id}, round(agent.uptime, 3))
+
+    out.declare("cnet_tasks", "gauge", "Tasks in the store by status.")
+    for status, n in (await agent.tasks.counts()).items():
+        out.sample("cnet_tasks", {"status": status}, n)
+
+    running = await agent.tasks.list(statuses=[str(Status.RUNNING)])
+    usages = await asyncio.gather(*(_usage(agent, t) for t in running))
+    out.declare("cnet_task_cpu_percent", "gauge", "CPU use of a running task since the previous sample (100 = one core).")
+    out.declare("cnet_task_memory_bytes", "gauge", "Resident memory of a running task's processes.")
+    for task, usage in zip(running, usages):
+        if usage is None:
+            continue
+        labels = {"task_id": task.id, "name": task.name, "kind": task.kind, "model_id": task.model_id or ""}
+        if usage.cpu_percent is not None:
+            out.sample("cnet_task_cpu_percent", labels, round(usage.cpu_percent, 3))
+        if usage.memory_bytes is not None:
+            out.sample("cnet_task_memory_bytes", labels, usage.memory_bytes)
+
+    serving = agent.serving
+    families = [
+        ("cnet_inference_requests_total", "counter", "Inference requests answered, by HTTP status."),
+        ("cnet_inference_errors_total", "counter", "Inference requests that failed, by reason."),
+        ("cnet_inference_request_duration_seconds", "histogram", "Time from a request's arrival at the batcher to its answer."),
+        ("cnet_inference_batch_size", "histogram", "Instances per batch sent to a worker."),
+        ("cnet_inference_queue_depth", "gauge", "Requests waiting for a worker."),
+        ("cnet_inference_cache_hits_total", "counter", "Requests answered from the prediction cache."),
+        ("cnet_inference_cache_misses_total", "counter", "Requests the prediction cache could not answer."),
+        ("cnet_serving_replicas", "gauge", "Worker replicas of a served model, wanted and ready."),
+        ("cnet_serving_worker_restarts_total", "counter", "Worker restarts of a served model since the agent started."),
+    ]
+    for name, kind, text in families:
+        out.declare(name, kind, text)
+    for model_id, (model_name, m) in sorted(serving.metrics.items()):
+        labels = {"model": model_name, "model_id": model_id}
+        for code, n in sorted(m.requests.items()):
+            out.sample("cnet_inference_requests_total", {**labels, "code": str(code)}, n)
+        for reason, n in sorted(m.errors.items()):
+            out.sample("cnet_inference_errors_total", {**labels, "reason": reason}, n)
+        out.histogram("cnet_inference_request_duration_seconds", labels, m.latency)
+        out.histogram("cnet_inference_batch_size", labels, m.batch_size)
+        out.sample("cnet_inference_cache_hits_total", labels, m.cache_hits)
+        out.sample("cnet_inference_cache_misses_total", labels, m.cache_misses)
+        served = serving.served(model_id)
+        out.sample("cnet_inference_queue_depth", labels, served.batcher.queue_depth if served else 0)
+        out.sample("cnet_serving_replicas", {**labels, "state": "wanted"}, served.spec.replicas if served else 0)
+        out.sample("cnet_serving_replicas", {**labels, "state": "ready"}, served.ready_replicas if served else 0)
+        out.sample("cnet_serving_worker_restarts_total", labels, m.worker_restarts)
+    return out.text()

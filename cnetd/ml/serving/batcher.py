@@ -1,0 +1,370 @@
+"""The micro-batcher of one served model.
+
+Requests wait in a bounded queue (one more is a 429). The dispatcher sends the queue to the
+least busy ready worker as one batch of up to `max_batch_size` instances. A worker holds at
+most PIPELINE_DEPTH batches, so while it is busy the queue grows into the next batch by
+itself; `max_delay_ms` is only spent waiting for company when other batches are in flight
+(a lone request never waits for a batch that is not coming). Every request has a deadline
+(`timeout_ms`): a 504 when a worker took it and did not answer, a 503 when no worker was
+there to take it. A worker that dies fails only the batches it held (503); the queue goes to
+the other workers or waits for the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnetd.errors import BadGateway, DomainError, TimedOut, TooMany, Unavailable
+from cnetd.metrics.prometheus import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
+from cnetd.ml.serving.client import ProtocolError, WorkerClient, WorkerLost, WorkerRejected
+from cnetd.ml.serving.spec import ServingSpec
+
+log = logging.getLogger(__name__)
+
+PIPELINE_DEPTH = 2  # batches a worker may hold: one being computed, the next one ready
+
+ERROR_REASONS = {400: "bad_input", 429: "queue_full", 502: "bad_answer", 503: "unavailable", 504: "timeout"}
+
+
+class Rejected(DomainError):
+    """The worker refused the input; its message is the error."""
+
+    status = 400
+
+
+@dataclass
+class ModelMetrics:
+    requests: dict[int, int] = field(default_factory=dict)  # by HTTP status
+    errors: dict[str, int] = field(default_factory=dict)  # by reason
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    cache_hits: int = 0
+    cache_misses: int = 0
+    worker_restarts: int = 0
+
+    def record(self, status: int, seconds: float) -> None:
+        self.requests[status] = self.requests.get(status, 0) + 1
+        if status >= 400:
+            reason = ERROR_REASONS.get(status, "error")
+            self.errors[reason] = self.errors.get(reason, 0) + 1
+        self.latency.observe(seconds)
+
+
+@dataclass(frozen=True)
+class Answer:
+    predictions: list[Any]
+    worker: str  # the task id of the worker that answered, or "cache"
+
+
+class Link:
+    """A ready worker as the dispatcher sees it."""
+
+    __slots__ = ("client", "task_id")
+
+    def __init__(self, client: WorkerClient, task_id: str) -> None:
+        self.client = client
+        self.task_id = task_id
+
+
+class _Pending:
+    __slots__ = ("instances", "future", "dispatched")
+
+    def __init__(self, instances: list[Any], future: asyncio.Future[Answer]) -> None:
+        self.instances = instances
+        self.future = future
+        self.dispatched = False
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class PredictionCache:
+    """LRU of instance -> prediction, emptied when the model file changes."""
+
+    def __init__(self, size: int, model_file: Path) -> None:
+        self.size = size
+        self.model_file = model_file
+        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._stamp = _stamp(model_file)
+
+    def _check_file(self) -> None:
+        stamp = _stamp(self.model_file)
+        if stamp != self._stamp:
+            self._entries.clear()
+            self._stamp = stamp
+
+    def lookup(self, instances: list[Any]) -> tuple[list[str], list[Any] | None]:
+        self._check_file()
+        keys = [json.dumps(i, separators=(",", ":")) for i in instances]
+        found = []
+        for key in keys:
+            if key not in self._entries:
+                return keys, None
+            found.append(self._entries[key])
+        for key in keys:
+            self._entries.move_to_end(key)
+        return keys, found
+
+    def store(self, keys: list[str], predictions: list[Any]) -> None:
+        for key, value in zip(keys, predictions):
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Batcher:
+    def __init__(self, label: str, spec: ServingSpec, model_file: Path, metrics: ModelMetrics) -> None:
+        self.label = label
+        self.model_file = model_file
+        self.metrics = metrics
+        self.links: list[Link] = []
+        self._queue: deque[_Pending] = deque()
+        self._queued_instances = 0
+        self._wake = asyncio.Event()
+        self._turn = 0
+        self._closed: str | None = None
+        self.spec = spec
+        self.cache: PredictionCache | None = None
+        self.configure(spec)
+
+    def configure(self, spec: ServingSpec) -> None:
+        self.spec = spec
+        if spec.cache_size == 0:
+            self.cache = None
+        elif self.cache is None:
+            self.cache = PredictionCache(spec.cache_size, self.model_file)
+        else:
+            self.cache.size = spec.cache_size
+        self._wake.set()
+
+    # ---- workers -------------------------------------------------------------------
+
+    def add(self, link: Link) -> None:
+        self.links.append(link)
+        self._wake.set()
+
+    def remove(self, link: Link) -> None:
+        if link in self.links:
+            self.links.remove(link)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(link.client.in_flight for link in self.links)
+
+    # ---- requests ------------------------------------------------------------------
+
+    async def predict(self, instances: list[Any]) -> Answer:
+        started = time.monotonic()
+        try:
+            answer = await self._predict(instances)
+        except DomainError as exc:
+            self.metrics.record(exc.status, time.monotonic() - started)
+            raise
+        self.metrics.record(200, time.monotonic() - started)
+        return answer
+
+    async def _predict(self, instances: list[Any]) -> Answer:
+        if self._closed is not None:
+            raise Unavailable(self._closed)
+        keys: list[str] | None = None
+        if self.cache is not None:
+            keys, cached = self.cache.lookup(instances)
+            if cached is not None:
+                self.metrics.cache_hits += 1
+                return Answer(cached, "cache")
+            self.metrics.cache_misses += 1
+        if len(self._queue) >= self.spec.max_queue:
+            raise TooMany(
+                f"model {self.label}: {len(self._queue)} requests are already waiting (max_queue {self.spec.max_queue})",
+                {"queue_depth": len(self._queue)},
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(instances, loop.create_future())
+        idle = self._idle_link() if not self._queue else None
+        if idle is not None:
+            # A lone request with every worker idle: there is no batch to wait for, so it
+            # goes out at once, without a turn through the dispatcher.
+            self._send(idle, [pending])
+        else:
+            self._queue.append(pending)
+            self._queued_instances += len(instances)
+            self._wake.set()
+        timer = loop.call_later(self.spec.timeout_ms / 1000, self._expire, pending)
+        try:
+            answer = await pending.future
+        finally:
+            timer.cancel()
+        if keys is not None and self.cache is not None and answer.worker != "cache":
+            self.cache.store(keys, answer.predictions)
+        return answer
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.future.done():
+            return
+        seconds = f"{self.spec.timeout_ms / 1000:g}s"
+        if pending.dispatched:
+            exc: DomainError = TimedOut(f"model {self.label}: the worker did not answer within {seconds}")
+        elif not self.links:
+            exc = Unavailable(f"model {self.label}: no worker was ready to take the request within {seconds}")
+        else:
+            exc = TimedOut(f"model {self.label}: the request waited {seconds} in the queue")
+        pending.future.set_exception(exc)
+
+    def close(self, message: str) -> None:
+        """Fail every queued request and refuse new ones (serving stopped)."""
+        self._closed = message
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable(message))
+        self._queued_instances = 0
+        self._wake.set()
+
+    # ---- dispatching ----------------------------------------------------------------
+
+    def _idle_link(self) -> Link | None:
+        """A worker to send to at once: only when no worker holds any batch."""
+        links = self.links
+        if not links or any(link.client.in_flight for link in links):
+            return None
+        self._turn += 1
+        return links[self._turn % len(links)]
+
+    def _free_link(self) -> Link | None:
+        best: Link | None = None
+        n = len(self.links)
+        for i in range(n):
+            link = self.links[(self._turn + i) % n]
+            busy = link.client.in_flight
+            if busy < PIPELINE_DEPTH and (best is None or busy < best.client.in_flight):
+                best = link
+                if busy == 0:
+                    break
+        if best is not None:
+            self._turn += 1
+        return best
+
+    async def run(self) -> None:
+        """The dispatcher loop; owned (started and cancelled) by the serving manager."""
+        while True:
+            while not (self._queue and self._has_free_link()):
+                self._wake.clear()
+                await self._wake.wait()
+                if self._closed is not None:
+                    return
+            delay = self.spec.max_delay_ms / 1000
+            if delay > 0 and self._queued_instances < self.spec.max_batch_size and self.in_flight > 0:
+                await self._gather(delay)
+            link = self._free_link()
+            if link is None:
+                continue
+            batch = self._take()
+            if batch:
+                self._send(link, batch)
+
+    def _has_free_link(self) -> bool:
+        return any(link.client.in_flight < PIPELINE_DEPTH for link in self.links)
+
+    async def _gather(self, delay: float) -> None:
+        """Wait up to `delay` for the queue to fill a batch."""
+        deadline = time.monotonic() + delay
+        while self._queued_instances < self.spec.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        limit = self.spec.max_batch_size
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():  # timed out or its caller went away
+                self._queue.popleft()
+                self._queued_instances -= len(head.instances)
+                continue
+            if batch and size + len(head.instances) > limit:
+                break
+            self._queue.popleft()
+            self._queued_instances -= len(head.instances)
+            batch.append(head)
+            size += len(head.instances)
+        return batch
+
+    def _send(self, link: Link, batch: list[_Pending]) -> None:
+        if len(batch) == 1:
+            instances = batch[0].instances
+        else:
+            instances = [item for pending in batch for item in pending.instances]
+        for pending in batch:
+            pending.dispatched = True
+        self.metrics.batch_size.observe(len(instances))
+        link.client.send(instances, lambda predictions, error: self._on_answer(link, batch, predictions, error))
+
+    def _on_answer(self, link: Link, batch: list[_Pending], predictions: list[Any] | None, exc: Exception | None) -> None:
+        if self._queue:
+            self._wake.set()  # the worker has room again for what waits
+        if predictions is not None:
+            total = sum(len(p.instances) for p in batch)
+            if len(predictions) != total:
+                self._fail(batch, BadGateway(
+                    f"model {self.label}: worker {link.task_id} returned {len(predictions)} predictions for {total} instances"
+                ))
+                return
+            start = 0
+            for pending in batch:
+                end = start + len(pending.instances)
+                if not pending.future.done():
+                    pending.future.set_result(Answer(predictions[start:end], link.task_id))
+                start = end
+        elif isinstance(exc, WorkerRejected):
+            if len(batch) == 1:
+                self._fail(batch, Rejected(str(exc), {"worker": link.task_id}))
+            else:
+                # One bad request fails a whole batch: ask again one by one, so that only
+                # the bad one gets the error.
+                for pending in batch:
+                    if not pending.future.done():
+                        self._send(link, [pending])
+        elif isinstance(exc, WorkerLost):
+            self._fail(batch, Unavailable(
+                f"model {self.label}: worker {link.task_id} went away while it held this request ({exc})",
+                {"worker": link.task_id},
+            ))
+        elif isinstance(exc, ProtocolError):
+            self._fail(batch, BadGateway(f"model {self.label}: worker {link.task_id}: {exc}"))
+        else:
+            log.error("unexpected batch failure on %s: %r", link.task_id, exc)
+            self._fail(batch, BadGateway(f"model {self.label}: {exc}"))
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: DomainError) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)

@@ -1,0 +1,315 @@
+"""The agent's end of a worker: newline JSON, several batches in flight, answers in
+request order. The worker's Unix socket is the worker's, so the agent can die and connect
+again (see worker.py for the protocol).
+
+Channel "socket" (built-in loader): requests and answers on the connection. Channel
+"pipes" (the script's serve): the hello hands over the script's stdin and stdout, and the
+agent speaks to the script directly, one process hop instead of two; the connection then
+only tells the agent when the worker is gone. When an agent before this one used the
+pipes, the answers it left behind are skipped by a sync request first.
+
+An asyncio Protocol rather than streams: answers are handled in data_received itself, one
+turn of the event loop sooner than a reader task would see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd
+MAX_LINE = 64 * 1024 * 1024
+HELLO_TIMEOUT = 10.0
+SYNC_RETRIES = 3
+
+Done = Callable[[list[Any] | None, Exception | None], None]
+
+
+class WorkerLost(Exception):
+    """The connection ended with this batch unanswered."""
+
+
+class WorkerRejected(Exception):
+    """The worker answered the batch with an error (usually: the input is wrong)."""
+
+
+class ProtocolError(Exception):
+    """The worker said something that is not the protocol."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    pid: int
+    loader: str
+    channel: str  # "socket" or "pipes"
+    n_features: int | None
+    model_stamp: tuple[int, int] | None
+    fresh: bool = True  # no agent spoke to this worker before
+
+
+async def _recv_hello(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """The hello line and the file descriptors that came with it."""
+    loop = asyncio.get_running_loop()
+    data, fds = b"", []
+    try:
+        async with asyncio.timeout(HELLO_TIMEOUT):
+            while b"\n" not in data:
+                try:
+                    chunk, got, _, _ = socket.recv_fds(sock, 65536, 4)
+                except BlockingIOError:
+                    readable = loop.create_future()
+                    loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(sock.fileno())
+                    continue
+                fds += got
+                if not chunk:
+                    raise ProtocolError("the worker closed the connection before its hello")
+                data += chunk
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    line, rest = data.split(b"\n", 1)
+    if rest:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError(f"the worker said more than its hello: {rest[:200]!r}")
+    return line, fds
+
+
+class _WatchEnd(asyncio.Protocol):
+    """The other transports of a client (the connection, the script's stdin): when one of
+    them ends, the worker is gone."""
+
+    def __init__(self, client: WorkerClient, what: str) -> None:
+        self.client = client
+        self.what = what
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lose(f"{self.what} closed" + (f": {exc}" if exc else ""))
+
+
+class WorkerClient(asyncio.Protocol):
+    """The protocol of the answer stream: the connection, or the script's stdout."""
+
+    def __init__(self, label: str, hello: Hello) -> None:
+        self.label = label
+        self.hello = hello
+        self.closed = asyncio.Event()
+        self.lost_reason = ""
+        self._transports: list[asyncio.BaseTransport] = []
+        self._out: asyncio.WriteTransport | None = None
+        self._buffer = b""
+        self._pending: deque[tuple[int, Done, float]] = deque()
+        self._next_id = 0
+        self._sync_id: str | None = None
+        self._sync_sent = 0
+        self._synced: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def connect(cls, path: str, label: str) -> WorkerClient:
+        """Connect, read the hello, set up the channel; OSError or ProtocolError when the
+        worker is not there (yet)."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        client: WorkerClient | None = None
+        try:
+            address, dir_fd = path, None
+            if len(path.encode()) > MAX_SOCKET_PATH:
+                directory, name = os.path.split(path)
+                dir_fd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
+                address = f"/proc/self/fd/{dir_fd}/{name}"
+            try:
+                await loop.sock_connect(sock, address)
+            finally:
+                if dir_fd is not None:
+                    os.close(dir_fd)
+            line, fds = await _recv_hello(sock)
+            try:
+                hello = _parse_hello(line)
+            except ProtocolError:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            client = cls(label, hello)
+            if hello.channel == "pipes":
+                if len(fds) != 2:
+                    for fd in fds:
+                        os.close(fd)
+                    raise ProtocolError(f"expected the script's two pipes with the hello, got {len(fds)} descriptors")
+                to_script = os.fdopen(fds[0], "wb", buffering=0)
+                from_script = os.fdopen(fds[1], "rb", buffering=0)
+                out, _ = await loop.connect_write_pipe(lambda: _WatchEnd(client, "the script's stdin"), to_script)
+                client._add(out)
+                client._out = out
+                if not hello.fresh:
+                    client._start_sync()  # before the first line can arrive
+                reader, _ = await loop.connect_read_pipe(lambda: client, from_script)
+                client._add(reader)
+                watch, _ = await loop.create_unix_connection(lambda: _WatchEnd(client, "the worker's connection"), sock=sock)
+                client._add(watch)
+                if client._synced is not None:
+                    await asyncio.wait_for(client._synced, HELLO_TIMEOUT)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                transport, _ = await loop.create_unix_connection(lambda: client, sock=sock)
+                client._add(transport)
+                client._out = transport  # type: ignore[assignment]
+        except BaseException:
+            if client is not None:
+                client.abort("setting up the channel failed")
+            sock.close()
+            raise
+        return client
+
+    def _add(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.append(transport)
+
+    def _start_sync(self) -> None:
+        """Skip answers a previous agent left in the script's stdout: ask a question no one
+        else asked and drop every line before its answer."""
+        self._sync_id = f"cnet-sync-{uuid.uuid4().hex}"
+        self._synced = asyncio.get_running_loop().create_future()
+        self._send_sync()
+
+    def _send_sync(self) -> None:
+        self._sync_sent += 1
+        assert self._out is not None
+        self._out.write(json.dumps({"id": self._sync_id, "instances": []}).encode() + b"\n")
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest unanswered batch has waited, None when there is none."""
+        return time.monotonic() - self._pending[0][2] if self._pending else None
+
+    def send(self, instances: list[Any], done: Done) -> None:
+        """Send one batch; `done(predictions, None)` or `done(None, error)` is called once,
+        straight from data_received, with WorkerRejected, WorkerLost or ProtocolError."""
+        if self.closed.is_set() or self._out is None:
+            done(None, WorkerLost(self.lost_reason or "connection closed"))
+            return
+        self._next_id += 1
+        self._pending.append((self._next_id, done, time.monotonic()))
+        self._out.write(json.dumps({"id": self._next_id, "instances": instances}).encode() + b"\n")
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed.is_set():
+            return  # read before the channel was dropped: no one waits for it any more
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        try:
+            while True:
+                end = buffer.find(b"\n", start)
+                if end < 0:
+                    break
+                self._line(buffer[start:end])
+                start = end + 1
+        except ProtocolError as exc:
+            log.error("worker %s broke the protocol: %s", self.label, exc)
+            self.abort(str(exc))
+            return
+        self._buffer = buffer[start:]
+        if len(self._buffer) > MAX_LINE:
+            self.abort(f"an answer longer than {MAX_LINE} bytes")
+
+    def eof_received(self) -> bool | None:
+        self._lose("the worker closed its end")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(f"connection failed: {exc}" if exc else "the worker closed its end")
+
+    # ---- lines ---------------------------------------------------------------------------
+
+    def _line(self, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ProtocolError(f"not JSON: {line[:200]!r}") from None
+        if self._sync_id is not None:
+            if isinstance(reply, dict) and reply.get("id") == self._sync_id:
+                self._sync_id = None
+                if self._synced is not None and not self._synced.done():
+                    self._synced.set_result(None)
+            elif isinstance(reply, dict) and reply.get("id") is None and self._sync_sent < SYNC_RETRIES:
+                self._send_sync()  # a torn line from a dead agent swallowed the question
+            return
+        if not self._pending:
+            raise ProtocolError(f"an answer to no request: {line[:200]!r}")
+        request_id, done, _ = self._pending[0]
+        if not isinstance(reply, dict) or reply.get("id") != request_id:
+            raise ProtocolError(f"expected the answer to request {request_id}, got {line[:200]!r}")
+        self._pending.popleft()
+        if "error" in reply:
+            done(None, WorkerRejected(str(reply["error"])))
+        elif isinstance(reply.get("predictions"), list):
+            done(reply["predictions"], None)
+        else:
+            done(None, ProtocolError(f"answer without predictions: {line[:200]!r}"))
+
+    def _lose(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.lost_reason = reason
+        self.closed.set()
+        if self._synced is not None and not self._synced.done():
+            self._synced.set_exception(ProtocolError(f"lost before the sync answer: {reason}"))
+            self._synced.exception()  # retrieved: connect() may no longer be waiting
+        while self._pending:
+            _, done, _ = self._pending.popleft()
+            done(None, WorkerLost(reason))
+
+    def abort(self, reason: str) -> None:
+        """Drop the channel now; everything in flight fails with WorkerLost(reason)."""
+        self._lose(reason)
+        transports, self._transports = self._transports, []
+        for transport in transports:
+            # A read pipe has no abort(); its close() drops what was not read anyway.
+            getattr(transport, "abort", transport.close)()
+
+    async def close(self) -> None:
+        """Let go of the worker at once: whatever was not yet written is dropped."""
+        self.abort("the agent closed the connection")
+        await asyncio.sleep(0)  # the transports close their descriptors on the next turn
+
+
+def _parse_hello(line: bytes) -> Hello:
+    try:
+        data = json.loads(line)["hello"]
+        pid = int(data["pid"])
+    except (ValueError, KeyError, TypeError):
+        raise ProtocolError(f"expected a hello from the worker, got {line[:200]!r}") from None
+    n = data.get("n_features")
+    stamp = data.get("model_stamp")
+    channel = data.get("channel", "socket")
+    if channel not in ("socket", "pipes"):
+        raise ProtocolError(f"unknown channel {channel!r} in the worker's hello")
+    return Hello(
+        pid=pid,
+        loader=str(data.get("loader", "")),
+        channel=channel,
+        n_features=n if isinstance(n, int) and not isinstance(n, bool) else None,
+        model_stamp=tuple(stamp) if isinstance(stamp, list) and len(stamp) == 2 else None,  # type: ignore[arg-type]
+        fresh=data.get("fresh") is not False,
+    )

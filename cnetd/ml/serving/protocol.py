@@ -1,0 +1,186 @@
+"""Request shapes for served models: the Open Inference Protocol (KServe V2) tensors, and
+the seed's `input_data`, both turned into the worker's list of instances."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cnetd.errors import Invalid
+from cnetd.tasks.request import json_type
+
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1),
+    "UINT64": (0, 2**64 - 1),
+}
+FLOAT_TYPES = ("FP16", "FP32", "FP64", "BF16")
+NUMERIC_TYPES = (*FLOAT_TYPES, *INT_RANGES)
+ALL_TYPES = (*NUMERIC_TYPES, "BOOL", "BYTES")
+OUTPUT_NAME = "predictions"
+MAX_ELEMENTS = 10_000_000
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    input_name: str
+    instances: list[Any]
+    output_name: str
+
+
+def _flatten(data: Any, out: list[Any]) -> None:
+    for item in data:
+        if isinstance(item, list):
+            _flatten(item, out)
+        else:
+            out.append(item)
+
+
+def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
+    """Rows of the tensor along its first (batch) dimension."""
+    if len(shape) <= 1:
+        return flat
+    step = 1
+    for d in shape[1:]:
+        step *= d
+    return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _check_values(values: list[Any], datatype: str, where: str) -> None:
+    ints = INT_RANGES.get(datatype)
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(f"{where}.data[{i}]", f"not a number: {json.dumps(value)[:100]} (datatype {datatype})")
+        if ints is not None:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise Invalid(f"{where}.data[{i}]", f"{value!r} is not an integer (datatype {datatype})")
+                value = int(value)
+            if not ints[0] <= value <= ints[1]:
+                raise Invalid(f"{where}.data[{i}]", f"{value} is out of range for {datatype}")
+        elif not math.isfinite(value):
+            raise Invalid(f"{where}.data[{i}]", f"not a finite number: {value}")
+
+
+def parse_infer_request(body: Any) -> InferRequest:
+    if not isinstance(body, Mapping):
+        raise Invalid("body", f"must be a JSON object, got {json_type(body)}")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise Invalid("id", f"must be a string, got {json_type(request_id)}")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise Invalid("inputs", "is required: a non-empty array of tensors {name, shape, datatype, data}")
+    if len(inputs) != 1:
+        raise Invalid("inputs", f"this model takes one input tensor, got {len(inputs)}")
+    tensor = inputs[0]
+    where = "inputs[0]"
+    if not isinstance(tensor, Mapping):
+        raise Invalid(where, f"must be an object, got {json_type(tensor)}")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise Invalid(f"{where}.name", "is required and must be a non-empty string")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise Invalid(f"{where}.shape", f"must be an array of whole numbers >= 0, got {json.dumps(shape)[:100]}")
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in ALL_TYPES:
+        raise Invalid(f"{where}.datatype", f"must be one of {', '.join(ALL_TYPES)}, got {json.dumps(datatype)[:100]}")
+    if datatype not in NUMERIC_TYPES:
+        raise Invalid(f"{where}.datatype", f"{datatype} is not supported: this model takes numbers ({', '.join(NUMERIC_TYPES)})")
+    parameters = tensor.get("parameters")
+    if isinstance(parameters, Mapping) and "binary_data_size" in parameters:
+        raise Invalid(f"{where}.parameters", "binary tensor data is not supported; send the values in \"data\"")
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise Invalid(f"{where}.data", f"is required: an array of numbers (flat or nested), got {json_type(data)}")
+    count = 1
+    for d in shape:
+        count *= d
+    if count > MAX_ELEMENTS:
+        raise Invalid(f"{where}.shape", f"holds {count} elements, more than {MAX_ELEMENTS}")
+    flat: list[Any] = []
+    _flatten(data, flat)
+    if len(flat) != count:
+        raise Invalid(f"{where}.shape", f"{shape} holds {count} values but data has {len(flat)}")
+    _check_values(flat, datatype, where)
+    instances = [flat[0]] if not shape else _nest(flat, shape)
+    output_name = OUTPUT_NAME
+    outputs = body.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
+            raise Invalid("outputs", "must be an array of objects {name}")
+        for i, output in enumerate(outputs):
+            if output.get("name") != OUTPUT_NAME:
+                raise Invalid(f"outputs[{i}].name", f"unknown output {json.dumps(output.get('name'))[:100]} (this model has: {OUTPUT_NAME})")
+    return InferRequest(id=request_id, input_name=name, instances=instances, output_name=output_name)
+
+
+def _shape_of(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
+    """Predictions (one per instance, each a scalar or nested list) as a V2 output tensor."""
+    shape = [len(predictions), *(_shape_of(predictions[0]) if predictions else [])]
+    flat: list[Any] = []
+    _flatten(predictions, flat)
+    if all(isinstance(v, bool) for v in flat) and flat:
+        datatype = "BOOL"
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in flat) and flat:
+        datatype = "INT64"
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        datatype = "FP64"
+    else:
+        datatype = "BYTES"
+        flat = [v if isinstance(v, str) else json.dumps(v) for v in flat]
+    return {"name": name, "datatype": datatype, "shape": shape, "data": flat}
+
+
+def instances_from_input_data(value: Any, n_features: int | None) -> tuple[list[Any], bool]:
+    """The seed's `input_data` as instances, read the way the example scripts' predict
+    reads its argument; `single` means the answer is one prediction, not a list.
+
+    A number is one sample. A string is parsed as JSON, else as comma-separated numbers.
+    A flat list is one sample of several features, or several one-feature samples when the
+    model takes one feature. A list of lists is a batch, and so is {"instances": [...]}.
+    """
+    if value is None:
+        raise Invalid("input_data", "is required")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise Invalid("input_data", "must not be empty")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            parts = [p.strip() for p in text.split(",")]
+            try:
+                value = [float(p) for p in parts] if len(parts) > 1 else float(parts[0])
+            except ValueError:
+                value = text  # the worker says what is wrong with it
+    if isinstance(value, Mapping):
+        instances = value.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise Invalid("input_data", 'an object must have a non-empty "instances" list')
+        return instances, False
+    if isinstance(value, list):
+        if not value:
+            raise Invalid("input_data", "must not be an empty list")
+        if all(isinstance(v, list) for v in value) or n_features == 1:
+            return value, False
+        return [value], True
+    return [value], True
