@@ -75,3 +75,16 @@ def test_json_log_format_is_honoured(agent_factory) -> None:  # type: ignore[no-
     entries = [json.loads(line) for line in agent.log_text().splitlines() if line.strip()]
     assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     assert any("starting" in e["message"] for e in entries)
+
+
+def test_an_explicit_sandbox_that_cannot_work_stops_with_one_line(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    if os.path.exists("/run/systemd/system"):
+        pytest.skip("systemd runs here as PID 1: an explicit systemd sandbox would work")
+    agent = agent_factory({"tasks": {"sandbox": "systemd"}})
+    agent.start(ready=False)
+    assert agent.proc is not None and agent.proc.wait(timeout=30) == 1
+    lines = [line for line in agent.log_text().splitlines() if line.startswith("cnet-agent:")]
+    assert len(lines) == 1 and "tasks.sandbox is systemd, but" in lines[0]
+    assert "Traceback" not in agent.log_text()

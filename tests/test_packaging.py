@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from cnetd import __version__
-from tests.harness.fixtures import systemd_ns  # noqa: F401 (the session fixture)
 from tests.harness.systemd_ns import SystemdNamespace
 from tests.support.agent import AgentProcess, free_port
 from tests.support.http import Client

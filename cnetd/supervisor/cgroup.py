@@ -373,6 +373,20 @@ def kill_cgroup(dirs: Mapping[str, str]) -> None:
     signal_cgroup(dirs, signal.SIGKILL)
 
 
+async def wait_in_cgroups(procs: SessionProcesses, handle: Handle) -> ExitStatus:
+    """The shim's exit once its cgroups are empty, with OOM kills read from the cgroup."""
+    dirs = handle.cgroup or {}
+    watch = OomWatch(dirs)
+    watch.start()
+    try:
+        status = await procs.wait(handle)
+        await wait_empty(dirs, None)
+        oom = watch.oom_killed()
+    finally:
+        watch.close()
+    return replace(status, oom_killed=oom)
+
+
 async def wait_empty(dirs: Mapping[str, str], timeout: float | None) -> bool:
     """Poll until the cgroup has no processes (or is gone); False on timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -620,16 +634,7 @@ class CgroupSandbox:
         return handle
 
     async def wait(self, handle: Handle) -> ExitStatus:
-        dirs = handle.cgroup or {}
-        watch = OomWatch(dirs)
-        watch.start()
-        try:
-            status = await self._procs.wait(handle)
-            await wait_empty(dirs, None)
-            oom = watch.oom_killed()
-        finally:
-            watch.close()
-        return replace(status, oom_killed=oom)
+        return await wait_in_cgroups(self._procs, handle)
 
     async def stop(self, handle: Handle, grace: float) -> None:
         await terminate(handle.cgroup or {}, grace, f"task cgroup {tracking_dir(handle.cgroup or {})}")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from cnetd.config import TasksSection
 from cnetd.supervisor.base import Handle, LaunchSpec, Limits, Sandbox, SpawnError
 from cnetd.supervisor.none import NoneSandbox
 from cnetd.tasks.model import Task
@@ -54,8 +55,12 @@ def resolve_command(command: str, env: Mapping[str, str], cwd: Path) -> str:
 
 
 class Launcher:
-    def __init__(self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str],
+        settings: TasksSection | None = None,
+    ) -> None:
         self.sandbox = sandbox
+        self.settings = settings or TasksSection()
         self.base_dir = base_dir
         self.logs_dir = state_dir / "logs"
         self.run_dir = state_dir / "run"
@@ -83,7 +88,7 @@ class Launcher:
             return NoneSandbox()
         from cnetd.supervisor import select
 
-        return select.backend_by_name(name)
+        return select.backend_by_name(name, self.settings.cgroup_group, self.settings.slice)
 
     def spec_for(self, task: Task) -> LaunchSpec:
         cwd = resolve_working_dir(self.base_dir, task.working_dir)

@@ -50,6 +50,9 @@ def spawn_in_new_session(argv: list[str], spec: LaunchSpec) -> subprocess.Popen[
         os.close(log_fd)
 
 
+KILL_SETTLE_SECONDS = 2.0  # SIGKILL is not instant: wait until the session is really empty
+
+
 class SessionProcesses:
     """Bookkeeping for processes started in their own session (shared with other backends)."""
 
@@ -97,6 +100,9 @@ class SessionProcesses:
                 return
             await asyncio.sleep(0.05)
         self._signal_all(handle, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_SETTLE_SECONDS
+        while self.members(handle) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _signal_all(self, handle: Handle, sig: signal.Signals) -> None:
         for pid in self.members(handle):

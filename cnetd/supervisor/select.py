@@ -20,7 +20,7 @@ Mode = Literal["auto", "systemd", "cgroup", "none"]
 MODES: tuple[Mode, ...] = ("auto", "systemd", "cgroup", "none")
 
 
-class SandboxUnavailable(Exception):
+class SandboxUnavailable(RuntimeError):
     """The configured backend cannot run here; the message says why."""
 
 

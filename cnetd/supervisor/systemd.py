@@ -15,13 +15,11 @@ import logging
 import os
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
 from cnetd.supervisor.cgroup import (
     CpuMeter,
-    OomWatch,
     cgroup_dirs_of,
     cgroup_mounts,
     cgroup_usage,
@@ -29,6 +27,7 @@ from cnetd.supervisor.cgroup import (
     is_empty,
     wait_empty,
     wait_for_start,
+    wait_in_cgroups,
 )
 from cnetd.supervisor.none import SessionProcesses, spawn_in_new_session
 from cnetd.supervisor.process import is_same_process, proc_start_time, shim_argv
@@ -192,16 +191,7 @@ class SystemdSandbox:
         return {k: str(m.point / path) for k, m in cgroup_mounts().items() if k in keys}
 
     async def wait(self, handle: Handle) -> ExitStatus:
-        dirs = handle.cgroup or {}
-        watch = OomWatch(dirs)
-        watch.start()
-        try:
-            status = await self._procs.wait(handle)
-            await wait_empty(dirs, None)
-            oom = watch.oom_killed()
-        finally:
-            watch.close()
-        return replace(status, oom_killed=oom)
+        return await wait_in_cgroups(self._procs, handle)
 
     async def stop(self, handle: Handle, grace: float) -> None:
         unit, dirs = self._unit(handle), handle.cgroup or {}

@@ -58,6 +58,7 @@ class Task:
     sandbox: str | None = None
     handle: str | None = None
     stop_requested: bool = False
+    usage: dict[str, Any] | None = None  # last CPU/memory sample; live while running
     seq: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

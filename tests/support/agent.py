@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,11 @@ class AgentProcess:
     paths work), config file, state dir and port."""
 
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None,
-                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None,
+                 command: list[str] | None = None,
+                 inner_pid: Callable[[subprocess.Popen[bytes]], int] | None = None) -> None:
+        """prefix runs the agent inside something (nsenter into the systemd harness);
+        then inner_pid finds the real agent, since nsenter does not forward signals."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         examples = self.workdir / "examples"
@@ -48,12 +53,19 @@ class AgentProcess:
         self.port = free_port()
         self.state_dir = self.workdir / "state"
         self.config = deep_merge(
-            {"agent": {"port": self.port, "state_dir": str(self.state_dir)}, "tasks": {"sandbox": "none"}},
+            {
+                "agent": {"port": self.port, "state_dir": str(self.state_dir)},
+                "tasks": {"sandbox": "none"},
+                # examples/ is a symlink into the checkout: allow where it really lives
+                "ml": {"allowed_roots": [str(self.workdir), str(REPO / "examples")]},
+            },
             config or {},
         )
         self.config_path = self.workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.prefix = prefix or []
+        self.inner_pid = inner_pid
+        self.command = command or [sys.executable, "-m", "cnetd"]  # or [the built binary]
         self.env = env or {}
         self.log_path = self.workdir / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -64,7 +76,7 @@ class AgentProcess:
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "cnetd", "-config", str(self.config_path)],
+                [*self.prefix, *self.command, "-config", str(self.config_path)],
                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
         if ready:
@@ -88,7 +100,10 @@ class AgentProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
-        self.proc.send_signal(sig)
+        if self.inner_pid is not None:
+            os.kill(self.inner_pid(self.proc), sig)
+        else:
+            self.proc.send_signal(sig)
         code = self.proc.wait(timeout=30)
         self.proc = None
         return code
@@ -110,13 +125,16 @@ class AgentProcess:
         return self.wait_status(task_id, TERMINAL, timeout)
 
     def kill_task_processes(self) -> None:
-        """Teardown: end every process a task of this agent may have left running."""
+        """Teardown: end every process a task of this agent may have left running.
+        (Inside the harness the pids are the namespace's own: the harness cleans up there.)"""
         db = self.state_dir / "cnet.db"
-        if not db.exists():
+        if not db.exists() or self.inner_pid is not None:
             return
         conn = sqlite3.connect(db)
         try:
             rows = conn.execute("SELECT handle FROM tasks WHERE handle IS NOT NULL").fetchall()
+        except sqlite3.DatabaseError:  # a test may have damaged it on purpose
+            rows = []
         finally:
             conn.close()
         import json

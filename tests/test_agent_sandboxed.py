@@ -1,0 +1,148 @@
+"""The whole agent under real sandboxes: a systemd booted in namespaces (scopes) and
+cgroupfs directly. Limits are enforced, outcomes say why, stops leave no process, and
+a SIGKILLed agent recovers running tasks with every log line exactly once."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import AgentProcess
+from tests.support.waiting import wait_until
+
+PY = sys.executable
+ALLOC_300MB = "x = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')"
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(params=["cgroup", pytest.param("systemd", marks=pytest.mark.systemd)])
+def sandboxed(request: pytest.FixtureRequest, agent_factory: Callable[..., AgentProcess], cgroup_group: str) -> AgentProcess:
+    """An agent whose tasks run in the given backend; systemd ones run inside the harness."""
+    n = next(_numbers)
+    tasks: dict[str, Any] = {"sandbox": request.param, "stop_grace": "2s"}
+    config = {"tasks": tasks, "resources": {"interval": "1s"}}
+    if request.param == "cgroup":
+        tasks["cgroup_group"] = f"{cgroup_group}-agent{n}"
+        return agent_factory(config, name=f"cg{n}").start()
+    ns = request.getfixturevalue("systemd_ns")
+    tasks["slice"] = f"cnet-t{n}.slice"
+    workdir = Path(request.getfixturevalue("tmp_path")) / f"sd{n}"
+    workdir.mkdir()
+    return agent_factory(config, name=f"sd{n}", prefix=ns.prefix(cwd=workdir), inner_pid=ns.inner_pid).start()
+
+
+def submit(agent: AgentProcess, name: str, code: str, **extra: Any) -> dict[str, Any]:
+    reply = agent.api.post("/api/tasks", {"name": name, "command": PY, "args": ["-c", code], **extra})
+    assert reply.status == 201, reply.text
+    return reply.body
+
+
+def test_health_reports_the_backend_and_enforced_limits(sandboxed: AgentProcess) -> None:
+    sandbox = sandboxed.api.get("/api/health").body["sandbox"]
+    assert sandbox["backend"] == sandboxed.config["tasks"]["sandbox"]
+    assert sandbox["limits_enforced"] == {"cpu_limit": True, "memory_limit": True, "disk_limit": True}
+
+
+def test_memory_limit_ends_in_an_oom_failure_with_that_reason(sandboxed: AgentProcess) -> None:
+    task = submit(sandboxed, "hog", ALLOC_300MB, resources={"memory_limit": 100_000_000})
+    done = sandboxed.wait_done(task["id"], timeout=60)
+    assert done["status"] == "failed"
+    assert done["reason"] == "out of memory (limit 100 MB)"
+    assert "survived" not in sandboxed.api.get(f"/api/tasks/{task['id']}/logs").body
+    if sandboxed.config["tasks"]["sandbox"] == "systemd":
+        assert done["unit"] == f"cnet-{task['id']}.scope"
+
+
+def test_cpu_limit_and_usage_are_reported(sandboxed: AgentProcess) -> None:
+    gate = sandboxed.workdir / "stop-burning"
+    code = f"import os\nwhile not os.path.exists({str(gate)!r}): pass"
+    task = submit(sandboxed, "burner", code, resources={"cpu_limit": 0.5})
+
+    def sampled() -> dict[str, Any] | None:
+        usage = sandboxed.api.get(f"/api/tasks/{task['id']}").body["usage"]
+        return usage if usage and usage["cpu_percent"] is not None and usage["memory_bytes"] else None
+
+    usage = wait_until(sampled, 30, "a usage sample with CPU and memory")
+    assert usage["memory_peak_bytes"] >= usage["memory_bytes"] > 0
+    stats = sandboxed.api.get(f"/api/tasks/{task['id']}/stats").body
+    assert stats["usage"]["memory_bytes"] > 0
+    # The quota caps the burner at half a core (it would take a whole one otherwise).
+    assert usage["cpu_percent"] <= 65, usage
+    gate.touch()
+    done = sandboxed.wait_done(task["id"])
+    assert done["status"] == "completed" and done["usage"]["memory_peak_bytes"] > 0
+
+
+def test_stop_ends_the_whole_tree(sandboxed: AgentProcess) -> None:
+    marker = f"cnet-tree-{os.getpid()}-{next(_numbers)}"
+    code = (
+        "import subprocess, sys, time\n"
+        f"M = {marker!r}\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(600)', M]\n"
+        "child = 'import subprocess, sys, time; subprocess.Popen(' + repr(sleeper) + '); time.sleep(600)'\n"
+        "subprocess.Popen([sys.executable, '-c', child, M])  # a child with a grandchild\n"
+        "subprocess.Popen(['setsid'] + sleeper)  # one that leaves the session\n"
+        "print('forked', flush=True)\n"
+        "time.sleep(600)"
+    )
+    task = submit(sandboxed, "tree", code)
+    wait_until(lambda: len(processes_with(marker)) >= 3, 20, "the tree of 3 marked processes")
+    reply = sandboxed.api.delete(f"/api/tasks/{task['id']}")
+    assert reply.status == 200 and reply.body["status"] == "stopped"
+    wait_until(lambda: not processes_with(marker), 10, "every process of the tree to be gone")
+
+
+def test_disk_limit_fails_the_task_with_that_reason(sandboxed: AgentProcess) -> None:
+    code = (
+        "import time\n"
+        "with open('big.bin', 'wb') as f:\n"
+        "    for _ in range(40):\n"
+        "        f.write(b'x' * 1_000_000); f.flush(); time.sleep(0.05)\n"
+        "time.sleep(600)"
+    )
+    task = submit(sandboxed, "writer", code, resources={"disk_limit": 5_000_000})
+    done = sandboxed.wait_done(task["id"], timeout=60)
+    assert done["status"] == "failed"
+    assert done["reason"].startswith("disk limit exceeded (wrote ") and "limit" in done["reason"]
+
+
+def test_sigkilled_agent_recovers_a_running_task_with_its_log_whole(sandboxed: AgentProcess) -> None:
+    n = 200
+    gate = sandboxed.workdir / "gate"
+    code = (
+        "import os, time\n"
+        f"for i in range(1, {n} + 1):\n"
+        "    print(i, flush=True)\n"
+        "    if i == 50:\n"
+        f"        while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+        "    time.sleep(0.005)"
+    )
+    task = submit(sandboxed, "counter", code)
+    wait_until(lambda: len(sandboxed.api.get(f"/api/tasks/{task['id']}/logs?lines=1000").body) >= 50, 30, "50 lines")
+    sandboxed.kill()
+    gate.touch()
+    sandboxed.start()
+    done = sandboxed.wait_done(task["id"], timeout=60)
+    assert (done["status"], done["exit_code"]) == ("completed", 0), done
+    assert sandboxed.api.get(f"/api/tasks/{task['id']}/logs?lines=10000").body == [str(i) for i in range(1, n + 1)]
+    events = [e["type"] for e in sandboxed.api.get(f"/api/tasks/{task['id']}/events").body]
+    assert events == ["created", "starting", "started", "recovered", "completed"]
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
