@@ -40,10 +40,7 @@ class Agent:
 
     def enforcement(self, backend_name: str | None) -> dict[str, bool]:
         """Per limit, whether the backend a task ran under enforces it."""
-        name = backend_name or self.launcher.sandbox.name
-        if name == self.launcher.sandbox.name:
-            return self.launcher.sandbox.capabilities.enforcement()
-        backend = self.launcher._backends.get(name)
+        backend = self.launcher.started_backend(backend_name or self.launcher.sandbox.name)
         if backend is None:
             return {"cpu_limit": False, "memory_limit": False, "disk_limit": True}
         return backend.capabilities.enforcement()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import uuid
@@ -31,7 +30,6 @@ from cnetd.supervisor.select import choose_sandbox
 from cnetd.tasks.service import TaskService
 from cnetd.ui.routes import add_ui_routes
 
-log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -71,13 +69,12 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
     try:
         node_id = await persistent_node_id(db, config.agent.node_id)
         sandbox, reason = choose_sandbox(config.tasks.sandbox, config.tasks.cgroup_group, config.tasks.slice)
-        log.info("sandbox: %s", reason)
         launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks)
         ingester = LogIngester(db)
         roots = config.ml.allowed_roots or (base_dir, state_dir)
         confinement = Confinement(roots, config.tasks.allowed_commands)
         tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
-        ingester._on_lines = tasks.on_log_lines
+        ingester.on_lines = tasks.on_log_lines
         resources = ResourceSampler(config.resources, state_dir)
         models = ModelService(tasks, config)
         serving = ServingManager(tasks, models, launcher.run_dir, stable_copy(WORKER_RELATIVE, state_dir))

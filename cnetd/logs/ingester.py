@@ -82,7 +82,7 @@ class LogIngester:
         max_lines_per_task: int = 200_000,
     ) -> None:
         self._db = db
-        self._on_lines = on_lines
+        self.on_lines = on_lines  # set once by the composition root (the task service reads progress)
         self._poll_interval = poll_interval
         self._max_lines = max_lines_per_task
         self._tails: dict[str, _Tail] = {}
@@ -163,8 +163,8 @@ class LogIngester:
                 tail.offset, tail.next_seq, tail.skipping = end_offset, first_seq + len(lines), skipping
                 if lines:
                     self._notify(task_id)
-                    if self._on_lines is not None:
-                        await self._on_lines(task_id, lines)
+                    if self.on_lines is not None:
+                        await self.on_lines(task_id, lines)
                 if at_end:
                     return
 

@@ -75,6 +75,10 @@ class Launcher:
     def exit_path(self, task_id: str) -> Path:
         return self.run_dir / f"{task_id}.exit"
 
+    def started_backend(self, name: str) -> Sandbox | None:
+        """The backend of that name if this agent has one in use, else None."""
+        return self._backends.get(name)
+
     def backend_for(self, handle: Handle) -> Sandbox:
         """The backend that started a handle (after a restart it may differ from today's)."""
         backend = self._backends.get(handle.backend)
