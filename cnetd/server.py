@@ -12,13 +12,13 @@ line written so far ingested into SQLite, the store closed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import weakref
 
 from aiohttp import web
 
+from cnetd.background import cancel_all
 from cnetd.agent import AGENT
 from cnetd.sdnotify import Notifier
 
@@ -65,11 +65,7 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
         notifier.stopping("stopping: " + ("stopping running tasks (tasks.stop_on_exit)" if stop_on_exit
                                           else "running tasks keep running"))
     finally:
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(background)
         try:
             await runner.cleanup()
         finally:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnetd.background import cancel_and_wait
 from cnetd.store import logs as log_queries
 from cnetd.store.db import Database
 
@@ -95,10 +96,7 @@ class LogIngester:
 
     async def stop(self) -> None:
         """Stop tailing after ingesting every complete line written so far."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         for task_id in list(self._tails):
             await self._ingest(task_id, final=False)
 

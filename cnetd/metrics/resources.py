@@ -4,7 +4,6 @@ first request already gets a real CPU figure."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from cnetd.background import cancel_and_wait
 from cnetd.config import ResourcesSection
 
 
@@ -28,10 +28,7 @@ class ResourceSampler:
         self._task = asyncio.create_task(self._run(), name="resource-sampler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

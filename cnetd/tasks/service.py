@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cnetd.background import cancel_all, cancel_and_wait
 from cnetd.clock import seconds_since, utc_now
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound
@@ -476,19 +477,11 @@ class TaskService:
     async def shutdown(self) -> None:
         """Leave running tasks running (they outlive the agent) unless stop_on_exit."""
         self._stopping_agent = True
-        for background in (self._scheduler, self._sampler):
-            if background is not None:
-                background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+        await cancel_and_wait(self._scheduler, self._sampler)
         if self.config.tasks.stop_on_exit:
             for task_id in list(self._watches):
                 with contextlib.suppress(Exception):
                     await self.stop(task_id)
-        for watch in list(self._watches.values()):
-            watch.task.cancel()
-        for watch in list(self._watches.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch.task
+        await cancel_all(watch.task for watch in list(self._watches.values()))
         self._watches.clear()
         self.bus.close()

@@ -5,13 +5,13 @@ plus the polled usage chart."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Literal
 
 from aiohttp import web
 from markupsafe import Markup
 
+from cnetd.background import cancel_all
 from cnetd.store import logs as lq
 from cnetd.tasks.bus import TaskChange
 from cnetd.ui import detail
@@ -79,11 +79,7 @@ class _Stream:
         try:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-            for waiter in waiters:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            await cancel_all(waiters)
         if self.ui.closing.is_set():
             return "closing"
         for waiter in done:

@@ -5,7 +5,6 @@ tells live streams the agent is shutting down."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from cnetd.background import cancel_and_wait
 from cnetd.agent import AGENT, Agent
 from cnetd.supervisor.base import Handle
 from cnetd.tasks.model import Status
@@ -62,10 +62,7 @@ class UsageSampler:
         self._task = asyncio.create_task(self._run(), name="ui-usage-sampler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnetd.background import cancel_and_wait
 from cnetd.clock import utc_now
 from cnetd.errors import Conflict, DomainError, NotFound
 from cnetd.ml.service import Model, ModelService
@@ -184,10 +185,7 @@ class ServingManager:
 
     async def stop(self) -> None:
         """Agent shutdown: let go of the workers (they keep running and are reattached)."""
-        if self._bus_task is not None:
-            self._bus_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._bus_task
+        await cancel_and_wait(self._bus_task)
         for served in list(self._served.values()):
             await self._teardown(served, "the agent is shutting down", stop_workers=False)
         self._served.clear()
@@ -299,17 +297,11 @@ class ServingManager:
     async def _teardown(self, served: Served, message: str, stop_workers: bool) -> None:
         served.batcher.close(message)
         await asyncio.gather(*(self._end_replica(r, stop_worker=stop_workers) for r in served.replicas))
-        if served.dispatcher is not None:
-            served.dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await served.dispatcher
+        await cancel_and_wait(served.dispatcher)
         served.changed.set()
 
     async def _end_replica(self, replica: Replica, stop_worker: bool) -> None:
-        if replica.runner is not None:
-            replica.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replica.runner
+        await cancel_and_wait(replica.runner)
         if replica.creating is not None:
             # Cancelled while its worker task was being created: that task exists now.
             with contextlib.suppress(Exception):
