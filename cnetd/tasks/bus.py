@@ -37,8 +37,7 @@ class TaskBus:
             except asyncio.QueueFull:
                 log.warning("dropping a slow task-change subscriber")
                 self._subscribers.discard(queue)
-                queue.put_nowait  # the queue is full: the reader sees None once it drains
-                try:
+                try:  # make room for the end marker: the reader sees None and stops
                     queue.get_nowait()
                     queue.put_nowait(None)
                 except (asyncio.QueueEmpty, asyncio.QueueFull):

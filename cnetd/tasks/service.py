@@ -231,6 +231,7 @@ class TaskService:
         except BaseException:
             # Nomad's rule: a start whose handle cannot be saved is undone.
             await backend.stop(handle, 0)
+            await backend.release(handle)
             raise
         self._watch(task, backend, handle)
         if task.id in self._stop_requests:
