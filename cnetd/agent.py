@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,18 @@ class Agent:
         if backend is None:
             return {"cpu_limit": False, "memory_limit": False, "disk_limit": True}
         return backend.capabilities.enforcement()
+
+    def task_user(self) -> dict[str, object]:
+        """Who task processes run as: tasks.run_as, or the agent's own user."""
+        user = self.launcher.user
+        if user is not None:
+            return user.to_json()
+        uid, gid = os.geteuid(), os.getegid()
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        return {"name": name, "uid": uid, "gid": gid}
 
 
 AGENT = web.AppKey("agent", Agent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -23,6 +24,7 @@ from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.confine import Confinement
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
+from cnetd.security.privilege import task_user_for
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
 from cnetd.supervisor.launcher import Launcher
@@ -30,6 +32,8 @@ from cnetd.supervisor.select import choose_sandbox
 from cnetd.tasks.service import TaskService
 from cnetd.ui.routes import add_ui_routes
 
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -44,6 +48,17 @@ async def persistent_node_id(db: Database, configured: str) -> str:
     generated = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     await db.write(lambda c: q.set_meta(c, "node_id", generated))
     return generated
+
+
+def log_task_user(launcher: Launcher) -> None:
+    user = launcher.user
+    if user is None:
+        who = "root" if os.geteuid() == 0 else f"the agent's user (uid {os.geteuid()})"
+        log.info("tasks run as %s%s", who, " (tasks.run_as: root)" if os.geteuid() == 0 else "")
+        return
+    log.info("tasks run as %s (uid %d, gid %d), home %s", user.name, user.uid, user.gid, launcher.home)
+    if launcher.state_problem is not None:
+        log.warning("%s: serving workers cannot start (they need %s)", launcher.state_problem, launcher.run_dir)
 
 
 def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
@@ -69,7 +84,9 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
     try:
         node_id = await persistent_node_id(db, config.agent.node_id)
         sandbox, reason = choose_sandbox(config.tasks.sandbox, config.tasks.cgroup_group, config.tasks.slice)
-        launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks)
+        task_user = task_user_for(config)
+        launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, task_user)
+        log_task_user(launcher)
         ingester = LogIngester(db)
         roots = config.ml.allowed_roots or (base_dir, state_dir)
         confinement = Confinement(roots, config.tasks.allowed_commands)
@@ -77,7 +94,8 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         ingester.on_lines = tasks.on_log_lines
         resources = ResourceSampler(config.resources, state_dir)
         models = ModelService(tasks, config)
-        serving = ServingManager(tasks, models, launcher.run_dir, stable_copy(WORKER_RELATIVE, state_dir))
+        worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=task_user is not None)
+        serving = ServingManager(tasks, models, launcher.run_dir, worker_script)
         agent = Agent(
             config=config, base_dir=base_dir, node_id=node_id, db=db, launcher=launcher,
             ingester=ingester, tasks=tasks, models=models, resources=resources, serving=serving,

@@ -59,19 +59,21 @@ def restore_environment(environ: MutableMapping[str, str] | None = None) -> None
         env.pop(key, None)
 
 
-def stable_copy(relative: str, state_dir: Path) -> Path:
+def stable_copy(relative: str, state_dir: Path, always: bool = False) -> Path:
     """A copy of a bundled file under <state_dir>/lib/ that outlives this process: named
     by its content hash, so a new version never overwrites a file a running child uses.
-    Outside the binary the file is used in place."""
+    Outside the binary the file is used in place, unless always (tasks that run as another
+    user may not be able to read the checkout)."""
     source = bundled(relative)
-    if not is_frozen():
+    if not is_frozen() and not always:
         return source
     data = source.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:12]
     target_dir = state_dir / "lib"
     target = target_dir / f"{source.stem}-{digest}{source.suffix}"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(target_dir, 0o755)  # whatever the agent's umask: tasks read it as another user
     if not target.is_file():
-        target_dir.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}")
         shutil.copyfile(source, tmp)
         os.chmod(tmp, 0o644)

@@ -11,6 +11,7 @@ import sys
 from cnetd import __version__
 from cnetd.bundle import restore_environment
 from cnetd.config import Config, ConfigError, load_config
+from cnetd.security.privilege import task_user_for
 from cnetd.logsetup import setup_logging
 from cnetd.store.db import StoreError
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     path = getattr(args, "config_sub", None) or args.config
     try:
         config = load_config(path)
+        task_user_for(config)  # a user that does not exist is a config error too
     except ConfigError as exc:
         print(f"cnet-agent: {exc}", file=sys.stderr)
         return 2

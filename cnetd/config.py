@@ -112,6 +112,7 @@ class TasksSection:
     allowed_commands: tuple[str, ...] = ()  # empty: any command
     cgroup_group: str = "cnet"  # the cgroup backend's group under the agent's own cgroup
     slice: str = "cnet.slice"  # the systemd slice that holds every task's scope
+    run_as: str | None = None  # user[:group] tasks run as when the agent is root; None: nobody
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,18 @@ def _str(*, empty_ok: bool = False) -> Conv:
     return conv
 
 
+_USER_SPEC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+
+
+def _user_spec(v: Any, where: str) -> str:
+    """user, user:group, uid or uid:gid (the user is looked up when the agent starts)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return str(v)
+    if isinstance(v, str) and _USER_SPEC.fullmatch(v.strip()):
+        return v.strip()
+    raise _fail(where, "a user name or uid, optionally with :group", v)
+
+
 def _strings(v: Any, where: str) -> tuple[str, ...]:
     if v is None:
         return ()
@@ -395,6 +408,7 @@ _SPEC: dict[str, Spec] = {
         "allowed_commands": _strings,
         "cgroup_group": _str(),
         "slice": _str(),
+        "run_as": _optional(lambda v, where: _user_spec(v, where)),
     },
     "ml": {
         "enabled": _bool,

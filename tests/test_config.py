@@ -156,6 +156,9 @@ def test_our_keys(tmp_path: Path) -> None:
     assert (cfg.tasks.sandbox, cfg.tasks.stop_grace, cfg.tasks.stop_on_exit) == ("systemd", 2.0, True)
     assert cfg.tasks.timeout is None
     assert cfg.logging.level == "warn"
+    assert cfg.tasks.run_as is None  # the default: nobody when the agent runs as root
+    assert load_text(tmp_path, "tasks: {run_as: 65534}\n").tasks.run_as == "65534"
+    assert load_text(tmp_path, "tasks: {run_as: 'cnet-task:cnet'}\n").tasks.run_as == "cnet-task:cnet"
     # a partial resource_limits keeps the defaults of the keys it leaves out
     assert cfg.ml.resource_limits == ResourceLimits(2.0, 256 * 2**20, 2 * 10**9, 0)
 
@@ -298,6 +301,8 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("ml: {resource_limits: {disk_limit: 0}}\n", "ml.resource_limits.disk_limit: must be a size > 0, got 0"),
         ("ml: {resource_limits: {gpu_limit: -1}}\n", "ml.resource_limits.gpu_limit: must be an integer >= 0, got -1"),
         ("ml: {model_path: ''}\n", "ml.model_path: must be a path, got ''"),
+        ("tasks: {run_as: 'a b'}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got 'a b'"),
+        ("tasks: {run_as: -1}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got -1"),
     ],
 )
 def test_each_error_is_one_line_naming_file_key_problem(tmp_path: Path, text: str, expected: str) -> None:

@@ -17,6 +17,7 @@ def sandbox_json(agent: Agent) -> dict[str, object]:
         "backend": sandbox.name,
         "reason": agent.sandbox_reason,
         "limits_enforced": sandbox.capabilities.enforcement(),
+        "task_user": agent.task_user(),
     }
 
 

@@ -11,6 +11,7 @@ from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound
 from cnetd.ml.inputs import input_argument
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
+from cnetd.security.privilege import READ, WRITE, access_problem, writable_dir_problem
 from cnetd.store import models as mq
 from cnetd.store.models import ModelRecord
 from cnetd.supervisor.launcher import resolve_working_dir
@@ -89,6 +90,8 @@ class ModelService:
         self.tasks.confinement.check_path("model_path", model_path, cwd)
         if cwd.is_dir() and not (cwd / script_path).is_file():
             raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
+        kind = kind_from_args(args)
+        self._check_task_user_access(cwd, script_path, model_path, kind)
         task = NewTask(
             name=name,
             command=command,
@@ -98,17 +101,38 @@ class ModelService:
             resources=resources_field(body, defaults=self.config.ml.resource_limits),
             timeout=timeout_field(body),
             type="ml_model",
-            kind=kind_from_args(args),
+            kind=kind,
         )
         serving = parse_spec(body["serving"], prefix="serving.") if body.get("serving") is not None else None
         return Deployment(
             task=task, model_type=model_type, model_path=model_path, script_path=script_path, serving=serving,
         )
 
+    def _check_task_user_access(self, cwd: Path, script_path: str, model_path: str, kind: str) -> None:
+        """Refuse now what would fail later with PermissionError under tasks.run_as."""
+        user = self.tasks.launcher.user
+        if user is None or not cwd.is_dir():
+            return
+        problem = access_problem(user, cwd / script_path, READ)
+        if problem is not None:
+            raise Invalid("script_path", f"{problem} (tasks run as that user: tasks.run_as)")
+        model_file = cwd / model_path
+        if kind in ("train", "run"):
+            problem = (
+                access_problem(user, model_file, WRITE) if model_file.exists()
+                else writable_dir_problem(user, model_file.parent)
+            )
+        else:
+            problem = access_problem(user, model_file, READ) if model_file.exists() else None
+        if problem is not None:
+            raise Invalid("model_path", f"{problem} (tasks run as that user: tasks.run_as)")
+
     async def deploy(self, body: Any) -> Model:
         if not self.config.ml.enabled:
             raise Conflict("ML support is disabled on this node (ml.enabled: false)")
         deployment = self.parse_deployment(body)
+        if deployment.serving is not None:
+            self.tasks.launcher.require_run_dir_reachable("serving")
 
         def add_model(conn: sqlite3.Connection, task: Task) -> None:
             mq.insert_model(conn, ModelRecord(

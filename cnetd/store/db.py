@@ -7,7 +7,9 @@ several statements is atomic and costs one hop between threads (Datasette's patt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import Callable
@@ -86,6 +88,7 @@ class Database:
     def _open_writer(self) -> None:
         try:
             conn = _connect(self.path, readonly=False)
+            self._make_private()
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(self._corrupt_message(str(exc))) from exc
@@ -96,6 +99,13 @@ class Database:
         if applied:
             log.info("applied migrations %s to %s", ", ".join(applied), self.path)
         self._writer = conn
+
+    def _make_private(self) -> None:
+        """The store holds every task's environment: only the agent's user may read it.
+        SQLite gives the -wal and -shm files the main file's mode when it creates them."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
 
     def _corrupt_message(self, problem: str) -> str:
         return (

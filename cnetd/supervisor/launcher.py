@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from cnetd.config import TasksSection
+from cnetd.errors import Conflict
+from cnetd.security.privilege import (
+    EXECUTE, READ, TaskUser, access_problem, drop_privileges_argv, make_dirs_for, private_dir_for,
+)
 from cnetd.supervisor.base import Handle, LaunchSpec, Limits, Sandbox, SpawnError
 from cnetd.supervisor.none import NoneSandbox
 from cnetd.tasks.model import Task
@@ -22,7 +27,14 @@ def agent_python_bin() -> str | None:
     return None
 
 
-def task_environment(agent_env: Mapping[str, str], task_env: Mapping[str, str]) -> dict[str, str]:
+# The agent's own per-user settings that would point a task at root's files.
+ROOT_ONLY_VARIABLES = ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "MAIL", "SUDO_USER",
+                       "SUDO_UID", "SUDO_GID", "SUDO_COMMAND", "PYTHONUSERBASE")
+
+
+def task_environment(
+    agent_env: Mapping[str, str], task_env: Mapping[str, str], user: TaskUser | None = None, home: Path | None = None,
+) -> dict[str, str]:
     env = dict(agent_env)
     venv_bin = agent_python_bin()
     if venv_bin:
@@ -30,6 +42,10 @@ def task_environment(agent_env: Mapping[str, str], task_env: Mapping[str, str]) 
         env["PATH"] = venv_bin + os.pathsep + path if path else venv_bin
     env.pop("VIRTUAL_ENV_PROMPT", None)
     env.setdefault("PYTHONUNBUFFERED", "1")  # so log lines and progress arrive as printed
+    if user is not None:
+        for name in ROOT_ONLY_VARIABLES:
+            env.pop(name, None)
+        env.update(HOME=str(home or user.home), USER=user.name, LOGNAME=user.name)
     env.update(task_env)
     return env
 
@@ -39,7 +55,7 @@ def resolve_working_dir(base_dir: Path, working_dir: str) -> Path:
     return path if path.is_absolute() else (base_dir / path)
 
 
-def resolve_command(command: str, env: Mapping[str, str], cwd: Path) -> str:
+def resolve_command(command: str, env: Mapping[str, str], cwd: Path, user: TaskUser | None = None) -> str:
     """Absolute path of the program, as the task's PATH and working dir find it."""
     if "/" in command:
         candidate = Path(command) if Path(command).is_absolute() else cwd / command
@@ -47,27 +63,75 @@ def resolve_command(command: str, env: Mapping[str, str], cwd: Path) -> str:
             raise SpawnError(f"spawn failed: {command}: no such file")
         if not os.access(candidate, os.X_OK) or candidate.is_dir():
             raise SpawnError(f"spawn failed: {command}: not executable")
+        problem = access_problem(user, candidate, EXECUTE)
+        if problem is not None:
+            raise SpawnError(f"spawn failed: {problem}")
         return str(candidate)
     found = shutil.which(command, path=env.get("PATH", os.defpath))
     if found is None:
         raise SpawnError(f"spawn failed: {command}: not found on PATH")
+    problem = access_problem(user, Path(found), EXECUTE)
+    if problem is not None:
+        raise SpawnError(f"spawn failed: {command} is {found}, but {problem}")
     return found
 
 
 class Launcher:
     def __init__(
         self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str],
-        settings: TasksSection | None = None,
+        settings: TasksSection | None = None, user: TaskUser | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.settings = settings or TasksSection()
         self.base_dir = base_dir
+        self.user = user  # None: tasks run as the agent's own user
+        self.state_dir = state_dir
         self.logs_dir = state_dir / "logs"
         self.run_dir = state_dir / "run"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Task logs can hold anything a task printed: only the agent reads them (a task
+        # gets its log as an already open file descriptor).
+        os.chmod(self.logs_dir, 0o700)
         self._agent_env = dict(agent_env)
         self._backends: dict[str, Sandbox] = {sandbox.name: sandbox}
+        self.home: Path | None = None
+        self.state_problem: str | None = None  # why the task user cannot reach state_dir/run
+        if user is not None:
+            self._prepare_for(user)
+
+    def _prepare_for(self, user: TaskUser) -> None:
+        """Let user reach what it must under the state dir (run/ for worker sockets, lib/
+        for the worker script, its home) and nothing else: entering is not listing."""
+        mode = stat.S_IMODE(os.stat(self.state_dir).st_mode)
+        os.chmod(self.state_dir, (mode & ~0o006) | 0o001)  # others: enter, but neither list nor write
+        self.state_problem = access_problem(user, self.state_dir, EXECUTE)
+        os.chmod(self.run_dir, 0o711)
+        home = Path(user.home)
+        if access_problem(user, home, READ | EXECUTE) is not None or not home.is_dir() or home.stat().st_uid != user.uid:
+            homes = self.state_dir / "home"
+            homes.mkdir(exist_ok=True)
+            os.chmod(homes, 0o711)
+            home = private_dir_for(user, homes / user.name)
+        self.home = home
+
+    def environment(self, task_env: Mapping[str, str]) -> dict[str, str]:
+        return task_environment(self._agent_env, task_env, self.user, self.home)
+
+    def require_run_dir_reachable(self, purpose: str) -> None:
+        if self.state_problem is not None:
+            raise Conflict(
+                f"{purpose} needs tasks to reach {self.run_dir}, but {self.state_problem}; "
+                "put agent.state_dir where that user can enter, or change tasks.run_as"
+            )
+
+    def private_run_dir(self, name: str) -> Path:
+        """A directory under run/ that only the task user (and root) can use."""
+        path = self.run_dir / name
+        if self.user is None:
+            path.mkdir(exist_ok=True)
+            return path
+        return private_dir_for(self.user, path)
 
     def log_path(self, task_id: str) -> Path:
         return self.logs_dir / f"{task_id}.log"
@@ -98,14 +162,20 @@ class Launcher:
         cwd = resolve_working_dir(self.base_dir, task.working_dir)
         if not cwd.is_dir():
             raise SpawnError(f"spawn failed: working_dir {task.working_dir}: no such directory")
-        env = task_environment(self._agent_env, task.env)
-        program = resolve_command(task.command, env, cwd)
+        env = self.environment(task.env)
+        program = resolve_command(task.command, env, cwd, self.user)
+        argv = [program, *task.args]
+        if self.user is not None:
+            argv = [*drop_privileges_argv(self.user), *argv]
+            model_path = task.env.get("MODEL_PATH")
+            if model_path and task.kind in ("train", "run"):
+                make_dirs_for(self.user, (cwd / model_path).parent)
         exit_path = self.exit_path(task.id)
         exit_path.unlink(missing_ok=True)
         r = task.resources
         return LaunchSpec(
             task_id=task.id,
-            argv=[program, *task.args],
+            argv=argv,
             env=env,
             working_dir=cwd,
             log_path=Path(task.log_file),
@@ -118,4 +188,7 @@ class Launcher:
         cwd = resolve_working_dir(self.base_dir, working_dir)
         if not cwd.is_dir():
             raise SpawnError(f"working_dir {working_dir}: no such directory")
-        resolve_command(command, task_environment(self._agent_env, task_env), cwd)
+        problem = access_problem(self.user, cwd, EXECUTE)
+        if problem is not None:
+            raise SpawnError(f"working_dir {working_dir}: {problem}")
+        resolve_command(command, self.environment(task_env), cwd, self.user)

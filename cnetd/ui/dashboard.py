@@ -37,6 +37,7 @@ def node_context(agent: Agent) -> dict[str, Any]:
             "backend": sandbox.name,
             "reason": agent.sandbox_reason,
             "enforced": sandbox.capabilities.enforcement(),
+            "task_user": agent.task_user(),
         },
     }
 

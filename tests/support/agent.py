@@ -55,7 +55,9 @@ class AgentProcess:
         self.config = deep_merge(
             {
                 "agent": {"port": self.port, "state_dir": str(self.state_dir)},
-                "tasks": {"sandbox": "none"},
+                # pytest's tmp dirs are 0700 root: tasks that must reach them run as root.
+                # tests/test_least_privilege.py runs them as the default unprivileged user.
+                "tasks": {"sandbox": "none", "run_as": "root"},
                 # examples/ is a symlink into the checkout: allow where it really lives
                 "ml": {"allowed_roots": [str(self.workdir), str(REPO / "examples")]},
             },

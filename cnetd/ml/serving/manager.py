@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WORKER_SCRIPT = Path(__file__).resolve().with_name("worker.py")
 WORKER_RELATIVE = "cnetd/ml/serving/worker.py"  # for cnetd.bundle.stable_copy in the one-file binary
+WORKER_SOCKET = "worker.sock"
 STARTUP_TIMEOUT = 300.0  # a worker that has not loaded its model by then is replaced
 BACKOFF_START = 0.25
 BACKOFF_MAX = 30.0
@@ -201,6 +202,7 @@ class ServingManager:
                 ServingSpec.from_json(stored) if stored and stored.get("state") == "awaiting_training" else None
             )
             spec = parse_spec(body, base=base)
+            self.tasks.launcher.require_run_dir_reachable("serving")
             if current is not None:
                 await self._reconfigure(current, spec)
             elif self.models.model_file(model).is_file():
@@ -320,7 +322,8 @@ class ServingManager:
 
     async def _create_worker(self, served: Served) -> Task:
         record, base = served.model.record, served.model.task
-        socket = str(self.run_dir / f"serve-{uuid.uuid4().hex[:12]}.sock")
+        # Its own directory, writable by the task user alone: nobody else can take the name.
+        socket = str(self.tasks.launcher.private_run_dir(f"serve-{uuid.uuid4().hex[:12]}") / WORKER_SOCKET)
         args = [str(self.worker_script), "--socket", socket, "--model", record.model_path, "--loader", served.spec.loader]
         if record.script_path:
             args += ["--script", record.script_path]
@@ -449,8 +452,12 @@ class ServingManager:
 
     def _remove_socket(self, socket: str | None) -> None:
         if socket:
+            path = Path(socket)
             with contextlib.suppress(OSError):
-                Path(socket).unlink()
+                path.unlink()
+            if path.name == WORKER_SOCKET and path.parent.parent == self.run_dir:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
 
     # ---- serving once training completes -------------------------------------------------------
 
