@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -277,8 +278,10 @@ class Service:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "agent": {"port": self.port},
-            "tasks": {"sandbox": "systemd", "stop_grace": "2s", **tasks},
-            "ml": {"allowed_roots": [str(self.work)]},
+            # The models here run the test venv's python from pytest's 0700 tmp dirs: root
+            # only. The first test below keeps the installed default (nobody).
+            "tasks": {"sandbox": "systemd", "stop_grace": "2s", "run_as": "root", **tasks},
+            "ml": {"allowed_roots": [str(self.work), str(self.state_dir)]},
         }
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -415,7 +418,7 @@ def start_and_watch(svc: Service, timeout: float = 60) -> list[str]:
 
 @pytest.mark.systemd
 def test_units_verify_and_service_is_active_only_once_ready(service: Service) -> None:
-    service.write_config()
+    service.write_config(run_as=None)  # the default: tasks run as nobody
     install = service.install("--no-start")
     assert "enabled cnet-agent.service" in install.stdout
     verify = service.verify()
@@ -434,6 +437,16 @@ def test_units_verify_and_service_is_active_only_once_ready(service: Service) ->
     health = service.api.get("/api/health").body
     assert health["sandbox"]["backend"] == "systemd"
     assert service.state_dir.joinpath("cnet.db").is_file()
+    # The installed unit lets a task, run as nobody, enter the state dir (its default
+    # working dir) without being able to list or read it.
+    assert health["sandbox"]["task_user"]["name"] == "nobody"
+    assert stat.S_IMODE(service.state_dir.stat().st_mode) & 0o007 == 0o001
+    probe = "import os; print(os.getuid(), os.getcwd(), os.access('cnet.db', os.R_OK), os.access('.', os.R_OK))"
+    task = service.api.post("/api/tasks", {"name": "whoami", "command": "/usr/bin/python3", "args": ["-c", probe]})
+    assert task.status == 201, task.text
+    service.task_ids.append(task.body["id"])
+    assert service.wait_done(task.body["id"])["status"] == "completed"
+    assert service.api.get(f"/api/tasks/{task.body['id']}/logs").body == [f"65534 {service.state_dir} False False"]
 
     # install.sh again: nothing changed, so the running agent is left alone.
     pid = service.main_pid()
