@@ -162,11 +162,10 @@ def test_a_full_disk_gives_503_on_writes_keeps_reads_and_recovers(agent_factory)
         first = agent.api.post("/api/tasks", {"name": "before", "command": "true"})
         assert first.status == 201
         filler = agent.state_dir / "filler"
-        with open(filler, "wb") as f:
+        with open(filler, "wb", buffering=0) as f:  # unbuffered: close() has nothing left to flush
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError:
                 pass
 
