@@ -87,6 +87,9 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         task_user = task_user_for(config)
         launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, task_user)
         log_task_user(launcher)
+        if config.discovery.enabled:
+            log.warning("discovery.enabled: this version does not register with parent nodes yet; "
+                        "the node works on its own (servers: %s)", ", ".join(config.discovery.servers) or "none")
         ingester = LogIngester(db)
         roots = config.ml.allowed_roots or (base_dir, state_dir)
         confinement = Confinement(roots, config.tasks.allowed_commands)
