@@ -14,8 +14,10 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Make (unstarted) agents; every one is stopped and its tasks killed afterwards."""
     made: list[AgentProcess] = []
 
-    def make(config: dict[str, Any] | None = None, name: str = "agent", **kw: Any) -> AgentProcess:
-        agent = AgentProcess(tmp_path / name, config, **kw)
+    def make(config: dict[str, Any] | None = None, name: str = "agent", root: Path | None = None,
+             **kw: Any) -> AgentProcess:
+        """root: where the agent's work dir goes instead of tmp_path (which is 0700)."""
+        agent = AgentProcess((root or tmp_path) / name, config, **kw)
         made.append(agent)
         return agent
 

@@ -57,30 +57,26 @@ def shared_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def make_agent(shared_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., AgentProcess]]:
-    made: list[AgentProcess] = []
+def make_agent(shared_dir: Path, agent_factory: Callable[..., AgentProcess],
+               request: pytest.FixtureRequest) -> Callable[..., AgentProcess]:
+    made = iter(range(1000))
 
     def make(backend: str = "none", name: str = "agent", **tasks: Any) -> AgentProcess:
-        workdir = shared_dir / name
-        workdir.mkdir()
-        workdir.chmod(0o755)
+        n = next(made)
         config: dict[str, Any] = {"tasks": {"sandbox": backend, "stop_grace": "2s", "run_as": None, **tasks},
-                                  "ml": {"allowed_roots": [str(workdir)]}}
+                                  "ml": {"allowed_roots": [str(shared_dir / name)]}}
         kw: dict[str, Any] = {}
         if backend == "cgroup":
-            config["tasks"]["cgroup_group"] = f"{request.getfixturevalue('cgroup_group')}-lp{len(made)}"
+            config["tasks"]["cgroup_group"] = f"{request.getfixturevalue('cgroup_group')}-lp{n}"
         if backend == "systemd":
             ns = request.getfixturevalue("systemd_ns")
-            config["tasks"]["slice"] = f"cnet-lp{len(made)}.slice"
-            kw = {"prefix": ns.prefix(cwd=workdir), "inner_pid": ns.inner_pid}
-        agent = AgentProcess(workdir, config, **kw)
-        made.append(agent)
+            config["tasks"]["slice"] = f"cnet-lp{n}.slice"
+            kw = {"prefix": ns.prefix(cwd=shared_dir / name), "inner_pid": ns.inner_pid}
+        agent = agent_factory(config, name, root=shared_dir, **kw)
+        agent.workdir.chmod(0o755)
         return agent
 
-    yield make
-    for agent in made:
-        agent.stop()
-        agent.kill_task_processes()
+    return make
 
 
 def run_task(agent: AgentProcess, code: str, **extra: Any) -> dict[str, Any]:
