@@ -25,7 +25,7 @@ from cnetd.logs.ingester import LogIngester
 from cnetd.logs.output import progress_from_line, result_from_log
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
-from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError, Usage
+from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError
 from cnetd.supervisor.disk import DiskMeter, format_bytes
 from cnetd.security.confine import Confinement
 from cnetd.supervisor.launcher import Launcher, resolve_working_dir, task_environment
@@ -33,6 +33,7 @@ from cnetd.tasks.bus import TaskBus, TaskChange
 from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
 from cnetd.tasks.request import NewTask
 from cnetd.tasks.states import check_transition, event
+from cnetd.tasks.usage import Sample, UsageMonitor
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ class TaskService:
         self._kick = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping_agent = False
-        self._usage: dict[str, dict[str, Any]] = {}
-        self._sampler: asyncio.Task[None] | None = None
+        self._usage = UsageMonitor()
 
     # ---- queries -------------------------------------------------------------
 
@@ -115,10 +115,14 @@ class TaskService:
         return [self._with_live_usage(t) for t in await self.db.read(lambda c: q.list_tasks(c, **filters))]
 
     def _with_live_usage(self, task: Task) -> Task:
-        live = self._usage.get(task.id)
+        live = self._usage.latest(task.id)
         if live is not None and not task.status.terminal:
             task.usage = live
         return task
+
+    def usage_history(self, task_id: str) -> list[Sample]:
+        """The task's recent CPU and memory samples, oldest first (empty once forgotten)."""
+        return self._usage.samples(task_id)
 
     async def events(self, task_id: str) -> list[TaskEvent]:
         await self.get(task_id)
@@ -177,7 +181,7 @@ class TaskService:
 
     async def start_background(self) -> None:
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="task-scheduler")
-        self._sampler = asyncio.create_task(self._sample_usage_forever(), name="task-usage-sampler")
+        self._usage.start()
         self._kick.set()
 
     async def _schedule_forever(self) -> None:
@@ -242,6 +246,7 @@ class TaskService:
     def _watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
         self.ingester.watch(task.id, task.log_file)
         self._finished.setdefault(task.id, asyncio.Event())
+        self._usage.watch(task.id, backend, handle)  # sampled at once, then every second
         runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
         self._watches[task.id] = _Watch(task=runner, handle=handle, backend=backend)
 
@@ -273,6 +278,7 @@ class TaskService:
                 await self._finish(current, Status.FAILED, "failed", reason, reason=reason, exit_code=exit.code, stopped_at=utc_now())
         finally:
             self._watches.pop(task.id, None)
+            self._usage.forget(task.id)
             with contextlib.suppress(Exception):
                 await backend.release(handle)
 
@@ -315,6 +321,9 @@ class TaskService:
         return dirs
 
     async def _record_exit(self, task: Task, exit: ExitStatus, watch: _Watch | None) -> None:
+        # The processes are gone but the sandbox is not released yet: the final sample
+        # still reads the cgroup's peak memory (a sub-second task gets its usage too).
+        usage = await self._usage.finish(task.id)
         await self.ingester.drain(task.id)
         result = await asyncio.to_thread(result_from_log, task.log_file)
         current = await self.get(task.id)
@@ -323,8 +332,8 @@ class TaskService:
             changes["result"] = result
         if task.id in self._progress:
             changes["progress"] = self._progress.pop(task.id)
-        if task.id in self._usage:
-            changes["usage"] = self._usage.pop(task.id)
+        if usage is not None:
+            changes["usage"] = usage
         if current.stop_requested or task.id in self._stop_requests:
             status, kind, reason = Status.STOPPED, "stopped", None
             message = "stopped by user" + (f" (exit code {exit.code})" if exit.code is not None else "")
@@ -348,36 +357,6 @@ class TaskService:
         self._stop_requests.discard(task.id)
         self._finished.setdefault(task.id, asyncio.Event()).set()
         self._kick.set()
-
-    # ---- usage ------------------------------------------------------------------
-
-    async def _sample_usage_forever(self) -> None:
-        """CPU and memory of every running task, every resources.interval, from its sandbox."""
-        while True:
-            for task_id, watch in list(self._watches.items()):
-                try:
-                    usage = await watch.backend.stats(watch.handle)
-                except Exception:
-                    log.debug("no usage sample", exc_info=True, extra={"task_id": task_id})
-                    continue
-                if task_id in self._watches:
-                    self._record_usage(task_id, usage)
-            await asyncio.sleep(self.config.resources.interval)
-
-    def _record_usage(self, task_id: str, usage: Usage) -> None:
-        previous = self._usage.get(task_id, {})
-        current = usage.memory_bytes
-        peak = max(
-            (v for v in (usage.memory_peak_bytes, current, previous.get("memory_peak_bytes")) if v is not None),
-            default=None,
-        )
-        self._usage[task_id] = {
-            "cpu_percent": None if usage.cpu_percent is None else round(usage.cpu_percent, 1),
-            "memory_bytes": current,
-            "memory_peak_bytes": peak,
-            "pids": usage.pids,
-            "sampled_at": utc_now(),
-        }
 
     # ---- progress ---------------------------------------------------------------
 
@@ -478,7 +457,8 @@ class TaskService:
     async def shutdown(self) -> None:
         """Leave running tasks running (they outlive the agent) unless stop_on_exit."""
         self._stopping_agent = True
-        await cancel_and_wait(self._scheduler, self._sampler)
+        await cancel_and_wait(self._scheduler)
+        await self._usage.stop()
         if self.config.tasks.stop_on_exit:
             for task_id in list(self._watches):
                 with contextlib.suppress(Exception):

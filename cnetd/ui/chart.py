@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnetd.ui.state import Sample
+from cnetd.tasks.usage import Sample
 
 WIDTH = 300
 HEIGHT = 80

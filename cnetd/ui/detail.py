@@ -12,7 +12,6 @@ from cnetd.ml.service import Model
 from cnetd.store import logs as lq
 from cnetd.tasks.model import Status, Task
 from cnetd.ui.chart import usage_series
-from cnetd.ui.state import UiState
 
 LOG_TAIL = 300
 
@@ -54,8 +53,8 @@ async def log_tail(agent: Agent, task_id: str, lines: int = LOG_TAIL) -> LogTail
     return LogTail(rows, last, dropped)
 
 
-def usage_context(ui: UiState, task: Task) -> dict[str, Any]:
-    samples = ui.history.of(task.id)
+def usage_context(agent: Agent, task: Task) -> dict[str, Any]:
+    samples = agent.tasks.usage_history(task.id)
     cpu, memory = usage_series(samples, task.resources.cpu_limit, task.resources.memory_limit)
     return {
         "task": task,

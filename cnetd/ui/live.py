@@ -149,6 +149,6 @@ def usage_fragment(request: web.Request, ctx: dict[str, object]) -> tuple[Markup
 
 
 async def task_usage(request: web.Request) -> web.Response:
-    agent, ui = agent_of(request), ui_of(request)
+    agent = agent_of(request)
     task = await agent.tasks.get(request.match_info["id"])
-    return fragment_response(*usage_fragment(request, detail.usage_context(ui, task)))
+    return fragment_response(*usage_fragment(request, detail.usage_context(agent, task)))

@@ -10,7 +10,7 @@ from aiohttp import web
 from cnetd.ml.service import Model
 from cnetd.tasks.model import Task
 from cnetd.ui import detail, serving
-from cnetd.ui.common import agent_of, renderer, ui_of
+from cnetd.ui.common import agent_of, renderer
 from cnetd.ui.forms import Form
 from cnetd.ui.live import usage_fragment
 
@@ -24,9 +24,9 @@ async def recent_predictions(request: web.Request, model_id: str) -> list[Task]:
 async def detail_page(
     request: web.Request, task: Task, model: Model | None, as_model: bool, extra: dict[str, Any] | None = None
 ) -> web.Response:
-    agent, ui = agent_of(request), ui_of(request)
+    agent = agent_of(request)
     logs = await detail.log_tail(agent, task.id)
-    usage, _ = usage_fragment(request, detail.usage_context(ui, task))
+    usage, _ = usage_fragment(request, detail.usage_context(agent, task))
     serving_card = None
     if as_model and model is not None and serving.available(request):
         serving_card, _ = serving.card(request, serving.card_context(request, model))
