@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cnetd.cluster.federation import Federation
 from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
 from cnetd.metrics.resources import ResourceSampler
@@ -32,6 +33,7 @@ class Agent:
     models: ModelService
     resources: ResourceSampler
     serving: ServingManager
+    federation: Federation
     sandbox_reason: str
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: str = ""

@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +17,8 @@ from cnetd.api.errors import error_middleware
 from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
+from cnetd.cluster.federation import Federation
+from cnetd.cluster.report import describe_node
 from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
 from cnetd.metrics.resources import ResourceSampler
@@ -87,9 +90,6 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         task_user = task_user_for(config)
         launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, task_user)
         log_task_user(launcher)
-        if config.discovery.enabled:
-            log.warning("discovery.enabled: this version does not register with parent nodes yet; "
-                        "the node works on its own (servers: %s)", ", ".join(config.discovery.servers) or "none")
         ingester = LogIngester(db)
         roots = config.ml.allowed_roots or (base_dir, state_dir)
         confinement = Confinement(roots, config.tasks.allowed_commands)
@@ -99,10 +99,15 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         models = ModelService(tasks, config)
         worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=task_user is not None)
         serving = ServingManager(tasks, models, launcher.run_dir, worker_script)
+
+        async def own_report() -> dict[str, Any]:
+            return describe_node(config, sandbox.name, await tasks.counts(), resources.usage(), resources.totals())
+
+        federation = Federation(config, db, node_id, own_report)
         agent = Agent(
             config=config, base_dir=base_dir, node_id=node_id, db=db, launcher=launcher,
             ingester=ingester, tasks=tasks, models=models, resources=resources, serving=serving,
-            sandbox_reason=reason, started_at=utc_now(),
+            federation=federation, sandbox_reason=reason, started_at=utc_now(),
         )
         app[AGENT] = agent
         await ingester.start()
@@ -110,9 +115,11 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         await tasks.start_background()
         await serving.start()  # after recovery: reattaches to workers that outlived the agent
         await resources.start()
+        await federation.start()
         try:
             yield
         finally:
+            await federation.stop()
             await resources.stop()
             await serving.stop()  # lets go of the workers; they keep running
             await tasks.shutdown()

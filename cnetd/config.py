@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
 import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ __all__ = [
     "TasksSection",
     "default_config",
     "load_config",
+    "parse_agent_url",
     "parse_duration",
     "parse_size",
 ]
@@ -76,6 +79,7 @@ class AgentSection:
     datacenter: str = "dc1"
     heartbeat: float = 30.0  # seconds
     state_dir: Path = Path("state")  # resolved to <config dir>/state by the loaders
+    advertise_url: str = ""  # how a parent reaches this node; empty: http://<address>:<port>
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,10 @@ class LoggingSection:
 @dataclass(frozen=True)
 class DiscoverySection:
     enabled: bool = False
-    servers: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()  # parent agents' URLs (http://host:port), tried in order
     timeout: float = 5.0
     retry: int = 3
+    token: str | None = None  # presented to the parent; the parent uses it to call back
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,8 @@ class Config:
         """
         data = {name: _plain(getattr(self, name)) for name in _SECTION_CLASSES}
         data["auth"]["tokens"] = ["<redacted>" for _ in self.auth.tokens]
+        if self.discovery.token is not None:
+            data["discovery"]["token"] = "<redacted>"
         return data
 
 
@@ -305,6 +312,43 @@ def _str(*, empty_ok: bool = False) -> Conv:
     return conv
 
 
+def parse_agent_url(text: str) -> str:
+    """An agent's base URL from "http://host:port" or "host:port"; ConfigError if it is not one."""
+    return _http_url(text, "url")
+
+
+def _http_url(v: Any, where: str, empty_ok: bool = False) -> str:
+    """An agent's base URL: http(s)://host[:port] (a bare host:port gets http://)."""
+    if empty_ok and v == "":
+        return ""
+    if not isinstance(v, str) or not v.strip():
+        raise _fail(where, "a URL like http://host:8080", v)
+    text = v.strip().rstrip("/")
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise _fail(where, "a URL like http://host:8080", v) from None
+    host = parts.hostname or ""
+    if (parts.scheme not in ("http", "https") or parts.query or parts.fragment or parts.path
+            or parts.username is not None or not (_HOST_NAME.fullmatch(host) or _is_ip(host))):
+        raise _fail(where, "a URL like http://host:8080", v)
+    return text
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 _USER_SPEC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 
 
@@ -386,6 +430,7 @@ _SPEC: dict[str, Spec] = {
         "datacenter": _str(),
         "heartbeat": _duration(),
         "state_dir": _path,
+        "advertise_url": lambda v, where: _http_url(v, where, empty_ok=True),
     },
     "logging": {
         "level": _choice(LogLevel, {"warning": "warn"}),
@@ -393,9 +438,10 @@ _SPEC: dict[str, Spec] = {
     },
     "discovery": {
         "enabled": _bool,
-        "servers": _strings,
+        "servers": lambda v, where: tuple(_http_url(s, f"{where}[{i}]") for i, s in enumerate(_strings(v, where))),
         "timeout": _duration(),
         "retry": _int(0),
+        "token": _optional(_str()),
     },
     "resources": {"cpu": _bool, "memory": _bool, "disk": _bool, "network": _bool, "interval": _duration()},
     "tasks": {
@@ -455,6 +501,7 @@ _ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CNET_LOG_LEVEL": ("logging", "level", str),
     "CNET_SANDBOX": ("tasks", "sandbox", str),
     "CNET_AUTH_TOKEN": ("auth", "tokens", lambda t: [t]),
+    "CNET_DISCOVERY_TOKEN": ("discovery", "token", str),
 }
 
 
@@ -565,10 +612,11 @@ def _assemble(
     for token in auth.tokens:
         if len(token) < 16:
             raise ConfigError(f"{label}: auth.tokens: each token must be at least 16 characters (a short token is guessable)")
+    discovery = build("discovery")
     return Config(
         agent=agent,
         logging=build("logging"),
-        discovery=build("discovery"),
+        discovery=discovery,
         resources=build("resources"),
         tasks=build("tasks"),
         ml=ml,

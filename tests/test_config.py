@@ -301,6 +301,8 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("ml: {resource_limits: {disk_limit: 0}}\n", "ml.resource_limits.disk_limit: must be a size > 0, got 0"),
         ("ml: {resource_limits: {gpu_limit: -1}}\n", "ml.resource_limits.gpu_limit: must be an integer >= 0, got -1"),
         ("ml: {model_path: ''}\n", "ml.model_path: must be a path, got ''"),
+        ("discovery: {servers: ['ftp://p']}\n", "discovery.servers[0]: must be a URL like http://host:8080, got 'ftp://p'"),
+        ("agent: {advertise_url: 'http://h:1/x'}\n", "agent.advertise_url: must be a URL like http://host:8080, got 'http://h:1/x'"),
         ("tasks: {run_as: 'a b'}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got 'a b'"),
         ("tasks: {run_as: -1}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got -1"),
     ],

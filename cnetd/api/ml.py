@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
+from cnetd.api.cluster import delegate_create
 from cnetd.api.errors import error_response, read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
@@ -23,7 +24,11 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def deploy_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model = await agent.models.deploy(await read_json(request))
+    body = await read_json(request)
+    node_id = agent.federation.target_of(body)
+    if node_id is not None:
+        return await delegate_create(request, body, node_id, "/api/ml/models")
+    model = await agent.models.deploy(body)
     return json_response(model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record)), status=201)
 
 

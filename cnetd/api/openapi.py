@@ -12,6 +12,7 @@ from aiohttp import web
 
 from cnetd import __version__
 from cnetd.api.serialize import json_response
+from cnetd.cluster.report import MAX_INTERVAL, NODE_ID_PATTERN, TEXT_FIELDS
 from cnetd.ml.serving.spec import LIMITS as SERVING_LIMITS
 from cnetd.ml.serving.spec import LOADERS
 from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
@@ -32,6 +33,7 @@ STRING = {"type": "string"}
 TIME = {"type": "string", "format": "date-time"}
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": STRING}
 NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": STRING}
+NODE_PARAM = {"name": "node_id", "in": "path", "required": True, "schema": STRING}
 VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": STRING}
 
 SIZE = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]}
@@ -58,6 +60,8 @@ NAME = {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 128}
 ARGS = {"type": "array", "maxItems": MAX_ARGS, "items": {"type": "string", "maxLength": MAX_ARG_CHARS}}
 ENV = {"type": "object", "maxProperties": MAX_ENV, "additionalProperties": {"type": "string"}}
 DURATION = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "minLength": 1}]}
+
+NODE_ID = {"type": "string", "description": "run it on this child node (GET /api/nodes); omitted: on this node"}
 
 SERVING_SPEC: Schema = {
     "type": "object",
@@ -143,6 +147,7 @@ SCHEMAS: dict[str, Schema] = {
             "working_dir": {"type": "string", "maxLength": 4096},
             "resources": RESOURCES,
             "timeout": DURATION,
+            "node_id": NODE_ID,
         },
         "additionalProperties": False,
     },
@@ -161,6 +166,7 @@ SCHEMAS: dict[str, Schema] = {
             "resources": RESOURCES,
             "timeout": DURATION,
             "serving": SERVING_SPEC,
+            "node_id": NODE_ID,
         },
         "additionalProperties": False,
     },
@@ -198,6 +204,37 @@ SCHEMAS: dict[str, Schema] = {
     "Node": {"type": "object", "required": ["node_id", "node_name", "region", "datacenter"], "properties": {
         "node_id": STRING, "node_name": STRING, "region": STRING, "datacenter": STRING}},
     "Object": {"type": "object"},
+    "ClusterNode": {
+        "type": "object",
+        "required": ["node_id", "role", "url", "status"],
+        "properties": {
+            "node_id": STRING, "role": {"enum": ["self", "child"]}, "url": STRING,
+            "status": {"enum": ["online", "offline"]}, "last_seen": TIME, "registered_at": TIME,
+            "seconds_since_seen": {"type": "number"}, "heartbeat_interval": {"type": "number"},
+            "node_name": STRING, "region": STRING, "datacenter": STRING, "version": STRING, "sandbox": STRING,
+            "resources": {"type": "object"}, "tasks": {"type": "object"}, "children": {"type": "integer"},
+            "parent": nullable({"type": "object"}),
+        },
+    },
+    "Heartbeat": {
+        "type": "object",
+        "required": ["node_id", "url", "interval"],
+        "properties": {
+            "node_id": {"type": "string", "pattern": NODE_ID_PATTERN.pattern, "maxLength": 128},
+            "url": {"type": "string", "description": "the child's base URL, http://host:port"},
+            "interval": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_INTERVAL},
+            **{name: {"type": "string", "maxLength": limit} for name, limit in TEXT_FIELDS.items()},
+            "resources": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "number", "minimum": 0}},
+            "tasks": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "integer", "minimum": 0}},
+            "children": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+    "HeartbeatAccepted": {
+        "type": "object",
+        "required": ["accepted", "node", "parent"],
+        "properties": {"accepted": {"const": True}, "node": ref("ClusterNode"), "parent": {"type": "object"}},
+    },
     "V2Tensor": {
         "type": "object",
         "required": ["name", "shape", "datatype", "data"],
@@ -322,6 +359,27 @@ def build_document() -> Schema:
         "/api/resources": {"get": operation("Node totals", responses({200: ("totals", ref("Object"))}, ()), op_id="resources")},
         "/api/resources/usage": {"get": operation("Node usage now", responses({200: ("usage", ref("Object"))}, ()), op_id="resourcesUsage")},
         "/api/openapi.json": {"get": operation("This document", responses({200: ("OpenAPI 3.1", ref("Object"))}, ()), op_id="openapi")},
+        "/api/cluster/heartbeat": {"post": operation(
+            "A child node reports to this node (every agent.heartbeat)",
+            responses({200: ("registered or refreshed", ref("HeartbeatAccepted"))}, (*WRITE_ERRORS, 409)),
+            None, body("Heartbeat"), op_id="heartbeat")},
+        "/api/nodes": {"get": operation("This node, then its children", responses(
+            {200: ("nodes", {"type": "array", "items": ref("ClusterNode")})}, ()), op_id="listNodes")},
+        "/api/nodes/{node_id}": {
+            "get": operation("One node (this one or a child)", responses(
+                {200: ("node", ref("ClusterNode"))}, (404,)), [NODE_PARAM], op_id="getNode"),
+            "delete": operation("Forget an offline child", responses(
+                {200: ("forgotten", ref("Object"))}, (404, 409, 503)), [NODE_PARAM], op_id="forgetNode"),
+        },
+        "/api/nodes/{node_id}/{tail}": {
+            method: operation(
+                f"{method.upper()} /{{tail}} on the child node (tail starts with api/ or v2/); its answer as is",
+                {"default": {"description": "the child's answer, whatever its status"},
+                 **responses({}, (404, 413, 503))},
+                [NODE_PARAM, {"name": "tail", "in": "path", "required": True, "schema": STRING}],
+                op_id=f"passThrough{method.capitalize()}")
+            for method in ("get", "post", "delete")
+        },
         "/api/tasks": {
             "get": operation("Every task, newest first", responses(
                 {200: ("tasks", {"type": "array", "items": ref("Task")})}, (400,)), task_list_params, op_id="listTasks"),

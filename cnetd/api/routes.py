@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cnetd.api import metrics, ml, openapi, serving, system, tasks, v2
+from cnetd.api import cluster, metrics, ml, openapi, serving, system, tasks, v2
 
 
 def add_api_routes(app: web.Application) -> None:
@@ -14,6 +14,13 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get("/api/resources", system.resources, name="resources")
     r.add_get("/api/resources/usage", system.resources_usage, name="resources-usage")
     r.add_get("/api/openapi.json", openapi.openapi, name="openapi")
+
+    r.add_post("/api/cluster/heartbeat", cluster.heartbeat, name="cluster-heartbeat")
+    r.add_get("/api/nodes", cluster.list_nodes, name="nodes")
+    r.add_get("/api/nodes/{node_id}", cluster.get_node, name="node-one")
+    r.add_delete("/api/nodes/{node_id}", cluster.forget_node, name="node-forget")
+    for method in ("GET", "POST", "DELETE"):
+        r.add_route(method, "/api/nodes/{node_id}/{tail:.+}", cluster.pass_through, name=f"node-through-{method.lower()}")
 
     r.add_get("/api/tasks", tasks.list_tasks, name="tasks")
     r.add_post("/api/tasks", tasks.create_task, name="tasks-create")

@@ -51,6 +51,8 @@ async def node(request: web.Request) -> web.Response:
         "sandbox": sandbox_json(agent),
         "ml_enabled": agent.config.ml.enabled,
         "max_concurrent": agent.config.tasks.max_concurrent,
+        "url": agent.federation.url,
+        "parent": agent.federation.parent_json(),
     })
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from aiohttp import web
 
 from cnetd.agent import AGENT
+from cnetd.api.cluster import delegate_create
 from cnetd.api.errors import read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import choice_param, int_param
@@ -35,7 +36,11 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 async def create_task(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    new = parse_new_task(await read_json(request))
+    body = await read_json(request)
+    node_id = agent.federation.target_of(body)
+    if node_id is not None:
+        return await delegate_create(request, body, node_id, "/api/tasks")
+    new = parse_new_task(body)
     task = await agent.tasks.create(new)
     return json_response(task_json(task, agent.enforcement(task.sandbox)), status=201)
 

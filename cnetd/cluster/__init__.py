@@ -1,0 +1,1 @@
+"""Parent/child clusters of agents: heartbeats up, delegation and pass-through down."""

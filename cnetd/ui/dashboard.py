@@ -76,13 +76,19 @@ async def activity_part(request: web.Request) -> web.Response:
     return fragment_response(*await activity_fragment(request))
 
 
+async def cluster_fragment(request: web.Request) -> tuple[Markup, bool]:
+    agent = agent_of(request)
+    ctx = {"parent": agent.federation.parent_json(), "children": await agent.federation.registry.list()}
+    inner = renderer(request).string(request, "_cluster.html", ctx)
+    return polled(request, inner, "/fragments/cluster", "cluster", "2s")
+
+
+async def cluster_part(request: web.Request) -> web.Response:
+    return fragment_response(*await cluster_fragment(request))
+
+
 async def nodes(request: web.Request) -> web.Response:
     agent = agent_of(request)
-    discovery = agent.config.discovery
-    ctx = {
-        **node_context(agent),
-        "totals": agent.resources.totals(),
-        "discovery": {"enabled": discovery.enabled, "servers": list(discovery.servers)},
-        "nav": "nodes",
-    }
+    cluster, _ = await cluster_fragment(request)
+    ctx = {**node_context(agent), "totals": agent.resources.totals(), "cluster": cluster, "nav": "nodes"}
     return renderer(request).response(request, "nodes.html", ctx)

@@ -10,13 +10,14 @@ from cnetd.ui.state import on_shutdown, ui_context
 
 def add_ui_routes(app: web.Application) -> None:
     """Call after the agent's cleanup context is registered: the UI's own context
-    (renderer, usage sampler) needs the agent."""
+    (the renderer) needs the agent."""
     app.cleanup_ctx.append(ui_context)
     app.on_shutdown.append(on_shutdown)
     r = app.router
     r.add_get("/", dashboard.dashboard, name="ui-dashboard")
     r.add_get("/fragments/resources", dashboard.resources_part, name="ui-resources")
     r.add_get("/fragments/activity", dashboard.activity_part, name="ui-activity")
+    r.add_get("/fragments/cluster", dashboard.cluster_part, name="ui-cluster")
     r.add_get("/nodes", dashboard.nodes, name="ui-nodes")
 
     r.add_get("/models", models.models_page, name="ui-models")

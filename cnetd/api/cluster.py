@@ -1,0 +1,104 @@
+"""/api/cluster/heartbeat (children report here), /api/nodes (this node and its children),
+and /api/nodes/{node_id}/{api|v2}/... (any call passed through to a child)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cnetd import __version__
+from cnetd.agent import AGENT, Agent
+from cnetd.api.errors import read_json
+from cnetd.api.serialize import json_response
+from cnetd.cluster.report import parse_report
+from cnetd.errors import NotFound
+
+PASSED_THROUGH = ("api/", "v2/")
+
+
+def presented_token(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def self_json(agent: Agent) -> dict[str, Any]:
+    cfg = agent.config.agent
+    return {
+        "node_id": agent.node_id,
+        "role": "self",
+        "url": agent.federation.url,
+        "status": "online",
+        "node_name": cfg.node_name,
+        "region": cfg.region,
+        "datacenter": cfg.datacenter,
+        "version": __version__,
+        "sandbox": agent.launcher.sandbox.name,
+        "parent": agent.federation.parent_json(),
+    }
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    report = parse_report(await read_json(request))
+    node = await agent.federation.registry.heartbeat(report, presented_token(request))
+    cfg = agent.config.agent
+    parent = {"node_id": agent.node_id, "node_name": cfg.node_name, "url": agent.federation.url}
+    return json_response({"accepted": True, "node": node, "parent": parent})
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    return json_response([self_json(agent), *await agent.federation.registry.list()])
+
+
+async def get_node(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    node_id = request.match_info["node_id"]
+    if node_id == agent.node_id:
+        return json_response(self_json(agent))
+    return json_response(await agent.federation.registry.get(node_id))
+
+
+async def forget_node(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    node_id = request.match_info["node_id"]
+    await agent.federation.registry.forget(node_id)
+    return json_response({"node_id": node_id, "message": "node forgotten"})
+
+
+async def pass_through(request: web.Request) -> web.StreamResponse:
+    """The same call on a child: /api/nodes/c1/api/tasks/x is c1's /api/tasks/x."""
+    agent = request.app[AGENT]
+    node_id, tail = request.match_info["node_id"], request.match_info["tail"]
+    if not tail.startswith(PASSED_THROUGH):
+        raise NotFound(f"only /api/... and /v2/... are passed through to nodes, not /{tail}", {"path": "/" + tail})
+    path_qs = "/" + tail + (f"?{request.query_string}" if request.query_string else "")
+    body = await request.read() if request.can_read_body else None
+    answer = await agent.federation.call(node_id, request.method, path_qs, body, request.headers)
+    async with answer:
+        response = web.StreamResponse(status=answer.status)
+        for name in ("Content-Type", "Cache-Control", "Allow", "WWW-Authenticate"):
+            if name in answer.headers:
+                response.headers[name] = answer.headers[name]
+        response.headers["X-CNET-Node"] = node_id
+        await response.prepare(request)
+        async for chunk in answer.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+async def delegate_create(request: web.Request, body: dict[str, Any], node_id: str, path: str) -> web.Response:
+    """POST body (without node_id) to the same path on the child; its answer, as is."""
+    agent = request.app[AGENT]
+    data = json.dumps(body).encode()
+    answer = await agent.federation.call(node_id, "POST", path, data, {"Content-Type": "application/json"},
+                                         field="node_id")
+    async with answer:
+        payload = await answer.read()
+    response = web.Response(body=payload, status=answer.status,
+                            content_type=answer.content_type or "application/json")
+    response.headers["X-CNET-Node"] = node_id
+    return response
