@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +53,7 @@ class Agent:
         user = self.launcher.user
         if user is not None:
             return user.to_json()
-        uid, gid = os.geteuid(), os.getegid()
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = str(uid)
-        return {"name": name, "uid": uid, "gid": gid}
+        return {"name": self.launcher.user_name, "uid": os.geteuid(), "gid": os.getegid()}
 
 
 AGENT = web.AppKey("agent", Agent)

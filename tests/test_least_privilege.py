@@ -94,6 +94,9 @@ def test_tasks_run_as_nobody_without_a_way_back(make_agent: Callable[..., AgentP
 
     done = run_task(agent, WHO_AM_I)
     assert done["status"] == "completed", done
+    assert done["run_as"] == "nobody"
+    events = agent.api.get(f"/api/tasks/{done['id']}/events").body
+    assert any(e["type"] == "started" and e["message"].endswith("as nobody)") for e in events), events
     who = done["result"]
     assert (who["uid"], who["euid"], who["gid"]) == (NOBODY.pw_uid, NOBODY.pw_uid, NOBODY.pw_gid)
     assert set(who["groups"]) <= set(os.getgrouplist("nobody", NOBODY.pw_gid))

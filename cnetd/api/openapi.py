@@ -104,6 +104,7 @@ TASK: Schema = {
         "node_id": STRING,
         "unit": nullable(STRING),
         "sandbox": nullable(STRING),
+        "run_as": nullable({"type": "string", "description": "the user its processes ran as (tasks.run_as)"}),
         "usage": nullable({"type": "object"}),
         "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },

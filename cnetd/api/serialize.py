@@ -38,6 +38,7 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "node_id": task.node_id,
         "unit": task.unit,
         "sandbox": task.sandbox,
+        "run_as": task.run_as,
         "usage": task.usage,
     }
     if enforcement is not None:

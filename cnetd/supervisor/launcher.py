@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import sys
@@ -114,6 +115,16 @@ class Launcher:
             os.chmod(homes, 0o711)
             home = private_dir_for(user, homes / user.name)
         self.home = home
+
+    @property
+    def user_name(self) -> str:
+        """Who task processes run as: the task user, else the agent's own user."""
+        if self.user is not None:
+            return self.user.name
+        try:
+            return pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            return str(os.geteuid())
 
     def environment(self, task_env: Mapping[str, str]) -> dict[str, str]:
         return task_environment(self._agent_env, task_env, self.user, self.home)

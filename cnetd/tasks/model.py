@@ -59,6 +59,7 @@ class Task:
     handle: str | None = None
     stop_requested: bool = False
     usage: dict[str, Any] | None = None  # last CPU/memory sample; live while running
+    run_as: str | None = None  # the user its processes ran as, set when it starts
     seq: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

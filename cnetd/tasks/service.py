@@ -226,11 +226,13 @@ class TaskService:
                 task,
                 Status.RUNNING,
                 "started",
-                f"running (pid {handle.pid}, sandbox {handle.backend}{', unit ' + handle.unit if handle.unit else ''})",
+                f"running (pid {handle.pid}, sandbox {handle.backend}{', unit ' + handle.unit if handle.unit else ''}, "
+                f"as {self.launcher.user_name})",
                 started_at=utc_now(),
                 handle=handle.to_json(),
                 unit=handle.unit,
                 sandbox=handle.backend,
+                run_as=self.launcher.user_name,
             )
         except BaseException:
             # Nomad's rule: a start whose handle cannot be saved is undone.
