@@ -64,6 +64,8 @@ async def render(agent: Agent) -> str:
         ("cnet_inference_cache_misses_total", "counter", "Requests the prediction cache could not answer."),
         ("cnet_serving_replicas", "gauge", "Worker replicas of a served model, wanted and ready."),
         ("cnet_serving_worker_restarts_total", "counter", "Worker restarts of a served model since the agent started."),
+        ("cnet_serving_worker_reloads_total", "counter", "Workers replaced because the model file changed."),
+        ("cnet_serving_reload_failures_total", "counter", "Replacement workers that could not load a changed model file."),
     ]
     for name, kind, text in families:
         out.declare(name, kind, text)
@@ -82,4 +84,6 @@ async def render(agent: Agent) -> str:
         out.sample("cnet_serving_replicas", {**labels, "state": "wanted"}, served.spec.replicas if served else 0)
         out.sample("cnet_serving_replicas", {**labels, "state": "ready"}, served.ready_replicas if served else 0)
         out.sample("cnet_serving_worker_restarts_total", labels, m.worker_restarts)
+        out.sample("cnet_serving_worker_reloads_total", labels, m.reloads)
+        out.sample("cnet_serving_reload_failures_total", labels, m.reload_failures)
     return out.text()

@@ -98,6 +98,7 @@ class TaskService:
         self._finished: dict[str, asyncio.Event] = {}
         self._progress: dict[str, float] = {}
         self._stop_requests: set[str] = set()
+        self._stop_why: dict[str, str] = {}
         self._kick = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping_agent = False
@@ -338,7 +339,8 @@ class TaskService:
             changes["usage"] = usage
         if current.stop_requested or task.id in self._stop_requests:
             status, kind, reason = Status.STOPPED, "stopped", None
-            message = "stopped by user" + (f" (exit code {exit.code})" if exit.code is not None else "")
+            message = f"stopped {self._stop_why.pop(task.id, 'by user')}" + (
+                f" (exit code {exit.code})" if exit.code is not None else "")
         elif watch is not None and watch.timed_out:
             assert task.timeout is not None
             status, kind, reason = Status.FAILED, "failed", f"timed out after {format_duration(task.timeout)}"
@@ -357,6 +359,7 @@ class TaskService:
     async def _finish(self, task: Task, status: Status, kind: str, message: str, **changes: Any) -> None:
         await self._transition(task, status, kind, message, **changes)
         self._stop_requests.discard(task.id)
+        self._stop_why.pop(task.id, None)
         self._finished.setdefault(task.id, asyncio.Event()).set()
         self._kick.set()
 
@@ -378,18 +381,20 @@ class TaskService:
 
     # ---- stopping ---------------------------------------------------------------
 
-    async def stop(self, task_id: str, wait: bool = True) -> Task:
+    async def stop(self, task_id: str, wait: bool = True, why: str = "by user") -> Task:
+        """why: who or what stopped it, for its events ("by user", "by the agent: ...")."""
         task = await self.get(task_id)
         if task.status.terminal:
             raise Conflict(f"task {task_id} has already ended ({task.status})", {"id": task_id, "status": str(task.status)})
         if task.status == Status.PENDING:
-            await self._finish(task, Status.STOPPED, "stopped", "stopped by user before it started", stopped_at=utc_now())
+            await self._finish(task, Status.STOPPED, "stopped", f"stopped {why} before it started", stopped_at=utc_now())
             return await self.get(task_id)
         self._stop_requests.add(task_id)
+        self._stop_why[task_id] = why
         await self.db.write(
             lambda c: (
                 q.update_task(c, task_id, {"stop_requested": True}),
-                q.insert_event(c, event(task_id, "stop_requested", "stop requested by user")),
+                q.insert_event(c, event(task_id, "stop_requested", f"stop requested {why}")),
             )
         )
         watch = self._watches.get(task_id)

@@ -49,6 +49,8 @@ class ModelMetrics:
     cache_hits: int = 0
     cache_misses: int = 0
     worker_restarts: int = 0
+    reloads: int = 0  # workers replaced because the model file changed
+    reload_failures: int = 0  # replacement workers that could not load the changed file
 
     def record(self, status: int, seconds: float) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
@@ -62,16 +64,18 @@ class ModelMetrics:
 class Answer:
     predictions: list[Any]
     worker: str  # the task id of the worker that answered, or "cache"
+    model_stamp: tuple[int, int] | None = None  # of the model file the worker loaded
 
 
 class Link:
     """A ready worker as the dispatcher sees it."""
 
-    __slots__ = ("client", "task_id")
+    __slots__ = ("client", "task_id", "model_stamp")
 
     def __init__(self, client: WorkerClient, task_id: str) -> None:
         self.client = client
         self.task_id = task_id
+        self.model_stamp = client.hello.model_stamp if client.hello is not None else None
 
 
 class _Pending:
@@ -83,7 +87,7 @@ class _Pending:
         self.dispatched = False
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -92,16 +96,18 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 class PredictionCache:
-    """LRU of instance -> prediction, emptied when the model file changes."""
+    """LRU of instance -> prediction, emptied when the model file changes. While workers are
+    replaced after such a change, answers from the workers that still hold the previous
+    file are not kept."""
 
     def __init__(self, size: int, model_file: Path) -> None:
         self.size = size
         self.model_file = model_file
         self._entries: OrderedDict[str, Any] = OrderedDict()
-        self._stamp = _stamp(model_file)
+        self._stamp = file_stamp(model_file)
 
     def _check_file(self) -> None:
-        stamp = _stamp(self.model_file)
+        stamp = file_stamp(self.model_file)
         if stamp != self._stamp:
             self._entries.clear()
             self._stamp = stamp
@@ -118,7 +124,9 @@ class PredictionCache:
             self._entries.move_to_end(key)
         return keys, found
 
-    def store(self, keys: list[str], predictions: list[Any]) -> None:
+    def store(self, keys: list[str], predictions: list[Any], model_stamp: tuple[int, int] | None = None) -> None:
+        if model_stamp is not None and model_stamp != self._stamp:
+            return  # computed from another version of the file than the one there now
         for key, value in zip(keys, predictions):
             self._entries[key] = value
             self._entries.move_to_end(key)
@@ -157,7 +165,8 @@ class Batcher:
     # ---- workers -------------------------------------------------------------------
 
     def add(self, link: Link) -> None:
-        self.links.append(link)
+        if link not in self.links:
+            self.links.append(link)
         self._wake.set()
 
     def remove(self, link: Link) -> None:
@@ -216,7 +225,7 @@ class Batcher:
         finally:
             timer.cancel()
         if keys is not None and self.cache is not None and answer.worker != "cache":
-            self.cache.store(keys, answer.predictions)
+            self.cache.store(keys, answer.predictions, answer.model_stamp)
         return answer
 
     def _expire(self, pending: _Pending) -> None:
@@ -341,7 +350,7 @@ class Batcher:
             for pending in batch:
                 end = start + len(pending.instances)
                 if not pending.future.done():
-                    pending.future.set_result(Answer(predictions[start:end], link.task_id))
+                    pending.future.set_result(Answer(predictions[start:end], link.task_id, link.model_stamp))
                 start = end
         elif isinstance(exc, WorkerRejected):
             if len(batch) == 1:

@@ -54,8 +54,9 @@ class Hello:
     loader: str
     channel: str  # "socket" or "pipes"
     n_features: int | None
-    model_stamp: tuple[int, int] | None
+    model_stamp: tuple[int, int] | None  # [mtime_ns, size] of the model file it loaded
     fresh: bool = True  # no agent spoke to this worker before
+    loaded_at: float | None = None  # when it loaded the model (epoch seconds; None: an older worker)
 
 
 async def _recv_hello(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -115,6 +116,8 @@ class WorkerClient(asyncio.Protocol):
         self._out: asyncio.WriteTransport | None = None
         self._buffer = b""
         self._pending: deque[tuple[int, Done, float]] = deque()
+        self._idle = asyncio.Event()  # set while no batch is in flight
+        self._idle.set()
         self._next_id = 0
         self._sync_id: str | None = None
         self._sync_sent = 0
@@ -197,6 +200,10 @@ class WorkerClient(asyncio.Protocol):
     def in_flight(self) -> int:
         return len(self._pending)
 
+    async def drained(self) -> None:
+        """Return once no batch is in flight (answered, or failed by the channel ending)."""
+        await self._idle.wait()
+
     def oldest_age(self) -> float | None:
         """Seconds the oldest unanswered batch has waited, None when there is none."""
         return time.monotonic() - self._pending[0][2] if self._pending else None
@@ -209,6 +216,7 @@ class WorkerClient(asyncio.Protocol):
             return
         self._next_id += 1
         self._pending.append((self._next_id, done, time.monotonic()))
+        self._idle.clear()
         self._out.write(json.dumps({"id": self._next_id, "instances": instances}).encode() + b"\n")
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
@@ -261,12 +269,16 @@ class WorkerClient(asyncio.Protocol):
         if not isinstance(reply, dict) or reply.get("id") != request_id:
             raise ProtocolError(f"expected the answer to request {request_id}, got {line[:200]!r}")
         self._pending.popleft()
-        if "error" in reply:
-            done(None, WorkerRejected(str(reply["error"])))
-        elif isinstance(reply.get("predictions"), list):
-            done(reply["predictions"], None)
-        else:
-            done(None, ProtocolError(f"answer without predictions: {line[:200]!r}"))
+        try:
+            if "error" in reply:
+                done(None, WorkerRejected(str(reply["error"])))
+            elif isinstance(reply.get("predictions"), list):
+                done(reply["predictions"], None)
+            else:
+                done(None, ProtocolError(f"answer without predictions: {line[:200]!r}"))
+        finally:
+            if not self._pending:  # (done may have sent again: a batch retried one by one)
+                self._idle.set()
 
     def _lose(self, reason: str) -> None:
         if self.closed.is_set():
@@ -279,6 +291,7 @@ class WorkerClient(asyncio.Protocol):
         while self._pending:
             _, done, _ = self._pending.popleft()
             done(None, WorkerLost(reason))
+        self._idle.set()
 
     def abort(self, reason: str) -> None:
         """Drop the channel now; everything in flight fails with WorkerLost(reason)."""
@@ -302,6 +315,7 @@ def _parse_hello(line: bytes) -> Hello:
         raise ProtocolError(f"expected a hello from the worker, got {line[:200]!r}") from None
     n = data.get("n_features")
     stamp = data.get("model_stamp")
+    loaded_at = data.get("loaded_at")
     channel = data.get("channel", "socket")
     if channel not in ("socket", "pipes"):
         raise ProtocolError(f"unknown channel {channel!r} in the worker's hello")
@@ -310,6 +324,11 @@ def _parse_hello(line: bytes) -> Hello:
         loader=str(data.get("loader", "")),
         channel=channel,
         n_features=n if isinstance(n, int) and not isinstance(n, bool) else None,
-        model_stamp=tuple(stamp) if isinstance(stamp, list) and len(stamp) == 2 else None,  # type: ignore[arg-type]
+        model_stamp=(
+            (int(stamp[0]), int(stamp[1]))
+            if isinstance(stamp, list) and len(stamp) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in stamp)
+            else None
+        ),
         fresh=data.get("fresh") is not False,
+        loaded_at=float(loaded_at) if isinstance(loaded_at, (int, float)) and not isinstance(loaded_at, bool) else None,
     )

@@ -21,7 +21,10 @@ The socket is bound only once the model is loaded, so a successful connect means
 Nothing ties the worker to the agent: the agent connects to it, and after an agent restart
 it connects again. On a connection the worker first sends a hello line:
 
-    {"hello": {"pid", "loader", "channel", "n_features", "model", "model_stamp", "fresh"}}
+    {"hello": {"pid", "loader", "channel", "n_features", "model", "model_stamp", "loaded_at", "fresh"}}
+
+("model_stamp": [mtime_ns, size] of the model file as it was when loading began; "loaded_at":
+the wall-clock time the model was loaded, in seconds since the epoch.)
 
 channel "socket" (built-in loader): requests and answers then flow on the connection,
 newline-delimited JSON, answers in request order:
@@ -53,6 +56,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -302,18 +306,30 @@ def bind(path: str) -> socket.socket:
     return sock
 
 
+def file_stamp(path: str) -> list[int] | None:
+    """[mtime_ns, size] of the model file, None when it is not there."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_mtime_ns, stat.st_size]
+
+
 class Worker:
-    def __init__(self, predictor: ScriptPredictor | BuiltinPredictor, model: str) -> None:
+    def __init__(self, predictor: ScriptPredictor | BuiltinPredictor, model: str, stamp: list[int] | None) -> None:
+        """stamp: the model file's, taken before loading it (a file replaced while it
+        loads then shows as changed, and the agent reloads again, rather than the other
+        way round)."""
         self.predictor = predictor
         self.lock = threading.Lock()  # one request at a time reaches the model
-        stat = os.stat(model) if os.path.exists(model) else None
         self.hello = {
             "pid": os.getpid(),
             "loader": predictor.loader,
             "channel": predictor.channel,
             "n_features": predictor.n_features,
             "model": model,
-            "model_stamp": [stat.st_mtime_ns, stat.st_size] if stat else None,
+            "model_stamp": stamp,
+            "loaded_at": time.time(),
         }
 
     def serve_connection(self, conn: socket.socket, fresh: bool) -> None:
@@ -354,13 +370,14 @@ def main(argv: list[str]) -> int:
     predictor = None
     listener = None
     try:
+        stamp = file_stamp(args.model)
         try:
             predictor = load(args)
         except LoadError as exc:
             log(status="error", error=str(exc))
             return 1
         listener = bind(args.socket)
-        worker = Worker(predictor, args.model)
+        worker = Worker(predictor, args.model, stamp)
         if isinstance(predictor, ScriptPredictor):
             predictor.watch()
         log(ready=True, loader=predictor.loader, n_features=predictor.n_features, socket=args.socket, pid=os.getpid())
