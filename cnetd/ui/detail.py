@@ -30,11 +30,24 @@ async def find_model(agent: Agent, task_id: str) -> Model | None:
         return None
 
 
+LIFECYCLE = (Status.PENDING, Status.STARTING, Status.RUNNING)  # then its end, whichever it is
+
+
+def stage(task: Task) -> int:
+    """How far through its life a task is. Never goes down: transitions only go forward
+    and a stop request is never taken back. A task page's summary has two writers, the
+    live stream and the Stop button's answer, whose messages can arrive in either order;
+    the page (app.js) drops a summary of an earlier stage than the one it shows."""
+    step = LIFECYCLE.index(task.status) if task.status in LIFECYCLE else len(LIFECYCLE)
+    return 2 * step + int(task.stop_requested)
+
+
 def summary_context(agent: Agent, task: Task, model: Model | None) -> dict[str, Any]:
     active = not task.status.terminal
     show_progress = task.progress is not None or (active and task.type == "ml_model" and task.kind == "train")
     return {
         "task": task,
+        "stage": stage(task),
         "model": model,
         "active": active,
         "show_progress": show_progress,

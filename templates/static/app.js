@@ -25,6 +25,27 @@
     flash("The agent did not answer; is it still running?");
   });
 
+  /* A task's summary has two writers, the live stream and the Stop button's answer,
+     on two connections: their messages can arrive in either order. A task only moves
+     forward (data-stage never goes down), so a summary of an earlier stage than the one
+     shown is stale, e.g. an answer saying "running, stop requested" that lands after the
+     stream's "stopped" (which, the stream having ended, nothing would correct). */
+  var stageIn = function (html) {
+    var m = /\bdata-stage="(\d+)"/.exec(typeof html === "string" ? html : "");
+    return m ? Number(m[1]) : null;
+  };
+  var isStale = function (target, html) {
+    var shown = target && target.querySelector ? target.querySelector("[data-stage]") : null;
+    var incoming = stageIn(html);
+    return shown !== null && incoming !== null && incoming < Number(shown.getAttribute("data-stage"));
+  };
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    if (isStale(evt.detail.target, evt.detail.serverResponse)) { evt.detail.shouldSwap = false; }
+  });
+  document.addEventListener("htmx:sseBeforeMessage", function (evt) {
+    if (isStale(evt.target, evt.detail && evt.detail.data)) { evt.preventDefault(); }
+  });
+
   /* A live stream that ended (the task is over) stops calling itself live. */
   document.addEventListener("htmx:sseClose", function () {
     document.querySelectorAll("[data-live]").forEach(function (el) { el.hidden = true; });

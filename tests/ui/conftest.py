@@ -6,7 +6,10 @@ the page makes, so a test can assert that nothing went wrong and nothing left th
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,8 @@ playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+FAILURES = REPO / "test-artifacts" / "ui-failures"  # what each page showed when a test failed
+TRACE = os.environ.get("CNET_UI_TRACE") == "1"  # also keep a Playwright trace of every failed test
 VIEWPORTS = {"laptop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 
 if not CHROMIUM.exists():
@@ -36,6 +41,7 @@ class Browse:
     viewport: str
     console_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    network: list[str] = field(default_factory=list)  # "+seconds METHOD url -> status", for failure reports
 
     def goto(self, path: str) -> Any:
         response = self.page.goto(self.base_url + path, wait_until="load")
@@ -55,6 +61,30 @@ class Browse:
         assert strangers == [], f"requests that left the agent: {strangers}"
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    setattr(item, f"ui_report_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    reports = [getattr(request.node, f"ui_report_{when}", None) for when in ("setup", "call")]
+    return any(r is not None and r.failed for r in reports)
+
+
+def _save_failure(directory: Path, b: Browse, index: int) -> None:
+    """A screenshot, the DOM and the network log of a page, as it was when the test failed."""
+    stem = directory / f"{index}-{b.viewport}"
+    try:
+        b.page.screenshot(path=f"{stem}.png", full_page=True, timeout=10_000)
+        Path(f"{stem}.html").write_text(b.page.content())
+    except Exception as exc:  # the page may be gone: keep what else there is
+        Path(f"{stem}.error.txt").write_text(repr(exc))
+    Path(f"{stem}.log").write_text("\n".join([f"url: {b.page.url}", "console errors:", *b.console_errors,
+                                               "network:", *b.network]) + "\n")
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     with playwright_sync.sync_playwright() as p:
@@ -66,25 +96,49 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def browse(browser: Any) -> Iterator[Callable[..., Browse]]:
-    """browse(agent, viewport="laptop") -> a fresh context and page watched for errors."""
+def browse(browser: Any, request: pytest.FixtureRequest) -> Iterator[Callable[..., Browse]]:
+    """browse(agent, viewport="laptop") -> a fresh context and page watched for errors.
+
+    When the test fails, every page's screenshot, DOM and network log (and, with
+    CNET_UI_TRACE=1, a Playwright trace) go to test-artifacts/ui-failures/<test>/."""
     contexts: list[Any] = []
     made: list[Browse] = []
+    agents: list[AgentProcess] = []
+    started = time.monotonic()
 
     def open_page(agent: AgentProcess, viewport: str = "laptop") -> Browse:
         context = browser.new_context(viewport=VIEWPORTS[viewport], device_scale_factor=1, base_url=agent.url)
         context.set_default_timeout(15_000)
+        if TRACE:
+            context.tracing.start(screenshots=True, snapshots=True)
         contexts.append(context)
+        if agent not in agents:
+            agents.append(agent)
         page = context.new_page()
         b = Browse(page=page, base_url=agent.url, viewport=viewport)
         page.on("console", lambda m: b.console_errors.append(f"{m.type}: {m.text} ({page.url})") if m.type == "error" else None)
         page.on("pageerror", lambda e: b.console_errors.append(f"uncaught: {e} ({page.url})"))
         page.on("request", lambda r: b.requests.append(r.url))
+        stamp = lambda: f"+{time.monotonic() - started:7.3f}s"  # noqa: E731
+        page.on("request", lambda r: b.network.append(f"{stamp()} {r.method} {r.url}"))
+        page.on("response", lambda r: b.network.append(f"{stamp()} {r.request.method} {r.url} -> {r.status}"))
+        page.on("requestfailed", lambda r: b.network.append(f"{stamp()} {r.method} {r.url} FAILED {r.failure}"))
         made.append(b)
         return b
 
     yield open_page
-    for context in contexts:
+    failed = _failed(request)
+    directory = FAILURES / re.sub(r"[^\w.-]+", "_", request.node.name)
+    if failed:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        for index, b in enumerate(made):
+            _save_failure(directory, b, index)
+        for index, agent in enumerate(agents):
+            (directory / f"agent-{index}.log").write_text(agent.log_text())
+    for index, context in enumerate(contexts):
+        if TRACE:
+            context.tracing.stop(path=str(directory / f"trace-{index}.zip") if failed else None)
         context.close()
 
 

@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from playwright.sync_api import expect
 
@@ -17,6 +18,9 @@ from tests.ui.conftest import Browse
 
 PAGES = {"dashboard": ("/", "Dashboard"), "models": ("/models", "Models"), "tasks": ("/tasks", "Tasks"), "nodes": ("/nodes", "Nodes")}
 TICKER = "import time; [print('tick', i, flush=True) or time.sleep(0.2) for i in range(100000)]"
+# How long to wait for what the agent pushes to an open page (SSE, polling) or for a
+# task's process to get going: generous, since a loaded 2-core CI box can stall for seconds.
+LIVE = 20_000
 
 
 def check_page(b: Browse, path: str, heading: str, shot: str) -> None:
@@ -114,14 +118,14 @@ def test_task_form_follows_logs_and_stops_after_confirm(ui_agent: AgentProcess, 
     page.get_by_role("button", name="Start").click()
     page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}$"))
     task_id = page.url.rsplit("/", 1)[1]
-    expect(status_of(b)).to_have_text("running", timeout=15_000)
+    expect(status_of(b)).to_have_text("running", timeout=LIVE)
     # Lines stream in over SSE: more keep arriving on the open page.
     lines = page.locator("#log-lines .ln")
-    expect(lines.first).to_be_visible()
+    expect(lines.first).to_be_visible(timeout=LIVE)
     seen = lines.count()
-    expect(page.locator("#log-lines .ln").nth(seen + 3)).to_be_visible(timeout=10_000)
-    expect(page.locator("#log-lines")).to_contain_text("tick 5")
-    expect(page.locator("#usage .mem polyline")).to_have_count(1, timeout=10_000)  # the chart draws itself
+    expect(lines.nth(seen + 3)).to_be_visible(timeout=LIVE)
+    expect(page.locator("#log-lines")).to_contain_text("tick 5", timeout=LIVE)
+    expect(page.locator("#usage .mem polyline")).to_have_count(1, timeout=LIVE)  # the chart draws itself
     b.shot("task-running")
     phone = browse(ui_agent, "phone")
     phone.goto(f"/tasks/{task_id}")
@@ -137,12 +141,57 @@ def test_task_form_follows_logs_and_stops_after_confirm(ui_agent: AgentProcess, 
 
     page.once("dialog", accept)
     page.get_by_role("button", name="Stop").click()
-    expect(status_of(b)).to_have_text("stopped", timeout=20_000)
+    expect(status_of(b)).to_have_text("stopped", timeout=LIVE)
     assert dialogs and "ticker" in dialogs[0]
     expect(page.locator("#timeline")).to_contain_text("stopped by user")
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "stopped"
+    # The stream sent every line before "stopped": the page shows each stored line once, in order.
+    stored = ui_agent.api.get(f"/api/tasks/{task_id}/logs?lines=10000").body
+    expect(lines).to_have_count(len(stored))
+    shown = lines.evaluate_all("els => els.map(e => [Number(e.dataset.n), e.textContent])")
+    assert shown == [[n, line] for n, line in enumerate(stored, 1)]
     b.shot("task-stopped")
+    b.assert_clean()
+
+
+def test_a_late_answer_to_stop_does_not_undo_the_stopped_status(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    """The Stop button's answer and the live stream both write the summary, over two
+    connections, so they can arrive in either order: under load the answer (rendered
+    while the task was still "running") came after the stream's "stopped" and left a
+    stopped task showing as running, with a Stop button, for good (the stream had ended).
+    Here the answer is held back until the stream has said "stopped", then given the
+    summary of a moment before: the page must keep the newer state."""
+    created = ui_agent.api.post("/api/tasks", {"name": "late-answer", "command": sys.executable,
+                                               "args": ["-c", TICKER]}).body
+    ui_agent.wait_status(created["id"], {"running"}, 30)
+    b = browse(ui_agent)
+    page = b.page
+    b.goto(f"/tasks/{created['id']}")
+    expect(status_of(b)).to_have_text("running")
+    older = page.locator("#summary").inner_html()  # what an answer rendered before the end says
+    held: list[tuple[Any, Any]] = []
+
+    def hold(route: Any) -> None:
+        held.append((route, route.fetch()))  # the stop reaches the agent; its answer waits here
+        page.evaluate("window.answerHeld = true")
+
+    page.route(f"**/tasks/{created['id']}/stop", hold)
+    page.evaluate("""() => { window.answerHandled = new Promise(resolve => document.getElementById('summary')
+        .addEventListener('htmx:beforeSwap', () => resolve(true), {once: true})); }""")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Stop").click()
+    page.wait_for_function("window.answerHeld === true", timeout=LIVE)
+    expect(status_of(b)).to_have_text("stopped", timeout=LIVE)  # from the stream, the answer still held
+    expect(page.get_by_role("button", name="Stop")).to_have_count(0)
+    assert len(held) == 1
+    route, answer = held[0]
+    assert answer.status == 200
+    route.fulfill(response=answer, body=older)
+    assert page.evaluate("window.answerHandled") is True  # htmx has handled it (its swaps are synchronous)
+    expect(status_of(b)).to_have_text("stopped")
+    expect(page.get_by_role("button", name="Stop")).to_have_count(0)
+    assert ui_agent.api.get(f"/api/tasks/{created['id']}").body["status"] == "stopped"
     b.assert_clean()
 
 
@@ -250,7 +299,7 @@ def test_serve_predict_warm_and_stop_serving(ui_agent: AgentProcess, browse: Cal
     b.shot("model-served")
     page.once("dialog", lambda d: d.accept())
     card.get_by_role("button", name="Stop serving").click()
-    expect(card).to_contain_text("stopped")
+    expect(card).to_contain_text("stopped", timeout=LIVE)  # the answer, or the next poll after a stale one
     b.assert_clean()
 
 
@@ -261,7 +310,7 @@ def test_output_is_escaped_and_static_files_are_cacheable(ui_agent: AgentProcess
     b = browse(ui_agent)
     page = b.page
     b.goto(f"/tasks/{created['id']}")
-    expect(status_of(b)).to_have_text("completed")
+    expect(status_of(b)).to_have_text("completed", timeout=LIVE)
     expect(page.locator("#log-lines .ln").first).to_have_text(html)  # shown as text, from the page or the stream
     assert page.locator("main img, main b").count() == 0
     b.assert_clean()
