@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 class TaskChange:
     task_id: str
     status: str
-    kind: str  # "status" or "progress"
+    kind: str  # "status", "progress" or "stop_requested"
 
 
 class TaskBus:

@@ -99,6 +99,7 @@ class TaskService:
         self._progress: dict[str, float] = {}
         self._stop_requests: set[str] = set()
         self._stop_why: dict[str, str] = {}
+        self._stopping: set[asyncio.Task[None]] = set()  # stops asked for without waiting
         self._kick = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping_agent = False
@@ -397,12 +398,24 @@ class TaskService:
                 q.insert_event(c, event(task_id, "stop_requested", f"stop requested {why}")),
             )
         )
+        self.bus.publish(TaskChange(task_id, str(task.status), "stop_requested"))
         watch = self._watches.get(task_id)
         if watch is not None:
-            await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+            stopping = watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+            if wait:
+                await stopping
+            else:  # the caller shows "stop requested" now; the end arrives as a status change
+                background = asyncio.create_task(stopping, name=f"stop-{task_id}")
+                self._stopping.add(background)
+                background.add_done_callback(self._stopped_in_background)
         if wait:
             await self.wait_terminal(task_id, self.config.tasks.stop_grace + 10)
         return await self.get(task_id)
+
+    def _stopped_in_background(self, stopping: asyncio.Task[None]) -> None:
+        self._stopping.discard(stopping)
+        if not stopping.cancelled() and stopping.exception() is not None:
+            log.error("stopping %s failed: %s", stopping.get_name(), stopping.exception())
 
     async def wait_terminal(self, task_id: str, timeout: float | None) -> Task:
         task = await self.get(task_id)
@@ -466,6 +479,8 @@ class TaskService:
         self._stopping_agent = True
         await cancel_and_wait(self._scheduler)
         await self._usage.stop()
+        if self._stopping:  # stops under way finish (SIGKILL after the grace), not half-done
+            await asyncio.wait(set(self._stopping), timeout=self.config.tasks.stop_grace + 5)
         if self.config.tasks.stop_on_exit:
             for task_id in list(self._watches):
                 with contextlib.suppress(Exception):

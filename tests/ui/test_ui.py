@@ -321,3 +321,49 @@ def test_output_is_escaped_and_static_files_are_cacheable(ui_agent: AgentProcess
     assert versioned.headers["Content-Type"].startswith("text/css")
     assert "immutable" not in ui_agent.api.get("/static/app.css").headers["Cache-Control"]
     assert ui_agent.api.get("/static/..%2Fbase.html").status == 404
+
+
+STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ignoring SIGTERM', flush=True); "
+            "time.sleep(600)")
+
+
+def test_stop_shows_stop_requested_at_once_and_stopped_after_the_grace(
+    ui_agent: AgentProcess, browse: Callable[..., Browse]
+) -> None:
+    """A task that ignores SIGTERM ends only with the SIGKILL after tasks.stop_grace (10 s
+    here): the page says "stop requested" as soon as Stop is confirmed, not after that."""
+    created = ui_agent.api.post("/api/tasks", {"name": "stubborn", "command": sys.executable, "args": ["-c", STUBBORN]})
+    task_id = created.body["id"]
+    b = browse(ui_agent)
+    b.goto(f"/tasks/{task_id}")
+    expect(b.page.locator("#log-lines")).to_contain_text("ignoring SIGTERM", timeout=LIVE)
+    b.page.once("dialog", lambda dialog: dialog.accept())  # type: ignore[no-any-return]
+    b.page.get_by_role("button", name="Stop").click()
+    expect(b.page.locator("#status")).to_contain_text("stop requested", timeout=6_000)  # well within the 10 s grace
+    assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "running"
+    expect(b.page.locator("#timeline")).to_contain_text("stop requested by user", timeout=LIVE)
+    expect(status_of(b)).to_have_text("stopped", timeout=10_000 + LIVE)
+    assert ui_agent.api.get(f"/api/tasks/{task_id}").body["exit_code"] == 137  # SIGKILL
+    b.assert_clean()
+
+
+def test_nodes_page_lists_children_live(
+    ui_agent: AgentProcess, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]
+) -> None:
+    child = agent_factory({"agent": {"node_id": "ui-child", "node_name": "UI child", "heartbeat": "1s"},
+                           "discovery": {"enabled": True, "servers": [ui_agent.url]}}, name="ui-child").start()
+    b = browse(ui_agent)
+    b.goto("/nodes")
+    row = b.page.locator("#cluster tr", has_text="UI child")
+    expect(row).to_contain_text("online", timeout=LIVE)  # the page polls: no reload
+    expect(row.get_by_role("link", name="UI child")).to_have_attribute("href", f"{child.url}/")
+    b.shot("nodes-child-online")
+    phone = browse(ui_agent, "phone")
+    phone.goto("/nodes")
+    expect(phone.page.locator("#cluster tr", has_text="UI child")).to_be_visible()
+    phone.shot("nodes-child-online")
+    phone.assert_clean()
+    child.stop()
+    expect(row).to_contain_text("offline", timeout=LIVE)
+    b.assert_clean()
+    assert ui_agent.api.delete("/api/nodes/ui-child").status == 200
