@@ -182,3 +182,14 @@ def test_a_child_with_a_wrong_token_is_refused_and_says_so(cluster: Callable[...
     assert "401" in up["last_error"] and parent.url in up["last_error"]
     assert "child-x" not in nodes_of(parent)
     assert "parent refused" in stranger.log_text() and "wrong-token" not in stranger.log_text()
+
+
+def test_pass_through_keeps_the_path_as_sent(cluster: Callable[..., AgentProcess]) -> None:
+    parent = cluster("parent")
+    cluster("child-a", parent)
+    wait_status(parent, "child-a", "online")
+    # An escaped "?" stays part of the id: the child is asked for that task, not for a query.
+    odd = parent.api.get("/api/nodes/child-a/api/tasks/x%3Fstatus%3Drunning")
+    assert odd.status == 404 and odd.body["error"] == "task x?status=running not found", odd.text
+    listed = parent.api.get("/api/nodes/child-a/api/tasks?status=running&limit=5")
+    assert listed.status == 200 and listed.body == []

@@ -74,7 +74,11 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
     node_id, tail = request.match_info["node_id"], request.match_info["tail"]
     if not tail.startswith(PASSED_THROUGH):
         raise NotFound(f"only /api/... and /v2/... are passed through to nodes, not /{tail}", {"path": "/" + tail})
-    path_qs = "/" + tail + (f"?{request.query_string}" if request.query_string else "")
+    # Pass the path on as it was sent (still percent-encoded): decoding it here would turn
+    # an escaped "?" or "/" inside an id into structure.
+    raw_tail = request.rel_url.raw_path.split("/", 4)[4]
+    raw_query = request.rel_url.raw_query_string
+    path_qs = "/" + raw_tail + (f"?{raw_query}" if raw_query else "")
     body = await request.read() if request.can_read_body else None
     answer = await agent.federation.call(node_id, request.method, path_qs, body, request.headers)
     async with answer:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import yarl
 
 from cnetd.cluster.registry import NodeRegistry
 from cnetd.cluster.report import NODE_ID_PATTERN
@@ -109,8 +110,8 @@ class Federation:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.config.discovery.timeout,
                                         sock_read=self.config.ml.timeout + CALL_MARGIN_SECONDS)
         try:
-            return await self.session.request(method, row.url + path_qs, data=body, headers=out, timeout=timeout,
-                                              allow_redirects=False)
+            return await self.session.request(method, yarl.URL(row.url + path_qs, encoded=True), data=body,
+                                              headers=out, timeout=timeout, allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             raise Unavailable(f"node {node_id} ({row.url}) did not answer: {describe(exc)}",
                               {"node_id": node_id}) from None
