@@ -242,3 +242,13 @@ def test_resolving_the_task_user() -> None:
     with pytest.raises(TaskUserError, match="no such group"):
         resolve_task_user("nobody:no-such-group-cnet", euid=0)
     assert json.dumps(by_id.to_json())
+
+
+def test_a_process_task_cannot_have_the_agent_make_directories_for_it(make_agent: Callable[..., AgentProcess]) -> None:
+    """MODEL_PATH in a plain task's env is just a variable: the agent (root) creates model
+    directories only for ML deploys, whose model_path passed ml.allowed_roots."""
+    agent = make_agent().start()
+    outside = agent.workdir.parent / "not-for-tasks" / "sub"
+    done = run_task(agent, "print('ran')", env={"MODEL_PATH": str(outside / "m.bin")})
+    assert done["status"] == "completed"
+    assert not outside.parent.exists()

@@ -178,8 +178,10 @@ class Launcher:
         argv = [program, *task.args]
         if self.user is not None:
             argv = [*drop_privileges_argv(self.user), *argv]
+            # Only a model's own path, which passed ml.allowed_roots at deploy: the agent
+            # (root) must not make directories for the task user anywhere a request names.
             model_path = task.env.get("MODEL_PATH")
-            if model_path and task.kind in ("train", "run"):
+            if model_path and task.type == "ml_model" and task.kind in ("train", "run"):
                 make_dirs_for(self.user, (cwd / model_path).parent)
         exit_path = self.exit_path(task.id)
         exit_path.unlink(missing_ok=True)
