@@ -73,7 +73,10 @@ async def task_stats(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     task = await agent.tasks.get(request.match_info["id"])
     body: dict[str, object] = {"id": task.id, "status": str(task.status), "sandbox": task.sandbox, "usage": None}
-    if task.status == Status.RUNNING and task.handle:
+    if task.status == Status.RUNNING and task.usage is not None:
+        body["usage"] = task.usage  # the sampler's, at most a second old (asking the cgroup
+        # again here would shorten the sampler's CPU window)
+    elif task.status == Status.RUNNING and task.handle:
         handle = Handle.from_json(task.handle)
         usage = await agent.launcher.backend_for(handle).stats(handle)
         body["usage"] = asdict(usage)
