@@ -252,3 +252,30 @@ def test_a_process_task_cannot_have_the_agent_make_directories_for_it(make_agent
     done = run_task(agent, "print('ran')", env={"MODEL_PATH": str(outside / "m.bin")})
     assert done["status"] == "completed"
     assert not outside.parent.exists()
+
+
+def test_each_task_has_a_private_tmpdir_that_counts_and_goes(make_agent: Callable[..., AgentProcess]) -> None:
+    """TMPDIR is the task's own directory (only its user may enter it), its writes count
+    against disk_limit, and it is removed once the task has ended."""
+    agent = make_agent().start()
+    probe = ("import json, os, tempfile\n"
+             "path = tempfile.mkdtemp()\n"
+             "open(os.path.join(path, 'x'), 'w').write('scratch')\n"
+             "st = os.stat(os.environ['TMPDIR'])\n"
+             "print(json.dumps({'tmpdir': os.environ['TMPDIR'], 'made': path, 'uid': st.st_uid,"
+             " 'mode': oct(st.st_mode & 0o777)}))")
+    done = run_task(agent, probe)
+    assert done["status"] == "completed", done
+    tmpdir = Path(done["result"]["tmpdir"])
+    assert tmpdir == agent.state_dir / "tmp" / done["id"] and done["result"]["made"].startswith(str(tmpdir))
+    assert (done["result"]["uid"], done["result"]["mode"]) == (NOBODY.pw_uid, "0o700")
+    wait_until(lambda: not tmpdir.exists(), 10, "the task's TMPDIR to be removed")
+
+    # (A NamedTemporaryFile: the meter sees files by name; an unlinked one is not counted.)
+    writer = ("import tempfile, time\n"
+              "with tempfile.NamedTemporaryFile() as f:\n"
+              "    for _ in range(40):\n"
+              "        f.write(b'x' * 1_000_000); f.flush(); time.sleep(0.05)\n"
+              "    time.sleep(600)")
+    hog = run_task(agent, writer, resources={"disk_limit": 5_000_000})
+    assert hog["status"] == "failed" and hog["reason"].startswith("disk limit exceeded"), hog

@@ -89,8 +89,9 @@ class Launcher:
         self.state_dir = state_dir
         self.logs_dir = state_dir / "logs"
         self.run_dir = state_dir / "run"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_root = state_dir / "tmp"
+        for directory in (self.logs_dir, self.run_dir, self.tmp_root):
+            directory.mkdir(parents=True, exist_ok=True)
         # Task logs can hold anything a task printed: only the agent reads them (a task
         # gets its log as an already open file descriptor).
         os.chmod(self.logs_dir, 0o700)
@@ -108,6 +109,7 @@ class Launcher:
         os.chmod(self.state_dir, (mode & ~0o006) | 0o001)  # others: enter, but neither list nor write
         self.state_problem = access_problem(user, self.state_dir, EXECUTE)
         os.chmod(self.run_dir, 0o711)
+        os.chmod(self.tmp_root, 0o711)
         home = Path(user.home)
         if access_problem(user, home, READ | EXECUTE) is not None or not home.is_dir() or home.stat().st_uid != user.uid:
             homes = self.state_dir / "home"
@@ -135,6 +137,32 @@ class Launcher:
                 f"{purpose} needs tasks to reach {self.run_dir}, but {self.state_problem}; "
                 "put agent.state_dir where that user can enter, or change tasks.run_as"
             )
+
+    def tmp_dir(self, task_id: str) -> Path:
+        return self.tmp_root / task_id
+
+    def make_tmp_dir(self, task_id: str) -> Path | None:
+        """The task's own TMPDIR: private, counted against its disk_limit, removed when it
+        ends. None when the task user could not reach it (tasks then use the system's)."""
+        if self.state_problem is not None:
+            return None
+        path = self.tmp_dir(task_id)
+        if self.user is None:
+            path.mkdir(mode=0o700, exist_ok=True)
+            return path
+        return private_dir_for(self.user, path)
+
+    def remove_tmp_dir(self, task_id: str) -> None:
+        shutil.rmtree(self.tmp_dir(task_id), ignore_errors=True)
+
+    def remove_tmp_dirs_except(self, running: set[str]) -> list[Path]:
+        """Remove the TMPDIRs of tasks that no longer run; return what was removed."""
+        removed = []
+        for entry in os.scandir(self.tmp_root):
+            if entry.is_dir(follow_symlinks=False) and entry.name not in running:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+        return removed
 
     def private_run_dir(self, name: str) -> Path:
         """A directory under run/ that only the task user (and root) can use."""
@@ -175,6 +203,10 @@ class Launcher:
             raise SpawnError(f"spawn failed: working_dir {task.working_dir}: no such directory")
         env = self.environment(task.env)
         program = resolve_command(task.command, env, cwd, self.user)
+        if "TMPDIR" not in task.env:
+            tmp = self.make_tmp_dir(task.id)
+            if tmp is not None:
+                env["TMPDIR"] = str(tmp)
         argv = [program, *task.args]
         if self.user is not None:
             argv = [*drop_privileges_argv(self.user), *argv]

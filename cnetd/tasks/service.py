@@ -285,6 +285,8 @@ class TaskService:
             self._usage.forget(task.id)
             with contextlib.suppress(Exception):
                 await backend.release(handle)
+            # Its processes are gone (wait returned): nothing uses its TMPDIR any more.
+            await asyncio.to_thread(self.launcher.remove_tmp_dir, task.id)
 
     async def _enforce_timeout(self, task: Task, waiting: asyncio.Future[ExitStatus]) -> None:
         if not task.timeout:
@@ -315,10 +317,11 @@ class TaskService:
                 await asyncio.wait_for(asyncio.shield(waiting), DISK_CHECK_INTERVAL)
 
     def _output_dirs(self, task: Task) -> list[str]:
+        tmp = [str(self.launcher.tmp_dir(task.id))]  # its own TMPDIR
         if task.kind in LONG_LIVED:
-            return []  # a serving worker writes only its log; the shared dirs are other tasks' output
+            return tmp  # a serving worker writes only its log; the shared dirs are other tasks' output
         cwd = resolve_working_dir(self.launcher.base_dir, task.working_dir)
-        dirs = [str(cwd)]
+        dirs = [*tmp, str(cwd)]
         model_path = task.env.get("MODEL_PATH")
         if model_path:
             dirs.append(str((cwd / model_path).parent))
@@ -473,6 +476,8 @@ class TaskService:
         removed = await self.launcher.sandbox.cleanup_orphans(known)
         for item in removed:
             log.warning("removed leftover %s that belongs to no known task", item)
+        for leftover in await asyncio.to_thread(self.launcher.remove_tmp_dirs_except, set(self._watches)):
+            log.info("removed the TMPDIR of a task that is no longer running: %s", leftover)
 
     async def shutdown(self) -> None:
         """Leave running tasks running (they outlive the agent) unless stop_on_exit."""
