@@ -48,6 +48,17 @@ class Agent:
             return {"cpu_limit": False, "memory_limit": False, "disk_limit": True}
         return backend.capabilities.enforcement()
 
+    def sandbox_summary(self) -> dict[str, object]:
+        """The backend tasks start in, why it was chosen, which limits it enforces, and who
+        tasks run as (for /api/health, /api/node and the UI)."""
+        sandbox = self.launcher.sandbox
+        return {
+            "backend": sandbox.name,
+            "reason": self.sandbox_reason,
+            "limits_enforced": sandbox.capabilities.enforcement(),
+            "task_user": self.task_user(),
+        }
+
     def task_user(self) -> dict[str, object]:
         """Who task processes run as: tasks.run_as, or the agent's own user."""
         user = self.launcher.user

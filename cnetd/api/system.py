@@ -7,18 +7,8 @@ import socket
 from aiohttp import web
 
 from cnetd import __version__
-from cnetd.agent import AGENT, Agent
+from cnetd.agent import AGENT
 from cnetd.api.serialize import json_response
-
-
-def sandbox_json(agent: Agent) -> dict[str, object]:
-    sandbox = agent.launcher.sandbox
-    return {
-        "backend": sandbox.name,
-        "reason": agent.sandbox_reason,
-        "limits_enforced": sandbox.capabilities.enforcement(),
-        "task_user": agent.task_user(),
-    }
 
 
 async def health(request: web.Request) -> web.Response:
@@ -29,7 +19,7 @@ async def health(request: web.Request) -> web.Response:
         "node_id": agent.node_id,
         "uptime_seconds": round(agent.uptime, 3),
         "started_at": agent.started_at,
-        "sandbox": sandbox_json(agent),
+        "sandbox": agent.sandbox_summary(),
         "tasks": await agent.tasks.counts(),
     })
 
@@ -48,7 +38,7 @@ async def node(request: web.Request) -> web.Response:
         "version": __version__,
         "started_at": agent.started_at,
         "uptime_seconds": round(agent.uptime, 3),
-        "sandbox": sandbox_json(agent),
+        "sandbox": agent.sandbox_summary(),
         "ml_enabled": agent.config.ml.enabled,
         "max_concurrent": agent.config.tasks.max_concurrent,
         "url": agent.federation.url,

@@ -18,7 +18,6 @@ RECENT = 10
 
 def node_context(agent: Agent) -> dict[str, Any]:
     cfg = agent.config.agent
-    sandbox = agent.launcher.sandbox
     return {
         "node": {
             "id": agent.node_id,
@@ -33,12 +32,7 @@ def node_context(agent: Agent) -> dict[str, Any]:
             "max_concurrent": agent.config.tasks.max_concurrent,
             "ml_enabled": agent.config.ml.enabled,
         },
-        "sandbox": {
-            "backend": sandbox.name,
-            "reason": agent.sandbox_reason,
-            "enforced": sandbox.capabilities.enforcement(),
-            "task_user": agent.task_user(),
-        },
+        "sandbox": agent.sandbox_summary(),
     }
 
 
