@@ -14,13 +14,9 @@ from cnetd.api.errors import read_json
 from cnetd.api.serialize import json_response
 from cnetd.cluster.report import parse_report
 from cnetd.errors import NotFound
+from cnetd.security.auth import bearer_token
 
 PASSED_THROUGH = ("api/", "v2/")
-
-
-def presented_token(request: web.Request) -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
 
 
 def self_json(agent: Agent) -> dict[str, Any]:
@@ -42,7 +38,7 @@ def self_json(agent: Agent) -> dict[str, Any]:
 async def heartbeat(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     report = parse_report(await read_json(request))
-    node = await agent.federation.registry.heartbeat(report, presented_token(request))
+    node = await agent.federation.registry.heartbeat(report, bearer_token(request))
     cfg = agent.config.agent
     parent = {"node_id": agent.node_id, "node_name": cfg.node_name, "url": agent.federation.url}
     return json_response({"accepted": True, "node": node, "parent": parent})

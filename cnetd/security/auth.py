@@ -50,6 +50,12 @@ def check_bind_policy(address: str, tokens: tuple[str, ...]) -> None:
         )
 
 
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
 class Authenticator:
     def __init__(self, tokens: tuple[str, ...], metrics_public: bool) -> None:
         self._tokens = [t.encode() for t in tokens]
@@ -68,9 +74,8 @@ class Authenticator:
         return ok
 
     def bearer_ok(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and bool(value) and self.token_ok(value.strip())
+        presented = bearer_token(request)
+        return presented is not None and self.token_ok(presented)
 
     def new_session(self) -> str:
         now = time.time()
