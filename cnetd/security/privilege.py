@@ -161,23 +161,25 @@ def writable_dir_problem(user: TaskUser | None, directory: Path) -> str | None:
     writable, or it does not exist yet and the agent makes it (owned by user) at start."""
     if user is None:
         return None
+    existing, missing = _existing_and_missing(directory)
+    return access_problem(user, existing, EXECUTE if missing else WRITE | EXECUTE)
+
+
+def _existing_and_missing(directory: Path) -> tuple[Path, list[Path]]:
+    """The nearest existing ancestor of directory (or itself), and the directories below
+    it that do not exist yet, outermost first."""
     existing = Path(os.path.abspath(directory))
+    missing = []
     while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
         existing = existing.parent
-    if existing != Path(os.path.abspath(directory)):
-        return access_problem(user, existing, EXECUTE)
-    return access_problem(user, existing, WRITE | EXECUTE)
+    return existing, missing[::-1]
 
 
 def make_dirs_for(user: TaskUser | None, directory: Path, mode: int = 0o755) -> None:
     """Create directory and any missing parents; the ones made here belong to user."""
-    directory = Path(os.path.abspath(directory))
-    missing = []
-    cursor = directory
-    while not cursor.exists() and cursor != cursor.parent:
-        missing.append(cursor)
-        cursor = cursor.parent
-    for path in reversed(missing):
+    _, missing = _existing_and_missing(directory)
+    for path in missing:
         try:
             path.mkdir(mode=mode)
         except FileExistsError:

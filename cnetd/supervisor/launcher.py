@@ -146,11 +146,7 @@ class Launcher:
         ends. None when the task user could not reach it (tasks then use the system's)."""
         if self.state_problem is not None:
             return None
-        path = self.tmp_dir(task_id)
-        if self.user is None:
-            path.mkdir(mode=0o700, exist_ok=True)
-            return path
-        return private_dir_for(self.user, path)
+        return self._task_private_dir(self.tmp_dir(task_id))
 
     def remove_tmp_dir(self, task_id: str) -> None:
         shutil.rmtree(self.tmp_dir(task_id), ignore_errors=True)
@@ -166,9 +162,11 @@ class Launcher:
 
     def private_run_dir(self, name: str) -> Path:
         """A directory under run/ that only the task user (and root) can use."""
-        path = self.run_dir / name
-        if self.user is None:
-            path.mkdir(exist_ok=True)
+        return self._task_private_dir(self.run_dir / name)
+
+    def _task_private_dir(self, path: Path) -> Path:
+        if self.user is None:  # tasks run as the agent's own user
+            path.mkdir(mode=0o700, exist_ok=True)
             return path
         return private_dir_for(self.user, path)
 
