@@ -22,6 +22,7 @@ from cnetd.store.db import Database
 # prediction task may take, plus a margin.
 CALL_MARGIN_SECONDS = 30.0
 HOP_HEADER = "X-CNET-Forwarded-By"
+HOPS_HEADER = "X-CNET-Forwarded-By-Hops"
 MAX_HOPS = 8
 
 
@@ -97,11 +98,11 @@ class Federation:
     ) -> aiohttp.ClientResponse:
         """Send one request to a child; the caller reads (and releases) the response."""
         row, token = await self.registry.reachable(node_id, field)
-        hops_text = headers.get(HOP_HEADER + "-Hops", "0")
+        hops_text = headers.get(HOPS_HEADER, "0")
         hops = int(hops_text) if hops_text.isdigit() else 0
         if hops >= MAX_HOPS:
             raise DomainError(f"request passed through {hops} nodes already; is there a loop in the cluster?")
-        out = {HOP_HEADER: self.node_id, HOP_HEADER + "-Hops": str(hops + 1)}
+        out = {HOP_HEADER: self.node_id, HOPS_HEADER: str(hops + 1)}
         for name in ("Content-Type", "Accept", "Last-Event-ID"):
             if name in headers:
                 out[name] = headers[name]
