@@ -38,6 +38,7 @@ __all__ = [
     "LoggingSection",
     "MLSection",
     "PortRange",
+    "UidRange",
     "ResourceLimits",
     "ResourcesSection",
     "SandboxKind",
@@ -107,6 +108,16 @@ class ResourcesSection:
 
 
 @dataclass(frozen=True)
+class UidRange:
+    """The uids (and equal gids) handed to tasks one per model or process task. The default
+    is a block systemd leaves unused (above its container range, below 2^31), so it meets
+    no DynamicUser service, nspawn container or subuid range of a stock system."""
+
+    start: int = 1879048192  # 0x70000000
+    end: int = 1879113727  # start + 65535
+
+
+@dataclass(frozen=True)
 class TasksSection:
     max_concurrent: int = 10
     timeout: float | None = 300.0  # None: no timeout
@@ -117,7 +128,8 @@ class TasksSection:
     allowed_commands: tuple[str, ...] = ()  # empty: any command
     cgroup_group: str = "cnet"  # the cgroup backend's group under the agent's own cgroup
     slice: str = "cnet.slice"  # the systemd slice that holds every task's scope
-    run_as: str | None = None  # user[:group] tasks run as when the agent is root; None: nobody
+    run_as: str | None = None  # "dynamic", user[:group] or "root"; None: dynamic when the agent is root
+    uid_range: UidRange = UidRange()  # where dynamic task uids come from
 
 
 @dataclass(frozen=True)
@@ -455,6 +467,7 @@ _SPEC: dict[str, Spec] = {
         "cgroup_group": _str(),
         "slice": _str(),
         "run_as": _optional(lambda v, where: _user_spec(v, where)),
+        "uid_range": {"start": _int(1000, 2**31 - 2), "end": _int(1000, 2**31 - 2)},
     },
     "ml": {
         "enabled": _bool,
@@ -593,6 +606,12 @@ def _assemble(
     agent = dataclasses.replace(
         agent, state_dir=resolve(agent.state_dir), node_name=agent.node_name or socket.gethostname()
     )
+    tasks = build("tasks")
+    uids = tasks.uid_range
+    if uids.start > uids.end:
+        raise ConfigError(f"{label}: tasks.uid_range: start ({uids.start}) must be <= end ({uids.end})")
+    if uids.start <= 65534 <= uids.end:
+        raise ConfigError(f"{label}: tasks.uid_range: must not contain 65534 (nobody)")
     ml = build("ml", model_path=agent.state_dir / "models", script_path=base_dir / "examples" / "ml_models")
     ml = dataclasses.replace(ml, model_path=resolve(ml.model_path), script_path=resolve(ml.script_path))
     if ml.port_range.start > ml.port_range.end:
@@ -618,7 +637,7 @@ def _assemble(
         logging=build("logging"),
         discovery=discovery,
         resources=build("resources"),
-        tasks=build("tasks"),
+        tasks=tasks,
         ml=ml,
         auth=auth,
         source=source,

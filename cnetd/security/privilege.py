@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,3 +205,29 @@ def task_user_for(config: Config) -> TaskUser | None:
     except TaskUserError as exc:
         label = str(config.source) if config.source else "config"
         raise ConfigError(f"{label}: tasks.run_as: {exc}") from None
+
+
+DYNAMIC = "dynamic"
+
+
+def uses_dynamic_uids(run_as: str | None, euid: int | None = None) -> bool:
+    """tasks.run_as unset or "dynamic", on an agent that runs as root: each model and each
+    process task gets a uid of its own from tasks.uid_range."""
+    euid = os.geteuid() if euid is None else euid
+    return euid == 0 and (run_as or DYNAMIC).strip() == DYNAMIC
+
+
+def task_uid_predicate(config: Config, euid: int | None = None) -> Callable[[int], bool]:
+    """Whether a uid is one this agent runs tasks as (the API refuses such callers unless
+    they present a token). Where tasks share the agent's own uid nothing can tell them
+    apart, and the answer is always False (docs/security.md says so)."""
+    euid = os.geteuid() if euid is None else euid
+    if uses_dynamic_uids(config.tasks.run_as, euid):
+        low, high = config.tasks.uid_range.start, config.tasks.uid_range.end
+        return lambda uid: low <= uid <= high
+    if euid != 0:
+        return lambda uid: False
+    user = task_user_for(config)
+    if user is None:  # run_as: root
+        return lambda uid: False
+    return lambda uid: uid == user.uid
