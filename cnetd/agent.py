@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,22 +50,32 @@ class Agent:
         return backend.capabilities.enforcement()
 
     def sandbox_summary(self) -> dict[str, object]:
-        """The backend tasks start in, why it was chosen, which limits it enforces, and who
-        tasks run as (for /api/health, /api/node and the UI)."""
+        """The backend tasks start in, why it was chosen, which limits it enforces, who
+        tasks run as and what they can see (for /api/health, /api/node and the UI)."""
         sandbox = self.launcher.sandbox
         return {
             "backend": sandbox.name,
             "reason": self.sandbox_reason,
             "limits_enforced": sandbox.capabilities.enforcement(),
             "task_user": self.task_user(),
+            "isolation": self.launcher.isolation.summary(),
         }
 
     def task_user(self) -> dict[str, object]:
-        """Who task processes run as: tasks.run_as, or the agent's own user."""
-        user = self.launcher.user
-        if user is not None:
-            return user.to_json()
-        return {"name": self.launcher.user_name, "uid": os.geteuid(), "gid": os.getegid()}
+        """Who task processes run as: a uid of their own, one configured user, or the
+        agent's own user."""
+        identities = self.launcher.identities
+        if identities.mode == "dynamic":
+            r = identities.uid_range
+            return {"mode": "dynamic", "name": "a uid of its own per model and process task",
+                    "uid": None, "uid_range": [r.start, r.end]}
+        if identities.static_user is not None:
+            return {"mode": "static", **identities.static_user.to_json()}
+        try:
+            name = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            name = str(os.geteuid())
+        return {"mode": "agent", "name": name, "uid": os.geteuid(), "gid": os.getegid()}
 
 
 AGENT = web.AppKey("agent", Agent)

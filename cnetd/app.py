@@ -27,10 +27,12 @@ from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.confine import Confinement
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
-from cnetd.security.privilege import task_user_for
+from cnetd.security.identity import Identities
+from cnetd.security.isolation import Isolation
+from cnetd.security.modeldirs import prepare_roots
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
-from cnetd.supervisor.launcher import Launcher
+from cnetd.supervisor.launcher import Launcher, default_task_path
 from cnetd.supervisor.select import choose_sandbox
 from cnetd.tasks.service import TaskService
 from cnetd.ui.routes import add_ui_routes
@@ -54,14 +56,21 @@ async def persistent_node_id(db: Database, configured: str) -> str:
 
 
 def log_task_user(launcher: Launcher) -> None:
-    user = launcher.user
-    if user is None:
-        who = "root" if os.geteuid() == 0 else f"the agent's user (uid {os.geteuid()})"
-        log.info("tasks run as %s%s", who, " (tasks.run_as: root)" if os.geteuid() == 0 else "")
+    identities, isolation = launcher.identities, launcher.isolation
+    if identities.mode == "agent":
+        who = "root (tasks.run_as: root): no boundary between tasks and the agent" if os.geteuid() == 0 \
+            else f"the agent's own user (uid {os.geteuid()}): no boundary between tasks and the agent"
+        log.warning("tasks run as %s", who)
         return
-    log.info("tasks run as %s (uid %d, gid %d), home %s", user.name, user.uid, user.gid, launcher.home)
-    if launcher.state_problem is not None:
-        log.warning("%s: serving workers cannot start (they need %s)", launcher.state_problem, launcher.run_dir)
+    if identities.mode == "dynamic":
+        r = identities.uid_range
+        log.info("each model and process task runs under a uid of its own from %d-%d", r.start, r.end)
+    else:
+        assert identities.static_user is not None
+        log.info("every task runs as %s (uid %d): tasks can reach each other", identities.static_user.name,
+                 identities.static_user.uid)
+    if isolation.namespaces:
+        log.info("tasks run in private mount namespaces: read-only system, their model directory and TMPDIR writable")
 
 
 def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
@@ -87,17 +96,32 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
     try:
         node_id = await persistent_node_id(db, config.agent.node_id)
         sandbox, reason = choose_sandbox(config.tasks.sandbox, config.tasks.cgroup_group, config.tasks.slice)
-        task_user = task_user_for(config)
-        launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, task_user)
+        identities = Identities.from_config(config)
+        allowed_roots = [Path(os.path.realpath(p)) for p in (config.ml.allowed_roots or (base_dir,))]
+        for root in allowed_roots:
+            if root.is_relative_to(os.path.realpath(state_dir)):
+                log.warning("ml.allowed_roots: %s is in the agent's state dir, which tasks never see: "
+                            "set ml.allowed_roots to where model scripts live", root)
+        model_roots = prepare_roots(config.ml.model_roots or (*(r / "models" for r in allowed_roots), config.ml.model_path))
+        isolation = Isolation(
+            state_dir=state_dir, allowed_roots=allowed_roots, model_roots=model_roots,
+            secret_files=[p for p in (config.source, config.auth.token_file) if p is not None],
+        )
+        launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, identities, isolation)
+        probe_user = identities.user(config.tasks.uid_range.start) if identities.mode == "dynamic" else identities.static_user
+        if probe_user is not None:
+            isolation.probe(probe_user)
+        else:
+            isolation.namespaces, isolation.problem = False, "tasks run as the agent's own user"
         log_task_user(launcher)
         ingester = LogIngester(db)
-        roots = config.ml.allowed_roots or (base_dir, state_dir)
-        confinement = Confinement(roots, config.tasks.allowed_commands)
+        confinement = Confinement(allowed_roots, config.tasks.allowed_commands, model_roots, default_task_path(),
+                                  state_dir=state_dir)
         tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
         ingester.on_lines = tasks.on_log_lines
         resources = ResourceSampler(config.resources, state_dir)
         models = ModelService(tasks, config)
-        worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=task_user is not None)
+        worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
         serving = ServingManager(tasks, models, launcher.run_dir, worker_script)
 
         async def own_report() -> dict[str, Any]:

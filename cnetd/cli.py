@@ -11,7 +11,7 @@ import sys
 from cnetd import __version__
 from cnetd.bundle import restore_environment
 from cnetd.config import Config, ConfigError, load_config
-from cnetd.security.privilege import task_user_for
+from cnetd.security.identity import Identities
 from cnetd.logsetup import setup_logging
 from cnetd.store.db import StoreError
 
@@ -45,12 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--enter"]:  # the launch step, where the one-file binary has no python3 for it
+        from cnetd.security import enter
+
+        return enter.main(["enter", *argv[1:]])
     restore_environment()  # in the one-file binary: children must not load its bundled libraries
-    args = build_parser().parse_args(normalise_go_style_flags(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(normalise_go_style_flags(argv))
     path = getattr(args, "config_sub", None) or args.config
     try:
         config = load_config(path)
-        task_user_for(config)  # a user that does not exist is a config error too
+        Identities.from_config(config)  # a run_as user that does not exist is a config error too
     except ConfigError as exc:
         print(f"cnet-agent: {exc}", file=sys.stderr)
         return 2

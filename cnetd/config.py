@@ -148,7 +148,8 @@ class MLSection:
     port_range: PortRange = PortRange()
     resource_limits: ResourceLimits = ResourceLimits(1.0, 536870912, 1073741824, 0)
     timeout: float = 30.0
-    allowed_roots: tuple[Path, ...] = ()  # empty: the agent's working directory and its state dir
+    allowed_roots: tuple[Path, ...] = ()  # empty: the agent's working directory
+    model_roots: tuple[Path, ...] = ()  # empty: <working directory>/models and model_path
 
 
 @dataclass(frozen=True)
@@ -484,6 +485,7 @@ _SPEC: dict[str, Spec] = {
         },
         "timeout": _duration(),
         "allowed_roots": lambda v, where: tuple(_path(p, f"{where}[{i}]") for i, p in enumerate(_list(v, where))),
+        "model_roots": lambda v, where: tuple(_path(p, f"{where}[{i}]") for i, p in enumerate(_list(v, where))),
     },
     "auth": {
         "tokens": _strings,
@@ -623,7 +625,9 @@ def _assemble(
             f"{label}: ml.default_engine: must be one of ml.engines "
             f"({', '.join(repr(e) for e in ml.engines) or 'empty'}), got {_show(ml.default_engine)}"
         )
-    ml = dataclasses.replace(ml, allowed_roots=tuple(resolve(p) for p in ml.allowed_roots))
+    ml = dataclasses.replace(
+        ml, allowed_roots=tuple(resolve(p) for p in ml.allowed_roots), model_roots=tuple(resolve(p) for p in ml.model_roots)
+    )
     auth = build("auth")
     if auth.token_file is not None:
         auth = dataclasses.replace(auth, token_file=resolve(auth.token_file))

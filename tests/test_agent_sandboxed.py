@@ -99,9 +99,9 @@ def test_stop_ends_the_whole_tree(sandboxed: AgentProcess) -> None:
 
 
 def test_disk_limit_fails_the_task_with_that_reason(sandboxed: AgentProcess) -> None:
-    code = (
-        "import time\n"
-        "with open('big.bin', 'wb') as f:\n"
+    code = (  # a process task writes to its TMPDIR: the code it runs is read-only to it
+        "import os, time\n"
+        "with open(os.path.join(os.environ['TMPDIR'], 'big.bin'), 'wb') as f:\n"
         "    for _ in range(40):\n"
         "        f.write(b'x' * 1_000_000); f.flush(); time.sleep(0.05)\n"
         "time.sleep(600)"

@@ -278,10 +278,10 @@ class Service:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "agent": {"port": self.port},
-            # The models here run the test venv's python from pytest's 0700 tmp dirs: root
-            # only. The first test below keeps the installed default (nobody).
-            "tasks": {"sandbox": "systemd", "stop_grace": "2s", "run_as": "root", **tasks},
-            "ml": {"allowed_roots": [str(self.work), str(self.state_dir)]},
+            # Tasks run as the installed default: a uid of their own, in a private namespace
+            # that reaches pytest's 0700 tmp dirs through veils.
+            "tasks": {"sandbox": "systemd", "stop_grace": "2s", **tasks},
+            "ml": {"allowed_roots": [str(self.work)]},
         }
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -333,7 +333,7 @@ class Service:
     def deploy_gated(self, name: str) -> tuple[str, Path]:
         script = self.work / "gated_model.py"
         script.write_text(GATED_MODEL)
-        gate = self.work / f"gate-{name}"
+        gate = self.work / "models" / f"gate-{name}"  # in its model's dir: the code is read-only to it
         body = {
             "name": name, "model_type": "custom", "model_path": str(self.work / "models" / f"{name}.bin"),
             "script_path": str(script), "command": sys.executable,
@@ -418,7 +418,7 @@ def start_and_watch(svc: Service, timeout: float = 60) -> list[str]:
 
 @pytest.mark.systemd
 def test_units_verify_and_service_is_active_only_once_ready(service: Service) -> None:
-    service.write_config(run_as=None)  # the default: tasks run as nobody
+    service.write_config()  # the default: each task under a uid of its own
     install = service.install("--no-start")
     assert "enabled cnet-agent.service" in install.stdout
     verify = service.verify()
@@ -437,16 +437,17 @@ def test_units_verify_and_service_is_active_only_once_ready(service: Service) ->
     health = service.api.get("/api/health").body
     assert health["sandbox"]["backend"] == "systemd"
     assert service.state_dir.joinpath("cnet.db").is_file()
-    # The installed unit lets a task, run as nobody, enter the state dir (its default
-    # working dir) without being able to list or read it.
-    assert health["sandbox"]["task_user"]["name"] == "nobody"
-    assert stat.S_IMODE(service.state_dir.stat().st_mode) & 0o007 == 0o001
-    probe = "import os; print(os.getuid(), os.getcwd(), os.access('cnet.db', os.R_OK), os.access('.', os.R_OK))"
-    task = service.api.post("/api/tasks", {"name": "whoami", "command": "/usr/bin/python3", "args": ["-c", probe]})
+    # Under the installed unit, a task runs under a uid of its own in a private namespace:
+    # the state dir is veiled, the database out of its sight.
+    assert health["sandbox"]["task_user"]["mode"] == "dynamic" and health["sandbox"]["isolation"]["namespaces"], health
+    probe = (f"import os; print(os.getuid() >= 1879048192, os.getcwd(), os.path.exists({str(service.state_dir / 'cnet.db')!r}),"
+             f" os.path.exists({str(service.state_dir)!r}))")
+    task = service.api.post("/api/tasks", {"name": "whoami", "command": "/usr/bin/python3", "args": ["-c", probe],
+                                           "working_dir": str(service.work)})
     assert task.status == 201, task.text
     service.task_ids.append(task.body["id"])
     assert service.wait_done(task.body["id"])["status"] == "completed"
-    assert service.api.get(f"/api/tasks/{task.body['id']}/logs").body == [f"65534 {service.state_dir} False False"]
+    assert service.api.get(f"/api/tasks/{task.body['id']}/logs").body == [f"True {service.work} False True"]
 
     # install.sh again: nothing changed, so the running agent is left alone.
     pid = service.main_pid()

@@ -110,13 +110,13 @@ def test_paths_must_stay_inside_the_allowed_roots(agent: AgentProcess) -> None:
     outside.write_text("print('hi')\n")
     (agent.workdir / "sneaky.py").symlink_to(outside)
     cases = {
-        "script_path": {"script_path": "sneaky.py"},
-        "model_path": {"model_path": "../../escape.joblib"},
-        "working_dir": {"working_dir": "/"},
+        "script_path": ({"script_path": "sneaky.py"}, "outside the allowed roots"),
+        "model_path": ({"model_path": "../../escape.joblib"}, "outside the model roots"),
+        "working_dir": ({"working_dir": "/"}, "outside the allowed roots"),
     }
-    for field, patch in cases.items():
+    for field, (patch, why) in cases.items():
         reply = agent.api.post("/api/ml/models", {**LINEAR_BODY, **patch})
-        assert reply.status == 400 and reply.body["error"].startswith(field) and "outside the allowed roots" in reply.body["error"], reply.text
+        assert reply.status == 400 and reply.body["error"].startswith(field) and why in reply.body["error"], reply.text
     reply = agent.api.post("/api/tasks", {"name": "x", "command": "true", "working_dir": "/etc"})
     assert reply.status == 400 and reply.body["error"].startswith("working_dir")
     assert agent.api.get("/api/tasks").body == []

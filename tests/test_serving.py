@@ -217,7 +217,9 @@ def test_bad_input_gets_a_clear_4xx(served: dict[str, Any]) -> None:
 def test_a_killed_worker_loses_no_request_it_had_not_taken(served: dict[str, Any]) -> None:
     agent = served["agent"]
     body = copy.deepcopy(LINEAR_BODY)
-    body["name"] = "linear-one-replica"
+    body["name"] = "linear-one-replica"  # another model: a file of its own (the served one's is not its to replace)
+    body["model_path"] = "models/linear-one-replica.joblib"
+    body["args"] = [body["args"][0], "train", body["model_path"], *body["args"][3:]]
     model = deploy_and_train(agent, body, timeout=60)
     serve = agent.api.post(f"/api/ml/models/{model['id']}/serve?wait=true", {"replicas": 1, "max_batch_size": 8})
     assert serve.status == 200, serve.text

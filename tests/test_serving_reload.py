@@ -236,8 +236,7 @@ def test_one_replica_retrained_by_a_new_deploy(agent_factory: Callable[..., Agen
     (old_worker,) = wait_serving(agent, model_id, 1, timeout=90)["workers"]
     info = first["result"]["model_info"]
 
-    retrain = copy.deepcopy(LINEAR_BODY)
-    retrain["name"] = "linear-regression-retrained"
+    retrain = copy.deepcopy(LINEAR_BODY)  # the same model (name) again: its uid may replace its file
     retrain["args"] = [*retrain["args"][:3], "12"]  # 12 samples: another fit
     with under_load(agent, model_id) as results:
         second = deploy_and_train(agent, retrain, timeout=90)

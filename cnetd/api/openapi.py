@@ -105,6 +105,8 @@ TASK: Schema = {
         "unit": nullable(STRING),
         "sandbox": nullable(STRING),
         "run_as": nullable({"type": "string", "description": "the user its processes ran as (tasks.run_as)"}),
+        "uid": nullable({"type": "integer", "description": "the uid its processes run as: its own, its model's, or tasks.run_as (null: the agent's own user)"}),
+        "program": nullable({"type": "string", "description": "the command resolved to an absolute path at submit, with the agent's PATH: what runs"}),
         "usage": nullable({"type": "object"}),
         "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },

@@ -39,6 +39,8 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "unit": task.unit,
         "sandbox": task.sandbox,
         "run_as": task.run_as,
+        "uid": task.uid,
+        "program": task.program,
         "usage": task.usage,
     }
     if enforcement is not None:

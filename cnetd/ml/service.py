@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,12 @@ from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound
 from cnetd.ml.inputs import input_argument
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
-from cnetd.security.privilege import READ, WRITE, access_problem, writable_dir_problem
+from cnetd.security.identity import model_owner
+from cnetd.security.modeldirs import file_owner_problem
+from cnetd.security.privilege import READ
 from cnetd.store import models as mq
 from cnetd.store.models import ModelRecord
-from cnetd.supervisor.launcher import resolve_working_dir
+from cnetd.supervisor.launcher import model_dir_of, resolve_working_dir
 from cnetd.tasks.model import ML_KINDS, Status, Task
 from cnetd.tasks.request import (
     NewTask,
@@ -87,11 +90,11 @@ class ModelService:
         cwd = resolve_working_dir(self.tasks.launcher.base_dir, working_dir)
         self.tasks.confinement.check_path("working_dir", working_dir, self.tasks.launcher.base_dir)
         self.tasks.confinement.check_path("script_path", script_path, cwd)
-        self.tasks.confinement.check_path("model_path", model_path, cwd)
         if cwd.is_dir() and not (cwd / script_path).is_file():
             raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
+        real_cwd = self.tasks.launcher.working_dir(working_dir)
+        self.tasks.confinement.check_model_dir(model_path, model_dir_of(real_cwd, model_path))
         kind = kind_from_args(args)
-        self._check_task_user_access(cwd, script_path, model_path, kind)
         task = NewTask(
             name=name,
             command=command,
@@ -102,37 +105,40 @@ class ModelService:
             timeout=timeout_field(body),
             type="ml_model",
             kind=kind,
+            identity_owner=model_owner(name),
         )
         serving = parse_spec(body["serving"], prefix="serving.") if body.get("serving") is not None else None
         return Deployment(
             task=task, model_type=model_type, model_path=model_path, script_path=script_path, serving=serving,
         )
 
-    def _check_task_user_access(self, cwd: Path, script_path: str, model_path: str, kind: str) -> None:
-        """Refuse now what would fail later with PermissionError under tasks.run_as."""
-        user = self.tasks.launcher.user
+    async def check_task_user_access(self, deployment: Deployment) -> None:
+        """Refuse now what would fail later with PermissionError as the model's user: its
+        script must be readable where the task will see it, and its model file its own."""
+        task = deployment.task
+        user = await self.tasks.user_for_owner(task.identity_owner or "")
+        cwd = self.tasks.launcher.working_dir(task.working_dir)
         if user is None or not cwd.is_dir():
             return
-        problem = access_problem(user, cwd / script_path, READ)
+        problem = self.tasks.launcher.path_problem(user, cwd / deployment.script_path, READ)
         if problem is not None:
-            raise Invalid("script_path", f"{problem} (tasks run as that user: tasks.run_as)")
-        model_file = cwd / model_path
-        if kind in ("train", "run"):
-            problem = (
-                access_problem(user, model_file, WRITE) if model_file.exists()
-                else writable_dir_problem(user, model_file.parent)
-            )
-        else:
-            problem = access_problem(user, model_file, READ) if model_file.exists() else None
+            raise Invalid("script_path", problem)
+        model_file = Path(os.path.normpath(cwd / deployment.model_path))
+        if task.kind in ("train", "run"):
+            uid = user.uid if user.uid >= 0 else None
+            problem = file_owner_problem(model_file, uid)
+            if problem is None:
+                problem = _model_dir_owner_problem(model_file.parent, uid, self.tasks.confinement.model_roots)
+        elif model_file.exists():
+            problem = self.tasks.launcher.path_problem(user, model_file, READ)
         if problem is not None:
-            raise Invalid("model_path", f"{problem} (tasks run as that user: tasks.run_as)")
+            raise Invalid("model_path", problem)
 
     async def deploy(self, body: Any) -> Model:
         if not self.config.ml.enabled:
             raise Conflict("ML support is disabled on this node (ml.enabled: false)")
         deployment = self.parse_deployment(body)
-        if deployment.serving is not None:
-            self.tasks.launcher.require_run_dir_reachable("serving")
+        await self.check_task_user_access(deployment)
 
         def add_model(conn: sqlite3.Connection, task: Task) -> None:
             mq.insert_model(conn, ModelRecord(
@@ -162,8 +168,8 @@ class ModelService:
         return await self.get(model_id)
 
     def model_file(self, model: Model) -> Path:
-        cwd = resolve_working_dir(self.tasks.launcher.base_dir, model.task.working_dir)
-        return cwd / model.record.model_path
+        cwd = self.tasks.launcher.working_dir(model.task.working_dir)
+        return Path(os.path.normpath(cwd / model.record.model_path))
 
     async def predict(self, model_id: str, body: Any, wait: bool) -> Prediction:
         body = require_object(body)
@@ -192,9 +198,22 @@ class ModelService:
             type="ml_model",
             kind="predict",
             model_id=model_id,
+            identity_owner=model_owner(model.record.name),
         )
         task = await self.tasks.create(new)
         if not wait:
             return Prediction(task=task, waited=False)
         budget = self.config.ml.timeout + self.config.tasks.stop_grace + 5
         return Prediction(task=await self.tasks.wait_terminal(task.id, budget), waited=True)
+
+
+def _model_dir_owner_problem(directory: Path, uid: int | None, roots: list[Path]) -> str | None:
+    """Why the model's user could not write in directory (the agent makes it at start when
+    it is missing): it must be a model root, or missing, or the model's own."""
+    if directory in roots or not directory.exists():
+        return None
+    owner = directory.stat().st_uid
+    if uid is not None and owner == uid:
+        return None
+    who = "root" if owner == 0 else f"uid {owner}"
+    return f"{directory} belongs to {who}, not to this model: give the model a directory of its own (or use a model root)"

@@ -1,9 +1,10 @@
-"""Least privilege: the unprivileged user tasks run as when the agent runs as root, the
-argv prefix that switches to it, and what that user may read, write and enter.
+"""Least privilege: the configured user tasks run as when the agent runs as root (when
+tasks.run_as names one; the default is a dynamic uid per model and task, see identity.py),
+and what a user may read, write and enter.
 
-The switch happens inside the exit shim (which stays root so that it can record the exit
-status in the agent's run dir), through util-linux's setpriv with no_new_privs set, so a
-task cannot regain root through a setuid program.
+The switch itself happens in enter.py, the last root step of a launch, with no_new_privs
+set and an empty capability bounding set, so a task cannot regain root through a setuid
+program.
 
 Access is judged from mode bits, owners and groups (ACLs are not read): good enough to
 turn "the model crashed with PermissionError" into a 400 that names the field, the user
@@ -15,7 +16,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from pathlib import Path
 from cnetd.config import Config, ConfigError
 
 DEFAULT_TASK_USER = "nobody"
+DYNAMIC = "dynamic"
 READ, WRITE, EXECUTE = 4, 2, 1
 _FILE_VERBS = {READ: "read", WRITE: "write", EXECUTE: "execute", READ | EXECUTE: "read"}
 _DIR_VERBS = {READ: "list", EXECUTE: "enter", WRITE | EXECUTE: "create files in", READ | EXECUTE: "list"}
@@ -53,6 +54,8 @@ def resolve_task_user(run_as: str | None, euid: int | None = None) -> TaskUser |
     """
     euid = os.geteuid() if euid is None else euid
     spec = (run_as or "").strip()
+    if spec == DYNAMIC:
+        spec = ""
     if euid != 0:
         if spec and _lookup_user(spec.split(":", 1)[0]).pw_uid != euid:
             raise TaskUserError(
@@ -66,8 +69,6 @@ def resolve_task_user(run_as: str | None, euid: int | None = None) -> TaskUser |
         return None
     gid = _lookup_group(group_part) if group_part else entry.pw_gid
     groups = (gid,) if group_part else tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
-    if shutil.which("setpriv") is None:
-        raise TaskUserError("running tasks as another user needs setpriv (util-linux) on PATH")
     return TaskUser(name=entry.pw_name, uid=entry.pw_uid, gid=gid, groups=groups, home=entry.pw_dir)
 
 
@@ -85,20 +86,10 @@ def _lookup_group(text: str) -> int:
         raise TaskUserError(f"no such group '{text}'") from None
 
 
-def drop_privileges_argv(user: TaskUser) -> list[str]:
-    """Prefix for an argv that runs it as user, with no way back to root."""
-    setpriv = shutil.which("setpriv") or "setpriv"
-    groups = ",".join(str(g) for g in user.groups)
-    return [
-        setpriv, f"--reuid={user.uid}", f"--regid={user.gid}",
-        f"--groups={groups}" if groups else "--clear-groups", "--no-new-privs", "--",
-    ]
-
-
 # --------------------------------------------------------------------------- access
 
 
-def _allows(st: os.stat_result, user: TaskUser, need: int) -> bool:
+def allows(st: os.stat_result, user: TaskUser, need: int) -> bool:
     if st.st_uid == user.uid:
         granted = (st.st_mode >> 6) & 7
     elif st.st_gid in user.groups or st.st_gid == user.gid:
@@ -128,7 +119,7 @@ def _walk_blocker(user: TaskUser, path: Path) -> str | None:
             st = os.stat(parent)
         except OSError:
             return None  # a missing directory is reported by the caller's own checks
-        if not _allows(st, user, EXECUTE):
+        if not allows(st, user, EXECUTE):
             return describe(parent, st)
     return None
 
@@ -150,44 +141,11 @@ def access_problem(user: TaskUser | None, path: Path, need: int) -> str | None:
         st = os.stat(real)
     except OSError:
         return None
-    if not _allows(st, user, need):
+    if not allows(st, user, need):
         shown = path if real == path else f"{path} (-> {real})"
         verb = (_DIR_VERBS if stat.S_ISDIR(st.st_mode) else _FILE_VERBS).get(need, "use")
         return f"user '{user.name}' cannot {verb} {shown}: {describe(real, st)}"
     return None
-
-
-def writable_dir_problem(user: TaskUser | None, directory: Path) -> str | None:
-    """Whether user will be able to create files in directory: either it exists and is
-    writable, or it does not exist yet and the agent makes it (owned by user) at start."""
-    if user is None:
-        return None
-    existing, missing = _existing_and_missing(directory)
-    return access_problem(user, existing, EXECUTE if missing else WRITE | EXECUTE)
-
-
-def _existing_and_missing(directory: Path) -> tuple[Path, list[Path]]:
-    """The nearest existing ancestor of directory (or itself), and the directories below
-    it that do not exist yet, outermost first."""
-    existing = Path(os.path.abspath(directory))
-    missing = []
-    while not existing.exists() and existing != existing.parent:
-        missing.append(existing)
-        existing = existing.parent
-    return existing, missing[::-1]
-
-
-def make_dirs_for(user: TaskUser | None, directory: Path, mode: int = 0o755) -> None:
-    """Create directory and any missing parents; the ones made here belong to user."""
-    _, missing = _existing_and_missing(directory)
-    for path in missing:
-        try:
-            path.mkdir(mode=mode)
-        except FileExistsError:
-            continue
-        os.chmod(path, mode)  # the umask may have taken bits away
-        if user is not None:
-            os.chown(path, user.uid, user.gid)
 
 
 def private_dir_for(user: TaskUser, directory: Path) -> Path:
@@ -206,8 +164,6 @@ def task_user_for(config: Config) -> TaskUser | None:
         label = str(config.source) if config.source else "config"
         raise ConfigError(f"{label}: tasks.run_as: {exc}") from None
 
-
-DYNAMIC = "dynamic"
 
 
 def uses_dynamic_uids(run_as: str | None, euid: int | None = None) -> bool:

@@ -14,13 +14,13 @@ from cnetd.tasks.model import Status, Task, TaskEvent
 TASK_COLUMNS = (
     "id name type kind status command args env working_dir resources timeout created_at "
     "started_at stopped_at exit_code reason unit log_file progress result model_id node_id "
-    "sandbox handle stop_requested usage run_as"
+    "sandbox handle stop_requested usage run_as uid program"
 ).split()
 JSON_COLUMNS = {"args", "env", "result", "usage"}
 # Columns a transition may change (never the identity or the request).
 MUTABLE = {
     "status", "started_at", "stopped_at", "exit_code", "reason", "unit", "progress",
-    "result", "sandbox", "handle", "stop_requested", "usage", "run_as",
+    "result", "sandbox", "handle", "stop_requested", "usage", "run_as", "uid",
 }
 
 

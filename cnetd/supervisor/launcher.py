@@ -1,23 +1,35 @@
-"""Turns a task record into a LaunchSpec and keeps the backends a handle may name."""
+"""Turns a task record into a LaunchSpec and keeps the backends a handle may name.
+
+A launch has two halves. The root half (the backend's cgroup join or systemd-run, the exit
+shim, enter.py) runs with ROOT_ENV and absolute paths only; the task half gets its
+environment, built here from an allow-list, only at enter.py's final exec, after the switch
+to the task's own user. The program is the absolute path resolved at submit with the
+agent's PATH (Task.program): a request's PATH never chooses what runs.
+"""
 
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
-import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from cnetd.config import TasksSection
-from cnetd.errors import Conflict
-from cnetd.security.privilege import (
-    EXECUTE, READ, TaskUser, access_problem, drop_privileges_argv, make_dirs_for, private_dir_for,
-)
+from cnetd.security.identity import Identities, write_account_files
+from cnetd.security.isolation import ROOT_ENV, Isolation
+from cnetd.security.modeldirs import ModelDirError, ensure_model_dir
+from cnetd.security.privilege import EXECUTE, TaskUser, access_problem, private_dir_for
 from cnetd.supervisor.base import Handle, LaunchSpec, Limits, Sandbox, SpawnError
 from cnetd.supervisor.none import NoneSandbox
 from cnetd.tasks.model import Task
+
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Taken from the agent's environment into every task's, with PATH (see default_task_path);
+# nothing else is (never CNET_*, a token, or anything else the agent was configured with).
+INHERITED = frozenset({"LANG", "LANGUAGE", "TZ"})
+TASK_UMASK = 0o027  # a model's files are its own (its group is its own too)
 
 
 def agent_python_bin() -> str | None:
@@ -28,25 +40,24 @@ def agent_python_bin() -> str | None:
     return None
 
 
-# The agent's own per-user settings that would point a task at root's files.
-ROOT_ONLY_VARIABLES = ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "MAIL", "SUDO_USER",
-                       "SUDO_UID", "SUDO_GID", "SUDO_COMMAND", "PYTHONUSERBASE")
-
-
-def task_environment(
-    agent_env: Mapping[str, str], task_env: Mapping[str, str], user: TaskUser | None = None, home: Path | None = None,
-) -> dict[str, str]:
-    env = dict(agent_env)
+def default_task_path(agent_env: Mapping[str, str] | None = None) -> str:
+    """The PATH every task starts with and commands are resolved with: the agent's venv
+    bin/, then the agent's own PATH (the operator's, never a request's). A request's env
+    may set another PATH for what the task itself runs."""
+    path = (os.environ if agent_env is None else agent_env).get("PATH") or SYSTEM_PATH
     venv_bin = agent_python_bin()
-    if venv_bin:
-        path = env.get("PATH", os.defpath)
-        env["PATH"] = venv_bin + os.pathsep + path if path else venv_bin
-    env.pop("VIRTUAL_ENV_PROMPT", None)
-    env.setdefault("PYTHONUNBUFFERED", "1")  # so log lines and progress arrive as printed
-    if user is not None:
-        for name in ROOT_ONLY_VARIABLES:
-            env.pop(name, None)
-        env.update(HOME=str(home or user.home), USER=user.name, LOGNAME=user.name)
+    return f"{venv_bin}:{path}" if venv_bin else path
+
+
+def task_environment(agent_env: Mapping[str, str], task_env: Mapping[str, str],
+                     own: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A task's complete environment: the allow-listed locale variables of the agent, the
+    default PATH, what the agent sets for the task (HOME, USER, TMPDIR, ...), then the
+    request's own variables."""
+    env = {k: v for k, v in agent_env.items() if k in INHERITED or k.startswith("LC_")}
+    env["PATH"] = default_task_path(agent_env)
+    env["PYTHONUNBUFFERED"] = "1"  # so log lines and progress arrive as printed
+    env.update(own or {})
     env.update(task_env)
     return env
 
@@ -56,36 +67,38 @@ def resolve_working_dir(base_dir: Path, working_dir: str) -> Path:
     return path if path.is_absolute() else (base_dir / path)
 
 
-def resolve_command(command: str, env: Mapping[str, str], cwd: Path, user: TaskUser | None = None) -> str:
-    """Absolute path of the program, as the task's PATH and working dir find it."""
+def resolve_program(command: str, cwd: Path) -> str:
+    """Absolute path of the program, found with the agent's default task PATH (a path with
+    a slash is taken relative to the working dir)."""
     if "/" in command:
         candidate = Path(command) if Path(command).is_absolute() else cwd / command
         if not candidate.exists():
             raise SpawnError(f"spawn failed: {command}: no such file")
         if not os.access(candidate, os.X_OK) or candidate.is_dir():
             raise SpawnError(f"spawn failed: {command}: not executable")
-        problem = access_problem(user, candidate, EXECUTE)
-        if problem is not None:
-            raise SpawnError(f"spawn failed: {problem}")
-        return str(candidate)
-    found = shutil.which(command, path=env.get("PATH", os.defpath))
+        return os.path.abspath(candidate)
+    found = shutil.which(command, path=default_task_path())
     if found is None:
-        raise SpawnError(f"spawn failed: {command}: not found on PATH")
-    problem = access_problem(user, Path(found), EXECUTE)
-    if problem is not None:
-        raise SpawnError(f"spawn failed: {command} is {found}, but {problem}")
+        raise SpawnError(f"spawn failed: {command}: not found on PATH ({default_task_path()})")
     return found
+
+
+def model_dir_of(cwd: Path, model_path: str) -> Path:
+    """The directory of a model's file, absolute and normalised but not resolved (the
+    model-dir walk refuses symlinks below its root instead)."""
+    return Path(os.path.normpath(cwd / model_path)).parent
 
 
 class Launcher:
     def __init__(
         self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str],
-        settings: TasksSection | None = None, user: TaskUser | None = None,
+        settings: TasksSection, identities: Identities, isolation: Isolation,
     ) -> None:
         self.sandbox = sandbox
-        self.settings = settings or TasksSection()
+        self.settings = settings
         self.base_dir = base_dir
-        self.user = user  # None: tasks run as the agent's own user
+        self.identities = identities
+        self.isolation = isolation
         self.state_dir = state_dir
         self.logs_dir = state_dir / "logs"
         self.run_dir = state_dir / "run"
@@ -93,60 +106,36 @@ class Launcher:
         for directory in (self.logs_dir, self.run_dir, self.tmp_root):
             directory.mkdir(parents=True, exist_ok=True)
         # Task logs can hold anything a task printed: only the agent reads them (a task
-        # gets its log as an already open file descriptor).
+        # gets its log as an already open file descriptor). The run dir holds launch specs
+        # (a task's environment) and exit files; tasks reach their socket dirs through
+        # their namespace, or by name where namespaces are off.
         os.chmod(self.logs_dir, 0o700)
-        self._agent_env = dict(agent_env)
-        self._backends: dict[str, Sandbox] = {sandbox.name: sandbox}
-        self.home: Path | None = None
-        self.state_problem: str | None = None  # why the task user cannot reach state_dir/run
-        if user is not None:
-            self._prepare_for(user)
-
-    def _prepare_for(self, user: TaskUser) -> None:
-        """Let user reach what it must under the state dir (run/ for worker sockets, lib/
-        for the worker script, its home) and nothing else: entering is not listing."""
-        mode = stat.S_IMODE(os.stat(self.state_dir).st_mode)
-        os.chmod(self.state_dir, (mode & ~0o006) | 0o001)  # others: enter, but neither list nor write
-        self.state_problem = access_problem(user, self.state_dir, EXECUTE)
         os.chmod(self.run_dir, 0o711)
         os.chmod(self.tmp_root, 0o711)
-        home = Path(user.home)
-        if access_problem(user, home, READ | EXECUTE) is not None or not home.is_dir() or home.stat().st_uid != user.uid:
-            homes = self.state_dir / "home"
-            homes.mkdir(exist_ok=True)
-            os.chmod(homes, 0o711)
-            home = private_dir_for(user, homes / user.name)
-        self.home = home
+        os.chmod(state_dir, 0o711)
+        self._agent_env = dict(agent_env)
+        self._backends: dict[str, Sandbox] = {sandbox.name: sandbox}
+        isolation.prepare()
 
-    @property
-    def user_name(self) -> str:
-        """Who task processes run as: the task user, else the agent's own user."""
-        if self.user is not None:
-            return self.user.name
+    # ---- who runs a task -------------------------------------------------------------------
+
+    def user_for(self, task: Task) -> TaskUser | None:
+        return self.identities.user(task.uid)
+
+    def user_name(self, task: Task) -> str:
+        """Who the task's processes run as, for its record and events."""
+        user = self.user_for(task)
+        if user is not None:
+            return user.name
         try:
             return pwd.getpwuid(os.geteuid()).pw_name
         except KeyError:
             return str(os.geteuid())
 
-    def environment(self, task_env: Mapping[str, str]) -> dict[str, str]:
-        return task_environment(self._agent_env, task_env, self.user, self.home)
-
-    def require_run_dir_reachable(self, purpose: str) -> None:
-        if self.state_problem is not None:
-            raise Conflict(
-                f"{purpose} needs tasks to reach {self.run_dir}, but {self.state_problem}; "
-                "put agent.state_dir where that user can enter, or change tasks.run_as"
-            )
+    # ---- per-task directories --------------------------------------------------------------
 
     def tmp_dir(self, task_id: str) -> Path:
         return self.tmp_root / task_id
-
-    def make_tmp_dir(self, task_id: str) -> Path | None:
-        """The task's own TMPDIR: private, counted against its disk_limit, removed when it
-        ends. None when the task user could not reach it (tasks then use the system's)."""
-        if self.state_problem is not None:
-            return None
-        return self._task_private_dir(self.tmp_dir(task_id))
 
     def remove_tmp_dir(self, task_id: str) -> None:
         shutil.rmtree(self.tmp_dir(task_id), ignore_errors=True)
@@ -160,21 +149,35 @@ class Launcher:
                 removed.append(Path(entry.path))
         return removed
 
-    def private_run_dir(self, name: str) -> Path:
-        """A directory under run/ that only the task user (and root) can use."""
-        return self._task_private_dir(self.run_dir / name)
-
-    def _task_private_dir(self, path: Path) -> Path:
-        if self.user is None:  # tasks run as the agent's own user
-            path.mkdir(mode=0o700, exist_ok=True)
-            return path
-        return private_dir_for(self.user, path)
+    def socket_dir(self, name: str, gid: int | None) -> Path:
+        """A serving worker's socket directory: root's, enterable and writable by the
+        model's group only, so the worker can bind there, no other task can enter, and the
+        worker cannot swap the directory itself."""
+        path = self.run_dir / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        if gid is not None:
+            os.chown(path, 0, gid)
+            os.chmod(path, 0o730)
+        return path
 
     def log_path(self, task_id: str) -> Path:
         return self.logs_dir / f"{task_id}.log"
 
     def exit_path(self, task_id: str) -> Path:
         return self.run_dir / f"{task_id}.exit"
+
+    def error_path(self, task_id: str) -> Path:
+        """Where enter.py writes why it could not start the task."""
+        return self.run_dir / f"{task_id}.err"
+
+    def forget_files(self, task_id: str) -> None:
+        """The run dir's files of an ended task."""
+        for path in (self.exit_path(task_id), self.error_path(task_id),
+                     self.run_dir / f"{task_id}.passwd", self.run_dir / f"{task_id}.group",
+                     self.run_dir / f"{task_id}.launch.json"):
+            path.unlink(missing_ok=True)
+
+    # ---- backends ----------------------------------------------------------------------------
 
     def started_backend(self, name: str) -> Sandbox | None:
         """The backend of that name if this agent has one in use, else None."""
@@ -195,43 +198,122 @@ class Launcher:
 
         return select.backend_by_name(name, self.settings.cgroup_group, self.settings.slice)
 
-    def spec_for(self, task: Task) -> LaunchSpec:
-        cwd = resolve_working_dir(self.base_dir, task.working_dir)
+    # ---- the launch --------------------------------------------------------------------------
+
+    def working_dir(self, task_working_dir: str) -> Path:
+        return Path(os.path.realpath(resolve_working_dir(self.base_dir, task_working_dir)))
+
+    def _confined_working_dir(self, task: Task) -> Path:
+        """The working dir, resolved and checked again at start: a symlink swapped in since
+        the submit cannot take the task outside the allowed roots."""
+        cwd = self.working_dir(task.working_dir)
         if not cwd.is_dir():
             raise SpawnError(f"spawn failed: working_dir {task.working_dir}: no such directory")
-        env = self.environment(task.env)
-        program = resolve_command(task.command, env, cwd, self.user)
-        if "TMPDIR" not in task.env:
-            tmp = self.make_tmp_dir(task.id)
-            if tmp is not None:
-                env["TMPDIR"] = str(tmp)
-        argv = [program, *task.args]
-        if self.user is not None:
-            argv = [*drop_privileges_argv(self.user), *argv]
-            # Only a model's own path, which passed ml.allowed_roots at deploy: the agent
-            # (root) must not make directories for the task user anywhere a request names.
-            model_path = task.env.get("MODEL_PATH")
-            if model_path and task.type == "ml_model" and task.kind in ("train", "run"):
-                make_dirs_for(self.user, (cwd / model_path).parent)
+        roots = self.isolation.allowed_roots
+        if roots and not any(cwd == r or r in cwd.parents for r in roots):
+            raise SpawnError(f"spawn failed: working_dir {task.working_dir} now resolves to {cwd}, outside the allowed roots")
+        return cwd
+
+    def model_dir(self, task: Task, cwd: Path) -> Path | None:
+        """The model's own directory (ML tasks): made ready for its uid, symlinks refused."""
+        model_path = task.env.get("MODEL_PATH")
+        if task.type != "ml_model" or not model_path:
+            return None
+        directory = model_dir_of(cwd, model_path)
+        try:
+            return ensure_model_dir(directory, self.isolation.model_roots, task.uid, task.uid)
+        except ModelDirError as exc:
+            raise SpawnError(f"spawn failed: model_path: {exc}") from None
+
+    def _worker_socket_dir(self, task: Task) -> Path | None:
+        if task.kind != "serve" or "--socket" not in task.args:
+            return None
+        index = task.args.index("--socket") + 1
+        if index >= len(task.args):
+            return None
+        directory = Path(os.path.realpath(Path(task.args[index]).parent))
+        return directory if directory.parent == Path(os.path.realpath(self.run_dir)) else None
+
+    def spec_for(self, task: Task) -> LaunchSpec:
+        cwd = self._confined_working_dir(task)
+        user = self.user_for(task)
+        program = task.program or resolve_program(task.command, cwd)
+        model_dir = self.model_dir(task, cwd)
+        tmp = self.tmp_dir(task.id)
+        own: dict[str, str] = {}
+        if user is not None:
+            private_dir_for(user, tmp)
+            home = self.identities.make_home(user)
+            own.update(HOME=str(home), USER=user.name, LOGNAME=user.name)
+        else:
+            tmp.mkdir(mode=0o700, exist_ok=True)
+        own["TMPDIR"] = str(tmp)
+        env = task_environment(self._agent_env, task.env, own)
+        spec_path = self.run_dir / f"{task.id}.launch.json"
+        namespace = None
+        if user is not None and self.isolation.namespaces:
+            accounts = None
+            if self.identities.mode == "dynamic":
+                accounts = write_account_files(user, Path(own["HOME"]), self.run_dir, task.id)
+            writable = [p for p in (model_dir, tmp, Path(own["HOME"]), self._worker_socket_dir(task)) if p is not None]
+            shm = task.resources.memory_limit
+            namespace = self.isolation.view(user, writable, tmp, shm_size=shm, accounts=accounts).ops()
+        error_path = self.error_path(task.id)
+        error_path.unlink(missing_ok=True)
+        self.isolation.write_spec(spec_path, {
+            "version": 1,
+            "task_id": task.id,
+            "argv": [program, *task.args],
+            "env": env,
+            "cwd": str(cwd),
+            "identity": None if user is None else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
+            "namespace": namespace,
+            "umask": TASK_UMASK if user is not None else 0o022,
+            "error_file": str(error_path),
+        })
         exit_path = self.exit_path(task.id)
         exit_path.unlink(missing_ok=True)
         r = task.resources
         return LaunchSpec(
             task_id=task.id,
-            argv=argv,
-            env=env,
-            working_dir=cwd,
+            argv=self.isolation.enter_argv(spec_path),
+            env=dict(ROOT_ENV),
+            working_dir=Path("/"),
             log_path=Path(task.log_file),
             exit_path=exit_path,
             limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit),
         )
 
-    def check_startable(self, command: str, working_dir: str, task_env: Mapping[str, str]) -> None:
-        """Raise SpawnError now for what would make the start fail (checked at submit)."""
+    def start_problem(self, task_id: str) -> str | None:
+        """Why enter.py could not start the task (it wrote it down), or None."""
+        try:
+            text = self.error_path(task_id).read_text(errors="replace").strip()
+        except OSError:
+            return None
+        return text or None
+
+    # ---- checks at submit ----------------------------------------------------------------------
+
+    def path_problem(self, user: TaskUser | None, path: Path, need: int) -> str | None:
+        """Why user could not use path for need, judged as the task will see it."""
+        if user is None:
+            return None
+        if self.isolation.namespaces:
+            view = self.isolation.view(user, [], None)
+            return view.access_problem(path, need)
+        return access_problem(user, path, need)
+
+    def check_startable(self, program_command: str, working_dir: str, user: TaskUser | None) -> str:
+        """Raise SpawnError now for what would make the start fail; returns the program's
+        absolute path (resolved with the agent's PATH, never the request's)."""
         cwd = resolve_working_dir(self.base_dir, working_dir)
         if not cwd.is_dir():
             raise SpawnError(f"working_dir {working_dir}: no such directory")
-        problem = access_problem(self.user, cwd, EXECUTE)
+        problem = self.path_problem(user, cwd, EXECUTE)
         if problem is not None:
             raise SpawnError(f"working_dir {working_dir}: {problem}")
-        resolve_command(command, self.environment(task_env), cwd, self.user)
+        program = resolve_program(program_command, cwd)
+        problem = self.path_problem(user, Path(program), EXECUTE)
+        if problem is not None:
+            raise SpawnError(f"spawn failed: {program_command} is {program}, but {problem}")
+        return program

@@ -13,16 +13,18 @@ from cnetd.supervisor.base import ExitStatus
 # status survives the agent (a systemd scope has no exit status of its own). It traps
 # TERM/INT/HUP with a no-op so that a stop reaches the command while the shim lives to
 # record what happened; a trapped (not ignored) signal is reset to default on exec, so
-# the command itself still sees normal dispositions.
+# the command itself still sees normal dispositions. It runs as root with ROOT_ENV and
+# calls nothing through PATH: mv is given as an absolute path ($2).
 SHIM_SCRIPT = (
-    'x="$1"; shift; trap : TERM INT HUP; "$@"; rc=$?; '
-    'printf "%s\\n" "$rc" > "$x.tmp" && mv -f "$x.tmp" "$x"; exit "$rc"'
+    'x="$1"; m="$2"; shift 2; trap : TERM INT HUP; "$@"; rc=$?; '
+    'printf "%s\\n" "$rc" > "$x.tmp" && "$m" -f "$x.tmp" "$x"; exit "$rc"'
 )
 SHELL = "/bin/sh"
+MV = next((p for p in ("/usr/bin/mv", "/bin/mv") if os.access(p, os.X_OK)), "/bin/mv")
 
 
 def shim_argv(exit_path: Path, argv: list[str]) -> list[str]:
-    return [SHELL, "-c", SHIM_SCRIPT, "cnet-shim", str(exit_path), *argv]
+    return [SHELL, "-c", SHIM_SCRIPT, "cnet-shim", str(exit_path), MV, *argv]
 
 
 def proc_start_time(pid: int) -> int | None:

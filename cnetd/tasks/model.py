@@ -60,6 +60,8 @@ class Task:
     stop_requested: bool = False
     usage: dict[str, Any] | None = None  # last CPU/memory sample; live while running
     run_as: str | None = None  # the user its processes ran as, set when it starts
+    uid: int | None = None  # the uid its processes run as (None: the agent's own user)
+    program: str | None = None  # command resolved to an absolute path at submit
     seq: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

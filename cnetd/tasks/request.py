@@ -29,6 +29,7 @@ class NewTask:
     type: str = "process"
     kind: str = "run"
     model_id: str | None = None
+    identity_owner: str | None = None  # whose uid it runs under; None: a uid of its own
 
 
 def require_object(body: Any, what: str = "body") -> Mapping[str, Any]:

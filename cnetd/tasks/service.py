@@ -20,15 +20,20 @@ from typing import Any
 from cnetd.background import cancel_all, cancel_and_wait
 from cnetd.clock import seconds_since, utc_now
 from cnetd.config import Config
-from cnetd.errors import Conflict, Invalid, NotFound
+from cnetd.errors import Conflict, Invalid, NotFound, Unavailable
 from cnetd.logs.ingester import LogIngester
 from cnetd.logs.output import progress_from_line, result_from_log
+from cnetd.security.confine import Confinement
+from cnetd.security.identity import model_owner, task_owner
+from cnetd.security.privilege import TaskUser
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
+from cnetd.store.identities import NoFreeUid
+from cnetd.store.models import get_model
 from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError
 from cnetd.supervisor.disk import DiskMeter, format_bytes
-from cnetd.security.confine import Confinement
-from cnetd.supervisor.launcher import Launcher, resolve_working_dir, task_environment
+from cnetd.supervisor.launcher import Launcher, model_dir_of
+from cnetd.supervisor.membership import handle_owns_pid
 from cnetd.tasks.bus import TaskBus, TaskChange
 from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
 from cnetd.tasks.request import NewTask
@@ -78,6 +83,7 @@ class _Watch:
     task: asyncio.Task[None]
     handle: Handle
     backend: Sandbox
+    task_uid: int | None = None
     timed_out: bool = False
     disk_exceeded: str | None = None
 
@@ -126,6 +132,22 @@ class TaskService:
         """The task's recent CPU and memory samples, oldest first (empty once forgotten)."""
         return self._usage.samples(task_id)
 
+    def peer_check(self, task_id: str) -> Callable[[int, int], str | None]:
+        """For a worker socket: is (pid, uid) a process of this running task?"""
+
+        def check(pid: int, uid: int) -> str | None:
+            watch = self._watches.get(task_id)
+            if watch is None:
+                return f"task {task_id} is not running"
+            expected = watch.task_uid if watch.task_uid is not None else os.geteuid()
+            if uid != expected:
+                return f"it runs as uid {uid}, the task as uid {expected}"
+            if not handle_owns_pid(watch.handle, pid):
+                return f"pid {pid} is not in the task's sandbox"
+            return None
+
+        return check
+
     async def events(self, task_id: str) -> list[TaskEvent]:
         await self.get(task_id)
         return await self.db.read(lambda c: q.list_events(c, task_id))
@@ -140,14 +162,17 @@ class TaskService:
     ) -> Task:
         """Insert the task as pending (plus whatever `also` writes in the same
         transaction), then let the scheduler start it when a slot is free."""
+        task_id = str(uuid.uuid4())
+        owner = new.identity_owner or task_owner(task_id)
         self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
-        self.confinement.check_command(new.command, task_environment(os.environ, new.env).get("PATH"))
+        self.confinement.check_env(new.env)
+        user = await self.user_for_owner(owner)
         try:
-            self.launcher.check_startable(new.command, new.working_dir, new.env)
+            program = self.launcher.check_startable(new.command, new.working_dir, user)
         except SpawnError as exc:
             field = "working_dir" if str(exc).startswith("working_dir") else "command"
             raise Invalid(field, str(exc).split(": ", 1)[-1] if field == "working_dir" else str(exc)) from None
-        task_id = str(uuid.uuid4())
+        self.confinement.check_command(new.command, program)
         timeout = new.timeout if new.timeout is not None else self.config.tasks.timeout
         task = Task(
             id=task_id,
@@ -166,18 +191,38 @@ class TaskService:
             timeout=timeout,
             model_id=new.model_id,
             sandbox=self.launcher.sandbox.name,
+            program=program,
         )
 
         def write(conn: sqlite3.Connection) -> None:
+            task.uid = self.launcher.identities.allocate(conn, owner)
             q.insert_task(conn, task)
             q.insert_event(conn, event(task_id, "created", f"{task.type} task '{task.name}' created"))
             if also is not None:
                 also(conn, task)
 
-        await self.db.write(write)
+        try:
+            await self.db.write(write)
+        except NoFreeUid as exc:
+            raise Unavailable(f"cannot run another task: {exc}; widen tasks.uid_range or wait for tasks to end") from None
         self._finished[task_id] = asyncio.Event()
         self._kick.set()
         return task
+
+    async def user_for_owner(self, owner: str) -> TaskUser | None:
+        """Who the owner's tasks run as, for checks before its task is written: its uid if
+        it has one, else a user who owns nothing yet."""
+        identities = self.launcher.identities
+        uid = await self.db.read(lambda c: identities.known_uid(c, owner))
+        return identities.user(uid) if uid is not None else identities.stranger()
+
+    async def uid_for_owner(self, owner: str) -> int | None:
+        """The owner's uid, handed out now if it has none (serving needs it before its
+        worker task exists, for the socket directory's group)."""
+        try:
+            return await self.db.write(lambda c: self.launcher.identities.allocate(c, owner))
+        except NoFreeUid as exc:
+            raise Unavailable(f"cannot run another task: {exc}") from None
 
     # ---- scheduling --------------------------------------------------------------
 
@@ -209,16 +254,23 @@ class TaskService:
             await self._launch(task)
 
     async def _launch(self, task: Task) -> None:
-        await self._transition(task, Status.STARTING, "starting", "starting the process")
+        changes: dict[str, Any] = {}
+        if task.uid is None and self.launcher.identities.drops_privileges:
+            # Written before tasks had uids (an older agent): never run it as the agent's user.
+            owner = await self._owner_of(task)
+            changes["uid"] = await self.db.write(lambda c: self.launcher.identities.allocate(c, owner))
+        await self._transition(task, Status.STARTING, "starting", "starting the process", **changes)
         try:
             spec = self.launcher.spec_for(task)
             backend = self.launcher.sandbox
             handle = await backend.start(spec)
         except SpawnError as exc:
+            await self._undo_launch_files(task.id)
             await self._finish(task, Status.FAILED, "failed", str(exc), reason=str(exc), stopped_at=utc_now())
             return
         except Exception as exc:  # a backend bug must not leave the task 'starting'
             log.exception("start failed", extra={"task_id": task.id})
+            await self._undo_launch_files(task.id)
             reason = f"spawn failed: {exc}"
             await self._finish(task, Status.FAILED, "failed", reason, reason=reason, stopped_at=utc_now())
             return
@@ -229,12 +281,12 @@ class TaskService:
                 Status.RUNNING,
                 "started",
                 f"running (pid {handle.pid}, sandbox {handle.backend}{', unit ' + handle.unit if handle.unit else ''}, "
-                f"as {self.launcher.user_name})",
+                f"as {self.launcher.user_name(task)}{'' if task.uid is None else f' uid {task.uid}'})",
                 started_at=utc_now(),
                 handle=handle.to_json(),
                 unit=handle.unit,
                 sandbox=handle.backend,
-                run_as=self.launcher.user_name,
+                run_as=self.launcher.user_name(task),
             )
         except BaseException:
             # Nomad's rule: a start whose handle cannot be saved is undone.
@@ -245,6 +297,20 @@ class TaskService:
         if task.id in self._stop_requests:
             await backend.stop(handle, self.config.tasks.stop_grace)
 
+    async def _owner_of(self, task: Task) -> str:
+        """Whose uid a task runs under: its model's (by name), else its own."""
+        if task.type == "ml_model":
+            record = await self.db.read(lambda c: get_model(c, task.model_id or task.id))
+            if record is not None:
+                return model_owner(record.name)
+        return task_owner(task.id)
+
+    async def _undo_launch_files(self, task_id: str) -> None:
+        """A start that failed leaves no launch spec (it holds the task's environment) and
+        no TMPDIR behind."""
+        await asyncio.to_thread(self.launcher.forget_files, task_id)
+        await asyncio.to_thread(self.launcher.remove_tmp_dir, task_id)
+
     # ---- watching ---------------------------------------------------------------
 
     def _watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
@@ -252,7 +318,7 @@ class TaskService:
         self._finished.setdefault(task.id, asyncio.Event())
         self._usage.watch(task.id, backend, handle)  # sampled at once, then every second
         runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
-        self._watches[task.id] = _Watch(task=runner, handle=handle, backend=backend)
+        self._watches[task.id] = _Watch(task=runner, handle=handle, backend=backend, task_uid=task.uid)
 
     async def _run_watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
         waiting = asyncio.ensure_future(backend.wait(handle))
@@ -320,11 +386,14 @@ class TaskService:
         tmp = [str(self.launcher.tmp_dir(task.id))]  # its own TMPDIR
         if task.kind in LONG_LIVED:
             return tmp  # a serving worker writes only its log; the shared dirs are other tasks' output
-        cwd = resolve_working_dir(self.launcher.base_dir, task.working_dir)
-        dirs = [*tmp, str(cwd)]
+        cwd = self.launcher.working_dir(task.working_dir)
+        # In its namespace a task writes only to its TMPDIR and its model's dir; without one
+        # (or as the agent's own user) it may write its working dir too.
+        confined = task.uid is not None and self.launcher.isolation.namespaces
+        dirs = tmp if confined else [*tmp, str(cwd)]
         model_path = task.env.get("MODEL_PATH")
         if model_path:
-            dirs.append(str((cwd / model_path).parent))
+            dirs.append(str(model_dir_of(cwd, model_path)))
         return dirs
 
     async def _record_exit(self, task: Task, exit: ExitStatus, watch: _Watch | None) -> None:
@@ -352,16 +421,22 @@ class TaskService:
         elif watch is not None and watch.disk_exceeded:
             status, kind, reason = Status.FAILED, "failed", watch.disk_exceeded
             message = reason
+        elif (problem := self.launcher.start_problem(task.id)) is not None:
+            status, kind, reason = Status.FAILED, "failed", f"spawn failed: {problem}"
+            message = reason
         else:
             reason = failure_reason(exit, task)
             status, kind = (Status.COMPLETED, "completed") if reason is None else (Status.FAILED, "failed")
             message = reason or "completed (exit code 0)"
         await self._finish(current, status, kind, message, reason=reason, **changes)
         if self.config.tasks.cleanup:
-            self.launcher.exit_path(task.id).unlink(missing_ok=True)
+            self.launcher.forget_files(task.id)
 
     async def _finish(self, task: Task, status: Status, kind: str, message: str, **changes: Any) -> None:
-        await self._transition(task, status, kind, message, **changes)
+        release = task.type == "process"  # a model keeps its uid: its files are its own
+        await self._transition(task, status, kind, message, release_owner=task_owner(task.id) if release else None, **changes)
+        if release and task.uid is not None and self.launcher.identities.mode == "dynamic":
+            await asyncio.to_thread(self.launcher.identities.remove_home, task.uid)
         self._stop_requests.discard(task.id)
         self._stop_why.pop(task.id, None)
         self._finished.setdefault(task.id, asyncio.Event()).set()
@@ -431,7 +506,8 @@ class TaskService:
 
     # ---- transitions -------------------------------------------------------------
 
-    async def _transition(self, task: Task, new: Status, event_type: str, message: str, **changes: Any) -> None:
+    async def _transition(self, task: Task, new: Status, event_type: str, message: str,
+                          release_owner: str | None = None, **changes: Any) -> None:
         check_transition(task.id, task.status, new)
         changes["status"] = new
         ev = event(task.id, event_type, message)
@@ -439,6 +515,8 @@ class TaskService:
         def write(conn: sqlite3.Connection) -> None:
             q.update_task(conn, task.id, changes)
             q.insert_event(conn, ev)
+            if release_owner is not None:
+                self.launcher.identities.release(conn, release_owner)
 
         await self.db.write(write)
         for key, value in changes.items():

@@ -55,9 +55,9 @@ class AgentProcess:
         self.config = deep_merge(
             {
                 "agent": {"port": self.port, "state_dir": str(self.state_dir)},
-                # pytest's tmp dirs are 0700 root: tasks that must reach them run as root.
-                # tests/test_least_privilege.py runs them as the default unprivileged user.
-                "tasks": {"sandbox": "none", "run_as": "root"},
+                # Tasks run as the default: a uid of their own in a private namespace, where
+                # pytest's 0700 tmp dirs are reached through veils (docs/security.md).
+                "tasks": {"sandbox": "none"},
                 # examples/ is a symlink into the checkout: allow where it really lives
                 "ml": {"allowed_roots": [str(self.workdir), str(REPO / "examples")]},
             },
@@ -67,7 +67,7 @@ class AgentProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.prefix = prefix or []
         self.inner_pid = inner_pid
-        self.command = command or [sys.executable, "-m", "cnetd"]  # or [the built binary]
+        self.command = command or [sys.executable, "-I", "-m", "cnetd"]  # or [the built binary]
         self.env = env or {}
         self.log_path = self.workdir / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import time
 import uuid
 from collections import deque
@@ -34,6 +35,7 @@ HELLO_TIMEOUT = 10.0
 SYNC_RETRIES = 3
 
 Done = Callable[[list[Any] | None, Exception | None], None]
+PeerCheck = Callable[[int, int], str | None]  # (pid, uid) of the listener -> None, or why it is not the worker
 
 
 class WorkerLost(Exception):
@@ -124,9 +126,10 @@ class WorkerClient(asyncio.Protocol):
         self._synced: asyncio.Future[None] | None = None
 
     @classmethod
-    async def connect(cls, path: str, label: str) -> WorkerClient:
-        """Connect, read the hello, set up the channel; OSError or ProtocolError when the
-        worker is not there (yet)."""
+    async def connect(cls, path: str, label: str, peer_check: PeerCheck | None = None) -> WorkerClient:
+        """Connect, check who listens (SO_PEERCRED: the worker task's uid, a pid in its
+        cgroup), read the hello, set up the channel; OSError or ProtocolError when the worker
+        is not there (yet) or something else answers."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -142,6 +145,12 @@ class WorkerClient(asyncio.Protocol):
             finally:
                 if dir_fd is not None:
                     os.close(dir_fd)
+            if peer_check is not None:
+                pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+                problem = peer_check(pid, uid)
+                if problem is not None:
+                    log.error("worker %s: refusing %s: %s", label, path, problem)
+                    raise ProtocolError(f"the process listening at {path} is not the worker: {problem}")
             line, fds = await _recv_hello(sock)
             try:
                 hello = _parse_hello(line)

@@ -37,6 +37,7 @@ from cnetd.ml.service import Model, ModelService
 from cnetd.ml.serving.batcher import Answer, Batcher, Link, ModelMetrics, file_stamp
 from cnetd.ml.serving.client import ProtocolError, WorkerClient
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
+from cnetd.security.identity import model_owner
 from cnetd.store import serving as sq
 from cnetd.store.models import ModelRecord, get_model
 from cnetd.tasks.model import ACTIVE, Status, Task
@@ -258,7 +259,6 @@ class ServingManager:
                 ServingSpec.from_json(stored) if stored and stored.get("state") == "awaiting_training" else None
             )
             spec = parse_spec(body, base=base)
-            self.tasks.launcher.require_run_dir_reachable("serving")
             if current is not None:
                 await self._reconfigure(current, spec)
             elif self.models.model_file(model).is_file():
@@ -383,8 +383,11 @@ class ServingManager:
 
     async def _create_worker(self, served: Served) -> Task:
         record, base = served.model.record, served.model.task
-        # Its own directory, writable by the task user alone: nobody else can take the name.
-        socket = str(self.tasks.launcher.private_run_dir(f"serve-{uuid.uuid4().hex[:12]}") / WORKER_SOCKET)
+        owner = model_owner(record.name)
+        # Its own directory: root's, writable by the model's group alone, so no other task
+        # can take the name and the worker cannot move the directory.
+        uid = await self.tasks.uid_for_owner(owner)
+        socket = str(self.tasks.launcher.socket_dir(f"serve-{uuid.uuid4().hex[:12]}", uid) / WORKER_SOCKET)
         args = [str(self.worker_script), "--socket", socket, "--model", record.model_path, "--loader", served.spec.loader]
         if record.script_path:
             args += ["--script", record.script_path]
@@ -399,6 +402,7 @@ class ServingManager:
             type="ml_model",
             kind="serve",
             model_id=record.id,
+            identity_owner=owner,
         ))
 
     async def _run_replica(self, served: Served, replica: Replica) -> None:
@@ -477,7 +481,7 @@ class ServingManager:
         delay = 0.01
         while True:
             try:
-                return await WorkerClient.connect(socket, task_id)
+                return await WorkerClient.connect(socket, task_id, self.tasks.peer_check(task_id))
             except (OSError, ProtocolError):
                 pass
             # Wakes at once when the task ends; otherwise try the socket again.
