@@ -26,6 +26,7 @@ from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.confine import Confinement
+from cnetd.security.hosts import AllowedHosts, host_middleware
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.privilege import task_user_for
 from cnetd.store import tasks as q
@@ -68,9 +69,14 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     """base_dir is what relative working_dirs are relative to (default: the cwd)."""
     check_bind_policy(config.agent.address, config.auth.tokens)
     authenticator = Authenticator(config.auth.tokens, config.auth.metrics_public)
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware(authenticator)], client_max_size=MAX_BODY_BYTES
-    )
+    hosts = AllowedHosts(config)
+    middlewares = [
+        error_middleware,
+        host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
+        auth_middleware(authenticator),
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    hosts.learn_fqdn()
     app[AUTHENTICATOR] = authenticator
     app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
     add_api_routes(app)
