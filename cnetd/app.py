@@ -25,6 +25,7 @@ from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
+from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
 from cnetd.security.confine import Confinement
 from cnetd.security.hosts import AllowedHosts, host_middleware
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
@@ -73,6 +74,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     middlewares = [
         error_middleware,
         host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
+        caller_guard_middleware(TaskCallerGuard(config), authenticator),
         auth_middleware(authenticator),
     ]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
