@@ -1,12 +1,15 @@
 """Tasks cannot use the agent's API unless they were given a token.
 
-When the agent runs as root, tasks run under uids of their own (task_uid_predicate). For
-each connection whose client end lives on this host, the uid that owns the client's socket
-is looked up once (security.peer: one netlink sock_diag round trip) and kept for the
-connection's life; a request from a task uid, or from a local socket whose owner can no
-longer be told (closed or reset before the check), is refused with 403 unless it carries a
-valid bearer token. Remote clients are not looked up: tokens and the bind policy apply to
-them as before. Why this mechanism, and where it does not apply: security/peer.py.
+When the agent runs as root, tasks run under uids of their own (task_uid_predicate). On a
+connection's first request without a valid bearer token, the uid that owns the client's
+socket is looked up (security.peer: one netlink sock_diag round trip) and kept for the
+connection's life. A task uid, or a client on this host whose owner can no longer be told
+(its socket was closed or reset before the check), gets 403 unless it sends a valid bearer
+token. Every connection is looked up, not only loopback ones: a task may connect to any of
+the host's addresses (or, on a host with local routes, to addresses no interface lists),
+and a socket that is not on this host is simply not found; such remote clients are left to
+the token check and the bind policy, as before. Why this mechanism, and where it does not
+apply: security/peer.py.
 """
 
 from __future__ import annotations
