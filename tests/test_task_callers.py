@@ -66,15 +66,15 @@ def make_agent(agent_factory: Callable[..., AgentProcess]) -> Iterator[Callable[
     shutil.rmtree(shared, ignore_errors=True)
 
 
-def as_task_uid(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def as_task_uid(argv: list[str], uid: int = TASK_UID) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["setpriv", f"--reuid={TASK_UID}", f"--regid={TASK_UID}", "--clear-groups", *argv],
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv],
         capture_output=True, text=True, timeout=60, cwd="/", stdin=subprocess.DEVNULL,
     )
 
 
-def task_calls(base_url: str, token: str = "") -> list[list[Any]]:
-    proc = as_task_uid(["/usr/bin/python3", "-c", CALL_API, base_url, token, json.dumps(PROCESS)])
+def task_calls(base_url: str, token: str = "", uid: int = TASK_UID) -> list[list[Any]]:
+    proc = as_task_uid(["/usr/bin/python3", "-c", CALL_API, base_url, token, json.dumps(PROCESS)], uid)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -91,6 +91,18 @@ def test_a_task_uid_cannot_list_or_start_tasks(make_agent: Callable[..., AgentPr
         assert curl.stdout == "403"
     root = agent.api.get("/api/tasks")
     assert root.status == 200 and root.body == [], "a task was created by a task uid"
+
+
+def test_the_user_tasks_really_run_as_is_refused_too(make_agent: Callable[..., AgentProcess]) -> None:
+    """Whatever uid the launcher runs tasks as (the agent reports it in /api/health), a
+    process with that uid is a task: nothing may slip between the guard and the launcher."""
+    agent = make_agent(AS_ROOT_WITH_TASK_UIDS).start()
+    task_user = agent.api.get("/api/health").body["sandbox"]["task_user"]
+    if task_user["uid"] == 0:
+        pytest.skip("this agent runs tasks as root")
+    (listed, _), (posted, _) = task_calls(agent.url, uid=task_user["uid"])
+    assert (listed, posted) == (403, 403), task_user
+    assert agent.api.get("/api/tasks").body == []
 
 
 def test_with_tokens_a_task_needs_one(make_agent: Callable[..., AgentProcess]) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cnetd.api.errors import error_response
-from cnetd.config import Config
+from cnetd.config import Config, ConfigError
 from cnetd.security.auth import Authenticator
 from cnetd.security.hosts import interface_addresses
 from cnetd.security.peer import UNAVAILABLE, PeerLookup
@@ -42,7 +42,14 @@ def tasks_have_their_own_uids(config: Config, euid: int | None = None) -> bool:
     euid = os.geteuid() if euid is None else euid
     if euid != 0:
         return False
-    return uses_dynamic_uids(config.tasks.run_as, euid) or task_user_for(config) is not None
+    return uses_dynamic_uids(config.tasks.run_as, euid) or _resolves_to_a_user(config)
+
+
+def _resolves_to_a_user(config: Config) -> bool:
+    try:
+        return task_user_for(config) is not None
+    except ConfigError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class TaskCallerGuard:
     def __init__(self, config: Config, lookup: PeerLookup | None = None, euid: int | None = None) -> None:
         self.enabled = tasks_have_their_own_uids(config, euid)
         self.tokens_configured = bool(config.auth.tokens)
-        self._is_task_uid = task_uid_predicate(config, euid)
+        self._is_task_uid = self._task_uids(config, euid)
         self._lookup = lookup if lookup is not None or not self.enabled else PeerLookup()
         self._callers: weakref.WeakKeyDictionary[object, Caller] = weakref.WeakKeyDictionary()
         self._addresses: set[str] = set()
@@ -72,6 +79,22 @@ class TaskCallerGuard:
         if self.enabled and self._lookup is not None and self._lookup.method == UNAVAILABLE:
             log.error("cannot tell which user opens a local connection (no netlink sock_diag, no /proc/net/tcp): "
                       "every local request without a token is refused")
+
+    @staticmethod
+    def _task_uids(config: Config, euid: int | None) -> Callable[[int], bool]:
+        """task_uid_predicate, plus the user the launcher resolves from tasks.run_as: where the
+        two differ (a launcher that does not hand out dynamic uids yet runs tasks as the
+        default user), a task must not slip through the gap."""
+        predicate = task_uid_predicate(config, euid)
+        if not tasks_have_their_own_uids(config, euid):
+            return predicate
+        try:
+            launcher_user = task_user_for(config)
+        except ConfigError:  # e.g. run_as: dynamic, which that resolver does not know
+            return predicate
+        if launcher_user is None:
+            return predicate
+        return lambda uid: uid == launcher_user.uid or predicate(uid)
 
     def caller(self, request: web.Request) -> Caller:
         """The connection's caller, looked up on its first request and kept."""
