@@ -57,13 +57,19 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def make_agent(agent_factory: Callable[..., AgentProcess]) -> Iterator[Callable[..., AgentProcess]]:
-    """Agents whose work dir any user may enter (pytest's tmp dirs are 0700 root), so that
-    the tasks a token holder starts can run as their unprivileged user."""
+def shared_root() -> Iterator[Path]:
+    """A directory any user may enter (pytest's tmp dirs are 0700 root)."""
     shared = Path(tempfile.mkdtemp(prefix="cnet-callers-", dir="/var/tmp"))
     shared.chmod(0o755)
-    yield lambda config: agent_factory(config, root=shared)
+    yield shared
     shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.fixture
+def make_agent(agent_factory: Callable[..., AgentProcess], shared_root: Path) -> Callable[..., AgentProcess]:
+    """Agents whose work dir any user may enter, so that the tasks a token holder starts
+    can run as their unprivileged user."""
+    return lambda config, **kw: agent_factory(config, root=shared_root, **kw)
 
 
 def as_task_uid(argv: list[str], uid: int = TASK_UID) -> subprocess.CompletedProcess[str]:
@@ -127,6 +133,22 @@ def test_a_task_uid_cannot_come_in_through_another_local_address(make_agent: Cal
     (listed, _), (posted, _) = task_calls(f"http://{others[0]}:{agent.port}")
     assert (listed, posted) == (403, 403)
     assert Client(f"http://{others[0]}:{agent.port}", TOKEN).get("/api/tasks").body == []
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI is needed to make a certificate")
+def test_over_tls_too(make_agent: Callable[..., AgentProcess], shared_root: Path) -> None:
+    from tests.test_tls import self_signed
+
+    cert, key = self_signed(shared_root)
+    cert.chmod(0o644)  # the task-uid client must read it to trust the agent
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    agent = make_agent({**AS_ROOT_WITH_TASK_UIDS, "agent": {"tls": tls}}, ca_file=cert).start()
+    code = CALL_API.replace("urllib.request.urlopen(req, timeout=30)",
+                            f"urllib.request.urlopen(req, timeout=30, context=__import__('ssl').create_default_context(cafile={str(cert)!r}))")
+    proc = as_task_uid(["/usr/bin/python3", "-c", code, agent.url, "", json.dumps(PROCESS)])
+    assert proc.returncode == 0, proc.stderr
+    assert [status for status, _ in json.loads(proc.stdout)] == [403, 403]
+    assert agent.api.get("/api/tasks").body == []
 
 
 CLOSE_AT_ONCE = """
