@@ -25,7 +25,9 @@ from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
+from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
 from cnetd.security.confine import Confinement
+from cnetd.security.hosts import AllowedHosts, host_middleware
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.identity import Identities
 from cnetd.security.isolation import Isolation
@@ -77,9 +79,15 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     """base_dir is what relative working_dirs are relative to (default: the cwd)."""
     check_bind_policy(config.agent.address, config.auth.tokens)
     authenticator = Authenticator(config.auth.tokens, config.auth.metrics_public)
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware(authenticator)], client_max_size=MAX_BODY_BYTES
-    )
+    hosts = AllowedHosts(config)
+    middlewares = [
+        error_middleware,
+        host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
+        caller_guard_middleware(TaskCallerGuard(config), authenticator),
+        auth_middleware(authenticator),
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    hosts.learn_fqdn()
     app[AUTHENTICATOR] = authenticator
     app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
     add_api_routes(app)

@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import json
 import logging
+import ssl
 import sys
 
 from cnetd import __version__
 from cnetd.bundle import restore_environment
 from cnetd.config import Config, ConfigError, load_config
+from cnetd.security.auth import is_loopback
 from cnetd.security.identity import Identities
+from cnetd.security.tls import server_context
 from cnetd.logsetup import setup_logging
 from cnetd.store.db import StoreError
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path)
         Identities.from_config(config)  # a run_as user that does not exist is a config error too
+        ssl_context = server_context(config)  # so is a certificate that cannot be used
     except ConfigError as exc:
         print(f"cnet-agent: {exc}", file=sys.stderr)
         return 2
@@ -64,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    return run(config)
+    return run(config, ssl_context)
 
 
-def run(config: Config) -> int:
+def run(config: Config, ssl_context: ssl.SSLContext | None = None) -> int:
     from cnetd.app import create_app
     from cnetd.sdnotify import Notifier
     from cnetd.server import ListenError, serve
@@ -77,9 +81,13 @@ def run(config: Config) -> int:
         log.warning(warning)
     notifier = Notifier()  # reads and unsets NOTIFY_SOCKET & co: tasks must not inherit them
     address, port = config.agent.address, config.agent.port
-    log.info("cnet-agent %s starting: http://%s:%d, state in %s", __version__, address, port, config.agent.state_dir)
+    scheme = "https" if ssl_context else "http"
+    log.info("cnet-agent %s starting: %s://%s:%d, state in %s", __version__, scheme, address, port, config.agent.state_dir)
+    if ssl_context is None and not is_loopback(address):
+        log.warning("listening on %s without TLS: API tokens and all data travel in clear text; "
+                    "set agent.tls.cert_file and agent.tls.key_file", address)
     try:
-        asyncio.run(serve(create_app(config), address, port, notifier))
+        asyncio.run(serve(create_app(config), address, port, notifier, ssl_context=ssl_context))
     except StoreError as exc:
         log.error("%s", exc)
         print(f"cnet-agent: {exc}", file=sys.stderr)

@@ -38,6 +38,7 @@ __all__ = [
     "LoggingSection",
     "MLSection",
     "PortRange",
+    "TlsSection",
     "UidRange",
     "ResourceLimits",
     "ResourcesSection",
@@ -71,6 +72,18 @@ class ResourceLimits:
 
 
 @dataclass(frozen=True)
+class TlsSection:
+    """HTTPS for the API and UI: both files or neither (checked when the agent starts)."""
+
+    cert_file: Path | None = None  # PEM certificate chain, the server's certificate first
+    key_file: Path | None = None  # PEM private key of that certificate
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True)
 class AgentSection:
     address: str = "127.0.0.1"
     port: int = 8080
@@ -80,7 +93,9 @@ class AgentSection:
     datacenter: str = "dc1"
     heartbeat: float = 30.0  # seconds
     state_dir: Path = Path("state")  # resolved to <config dir>/state by the loaders
-    advertise_url: str = ""  # how a parent reaches this node; empty: http://<address>:<port>
+    advertise_url: str = ""  # how a parent reaches this node; empty: http(s)://<address>:<port>
+    allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry (security.hosts)
+    tls: TlsSection = TlsSection()
 
 
 @dataclass(frozen=True)
@@ -362,6 +377,14 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _host(v: str, where: str) -> str:
+    """A host name or an IP address (IPv6 with or without brackets), without a port."""
+    bare = v[1:-1] if v.startswith("[") and v.endswith("]") else v
+    if _HOST_NAME.fullmatch(bare) or _is_ip(bare):
+        return v
+    raise _fail(where, "a host name or IP address without a port (like agent.example.com or 10.0.0.5)", v)
+
+
 _USER_SPEC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 
 
@@ -444,6 +467,8 @@ _SPEC: dict[str, Spec] = {
         "heartbeat": _duration(),
         "state_dir": _path,
         "advertise_url": lambda v, where: _http_url(v, where, empty_ok=True),
+        "allowed_hosts": lambda v, where: tuple(_host(h, f"{where}[{i}]") for i, h in enumerate(_strings(v, where))),
+        "tls": {"cert_file": _optional(_path), "key_file": _optional(_path)},
     },
     "logging": {
         "level": _choice(LogLevel, {"warning": "warn"}),
@@ -608,6 +633,13 @@ def _assemble(
     agent = dataclasses.replace(
         agent, state_dir=resolve(agent.state_dir), node_name=agent.node_name or socket.gethostname()
     )
+    tls = agent.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        given, missing = ("cert_file", "key_file") if tls.key_file is None else ("key_file", "cert_file")
+        raise ConfigError(f"{label}: agent.tls.{missing}: must be set too when agent.tls.{given} is (both or neither)")
+    if tls.enabled:
+        assert tls.cert_file is not None and tls.key_file is not None
+        agent = dataclasses.replace(agent, tls=TlsSection(resolve(tls.cert_file), resolve(tls.key_file)))
     tasks = build("tasks")
     uids = tasks.uid_range
     if uids.start > uids.end:

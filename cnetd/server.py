@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import weakref
 
 from aiohttp import web
@@ -33,7 +34,7 @@ class ListenError(OSError):
 
 
 async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
-                shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> None:
+                shutdown_timeout: float = SHUTDOWN_TIMEOUT, ssl_context: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -45,12 +46,12 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
     try:
         notifier.status("starting: opening the store, recovering tasks")
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
             raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        url = f"http://{host}:{port}"
+        url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
         agent = app.get(AGENT)
         sandbox = agent.launcher.sandbox.name if agent is not None else "?"
         summary = f"serving {url}, sandbox {sandbox}"

@@ -4,7 +4,7 @@
 #   packaging/install.sh                 install (or upgrade) and start cnet-agent
 #   packaging/install.sh --no-start      install and enable, but do not start it now
 #   packaging/install.sh --uninstall     stop, disable and remove the binary and the units;
-#                                        /etc/cnet and /var/lib/cnet are kept
+#                                        /etc/cnet (config and token) and /var/lib/cnet are kept
 #   packaging/install.sh --uninstall --purge   ... and remove /etc/cnet and /var/lib/cnet too
 #
 # What goes where:
@@ -12,6 +12,9 @@
 #   /etc/systemd/system/cnet-agent.service    the service (its ExecStart names the two paths
 #   /etc/systemd/system/cnet.slice            around it); the slice capping all models
 #   /etc/cnet/config.yaml                     default config, only if there is none yet
+#   /etc/cnet/token                           a random API token (0600 root), made when the
+#                                             config sets none; the config then names it in
+#                                             auth.token_file (appended to the config)
 #   /var/lib/cnet                             the state; created by systemd (StateDirectory)
 # Then `systemctl daemon-reload` and `systemctl enable --now cnet-agent`. Running it again is
 # harmless: unchanged files are left alone, a running agent is restarted only when its
@@ -24,7 +27,8 @@
 #   --unit-dir DIR      where the units go (default /etc/systemd/system)
 #   --config-dir DIR    where config.yaml goes (default /etc/cnet)
 #   --no-start          do not start (or restart) the service
-#   --uninstall         remove instead of install; --purge: also the config and the state
+#   --uninstall         remove instead of install; --purge: also the config (token included)
+#                       and the state
 # Environment:
 #   DESTDIR=/stage      stage the files under /stage only (packaging, tests): no systemctl,
 #                       no root needed
@@ -71,6 +75,7 @@ done
 prefix="${prefix%/}"
 bin_path="$prefix/bin/cnet-agent"
 config_path="$config_dir/config.yaml"
+token_path="$config_dir/token"
 
 # systemctl is used only for a real install: as root, with systemd running, no DESTDIR.
 use_systemctl=0
@@ -136,6 +141,7 @@ if [[ $uninstall -eq 1 ]]; then
     remove "$state_dir"
   else
     [[ -e "$destdir$config_path" ]] && say "kept $config_path (remove it, or use --purge)"
+    [[ -e "$destdir$token_path" ]] && say "kept the API token $token_path (remove it, or use --purge)"
     [[ -e "$destdir$state_dir" ]] && say "kept the state in $state_dir (remove it, or use --purge)"
   fi
   [[ $use_systemctl -eq 1 ]] && systemctl daemon-reload
@@ -178,6 +184,45 @@ if ! check="$("$destdir$bin_path" check-config -config "$destdir$config_path" 2>
   die "$config_path is not valid, fix it and run this again: $check"
 fi
 [[ -n "$check" ]] && say "config: $check"
+
+# An API token, unless the config sets one: without it every local user could drive an
+# agent that runs as root. Made here, on the machine, never in a staged package.
+config_sets_token() {
+  env -u CNET_AUTH_TOKEN "$destdir$bin_path" check-config -config "$destdir$config_path" 2>/dev/null |
+    grep -q '"tokens": \[$'
+}
+if [[ -n "$destdir" ]]; then
+  say "staged: no API token made (each machine needs its own: install.sh there makes $token_path)"
+elif config_sets_token; then
+  say "$config_path sets an API token already"
+else
+  if [[ -s "$token_path" ]]; then
+    say "using the existing API token in $token_path"
+  else
+    tmp="$(mktemp "$config_dir/.token.XXXXXX")"
+    chmod 0600 "$tmp"
+    od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$tmp"
+    echo >> "$tmp"
+    chown root:root "$tmp"
+    mv -f "$tmp" "$token_path"
+    say "generated an API token: $token_path (readable by root only)"
+  fi
+  chmod 0600 "$token_path"
+  if grep -q '^auth:' "$config_path"; then
+    say "warning: $config_path has an auth section without a token: add 'token_file: $token_path' to it,"
+    say "warning: until then every local user can use the API (and start processes as root)"
+  else
+    printf '\n# Added by install.sh: the API token it generated. Every /api and /v2 request needs\n# Authorization: Bearer <token>; the web UI asks for it once.\nauth:\n  token_file: %s\n' \
+      "$token_path" >> "$config_path"
+    changed=1
+    say "$config_path: auth.token_file set to $token_path"
+  fi
+  if ! check="$("$bin_path" check-config -config "$config_path" 2>&1 >/dev/null)"; then
+    die "$config_path is not valid after adding the token, fix it and run this again: $check"
+  fi
+  port="$("$bin_path" check-config -config "$config_path" 2>/dev/null | grep -m1 '"port":' | tr -dc 0-9)"
+  say "use it: curl -H \"Authorization: Bearer \$(sudo cat $token_path)\" http://127.0.0.1:${port:-8080}/api/tasks"
+fi
 
 if [[ $use_systemctl -eq 0 ]]; then
   say "done (files only)"

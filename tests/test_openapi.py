@@ -49,6 +49,15 @@ def test_document_is_valid_openapi_3_1() -> None:
             assert op["responses"], f"{method} {path} documents no response"
 
 
+def test_every_operation_documents_the_host_and_task_caller_refusals() -> None:
+    for path, item in DOCUMENT["paths"].items():
+        for method, op in item.items():
+            for code in ("403", "421"):
+                assert code in op["responses"], f"{method} {path} does not document {code}"
+                assert op["responses"][code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert "tls" in DOCUMENT["components"]["schemas"]["Health"]["properties"]
+
+
 def test_served_document_is_the_same(agent: AgentProcess) -> None:
     reply = agent.api.get("/api/openapi.json")
     assert reply.status == 200 and reply.body["paths"].keys() == DOCUMENT["paths"].keys()

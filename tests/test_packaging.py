@@ -181,6 +181,8 @@ def test_install_stages_files_idempotently_and_keeps_the_config(binary: Path, tm
     for path, mode in placed.items():
         assert (dest / path).stat().st_mode & 0o777 == mode, path
     assert (dest / "etc/cnet/config.yaml").read_text() == (PACKAGING / "config.yaml").read_text()
+    # A staged tree is for a package: one token baked into every machine would be no secret.
+    assert "staged: no API token made" in first.stdout and not (dest / "etc/cnet/token").exists()
     unit = (dest / "etc/systemd/system/cnet-agent.service").read_text()
     assert "ExecStart=/usr/local/bin/cnet-agent -config /etc/cnet/config.yaml\n" in unit
 
@@ -258,6 +260,7 @@ class Service:
         self.state_name = f"cnet-test-{uuid.uuid4().hex[:12]}"
         self.state_dir = Path("/var/lib") / self.state_name
         self.port = free_port()
+        self.token = ""
         self.api = Client(f"http://127.0.0.1:{self.port}")
         self.task_ids: list[str] = []
 
@@ -291,6 +294,8 @@ class Service:
              "--config-dir", str(self.config_dir), *extra], timeout=120, cwd="/",
         )
         assert proc.returncode == 0, f"install.sh: {proc.stdout}\n{proc.stderr}\n{self.log()}"
+        self.token = (self.config_dir / "token").read_text().strip()  # install.sh made it
+        self.api = Client(f"http://127.0.0.1:{self.port}", self.token)
         return proc
 
     def add_test_dropin(self) -> None:
@@ -421,6 +426,12 @@ def test_units_verify_and_service_is_active_only_once_ready(service: Service) ->
     service.write_config()  # the default: each task under a uid of its own
     install = service.install("--no-start")
     assert "enabled cnet-agent.service" in install.stdout
+    # The config set no token, so install.sh made one, root's alone, and named it in the config.
+    token_file = service.config_dir / "token"
+    assert f"generated an API token: {token_file}" in install.stdout
+    assert len(service.token) == 64 and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert token_file.stat().st_uid == 0
+    assert yaml.safe_load(service.config_path.read_text())["auth"] == {"token_file": str(token_file)}
     verify = service.verify()
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     assert service.systemctl("is-enabled", "cnet-agent.service").stdout.strip() == "enabled"
@@ -436,6 +447,10 @@ def test_units_verify_and_service_is_active_only_once_ready(service: Service) ->
     assert props["WatchdogUSec"] in ("30s", "30000000")
     health = service.api.get("/api/health").body
     assert health["sandbox"]["backend"] == "systemd"
+    anonymous = Client(f"http://127.0.0.1:{service.port}")
+    assert anonymous.get("/api/health").status == 200
+    assert anonymous.get("/api/tasks").status == 401 and anonymous.post("/api/tasks", {"command": "true"}).status == 401
+    assert service.api.get("/api/tasks").status == 200
     assert service.state_dir.joinpath("cnet.db").is_file()
     # Under the installed unit, a task runs under a uid of its own in a private namespace:
     # the state dir is veiled, the database out of its sight.
@@ -453,6 +468,7 @@ def test_units_verify_and_service_is_active_only_once_ready(service: Service) ->
     pid = service.main_pid()
     again = service.install()
     assert "unchanged" in again.stdout and "is running and unchanged" in again.stdout
+    assert "sets an API token already" in again.stdout and token_file.read_text().strip() == service.token
     assert service.main_pid() == pid
 
     stopped_at = time.monotonic()
@@ -469,6 +485,7 @@ def test_units_verify_and_service_is_active_only_once_ready(service: Service) ->
                               "--config-dir", str(service.config_dir), "--uninstall"], timeout=120, cwd="/")
     assert removed.returncode == 0, removed.stderr
     assert "kept " in removed.stdout and service.config_path.exists()
+    assert f"kept the API token {token_file}" in removed.stdout and token_file.exists()
     assert not (service.prefix / "bin" / "cnet-agent").exists()
     assert service.show("cnet-agent.service", "LoadState")["LoadState"] == "not-found"
 

@@ -202,6 +202,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "status": STRING, "version": STRING, "node_id": STRING, "uptime_seconds": {"type": "number"},
             "started_at": TIME, "sandbox": {"type": "object"}, "tasks": {"type": "object"},
+            "tls": {"type": "boolean", "description": "whether the API is served over HTTPS (agent.tls)"},
         },
     },
     "Node": {"type": "object", "required": ["node_id", "node_name", "region", "datacenter"], "properties": {
@@ -278,10 +279,12 @@ SCHEMAS: dict[str, Schema] = {
 ERROR_TEXT = {
     400: "a malformed body or a wrong field (the message names it)",
     401: "a token is required (when auth.tokens is set)",
+    403: "the caller is one of this agent's tasks (or a local socket whose owner cannot be told) and sent no valid token",
     404: "no such id",
     409: "the task has already ended, or the model has no model file yet",
     413: "the body is larger than 1 MiB",
     415: "Content-Type is not application/json",
+    421: "the Host header does not name this agent (see agent.allowed_hosts)",
     422: "the model's script rejected the input",
     429: "the model's request queue is full",
     502: "the prediction failed for a reason that is not the input",
@@ -294,11 +297,23 @@ def json_content(schema: Schema) -> Schema:
     return {"application/json": {"schema": schema}}
 
 
+# Answers any request can get before it reaches its route: the token check, the check that
+# tasks do not call without a token, the Host check. The last two use the full envelope on
+# /v2 too (it has V2Error's "error").
+GUARD_ERRORS = (401,)
+ENVELOPE_GUARD_ERRORS = (403, 421)
+
+
+def guard_responses() -> Schema:
+    return {str(code): {"description": ERROR_TEXT[code], "content": json_content(ref("Error"))}
+            for code in ENVELOPE_GUARD_ERRORS}
+
+
 def responses(ok: dict[int, tuple[str, Schema]], errors: tuple[int, ...], v2: bool = False) -> Schema:
     out: Schema = {str(code): {"description": text, "content": json_content(schema)} for code, (text, schema) in ok.items()}
-    for code in (*errors, 401):
+    for code in (*errors, *GUARD_ERRORS):
         out[str(code)] = {"description": ERROR_TEXT[code], "content": json_content(ref("V2Error" if v2 else "Error"))}
-    return out
+    return {**out, **guard_responses()}
 
 
 def body(schema_name: str, required: bool = True) -> Schema:
@@ -436,7 +451,8 @@ def build_document() -> Schema:
         "/metrics": {"get": {
             "summary": "Prometheus metrics", "operationId": "metrics",
             "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {"schema": STRING}}},
-                          "401": {"description": ERROR_TEXT[401], "content": json_content(ref("Error"))}},
+                          "401": {"description": ERROR_TEXT[401], "content": json_content(ref("Error"))},
+                          **guard_responses()},
         }},
     }
     return {

@@ -21,6 +21,7 @@ async def health(request: web.Request) -> web.Response:
         "started_at": agent.started_at,
         "sandbox": agent.sandbox_summary(),
         "tasks": await agent.tasks.counts(),
+        "tls": agent.config.agent.tls.enabled,
     })
 
 

@@ -34,7 +34,8 @@ def advertised_url(config: Config) -> str:
         host = socket.getfqdn()
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{config.agent.port}"
+    scheme = "https" if config.agent.tls.enabled else "http"
+    return f"{scheme}://{host}:{config.agent.port}"
 
 
 class Federation:

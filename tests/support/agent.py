@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 
@@ -42,9 +43,11 @@ class AgentProcess:
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None,
                  prefix: list[str] | None = None, env: dict[str, str] | None = None,
                  command: list[str] | None = None,
-                 inner_pid: Callable[[subprocess.Popen[bytes]], int] | None = None) -> None:
+                 inner_pid: Callable[[subprocess.Popen[bytes]], int] | None = None,
+                 ca_file: Path | None = None) -> None:
         """prefix runs the agent inside something (nsenter into the systemd harness);
-        then inner_pid finds the real agent, since nsenter does not forward signals."""
+        then inner_pid finds the real agent, since nsenter does not forward signals.
+        ca_file: the agent serves HTTPS (agent.tls) with a certificate this CA signed."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         examples = self.workdir / "examples"
@@ -71,8 +74,9 @@ class AgentProcess:
         self.env = env or {}
         self.log_path = self.workdir / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api = Client(self.url)
+        self.ssl_context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.api = Client(self.url, ssl_context=self.ssl_context)
 
     def start(self, ready: bool = True) -> AgentProcess:
         env = {**os.environ, **self.env}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ class Reply:
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.ssl_context = ssl_context  # for https: the context that trusts the agent's certificate
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 60) -> Reply:
@@ -33,7 +35,7 @@ class Client:
         for key, value in (headers or {}).items():
             req.add_header(key, value)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 return _reply(resp.status, resp.read(), dict(resp.headers))
         except urllib.error.HTTPError as err:
             return _reply(err.code, err.read(), dict(err.headers))
