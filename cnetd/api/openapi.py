@@ -88,7 +88,7 @@ TASK: Schema = {
         "status": {"enum": [str(s) for s in Status]},
         "command": STRING,
         "args": {"type": "array", "items": STRING},
-        "env": {"type": "object", "additionalProperties": STRING, "description": "secret-looking values are <redacted>"},
+        "env": {"type": "object", "additionalProperties": STRING, "description": "values of secret-looking names, and passwords and tokens inside URLs, are <redacted>"},
         "working_dir": STRING,
         "resources": RESOURCES_OUT,
         "created_at": TIME,
