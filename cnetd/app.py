@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
-from cnetd.api.errors import error_middleware
+from cnetd.api.errors import error_for, error_middleware
+from cnetd.api.jsonbody import json_only_middleware
 from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
@@ -69,7 +70,8 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     check_bind_policy(config.agent.address, config.auth.tokens)
     authenticator = Authenticator(config.auth.tokens, config.auth.metrics_public)
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(authenticator)], client_max_size=MAX_BODY_BYTES
+        middlewares=[error_middleware, auth_middleware(authenticator), json_only_middleware(error_for)],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[AUTHENTICATOR] = authenticator
     app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
