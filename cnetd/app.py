@@ -27,6 +27,7 @@ from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.confine import Confinement
+from cnetd.security.headers import add_header_policy
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.privilege import task_user_for
 from cnetd.store import tasks as q
@@ -74,6 +75,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[AUTHENTICATOR] = authenticator
+    add_header_policy(app)
     app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
     add_api_routes(app)
     add_login_routes(app)
