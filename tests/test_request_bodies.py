@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
+from cnetd.api.jsonbody import nesting_depth
 from tests.support.agent import AgentProcess
 from tests.support.http import Reply
 
@@ -64,6 +65,22 @@ def tensor(shape: list[Any], data: list[Any]) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "shape": shape, "datatype": "FP64", "data": data}]}
 
 
+@pytest.mark.parametrize(("text", "depth"), [
+    (b"[" * 65 + b"]" * 65, 65),
+    (b"[" * 100, 100),  # unclosed: the decoder would still recurse into each one
+    (b"[" * 70 + b'"' + b"]" * 70, 70),  # an unterminated string hides the rest
+    (b'[' * 60 + b'"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["' + b"]" * 60, 60),
+    (b'[' * 60 + b'"\\\\"' + b"[" * 10 + b"]" * 70, 70),  # an escaped backslash ends the string
+    (b'[' * 60 + b'"\\\\"[[[[[[[[[[' + b'"' + b"]" * 60, 70),
+    (b'[' * 60 + b'"\\"[[[[[[[[[[' + b'"' + b"]" * 60, 60),  # an escaped quote does not
+    (b'{"a":' * 70 + b"1" + b"}" * 70, 70),
+    (b"]" * 100 + b"[" * 10, 10),
+])
+def test_nesting_depth_is_found_without_decoding(text: bytes, depth: int) -> None:
+    found = nesting_depth(text)
+    assert found == depth or (depth <= 64 and found == 0)
+
+
 def test_json_nested_too_deeply_is_a_400_not_a_traceback(served: AgentProcess) -> None:
     agent = served
     for path in ("/api/tasks", "/api/ml/models", f"/api/ml/models/{agent.model_id}/predict"):  # type: ignore[attr-defined]
@@ -75,6 +92,11 @@ def test_json_nested_too_deeply_is_a_400_not_a_traceback(served: AgentProcess) -
     for body in (DEEP_ARRAY, DEEP_OBJECT):
         reply = agent.api.post(INFER, raw=body)
         assert reply.status == 400 and reply.body["error"].startswith("request body is nested too deeply"), reply.text
+    # bodies that make a careless string-skipping scan quadratic are a quick 400 too
+    for body in (b"[" * 70 + b'"' + b'\\"' * 400_000, b"[" * 70 + b'"\\' * 400_000, b"[" * 70 + b'"' * 900_000):
+        reply = agent.api.post("/api/tasks", raw=body, timeout=10)
+        assert reply.status == 400, reply.text[:300]
+        healthy_within(agent, 2)
     # 64 levels are fine (a clear 400 about the field, not about depth)
     nested = agent.api.post("/api/tasks", raw=b'{"name": "x", "command": "true", "args": ' + b"[" * 63 + b"]" * 63 + b"}")
     assert nested.status == 400 and "nested too deeply" not in nested.body["error"], nested.text

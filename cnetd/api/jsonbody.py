@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,9 +24,11 @@ JSON_PREFIXES = ("/api/", "/v2/")
 # implemented yet: such a request gets the 415 too, with a message that says so.
 BINARY_HEADER = "Inference-Header-Content-Length"
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_BRACKETS = b"[]{}"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,12 +69,16 @@ def json_only_middleware(respond: Callable[[web.Request, int, str], web.StreamRe
     return middleware
 
 
-def nesting_depth(text: str) -> int:
-    """How deep arrays and objects nest in (well-formed or not) JSON text, without parsing
-    it: strings are cut out, then the brackets are counted (in C, not in a Python loop)."""
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+def nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in JSON text (well-formed or not: an unclosed "["
+    counts, as the decoder would recurse into it), found without parsing and in C: escapes
+    out, strings out (every other piece between quotes, an unterminated one included),
+    then only the brackets, whose running sum is the depth."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
         return 0  # cannot be too deep: not worth the scan
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside_strings = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside_strings.translate(None, _NOT_BRACKETS)
     return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
@@ -85,7 +90,7 @@ def decode_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DomainError("request body is not UTF-8 text") from None
-    depth = nesting_depth(text)
+    depth = nesting_depth(raw)
     if depth > MAX_JSON_DEPTH:
         raise DomainError(f"request body is nested too deeply: {depth} levels of arrays/objects, at most {MAX_JSON_DEPTH}",
                           {"max_depth": MAX_JSON_DEPTH})
