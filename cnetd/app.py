@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
-from cnetd.api.errors import error_middleware
+from cnetd.api.errors import error_for, error_middleware
+from cnetd.api.jsonbody import json_only_middleware
 from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
@@ -27,6 +28,7 @@ from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
 from cnetd.security.confine import Confinement
+from cnetd.security.headers import add_header_policy
 from cnetd.security.hosts import AllowedHosts, host_middleware
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.identity import Identities
@@ -85,10 +87,12 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
         caller_guard_middleware(TaskCallerGuard(config), authenticator),
         auth_middleware(authenticator),
+        json_only_middleware(error_for),
     ]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     hosts.learn_fqdn()
     app[AUTHENTICATOR] = authenticator
+    add_header_policy(app)
     app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
     add_api_routes(app)
     add_login_routes(app)

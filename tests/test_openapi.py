@@ -58,6 +58,13 @@ def test_every_operation_documents_the_host_and_task_caller_refusals() -> None:
     assert "tls" in DOCUMENT["components"]["schemas"]["Health"]["properties"]
 
 
+def test_every_unsafe_operation_documents_the_json_only_rule() -> None:
+    """jsonbody.json_only_middleware answers 415 on any POST or DELETE with a non-JSON body."""
+    missing = [f"{method} {path}" for path, item in DOCUMENT["paths"].items() for method, op in item.items()
+               if method in ("post", "put", "patch", "delete") and "415" not in op["responses"]]
+    assert missing == []
+
+
 def test_served_document_is_the_same(agent: AgentProcess) -> None:
     reply = agent.api.get("/api/openapi.json")
     assert reply.status == 200 and reply.body["paths"].keys() == DOCUMENT["paths"].keys()

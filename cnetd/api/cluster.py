@@ -4,6 +4,7 @@ and /api/nodes/{node_id}/{api|v2}/... (any call passed through to a child)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from cnetd import __version__
 from cnetd.agent import AGENT, Agent
 from cnetd.api.errors import read_json
 from cnetd.api.serialize import json_response
+from cnetd.cluster import relay
 from cnetd.cluster.report import parse_report
 from cnetd.errors import NotFound
 from cnetd.security.auth import bearer_token
@@ -65,40 +67,32 @@ async def forget_node(request: web.Request) -> web.Response:
 
 
 async def pass_through(request: web.Request) -> web.StreamResponse:
-    """The same call on a child: /api/nodes/c1/api/tasks/x is c1's /api/tasks/x."""
+    """The same call on a child: /api/nodes/c1/api/tasks/x is c1's /api/tasks/x, under the
+    relay's rules (a plain path; JSON, SSE or text back; capped in size and time)."""
     agent = request.app[AGENT]
-    node_id, tail = request.match_info["node_id"], request.match_info["tail"]
-    if not tail.startswith(PASSED_THROUGH):
-        raise NotFound(f"only /api/... and /v2/... are passed through to nodes, not /{tail}", {"path": "/" + tail})
+    started = time.monotonic()
+    node_id = request.match_info["node_id"]
     # Pass the path on as it was sent (still percent-encoded): decoding it here would turn
-    # an escaped "?" or "/" inside an id into structure.
+    # an escaped "?" inside an id into structure. The relay refuses what could be read as
+    # another path (dot segments, encoded separators).
     raw_tail = request.rel_url.raw_path.split("/", 4)[4]
+    path = relay.checked_path("/" + raw_tail)
+    if not raw_tail.startswith(PASSED_THROUGH):
+        raise NotFound(f"only /api/... and /v2/... are passed through to nodes, not {path}", {"path": path})
     raw_query = request.rel_url.raw_query_string
-    path_qs = "/" + raw_tail + (f"?{raw_query}" if raw_query else "")
+    path_qs = path + (f"?{raw_query}" if raw_query else "")
     body = await request.read() if request.can_read_body else None
     answer = await agent.federation.call(node_id, request.method, path_qs, body, request.headers)
     async with answer:
-        response = web.StreamResponse(status=answer.status)
-        for name in ("Content-Type", "Cache-Control", "Allow", "WWW-Authenticate"):
-            if name in answer.headers:
-                response.headers[name] = answer.headers[name]
-        response.headers["X-CNET-Node"] = node_id
-        await response.prepare(request)
-        async for chunk in answer.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await relay.relay(request, answer, node_id, agent.federation.relay_limits, started)
 
 
-async def delegate_create(request: web.Request, body: dict[str, Any], node_id: str, path: str) -> web.Response:
-    """POST body (without node_id) to the same path on the child; its answer, as is."""
+async def delegate_create(request: web.Request, body: dict[str, Any], node_id: str, path: str) -> web.StreamResponse:
+    """POST body (without node_id) to the same path on the child; its answer, under the relay's rules."""
     agent = request.app[AGENT]
+    started = time.monotonic()
     data = json.dumps(body).encode()
     answer = await agent.federation.call(node_id, "POST", path, data, {"Content-Type": "application/json"},
                                          field="node_id")
     async with answer:
-        payload = await answer.read()
-    response = web.Response(body=payload, status=answer.status,
-                            content_type=answer.content_type or "application/json")
-    response.headers["X-CNET-Node"] = node_id
-    return response
+        return await relay.relay(request, answer, node_id, agent.federation.relay_limits, started)

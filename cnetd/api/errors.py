@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.clock import utc_now
-from cnetd.errors import DomainError, UnsupportedMediaType
+from cnetd.api.jsonbody import decode_json
+from cnetd.errors import DomainError
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +57,13 @@ def _wants_json(request: web.Request) -> bool:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a 4xx saying what is wrong with it.
+    """The request body as JSON, or a 4xx saying what is wrong with it. That it is JSON at
+    all (Content-Type) was checked before the handler ran (jsonbody.json_only_middleware)."""
+    return decode_json(await request.read())
 
-    Content-Type must be JSON: a page on another site can send a text/plain or form
-    POST to a loopback agent without a CORS preflight, but not an application/json one.
-    """
-    content_type = request.content_type
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'}")
-    raw = await request.read()
-    if not raw.strip():
-        raise DomainError("request body is empty; expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DomainError("request body is not UTF-8 text") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DomainError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+def error_for(request: web.Request, status: int, message: str) -> web.Response:
+    """An error in the shape of the route's protocol: V2's {"error"}, else the envelope."""
+    if request.path.startswith("/v2/"):
+        return web.json_response({"error": message}, status=status)
+    return error_response(status, message)

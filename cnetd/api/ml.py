@@ -22,7 +22,7 @@ async def list_models(request: web.Request) -> web.Response:
     ])
 
 
-async def deploy_model(request: web.Request) -> web.Response:
+async def deploy_model(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     body = await read_json(request)
     node_id = agent.federation.target_of(body)

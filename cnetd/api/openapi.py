@@ -13,6 +13,7 @@ from aiohttp import web
 from cnetd import __version__
 from cnetd.api.serialize import json_response
 from cnetd.cluster.report import MAX_INTERVAL, NODE_ID_PATTERN, TEXT_FIELDS
+from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import LIMITS as SERVING_LIMITS
 from cnetd.ml.serving.spec import LOADERS
 from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
@@ -88,7 +89,7 @@ TASK: Schema = {
         "status": {"enum": [str(s) for s in Status]},
         "command": STRING,
         "args": {"type": "array", "items": STRING},
-        "env": {"type": "object", "additionalProperties": STRING, "description": "secret-looking values are <redacted>"},
+        "env": {"type": "object", "additionalProperties": STRING, "description": "values of secret-looking names, and passwords and tokens inside URLs, are <redacted>"},
         "working_dir": STRING,
         "resources": RESOURCES_OUT,
         "created_at": TIME,
@@ -244,7 +245,8 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["name", "shape", "datatype", "data"],
         "properties": {
             "name": STRING,
-            "shape": {"type": "array", "items": {"type": "integer"}},
+            "shape": {"type": "array", "maxItems": MAX_DIMENSIONS, "items": {"type": "integer", "minimum": 0, "maximum": MAX_ELEMENTS},
+                      "description": f"at most {MAX_DIMENSIONS} dimensions of at most {MAX_ELEMENTS}; only the first (batch) may be 0"},
             "datatype": STRING,
             "data": {"type": "array"},
             "parameters": {"type": "object"},
@@ -277,17 +279,17 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 ERROR_TEXT = {
-    400: "a malformed body or a wrong field (the message names it)",
+    400: "a malformed body (not JSON, or nested over 64 levels), a wrong field or a refused path (the message names it)",
     401: "a token is required (when auth.tokens is set)",
     403: "the caller is one of this agent's tasks (or a local socket whose owner cannot be told) and sent no valid token",
     404: "no such id",
     409: "the task has already ended, or the model has no model file yet",
     413: "the body is larger than 1 MiB",
-    415: "Content-Type is not application/json",
+    415: "a body (or a Content-Type) that is not application/json, on any POST or DELETE",
     421: "the Host header does not name this agent (see agent.allowed_hosts)",
     422: "the model's script rejected the input",
     429: "the model's request queue is full",
-    502: "the prediction failed for a reason that is not the input",
+    502: "a worker or a child node answered with something unusable (the message says what)",
     503: "storage or worker unavailable",
     504: "no answer in time",
 }
@@ -356,7 +358,7 @@ def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[s
         base + "/ready": {"get": operation("V2 model readiness", responses(
             {200: ("ready", ref("Object"))}, (404, 503), v2=True), params, op_id=f"v2ModelReady{suffix}")},
         base + "/infer": {"post": operation("V2 inference", responses(
-            {200: ("outputs", ref("V2InferResponse"))}, (400, 404, 409, 413, 429, 503, 504), v2=True),
+            {200: ("outputs", ref("V2InferResponse"))}, (400, 404, 409, 413, 415, 429, 503, 504), v2=True),
             params, body("V2InferRequest"), op_id=f"v2Infer{suffix}")},
     }
 
@@ -387,13 +389,15 @@ def build_document() -> Schema:
             "get": operation("One node (this one or a child)", responses(
                 {200: ("node", ref("ClusterNode"))}, (404,)), [NODE_PARAM], op_id="getNode"),
             "delete": operation("Forget an offline child", responses(
-                {200: ("forgotten", ref("Object"))}, (404, 409, 503)), [NODE_PARAM], op_id="forgetNode"),
+                {200: ("forgotten", ref("Object"))}, (404, 409, 415, 503)), [NODE_PARAM], op_id="forgetNode"),
         },
         "/api/nodes/{node_id}/{tail}": {
             method: operation(
-                f"{method.upper()} /{{tail}} on the child node (tail starts with api/ or v2/); its answer as is",
+                f"{method.upper()} /{{tail}} on the child node (tail starts with api/ or v2/): its answer, when it "
+                "is JSON, server-sent events or plain text of at most 16 MiB (nosniff, sandboxed); a path with dot "
+                "segments or encoded separators is refused",
                 {"default": {"description": "the child's answer, whatever its status"},
-                 **responses({}, (404, 413, 503))},
+                 **responses({}, (400, 404, 413, 415, 502, 503, 504))},
                 [NODE_PARAM, {"name": "tail", "in": "path", "required": True, "schema": STRING}],
                 op_id=f"passThrough{method.capitalize()}")
             for method in ("get", "post", "delete")
@@ -402,12 +406,12 @@ def build_document() -> Schema:
             "get": operation("Every task, newest first", responses(
                 {200: ("tasks", {"type": "array", "items": ref("Task")})}, (400,)), task_list_params, op_id="listTasks"),
             "post": operation("Start a process task", responses(
-                {201: ("created (pending until a slot is free)", ref("Task"))}, WRITE_ERRORS), None, body("NewTask"), op_id="createTask"),
+                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 502, 504)), None, body("NewTask"), op_id="createTask"),
         },
         "/api/tasks/{id}": {
             "get": operation("One task", responses({200: ("task", ref("Task"))}, (404,)), [ID_PARAM], op_id="getTask"),
             "delete": operation("Stop a task (status becomes stopped)", responses(
-                {200: ("stopped", ref("Task"))}, (404, 409, 503)), [ID_PARAM], op_id="stopTask"),
+                {200: ("stopped", ref("Task"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="stopTask"),
         },
         "/api/tasks/{id}/logs": {"get": {"summary": "A task's log lines", "operationId": "taskLogs",
                                          "parameters": [ID_PARAM, LINES, FOLLOW], "responses": LOG_RESPONSES}},
@@ -419,12 +423,12 @@ def build_document() -> Schema:
             "get": operation("Every model", responses(
                 {200: ("models", {"type": "array", "items": ref("Model")})}, ()), op_id="listModels"),
             "post": operation("Deploy a model (creates its training task)", responses(
-                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409)), None, body("Deployment"), op_id="deployModel"),
+                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 502, 504)), None, body("Deployment"), op_id="deployModel"),
         },
         "/api/ml/models/{id}": {
             "get": operation("One model", responses({200: ("model", ref("Model"))}, (404,)), [ID_PARAM], op_id="getModel"),
             "delete": operation("Stop a model's task", responses(
-                {200: ("stopped", ref("Model"))}, (404, 409, 503)), [ID_PARAM], op_id="stopModel"),
+                {200: ("stopped", ref("Model"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="stopModel"),
         },
         "/api/ml/models/{id}/predict": {"post": operation(
             "Predict: a prediction task, or with wait=true the prediction itself",
@@ -441,7 +445,7 @@ def build_document() -> Schema:
                 [ID_PARAM, query("wait", {"type": "boolean"}, "wait until a worker is ready")],
                 body("ServingSpec", required=False), op_id="serveModel"),
             "delete": operation("Stop serving the model", responses(
-                {200: ("not served", ref("Model"))}, (404, 409, 503)), [ID_PARAM], op_id="unserveModel"),
+                {200: ("not served", ref("Model"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="unserveModel"),
         },
         "/v2": {"get": operation("V2 server metadata", responses({200: ("metadata", ref("Object"))}, (), v2=True), op_id="v2Server")},
         "/v2/health/live": {"get": operation("V2 liveness", responses({200: ("live", ref("Object"))}, (), v2=True), op_id="v2Live")},

@@ -34,7 +34,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     return json_response([task_json(t, agent.enforcement(t.sandbox)) for t in tasks])
 
 
-async def create_task(request: web.Request) -> web.Response:
+async def create_task(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     body = await read_json(request)
     node_id = agent.federation.target_of(body)

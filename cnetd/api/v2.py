@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cnetd import __version__
 from cnetd.agent import AGENT, Agent
+from cnetd.api.jsonbody import decode_json
 from cnetd.errors import DomainError
 from cnetd.ml.serving.manager import Served
 from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
@@ -120,12 +121,8 @@ async def infer(request: web.Request) -> web.Response:
     if served is None:
         known = await _known(agent, name, version)
         return known if isinstance(known, web.Response) else _not_served(known)
-    raw = await request.read()
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return v2_error(400, f"request body is not valid JSON: {exc}")
-    try:
+        body = decode_json(await request.read())
         parsed = parse_infer_request(body)
         answer = await served.predict(parsed.instances)
     except DomainError as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import yarl
 
+from cnetd.cluster import relay
 from cnetd.cluster.registry import NodeRegistry
 from cnetd.cluster.report import NODE_ID_PATTERN
 from cnetd.cluster.uplink import Uplink, describe
@@ -48,6 +49,7 @@ class Federation:
         self._own_report = own_report
         self._session: aiohttp.ClientSession | None = None
         self.uplink: Uplink | None = None
+        self.relay_limits = relay.Limits(seconds=config.ml.timeout + CALL_MARGIN_SECONDS)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -103,7 +105,7 @@ class Federation:
         hops = int(hops_text) if hops_text.isdigit() else 0
         if hops >= MAX_HOPS:
             raise DomainError(f"request passed through {hops} nodes already; is there a loop in the cluster?")
-        out = {HOP_HEADER: self.node_id, HOPS_HEADER: str(hops + 1)}
+        out = {HOP_HEADER: self.node_id, HOPS_HEADER: str(hops + 1), **relay.REQUEST_HEADERS}
         for name in ("Content-Type", "Accept", "Last-Event-ID"):
             if name in headers:
                 out[name] = headers[name]
@@ -113,7 +115,8 @@ class Federation:
                                         sock_read=self.config.ml.timeout + CALL_MARGIN_SECONDS)
         try:
             return await self.session.request(method, yarl.URL(row.url + path_qs, encoded=True), data=body,
-                                              headers=out, timeout=timeout, allow_redirects=False)
+                                              headers=out, timeout=timeout, allow_redirects=False,
+                                              auto_decompress=False)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             raise Unavailable(f"node {node_id} ({row.url}) did not answer: {describe(exc)}",
                               {"node_id": node_id}) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import unicodedata
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -24,11 +26,31 @@ PAGE = """<!doctype html>
 </form></main></body></html>"""
 
 
+def _plain_local_path(target: str) -> bool:
+    """A path on this agent and nothing else: no scheme, no host, exactly one leading
+    "/", and no character a browser drops or bends (controls, whitespace, backslash)."""
+    if any(c.isspace() or c == "\\" or unicodedata.category(c)[0] == "C" for c in target):
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc and target.startswith("/") and not target.startswith("//")
+
+
 def safe_next(target: str | None) -> str:
-    """Only a path on this agent: never an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after signing in: `target` when it is a plain path on this agent, else
+    "/". Never an open redirect: nothing is stripped or repaired, anything doubtful is
+    refused, and so is a target whose percent-decoded forms (once or twice encoded) would
+    not pass either, for whatever decodes it on the way."""
+    if not target:
         return "/"
-    return target
+    seen = target
+    for _ in range(3):
+        if not _plain_local_path(seen):
+            return "/"
+        decoded = unquote(seen)
+        if decoded == seen:
+            return target
+        seen = decoded
+    return "/"  # still encoded after three rounds: not a plain path
 
 
 def render(next_path: str, error: str = "") -> web.Response:

@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from cnetd import __version__
+from cnetd.security.redact import redact_env
 from cnetd.ui import fmt
 
 TEMPLATES_ENV = "CNET_TEMPLATES_DIR"
@@ -53,6 +54,7 @@ def environment(directory: Path) -> Environment:
         auto_reload=False,
     )
     env.filters.update(fmt.FILTERS)
+    env.filters["redacted_env"] = redact_env  # a task's env is only ever shown through this
     env.globals["version"] = __version__
     return env
 

@@ -1,7 +1,8 @@
 """Browser tests: Debian's Chromium driven by Playwright against a real agent process.
 
-Every page is opened through `Browse`, which records console errors and every request
-the page makes, so a test can assert that nothing went wrong and nothing left the agent.
+Every page is opened through `Browse`, which records console errors, Content-Security-
+Policy violations and every request the page makes, so a test can assert that nothing went
+wrong and nothing left the agent. A CSP violation on any page fails the test that opened it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Browse:
     console_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     network: list[str] = field(default_factory=list)  # "+seconds METHOD url -> status", for failure reports
+    csp_violations: list[str] = field(default_factory=list)
 
     def goto(self, path: str) -> Any:
         response = self.page.goto(self.base_url + path, wait_until="load")
@@ -55,10 +57,24 @@ class Browse:
         return path
 
     def assert_clean(self) -> None:
-        """No console error, no uncaught exception, no request to anything but the agent."""
+        """No console error, no CSP violation, no uncaught exception, no request to anything but the agent."""
         assert self.console_errors == [], self.console_errors
+        assert self.csp_violations == [], self.csp_violations
         strangers = [u for u in self.requests if not u.startswith(self.base_url + "/")]
         assert strangers == [], f"requests that left the agent: {strangers}"
+
+
+# Playwright's full-page screenshots apply an empty inline style, which the page's policy
+# blocks and reports (the agent sends 'report-sample', so an empty sample means an empty
+# style). An empty style changes nothing, so that one report is not held against the page.
+EMPTY_STYLE_HASH = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # sha256 of ""
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", function (e) {
+  if (e.violatedDirective === "style-src-attr" && e.sample === "") { return; }
+  window.__cnetCspViolation(e.violatedDirective + " blocked " + (e.blockedURI || "inline") +
+    (e.sample ? " [" + e.sample + "]" : "") + " at " + e.sourceFile + ":" + e.lineNumber + " (" + location.pathname + ")");
+});
+"""
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -82,7 +98,7 @@ def _save_failure(directory: Path, b: Browse, index: int) -> None:
     except Exception as exc:  # the page may be gone: keep what else there is
         Path(f"{stem}.error.txt").write_text(repr(exc))
     Path(f"{stem}.log").write_text("\n".join([f"url: {b.page.url}", "console errors:", *b.console_errors,
-                                               "network:", *b.network]) + "\n")
+                                               "CSP violations:", *b.csp_violations, "network:", *b.network]) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +132,12 @@ def browse(browser: Any, request: pytest.FixtureRequest) -> Iterator[Callable[..
             agents.append(agent)
         page = context.new_page()
         b = Browse(page=page, base_url=agent.url, viewport=viewport)
-        page.on("console", lambda m: b.console_errors.append(f"{m.type}: {m.text} ({page.url})") if m.type == "error" else None)
+        # Every violation of the page's policy, reported from the page itself (the binding
+        # and the listener are Playwright's, outside the page's CSP, and outlive navigations).
+        context.expose_binding("__cnetCspViolation", lambda source, text: b.csp_violations.append(text))
+        context.add_init_script(CSP_LISTENER)
+        page.on("console", lambda m: b.console_errors.append(f"{m.type}: {m.text} ({page.url})")
+                if m.type == "error" and EMPTY_STYLE_HASH not in m.text else None)
         page.on("pageerror", lambda e: b.console_errors.append(f"uncaught: {e} ({page.url})"))
         page.on("request", lambda r: b.requests.append(r.url))
         stamp = lambda: f"+{time.monotonic() - started:7.3f}s"  # noqa: E731
@@ -140,6 +161,8 @@ def browse(browser: Any, request: pytest.FixtureRequest) -> Iterator[Callable[..
         if TRACE:
             context.tracing.stop(path=str(directory / f"trace-{index}.zip") if failed else None)
         context.close()
+    violations = [v for b in made for v in b.csp_violations]
+    assert violations == [], f"Content-Security-Policy violations: {violations}"
 
 
 @pytest.fixture(scope="module")

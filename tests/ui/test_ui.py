@@ -14,6 +14,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from tests.support.agent import AgentProcess
+from tests.support.waiting import wait_until
 from tests.ui.conftest import Browse
 
 PAGES = {"dashboard": ("/", "Dashboard"), "models": ("/models", "Models"), "tasks": ("/tasks", "Tasks"), "nodes": ("/nodes", "Nodes")}
@@ -181,7 +182,8 @@ def test_a_late_answer_to_stop_does_not_undo_the_stopped_status(ui_agent: AgentP
         .addEventListener('htmx:beforeSwap', () => resolve(true), {once: true})); }""")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Stop").click()
-    page.wait_for_function("window.answerHeld === true", timeout=LIVE)
+    # polled from here: wait_for_function compiles its predicate with eval, which the page's CSP forbids
+    wait_until(lambda: page.evaluate("() => window.answerHeld === true"), LIVE / 1000, "the stop answer to be held")
     expect(status_of(b)).to_have_text("stopped", timeout=LIVE)  # from the stream, the answer still held
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     assert len(held) == 1
@@ -321,6 +323,30 @@ def test_output_is_escaped_and_static_files_are_cacheable(ui_agent: AgentProcess
     assert versioned.headers["Content-Type"].startswith("text/css")
     assert "immutable" not in ui_agent.api.get("/static/app.css").headers["Cache-Control"]
     assert ui_agent.api.get("/static/..%2Fbase.html").status == 404
+
+
+def test_the_page_policy_holds_and_a_violation_is_caught(ui_agent: AgentProcess, browse: Callable[..., Browse]) -> None:
+    """The agent's pages run under their CSP without a violation (every test checks that);
+    here, that a violation would be seen: an inline script, an inline style and a foreign
+    image are blocked and reported, and the image is never fetched."""
+    b = browse(ui_agent)
+    b.goto("/")
+    b.page.evaluate("""() => {
+        document.body.insertAdjacentHTML('beforeend', '<img alt="" src="http://evil.example/x.png"><div id="inl" style="color: red"></div>');
+        const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.appendChild(s);
+    }""")
+
+    def reported() -> bool:
+        b.page.evaluate("() => 0")  # a round trip, so that Playwright delivers the page's reports
+        return {"img-src", "style-src-attr", "script-src-elem"} <= {v.split(" ")[0] for v in b.csp_violations}
+
+    wait_until(reported, 10, "the three CSP violations to be reported")
+    assert b.page.evaluate("() => window.__ran") is None
+    failed = [line for line in b.network if "evil.example" in line and " FAILED " in line]
+    assert failed, b.network  # the browser refused to fetch it
+    b.requests[:] = [u for u in b.requests if "evil.example" not in u]
+    b.csp_violations.clear()
+    b.console_errors.clear()  # Chromium logs each refusal as a console error too
 
 
 STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ignoring SIGTERM', flush=True); "

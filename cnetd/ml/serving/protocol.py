@@ -27,6 +27,7 @@ NUMERIC_TYPES = (*FLOAT_TYPES, *INT_RANGES)
 ALL_TYPES = (*NUMERIC_TYPES, "BOOL", "BYTES")
 OUTPUT_NAME = "predictions"
 MAX_ELEMENTS = 10_000_000
+MAX_DIMENSIONS = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,21 @@ def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
     for d in shape[1:]:
         step *= d
     return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _shape(shape: Any, where: str) -> list[int]:
+    """A tensor's shape, checked before anything is built from it: few dimensions, each at
+    most MAX_ELEMENTS, and only the batch (first) dimension may be 0 (an empty batch):
+    [3000000, 0] would otherwise make 3,000,000 empty instances out of no data."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise Invalid(where, f"must be an array of whole numbers, got {json.dumps(shape)[:100]}")
+    if len(shape) > MAX_DIMENSIONS:
+        raise Invalid(where, f"has {len(shape)} dimensions, at most {MAX_DIMENSIONS}")
+    for i, d in enumerate(shape):
+        low = 0 if i == 0 else 1
+        if not low <= d <= MAX_ELEMENTS:
+            raise Invalid(f"{where}[{i}]", f"must be between {low} and {MAX_ELEMENTS}, got {str(d)[:30]}")
+    return shape
 
 
 def _check_values(values: list[Any], datatype: str, where: str) -> None:
@@ -89,9 +105,7 @@ def parse_infer_request(body: Any) -> InferRequest:
     name = tensor.get("name")
     if not isinstance(name, str) or not name:
         raise Invalid(f"{where}.name", "is required and must be a non-empty string")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise Invalid(f"{where}.shape", f"must be an array of whole numbers >= 0, got {json.dumps(shape)[:100]}")
+    shape = _shape(tensor.get("shape"), f"{where}.shape")
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in ALL_TYPES:
         raise Invalid(f"{where}.datatype", f"must be one of {', '.join(ALL_TYPES)}, got {json.dumps(datatype)[:100]}")
@@ -103,13 +117,11 @@ def parse_infer_request(body: Any) -> InferRequest:
     data = tensor.get("data")
     if not isinstance(data, list):
         raise Invalid(f"{where}.data", f"is required: an array of numbers (flat or nested), got {json_type(data)}")
-    count = 1
-    for d in shape:
-        count *= d
+    count = math.prod(shape)  # exact: each dimension is at most MAX_ELEMENTS, and there are few
     if count > MAX_ELEMENTS:
-        raise Invalid(f"{where}.shape", f"holds {count} elements, more than {MAX_ELEMENTS}")
+        raise Invalid(f"{where}.shape", f"{shape} holds {count} values, more than {MAX_ELEMENTS}")
     flat: list[Any] = []
-    _flatten(data, flat)
+    _flatten(data, flat)  # no bigger than the body, which is capped
     if len(flat) != count:
         raise Invalid(f"{where}.shape", f"{shape} holds {count} values but data has {len(flat)}")
     _check_values(flat, datatype, where)

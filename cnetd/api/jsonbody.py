@@ -1,0 +1,102 @@
+"""Request bodies as JSON: the one rule for which requests must be JSON (a middleware for
+every unsafe /api and /v2 request) and the one decoder that turns bytes into a value or a
+400 saying what is wrong, nesting depth included.
+
+Why JSON only: a page on another site can send a text/plain or form POST to a loopback
+agent without a CORS preflight, but not an application/json one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from cnetd.errors import DomainError
+
+MAX_JSON_DEPTH = 64
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_PREFIXES = ("/api/", "/v2/")
+# The V2 binary tensor extension (application/octet-stream plus this header) is not
+# implemented yet: such a request gets the 415 too, with a message that says so.
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+_BRACKETS = b"[]{}"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+def media_problem(request: web.Request) -> str | None:
+    """Why this request may not reach a JSON route, or None. A request with no body and no
+    Content-Type (DELETE, a bare POST) is fine; anything else must say it is JSON."""
+    if request.method not in UNSAFE_METHODS or not request.path.startswith(JSON_PREFIXES):
+        return None
+    if request.match_info.http_exception is not None:
+        return None  # no such route (404) or method (405): that answer comes first
+    declared = request.headers.get("Content-Type")
+    if not request.body_exists and declared is None:
+        return None
+    content_type = request.content_type if declared is not None else ""
+    if is_json_type(content_type):
+        return None
+    if content_type == "application/octet-stream" and BINARY_HEADER in request.headers:
+        return "the binary tensor extension (application/octet-stream) is not supported; send application/json"
+    return f"Content-Type must be application/json, got {content_type or 'none'}"
+
+
+def json_only_middleware(respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:
+    """415 for a body that is not JSON, before any handler reads it. `respond` builds the
+    answer in the shape of the route's protocol (the error envelope, or V2's {"error"})."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        problem = media_problem(request)
+        if problem is not None:
+            return respond(request, 415, problem)
+        return await handler(request)
+
+    return middleware
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in JSON text (well-formed or not: an unclosed "["
+    counts, as the decoder would recurse into it), found without parsing and in C: escapes
+    out, strings out (every other piece between quotes, an unterminated one included),
+    then only the brackets, whose running sum is the depth."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be too deep: not worth the scan
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside_strings = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside_strings.translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The body's JSON value, or a DomainError (400) naming what is wrong with it."""
+    if not raw.strip():
+        raise DomainError("request body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainError("request body is not UTF-8 text") from None
+    depth = nesting_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise DomainError(f"request body is nested too deeply: {depth} levels of arrays/objects, at most {MAX_JSON_DEPTH}",
+                          {"max_depth": MAX_JSON_DEPTH})
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DomainError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DomainError(f"request body is not valid JSON: {exc}") from None

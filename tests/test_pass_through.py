@@ -1,0 +1,274 @@
+"""Pass-through to a child node treated as hostile: what it answers is served on the
+parent's origin, so only JSON, SSE and plain text come back (with nosniff and a sandbox
+CSP), never HTML; a 50 MB answer is refused or cut, never held in memory; a gzip bomb is
+never opened; and a path that could be read as another one (dot segments, encoded
+separators) never leaves the parent.
+
+The hostile child is a stand-in: a small aiohttp server on loopback that registers with a
+real parent agent through the real heartbeat, as a child agent would, and then answers
+what a compromised or buggy child could (a real agent cannot be made to send HTML or a
+bomb). The dot-segment cases run against a real parent and a real child agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.client
+import json
+import threading
+from collections.abc import Callable, Iterator
+import psutil
+import pytest
+from aiohttp import web
+
+from cnetd.cluster import relay
+from tests.support.agent import AgentProcess, free_port
+from tests.test_cluster import cluster, wait_status  # noqa: F401  (the cluster fixture)
+
+BIG = 50 * 1024 * 1024
+CHUNK = 1024 * 1024
+# 1 GiB of zeros as 100 gzip members of 10 MiB each: about 1 MB on the wire.
+BOMB_MEMBER = gzip.compress(b"\0" * (10 * 1024 * 1024), compresslevel=9)
+BOMB = BOMB_MEMBER * 100
+
+
+class StandInChild:
+    """An aiohttp server on its own thread and loop, answering like a hostile child."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.seen: list[tuple[str, dict[str, str]]] = []  # (raw path, headers) of every request
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> StandInChild:
+        self._thread.start()
+        assert self._ready.wait(10), "the stand-in child did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.raw_path, dict(request.headers)))
+        name = request.path.rsplit("/", 1)[-1]
+        if name == "json":
+            return web.json_response({"ok": True})
+        if name == "text":
+            return web.Response(text="plain words")
+        if name == "page":
+            return web.Response(text="<script>alert(document.cookie)</script>", content_type="text/html")
+        if name == "svg":
+            return web.Response(text="<svg onload=alert(1)></svg>", content_type="image/svg+xml")
+        if name == "big":
+            return web.Response(body=b"[" + b"0," * ((BIG - 2) // 2) + b"0]", content_type="application/json")
+        if name == "big-chunked":
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(BIG // CHUNK):
+                await response.write(b" " * CHUNK)
+            await response.write_eof()
+            return response
+        if name == "bomb":
+            return web.Response(body=BOMB, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        if name == "events":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i in range(3):
+                await response.write(f"event: log\ndata: line {i}\n\n".encode())
+            await response.write_eof()
+            return response
+        if name == "slow":
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            for _ in range(100):
+                await response.write(b" ")
+                await asyncio.sleep(0.1)
+            await response.write_eof()
+            return response
+        return web.json_response({"error": "no such thing"}, status=404)
+
+
+@pytest.fixture
+def stand_in() -> Iterator[StandInChild]:
+    child = StandInChild().start()
+    yield child
+    child.stop()
+
+
+def register(parent: AgentProcess, child: StandInChild, node_id: str = "hostile") -> None:
+    """The heartbeat a child agent sends, sent for the stand-in."""
+    reply = parent.api.post("/api/cluster/heartbeat", {"node_id": node_id, "url": child.url, "interval": 300})
+    assert reply.status == 200, reply.text
+
+
+def raw_get(agent: AgentProcess, path: str, timeout: float = 30) -> tuple[int, dict[str, str], bytes, str | None]:
+    """GET with the path exactly as given (http.client neither normalises nor re-encodes it).
+    Returns status, headers, as much of the body as came, and why the body stopped short."""
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body, problem = b"", None
+        try:
+            while chunk := response.read(CHUNK):
+                body += chunk
+        except (http.client.IncompleteRead, ConnectionError) as exc:
+            problem = type(exc).__name__
+        return response.status, dict(response.getheaders()), body, problem
+    finally:
+        conn.close()
+
+
+def rss(agent: AgentProcess) -> int:
+    assert agent.proc is not None
+    return int(psutil.Process(agent.proc.pid).memory_info().rss)
+
+
+def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stand_in: StandInChild) -> None:
+    register(agent, stand_in)
+    for name, media in (("json", "application/json"), ("text", "text/plain"), ("events", "text/event-stream")):
+        status, headers, body, problem = raw_get(agent, f"/api/nodes/hostile/api/{name}")
+        assert status == 200 and problem is None and headers["Content-Type"].startswith(media), (name, headers)
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert "sandbox" in headers["Content-Security-Policy"].split("; ")
+        assert headers["X-CNET-Node"] == "hostile"
+    assert raw_get(agent, "/api/nodes/hostile/api/events")[2].count(b"event: log") == 3
+    for name, media in (("page", "text/html"), ("svg", "image/svg+xml")):
+        status, headers, body, _ = raw_get(agent, f"/api/nodes/hostile/api/{name}")
+        assert status == 502 and headers["Content-Type"].startswith("application/json"), (name, status, headers)
+        error = json.loads(body)["error"]
+        assert media in error and "only application/json, text/event-stream, text/plain are passed through" in error
+        assert b"alert" not in body
+
+
+def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_in: StandInChild) -> None:
+    register(agent, stand_in)
+    raw_get(agent, "/api/nodes/hostile/api/json")  # warm up the client session before measuring
+    before = rss(agent)
+    # declared too big: a 502 before its body is read
+    status, headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/big")
+    assert status == 502, (status, body[:300])
+    assert f"more than the {relay.MAX_ANSWER_BYTES} passed through" in json.loads(body)["error"]
+    # not declared: streamed until the cap, then the connection is cut (never a complete answer)
+    status, headers, body, problem = raw_get(agent, "/api/nodes/hostile/api/big-chunked")
+    assert status == 200 and problem is not None, (status, len(body), problem)
+    assert relay.MAX_ANSWER_BYTES - CHUNK <= len(body) <= relay.MAX_ANSWER_BYTES
+    grown = rss(agent) - before
+    assert grown < 30 * 1024 * 1024, f"the parent's memory grew by {grown / 1e6:.0f} MB"
+    assert "cut short" in agent.log_text() and "Traceback" not in agent.log_text()
+    assert raw_get(agent, "/api/health")[0] == 200
+
+
+def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild) -> None:
+    register(agent, stand_in)
+    before = rss(agent)
+    status, headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/bomb")
+    assert status == 502 and "gzip-encoded body" in json.loads(body)["error"], (status, body[:300])
+    assert rss(agent) - before < 30 * 1024 * 1024
+    asked = [h for path, h in stand_in.seen if path.endswith("/bomb")]
+    assert asked and all(h.get("Accept-Encoding") == "identity" for h in asked), asked
+
+
+@pytest.mark.parametrize("tail", [
+    "api/tasks/../../../etc/passwd",
+    "api/../v2/health/live",
+    "api/./tasks",
+    "api/%2e%2e/%2e%2e/x",
+    "api/%2E%2E/x",
+    "api/tasks/.%2e/x",
+    "api/tasks%2f..%2fx",
+    "api/tasks%2F..%2Fx",
+    "api/tasks/%252e%252e/x",
+    "api/tasks/%25252e%25252e/x",
+    "api/tasks/%2525252e/x",
+    "api/tasks%5c..%5cx",
+    "api/tasks\\..\\x",
+    "api//tasks",
+])
+def test_dot_segments_and_encoded_separators_never_leave_the_parent(tail: str, agent: AgentProcess,
+                                                                     stand_in: StandInChild) -> None:
+    register(agent, stand_in)
+    status, _, body, _ = raw_get(agent, f"/api/nodes/hostile/{tail}")
+    assert status == 400 and json.loads(body)["error"].startswith("path refused for passing on"), (tail, status, body[:300])
+    assert stand_in.seen == [], stand_in.seen  # nothing reached the child
+
+
+def test_dot_segments_between_real_agents(cluster: Callable[..., AgentProcess]) -> None:  # noqa: F811
+    parent = cluster("parent")
+    cluster("child-a", parent)
+    wait_status(parent, "child-a", "online")
+    for tail in ("api/tasks/%2e%2e/%2e%2e/api/nodes", "api/%2E%2E/api/tasks", "api/tasks/%252e%252e/x",
+                 "api/tasks%2f..%2fnodes", "api/ml/models/..%5c..%5cx"):
+        reply = parent.api.get(f"/api/nodes/child-a/{tail}")
+        assert reply.status == 400 and reply.body["error"].startswith("path refused for passing on"), (tail, reply.text)
+    # plain paths, and an escaped "?" inside an id, still pass
+    listed = parent.api.get("/api/nodes/child-a/api/tasks?limit=5")
+    assert listed.status == 200 and listed.body == [] and listed.headers["X-Content-Type-Options"] == "nosniff"
+    odd = parent.api.get("/api/nodes/child-a/api/tasks/x%3Fstatus%3Drunning")
+    assert odd.status == 404 and odd.body["error"] == "task x?status=running not found", odd.text
+
+
+def relay_app(child: StandInChild, limits: relay.Limits) -> web.Application:
+    """The relay alone, in front of the stand-in, with small limits."""
+    import aiohttp
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(child.url + relay.checked_path("/" + request.match_info["tail"]),
+                                   headers=relay.REQUEST_HEADERS, auto_decompress=False) as answer:
+                return await relay.relay(request, answer, "stand-in", limits)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", forward)
+    return app
+
+
+async def test_an_answer_must_complete_in_time(stand_in: StandInChild) -> None:
+    """The total-time cap, with a 1 s limit against a child that trickles for 10 s."""
+    import aiohttp
+
+    from cnetd.api.errors import error_middleware
+
+    app = relay_app(stand_in, relay.Limits(max_bytes=relay.MAX_ANSWER_BYTES, seconds=1.0))
+    app.middlewares.append(error_middleware)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/api/slow") as reply:
+                    await reply.read()
+                    outcome = f"status {reply.status}"
+            except aiohttp.ClientPayloadError:
+                outcome = "cut"
+            assert loop.time() - start < 5, "the relay waited past its deadline"
+            assert outcome == "cut", outcome  # its first byte was sent at once: cut, not completed
+    finally:
+        await runner.cleanup()
