@@ -50,6 +50,9 @@ class AgentProcess:
         ca_file: the agent serves HTTPS (agent.tls) with a certificate this CA signed."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Like a checkout (git clone makes it 0755): tasks, running under their own uids,
+        # read the code in it; what lies above it may be 0700 (pytest's tmp dirs).
+        self.workdir.chmod(0o755)
         examples = self.workdir / "examples"
         if not examples.exists():
             examples.symlink_to(REPO / "examples")
