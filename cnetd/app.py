@@ -90,7 +90,7 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         task_user = task_user_for(config)
         launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, task_user)
         log_task_user(launcher)
-        ingester = LogIngester(db)
+        ingester = LogIngester(db, limits=config.logs)
         roots = config.ml.allowed_roots or (base_dir, state_dir)
         confinement = Confinement(roots, config.tasks.allowed_commands)
         tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
