@@ -92,12 +92,12 @@ class LogIngester:
         db: Database,
         on_lines: LinesCallback | None = None,
         poll_interval: float = 0.2,
-        limits: LogsSection = LogsSection(),
+        limits: LogsSection | None = None,
     ) -> None:
         self._db = db
         self.on_lines = on_lines  # set once by the composition root (the task service reads progress)
         self._poll_interval = poll_interval
-        self._limits = limits
+        self._limits = limits = limits or LogsSection()
         # The file keeps at least the part result_from_log scans for the task's result.
         self._keep_on_disk = max(limits.max_bytes_per_task or 0, RESULT_SCAN_BYTES)
         self._tails: dict[str, _Tail] = {}
