@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from cnetd.config import RetentionSection
+from cnetd.logs.holes import punch_head
 from cnetd.store import retention as rq
 from cnetd.store.db import Database, apply_migrations
 from cnetd.supervisor.launcher import Launcher
@@ -306,3 +307,24 @@ def test_the_first_pass_runs_when_the_agent_starts(agent_factory: Callable[..., 
     wait_until(lambda: [agent.api.get(f"/api/tasks/{i}").status for i in ids] == [404, 404, 200], 30,
                "the pass at start to keep only the newest ended task")
     assert "retention: deleted 2 ended tasks" in agent.log_text()
+
+
+async def test_an_attacker_cannot_point_retention_at_other_files(store: Store, tmp_path: Path) -> None:
+    """Attacker's test: a row whose log_file names another file (a tampered or hostile
+    record), and a symlink named like a task's log, must not make retention delete, follow
+    or punch anything outside the task's own files."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n" * 1000)
+    task = make_task(store.launcher.state_dir, Status.COMPLETED, ago(days=20))
+    task.log_file = str(victim)
+    await store.db.write(lambda c: record(c, task, ["x"]))
+    link = store.launcher.log_path(str(uuid.uuid4()))
+    link.symlink_to(victim)
+
+    report = await store.retention(max_age=DAY).run_pass(sweep_orphans=True)
+
+    assert report.deleted_tasks == 1 and await store.ids() == set()
+    assert victim.read_text() == "precious\n" * 1000
+    assert link.is_symlink()  # not a regular file: left alone, target untouched
+    assert punch_head(link, 0, 4096) is not None  # O_NOFOLLOW: the ingester never punches through a link
+    assert victim.read_text() == "precious\n" * 1000

@@ -55,29 +55,38 @@ class Deleted:
 
 def delete_tasks(conn: sqlite3.Connection, task_ids: list[str], row_budget: int) -> Deleted:
     """Delete these tasks with their events and log rows, touching about row_budget log
-    rows at most (a task with more lines keeps its newest ones until the next call: its
-    row goes last, so nothing is ever left without its task). Call inside one write.
-    A task that is not (or no longer) deletable is skipped."""
+    rows at most: the tasks whose lines fit go whole; a first task with more lines than
+    that loses only its oldest ones, and its row stays until a later call, so nothing is
+    ever left without its task. Call inside one write. Tasks that are not (or no longer)
+    deletable are skipped."""
     out = Deleted()
-    for task_id in task_ids:
-        row = conn.execute(f"SELECT 1 FROM tasks WHERE id = ? AND {_DELETABLE}", (task_id,)).fetchone()
-        if row is None:
+    marks = ", ".join("?" for _ in task_ids)
+    lines_of = dict(conn.execute(
+        f"SELECT tasks.id, (SELECT COUNT(*) FROM log_lines WHERE log_lines.task_id = tasks.id) "
+        f"FROM tasks WHERE id IN ({marks}) AND {_DELETABLE}", task_ids,
+    ).fetchall())
+    whole: list[str] = []
+    for task_id in task_ids:  # in the order given: oldest first
+        if task_id not in lines_of:
             continue
-        room = row_budget - out.log_lines
-        if room <= 0:
+        if out.log_lines + lines_of[task_id] > row_budget and whole:
             break
-        removed = conn.execute(
-            "DELETE FROM log_lines WHERE task_id = ? AND seq IN "
-            "(SELECT seq FROM log_lines WHERE task_id = ? ORDER BY seq LIMIT ?)",
-            (task_id, task_id, room),
-        ).rowcount
-        out.log_lines += removed
-        if removed == room and conn.execute("SELECT 1 FROM log_lines WHERE task_id = ? LIMIT 1", (task_id,)).fetchone():
-            break
-        out.events += conn.execute("DELETE FROM task_events WHERE task_id = ?", (task_id,)).rowcount
-        conn.execute("DELETE FROM log_cursors WHERE task_id = ?", (task_id,))
-        conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-        out.task_ids.append(task_id)
+        if lines_of[task_id] > row_budget:  # alone too big for one batch: its oldest lines now
+            out.log_lines += conn.execute(
+                "DELETE FROM log_lines WHERE task_id = ? AND seq IN "
+                "(SELECT seq FROM log_lines WHERE task_id = ? ORDER BY seq LIMIT ?)",
+                (task_id, task_id, row_budget),
+            ).rowcount
+            return out
+        whole.append(task_id)
+        out.log_lines += lines_of[task_id]
+    if whole:
+        marks = ", ".join("?" for _ in whole)
+        conn.execute(f"DELETE FROM log_lines WHERE task_id IN ({marks})", whole)
+        out.events = conn.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", whole).rowcount
+        conn.execute(f"DELETE FROM log_cursors WHERE task_id IN ({marks})", whole)
+        conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", whole)
+        out.task_ids = whole
     return out
 
 

@@ -82,8 +82,6 @@ class Retention:
         self._vacuum_pages = vacuum_pages
         self._loop_task: asyncio.Task[None] | None = None
         self._switch_tried = False
-        self.passes = 0
-        self.last: PassReport | None = None
 
     @property
     def deletes(self) -> bool:
@@ -122,8 +120,6 @@ class Retention:
             pages_freed=pages, db_bytes_before=size_before, db_bytes_after=self._db_bytes(),
             seconds=time.monotonic() - started,
         )
-        self.passes += 1
-        self.last = report
         if report.deleted_tasks or report.files or report.pages_freed:
             log.info(
                 "retention: deleted %d ended tasks (%d log lines, %d events, %d files) and freed %d pages "
