@@ -38,6 +38,7 @@ from cnetd.store import tasks as q
 from cnetd.store.db import Database
 from cnetd.supervisor.launcher import Launcher, default_task_path
 from cnetd.supervisor.select import choose_sandbox
+from cnetd.tasks.retention import Retention
 from cnetd.tasks.service import TaskService
 from cnetd.ui.routes import add_ui_routes
 
@@ -126,11 +127,12 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         else:
             isolation.namespaces, isolation.problem = False, "tasks run as the agent's own user"
         log_task_user(launcher)
-        ingester = LogIngester(db)
+        ingester = LogIngester(db, limits=config.logs)
         confinement = Confinement(allowed_roots, config.tasks.allowed_commands, model_roots, default_task_path(),
                                   state_dir=state_dir)
         tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
         ingester.on_lines = tasks.on_log_lines
+        retention = Retention(db, config.tasks.retention, launcher, forget=tasks.forget)
         resources = ResourceSampler(config.resources, state_dir)
         models = ModelService(tasks, config)
         worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
@@ -149,6 +151,7 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         await ingester.start()
         await tasks.recover()
         await tasks.start_background()
+        await retention.start()  # after recovery: the tasks it settled are ended or running
         await serving.start()  # after recovery: reattaches to workers that outlived the agent
         await resources.start()
         await federation.start()
@@ -158,6 +161,7 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
             await federation.stop()
             await resources.stop()
             await serving.stop()  # lets go of the workers; they keep running
+            await retention.stop()
             await tasks.shutdown()
             await ingester.stop()
     finally:

@@ -36,12 +36,14 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "LoggingSection",
+    "LogsSection",
     "MLSection",
     "PortRange",
     "TlsSection",
     "UidRange",
     "ResourceLimits",
     "ResourcesSection",
+    "RetentionSection",
     "SandboxKind",
     "TasksSection",
     "default_config",
@@ -133,6 +135,15 @@ class UidRange:
 
 
 @dataclass(frozen=True)
+class RetentionSection:
+    """How long ended tasks (with their events, log lines and files) are kept."""
+
+    max_age: float | None = 14 * 86400.0  # seconds since the task ended; None: no age bound
+    max_tasks: int | None = 10_000  # ended tasks kept at most; None: no count bound
+    interval: float = 600.0  # seconds between retention passes (the first runs at start)
+
+
+@dataclass(frozen=True)
 class TasksSection:
     max_concurrent: int = 10
     timeout: float | None = 300.0  # None: no timeout
@@ -145,6 +156,15 @@ class TasksSection:
     slice: str = "cnet.slice"  # the systemd slice that holds every task's scope
     run_as: str | None = None  # "dynamic", user[:group] or "root"; None: dynamic when the agent is root
     uid_range: UidRange = UidRange()  # where dynamic task uids come from
+    retention: RetentionSection = RetentionSection()
+
+
+@dataclass(frozen=True)
+class LogsSection:
+    """Bounds on what one task's log keeps; None: no bound."""
+
+    max_lines_per_task: int | None = 200_000
+    max_bytes_per_task: int | None = 32 << 20  # 32 MiB
 
 
 @dataclass(frozen=True)
@@ -180,6 +200,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "discovery": DiscoverySection,
     "resources": ResourcesSection,
     "tasks": TasksSection,
+    "logs": LogsSection,
     "ml": MLSection,
     "auth": AuthSection,
 }
@@ -204,6 +225,7 @@ class Config:
     tasks: TasksSection
     ml: MLSection
     auth: AuthSection = AuthSection()
+    logs: LogsSection = LogsSection()
     source: Path | None = None
     warnings: tuple[str, ...] = ()
 
@@ -437,6 +459,11 @@ def _duration(*, allow_off: bool = False, allow_zero: bool = False) -> Conv:
     return conv
 
 
+def _bound(conv: Conv) -> Conv:
+    """A bound where 0 or null means "no bound" (returned as None)."""
+    return lambda v, where: None if v is None else (conv(v, where) or None)
+
+
 def _positive_size(v: Any, where: str) -> int:
     size = parse_size(v, where)
     if size <= 0:
@@ -494,6 +521,15 @@ _SPEC: dict[str, Spec] = {
         "slice": _str(),
         "run_as": _optional(lambda v, where: _user_spec(v, where)),
         "uid_range": {"start": _int(1000, 2**31 - 2), "end": _int(1000, 2**31 - 2)},
+        "retention": {
+            "max_age": _duration(allow_off=True),
+            "max_tasks": _bound(_int(0)),
+            "interval": _duration(),
+        },
+    },
+    "logs": {
+        "max_lines_per_task": _bound(_int(0)),
+        "max_bytes_per_task": _bound(lambda v, where: parse_size(v, where)),
     },
     "ml": {
         "enabled": _bool,
@@ -674,6 +710,7 @@ def _assemble(
         discovery=discovery,
         resources=build("resources"),
         tasks=tasks,
+        logs=build("logs"),
         ml=ml,
         auth=auth,
         source=source,

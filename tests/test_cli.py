@@ -31,6 +31,10 @@ def test_version_and_help() -> None:
         ("agent:\n  port: 70000\n", ["agent.port", "65535"]),
         ("tasks:\n  sandbox: docker\n", ["tasks.sandbox", "auto"]),
         ("tasks:\n  timeout: soon\n", ["tasks.timeout"]),
+        ("tasks:\n  retention:\n    max_age: soon\n", ["tasks.retention.max_age", "duration"]),
+        ("tasks:\n  retention:\n    max_tasks: -5\n", ["tasks.retention.max_tasks", "integer >= 0", "-5"]),
+        ("tasks:\n  retention: forever\n", ["tasks.retention", "mapping"]),
+        ("logs:\n  max_bytes_per_task: lots\n", ["logs.max_bytes_per_task", "size"]),
     ],
 )
 def test_config_mistakes_stop_with_one_line(tmp_path: Path, content: str | None, needles: list[str]) -> None:

@@ -163,6 +163,21 @@ def test_our_keys(tmp_path: Path) -> None:
     assert cfg.ml.resource_limits == ResourceLimits(2.0, 256 * 2**20, 2 * 10**9, 0)
 
 
+def test_retention_and_log_bounds(tmp_path: Path) -> None:
+    defaults = load_text(tmp_path, "")
+    assert (defaults.tasks.retention.max_age, defaults.tasks.retention.max_tasks) == (14 * 86400.0, 10_000)
+    assert (defaults.logs.max_lines_per_task, defaults.logs.max_bytes_per_task) == (200_000, 32 * 2**20)
+    cfg = load_text(tmp_path, "tasks: {retention: {max_age: 36h, max_tasks: 500, interval: 1m}}\n"
+                              "logs: {max_lines_per_task: 1000, max_bytes_per_task: 10MB}\n")
+    assert (cfg.tasks.retention.max_age, cfg.tasks.retention.max_tasks, cfg.tasks.retention.interval) == (129600.0, 500, 60.0)
+    assert (cfg.logs.max_lines_per_task, cfg.logs.max_bytes_per_task) == (1000, 10**7)
+    assert cfg.tasks.max_concurrent == 10  # the rest of the section keeps its defaults
+    # 0 or null: no bound
+    off = load_text(tmp_path, "tasks: {retention: {max_age: 0, max_tasks: null}}\nlogs: {max_lines_per_task: 0, max_bytes_per_task: null}\n")
+    assert (off.tasks.retention.max_age, off.tasks.retention.max_tasks) == (None, None)
+    assert (off.logs.max_lines_per_task, off.logs.max_bytes_per_task) == (None, None)
+
+
 def test_null_timeout_and_null_limit(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, "tasks: {timeout: null}\nml: {resource_limits: {memory_limit: null}}\n")
     assert cfg.tasks.timeout is None
@@ -305,6 +320,14 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("agent: {advertise_url: 'http://h:1/x'}\n", "agent.advertise_url: must be a URL like http://host:8080, got 'http://h:1/x'"),
         ("tasks: {run_as: 'a b'}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got 'a b'"),
         ("tasks: {run_as: -1}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got -1"),
+        ("tasks: {retention: {max_age: soon}}\n", "tasks.retention.max_age: must be a duration like '30s', '5m', '1h30m' or a number of seconds, got 'soon'"),
+        ("tasks: {retention: {max_age: -1}}\n", "tasks.retention.max_age: must be a duration >= 0, got -1"),
+        ("tasks: {retention: {max_tasks: ten}}\n", "tasks.retention.max_tasks: must be an integer >= 0, got 'ten'"),
+        ("tasks: {retention: {max_tasks: 1.5}}\n", "tasks.retention.max_tasks: must be an integer >= 0, got 1.5"),
+        ("tasks: {retention: {interval: 0}}\n", "tasks.retention.interval: must be a duration > 0, got 0"),
+        ("tasks: {retention: 14d}\n", "tasks.retention: must be a mapping, got '14d'"),
+        ("logs: {max_lines_per_task: -1}\n", "logs.max_lines_per_task: must be an integer >= 0, got -1"),
+        ("logs: {max_bytes_per_task: lots}\n", "logs.max_bytes_per_task: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'lots'"),
     ],
 )
 def test_each_error_is_one_line_naming_file_key_problem(tmp_path: Path, text: str, expected: str) -> None:
@@ -407,7 +430,7 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert data["agent"]["heartbeat"] == 30.0
     assert data["ml"]["model_path"] == str(tmp_path / "models")
     assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
-    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "ml", "auth"}
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth"}
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
     assert again.warnings == ()

@@ -24,14 +24,7 @@ async def logs_response(request: web.Request, task_id: str) -> web.StreamRespons
     rows = await agent.db.read(lambda c: lq.tail(c, task_id, lines))
     if bool_param(request, "follow"):
         return await _follow(request, task_id, rows)
-    return json_response(_with_retention_marker(rows, lines))
-
-
-def _with_retention_marker(rows: list[tuple[int, str]], wanted: int) -> list[str]:
-    lines = [line for _, line in rows]
-    if rows and rows[0][0] > 1 and len(rows) < wanted:
-        lines.insert(0, f"[cnet: {rows[0][0] - 1} earlier lines dropped by log retention]")
-    return lines
+    return json_response([line for _, line in rows])  # where lines were dropped, the store keeps a marker line
 
 
 async def _follow(request: web.Request, task_id: str, backlog: list[tuple[int, str]]) -> web.StreamResponse:

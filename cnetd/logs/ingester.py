@@ -4,6 +4,11 @@ The lines of a chunk and the byte offset they end at are committed in one
 transaction; after a crash the ingester resumes at the committed offset, so no line
 is lost and none doubled. A trailing line without its newline waits for the rest
 (or for the task's end). Overlong lines are cut, not fatal.
+
+Bounds (config `logs`): past logs.max_lines_per_task or logs.max_bytes_per_task a task's
+oldest stored lines are dropped in the same transaction, leaving a marker line; and the
+log file's head that is stored and older than the newest max_bytes_per_task bytes has its
+disk blocks freed (cnetd.logs.holes), so a chatty running task's file stops taking space.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnetd.background import cancel_and_wait
+from cnetd.config import LogsSection
+from cnetd.logs.holes import punch_head
+from cnetd.logs.output import RESULT_SCAN_BYTES
 from cnetd.store import logs as log_queries
 from cnetd.store.db import Database
 
@@ -25,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 64 * 1024
 CHUNK_BYTES = 1024 * 1024
 CUT_MARKER = " …[line cut at 64 KiB]"
+PUNCH_STEP = 1024 * 1024  # blocks are freed in whole MiB, so not after every chunk
 
 LinesCallback = Callable[[str, list[str]], Awaitable[None]]
 
@@ -71,6 +81,8 @@ class _Tail:
     next_seq: int = 1
     loaded: bool = False
     skipping: bool = False
+    punched: int = 0  # the file's blocks before this offset are freed
+    can_punch: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -80,12 +92,14 @@ class LogIngester:
         db: Database,
         on_lines: LinesCallback | None = None,
         poll_interval: float = 0.2,
-        max_lines_per_task: int = 200_000,
+        limits: LogsSection | None = None,
     ) -> None:
         self._db = db
         self.on_lines = on_lines  # set once by the composition root (the task service reads progress)
         self._poll_interval = poll_interval
-        self._max_lines = max_lines_per_task
+        self._limits = limits = limits or LogsSection()
+        # The file keeps at least the part result_from_log scans for the task's result.
+        self._keep_on_disk = max(limits.max_bytes_per_task or 0, RESULT_SCAN_BYTES)
         self._tails: dict[str, _Tail] = {}
         self._new_lines: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
@@ -156,9 +170,9 @@ class LogIngester:
                 if consumed == 0:
                     return
                 first_seq, end_offset = tail.next_seq, tail.offset + consumed
-                trim = self._max_lines and (first_seq + len(lines) - 1) % 1000 < len(lines)
-                await self._db.write(lambda c: self._commit(c, task_id, first_seq, lines, end_offset, bool(trim)))
+                await self._db.write(lambda c: self._commit(c, task_id, first_seq, lines, end_offset))
                 tail.offset, tail.next_seq, tail.skipping = end_offset, first_seq + len(lines), skipping
+                await self._free_stored_head(task_id, tail)
                 if lines:
                     self._notify(task_id)
                     if self.on_lines is not None:
@@ -166,10 +180,31 @@ class LogIngester:
                 if at_end:
                     return
 
-    def _commit(self, conn, task_id: str, first_seq: int, lines: list[str], offset: int, trim: bool) -> None:  # type: ignore[no-untyped-def]
-        log_queries.append_lines(conn, task_id, first_seq, lines, offset)
-        if trim:
-            log_queries.trim(conn, task_id, self._max_lines)
+    def _commit(self, conn: sqlite3.Connection, task_id: str, first_seq: int, lines: list[str], offset: int) -> None:
+        stored = log_queries.append_lines(conn, task_id, first_seq, lines, offset)
+        max_lines, max_bytes = self._limits.max_lines_per_task, self._limits.max_bytes_per_task
+        if (max_lines is not None and stored.lines > max_lines) or (
+            max_bytes is not None and stored.stored_bytes > max_bytes
+        ):
+            log_queries.trim(conn, task_id, stored, max_lines, max_bytes)
+
+    async def _free_stored_head(self, task_id: str, tail: _Tail) -> None:
+        """Free the blocks of the file's head: stored in SQLite (below the committed
+        offset) and older than the newest bytes the file keeps."""
+        if self._limits.max_bytes_per_task is None or not tail.can_punch:
+            return
+        end = (tail.offset - self._keep_on_disk) // PUNCH_STEP * PUNCH_STEP
+        if end <= tail.punched:
+            return
+        problem = await asyncio.to_thread(punch_head, tail.path, tail.punched, end)
+        if problem is not None:
+            tail.can_punch = False
+            log.warning(
+                "cannot free the stored head of %s (%s): it keeps growing while the task runs "
+                "(the task's disk_limit still bounds it)", tail.path, problem, extra={"task_id": task_id},
+            )
+            return
+        tail.punched = end
 
 
 def _read_from(path: Path, offset: int, size: int) -> bytes:

@@ -33,6 +33,10 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Before anything is written: a new file then returns freed pages to the disk on
+        # PRAGMA incremental_vacuum (an older file is switched once by a VACUUM: see
+        # store.retention.switch_to_incremental_vacuum).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
     conn.execute("PRAGMA busy_timeout=5000")
@@ -128,6 +132,13 @@ class Database:
             raise
         conn.execute("COMMIT")
         return result
+
+    async def maintain(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn on the writer outside any transaction, for what cannot run inside one
+        (VACUUM, wal_checkpoint). Other writes wait until it returns."""
+        conn = self._writer
+        assert conn is not None, "database is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn, conn)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._reader

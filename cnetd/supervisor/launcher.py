@@ -89,22 +89,66 @@ def model_dir_of(cwd: Path, model_path: str) -> Path:
     return Path(os.path.normpath(cwd / model_path)).parent
 
 
-class Launcher:
-    def __init__(
-        self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str],
-        settings: TasksSection, identities: Identities, isolation: Isolation,
-    ) -> None:
-        self.sandbox = sandbox
-        self.settings = settings
-        self.base_dir = base_dir
-        self.identities = identities
-        self.isolation = isolation
+class TaskPaths:
+    """Where a task's files live under the state dir: its log, its run-dir files (exit code,
+    start error, account files, launch spec) and its TMPDIR."""
+
+    RUN_SUFFIXES = (".exit", ".err", ".passwd", ".group", ".launch.json")
+
+    def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.logs_dir = state_dir / "logs"
         self.run_dir = state_dir / "run"
         self.tmp_root = state_dir / "tmp"
         for directory in (self.logs_dir, self.run_dir, self.tmp_root):
             directory.mkdir(parents=True, exist_ok=True)
+
+    def tmp_dir(self, task_id: str) -> Path:
+        return self.tmp_root / task_id
+
+    def remove_tmp_dir(self, task_id: str) -> None:
+        shutil.rmtree(self.tmp_dir(task_id), ignore_errors=True)
+
+    def remove_tmp_dirs_except(self, running: set[str]) -> list[Path]:
+        """Remove the TMPDIRs of tasks that no longer run; return what was removed."""
+        removed = []
+        for entry in os.scandir(self.tmp_root):
+            if entry.is_dir(follow_symlinks=False) and entry.name not in running:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+        return removed
+
+    def log_path(self, task_id: str) -> Path:
+        return self.logs_dir / f"{task_id}.log"
+
+    def exit_path(self, task_id: str) -> Path:
+        return self.run_dir / f"{task_id}.exit"
+
+    def error_path(self, task_id: str) -> Path:
+        """Where enter.py writes why it could not start the task."""
+        return self.run_dir / f"{task_id}.err"
+
+    def run_files(self, task_id: str) -> list[Path]:
+        """A task's files in the run dir: exit code, start error, account files, launch spec."""
+        return [self.run_dir / f"{task_id}{suffix}" for suffix in self.RUN_SUFFIXES]
+
+    def forget_files(self, task_id: str) -> None:
+        """The run dir's files of an ended task."""
+        for path in self.run_files(task_id):
+            path.unlink(missing_ok=True)
+
+
+class Launcher(TaskPaths):
+    def __init__(
+        self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str],
+        settings: TasksSection, identities: Identities, isolation: Isolation,
+    ) -> None:
+        super().__init__(state_dir)
+        self.sandbox = sandbox
+        self.settings = settings
+        self.base_dir = base_dir
+        self.identities = identities
+        self.isolation = isolation
         # Task logs can hold anything a task printed: only the agent reads them (a task
         # gets its log as an already open file descriptor). The run dir holds launch specs
         # (a task's environment) and exit files; tasks reach their socket dirs through
@@ -132,23 +176,6 @@ class Launcher:
         except KeyError:
             return str(os.geteuid())
 
-    # ---- per-task directories --------------------------------------------------------------
-
-    def tmp_dir(self, task_id: str) -> Path:
-        return self.tmp_root / task_id
-
-    def remove_tmp_dir(self, task_id: str) -> None:
-        shutil.rmtree(self.tmp_dir(task_id), ignore_errors=True)
-
-    def remove_tmp_dirs_except(self, running: set[str]) -> list[Path]:
-        """Remove the TMPDIRs of tasks that no longer run; return what was removed."""
-        removed = []
-        for entry in os.scandir(self.tmp_root):
-            if entry.is_dir(follow_symlinks=False) and entry.name not in running:
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(Path(entry.path))
-        return removed
-
     def socket_dir(self, name: str, gid: int | None) -> Path:
         """A serving worker's socket directory: root's, enterable and writable by the
         model's group only, so the worker can bind there, no other task can enter, and the
@@ -159,23 +186,6 @@ class Launcher:
             os.chown(path, 0, gid)
             os.chmod(path, 0o730)
         return path
-
-    def log_path(self, task_id: str) -> Path:
-        return self.logs_dir / f"{task_id}.log"
-
-    def exit_path(self, task_id: str) -> Path:
-        return self.run_dir / f"{task_id}.exit"
-
-    def error_path(self, task_id: str) -> Path:
-        """Where enter.py writes why it could not start the task."""
-        return self.run_dir / f"{task_id}.err"
-
-    def forget_files(self, task_id: str) -> None:
-        """The run dir's files of an ended task."""
-        for path in (self.exit_path(task_id), self.error_path(task_id),
-                     self.run_dir / f"{task_id}.passwd", self.run_dir / f"{task_id}.group",
-                     self.run_dir / f"{task_id}.launch.json"):
-            path.unlink(missing_ok=True)
 
     # ---- backends ----------------------------------------------------------------------------
 

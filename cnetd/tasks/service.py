@@ -155,6 +155,11 @@ class TaskService:
     async def counts(self) -> dict[str, int]:
         return await self.db.read(q.count_by_status)
 
+    def forget(self, task_ids: list[str]) -> None:
+        """Retention deleted these ended tasks: drop what is remembered of them."""
+        for task_id in task_ids:
+            self._finished.pop(task_id, None)
+
     # ---- creating --------------------------------------------------------------
 
     async def create(
