@@ -576,3 +576,35 @@ def test_a_task_written_by_an_older_agent_never_runs_as_root(make_agent: Callabl
     done = agent.wait_done(queued["id"])
     assert done["status"] == "completed", logs(agent, done["id"])
     assert RANGE.start <= done["result"]["uid"] <= RANGE.end and done["uid"] == done["result"]["uid"]
+
+
+def test_the_view_a_task_is_judged_by_matches_its_namespace(tmp_path: Path) -> None:
+    """The submit-time checks see what enter.py will set up: a checkout under a 0700 home is
+    reachable through its veil, the state dir and the host's /tmp are not, masked files are not."""
+    from cnetd.security.privilege import EXECUTE, READ, WRITE, TaskUser
+    from cnetd.security.taskview import ViewBuilder
+
+    home = tmp_path / "home"
+    checkout = home / "cnet"
+    (checkout / "private").mkdir(parents=True)
+    home.chmod(0o700)
+    checkout.chmod(0o755)
+    (checkout / "private").chmod(0o700)
+    (checkout / "code.py").write_text("x")
+    (checkout / "config.yaml").write_text("secret")
+    state = checkout / "state"
+    state.mkdir()
+    user = TaskUser("t", RANGE.start, RANGE.start, (RANGE.start,), "/nonexistent")
+    view = (ViewBuilder(user, state, state / "inaccessible").readable([checkout]).writable([])
+            .masked([checkout / "config.yaml"]).build(None))
+    ops = view.ops()
+    veils = [Path(str(o["path"])) for o in ops if o["op"] == "veil"]
+    above = [v for v in veils if v in checkout.parents]  # the outermost directory a stranger cannot enter
+    assert ops[0] == {"op": "readonly"} and len(above) == 1 and (above[0] == home or above[0] in home.parents), veils
+    assert state in veils
+    assert ops.index({"op": "veil", "path": str(above[0])}) < [o.get("target") for o in ops].index(str(checkout))
+    assert view.access_problem(checkout / "code.py", READ) is None
+    assert "read-only" in (view.access_problem(checkout, WRITE) or "")
+    assert "cannot reach" in (view.access_problem(checkout / "private" / "x", READ) or "")
+    for hidden in (state / "cnet.db", checkout / "config.yaml", home / ".ssh", Path("/tmp/anything")):
+        assert "hidden from tasks" in (view.access_problem(hidden, EXECUTE) or ""), hidden

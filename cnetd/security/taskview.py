@@ -30,6 +30,7 @@ from pathlib import Path
 from cnetd.security.privilege import EXECUTE, READ, WRITE, TaskUser, access_problem, allows, describe
 
 SHM_SIZE_DEFAULT = 64 * 1024 * 1024
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))  # each task's own: its TMPDIR is mounted there
 
 
 def _real(path: Path | str) -> Path:
@@ -71,7 +72,7 @@ class TaskView:
             steps.append((_depth(veil), 0, {"op": "veil", "path": str(veil)}))
         binds = list(self.binds)
         if self.tmp_dir is not None:
-            binds += [Bind(self.tmp_dir, Path("/tmp"), True), Bind(self.tmp_dir, Path("/var/tmp"), True)]
+            binds += [Bind(self.tmp_dir, tmp, True) for tmp in PRIVATE_TMP]
         for bind in binds:
             steps.append((_depth(bind.target), 1, {
                 "op": "bind", "source": str(bind.source), "target": str(bind.target), "writable": bind.writable,
@@ -93,10 +94,11 @@ class TaskView:
     # ---- judging paths as the task will see them -----------------------------------
 
     def _cover(self, path: Path) -> Path | Bind | None:
-        """The deepest veil (a Path) or bind at or above path: what the task sees there."""
+        """The deepest veil (a Path) or bind at or above path: what the task sees there. The
+        host's /tmp and /var/tmp count as veiled: the task has its own there."""
         best: Path | Bind | None = None
         best_depth = -1
-        for veil in self.veils:
+        for veil in [*PRIVATE_TMP, *self.veils]:
             if _under(path, veil) and _depth(veil) > best_depth:
                 best, best_depth = veil, _depth(veil)
         for bind in self.binds:
