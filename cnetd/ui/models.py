@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.errors import DomainError, Invalid
+from cnetd.ml.service import WarmPrediction
 from cnetd.ui import presets, serving
 from cnetd.ui.common import agent_of, check_same_origin, page, paging, redirect, renderer
 from cnetd.ui.forms import DEPLOY_FIELDS, Form, body_to_form, deploy_body, input_data
@@ -96,10 +97,11 @@ async def predict(request: web.Request) -> web.Response:
     form = Form.from_post(await request.post(), ("input_data",))
     outcome = warm = None
     try:
-        value = input_data(form.get("input_data"))
-        warm = await serving.warm_predict(agent, model_id, value)
-        if warm is None:
-            outcome = await agent.models.predict(model_id, {"input_data": value}, wait=True)
+        answer = await agent.models.predict(model_id, {"input_data": input_data(form.get("input_data"))}, wait=True)
+        if isinstance(answer, WarmPrediction):
+            warm = answer
+        else:
+            outcome = answer
     except Invalid as exc:
         form.fail(exc)
     except DomainError as exc:

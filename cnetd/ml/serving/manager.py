@@ -28,17 +28,18 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cnetd.background import cancel_and_wait
 from cnetd.clock import format_time, utc_now
 from cnetd.errors import Conflict, DomainError, NotFound
-from cnetd.ml.service import Model, ModelService
+from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.serving.batcher import Answer, Batcher, Link, ModelMetrics, file_stamp
 from cnetd.ml.serving.client import ProtocolError, WorkerClient
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
 from cnetd.security.identity import model_owner
 from cnetd.store import serving as sq
+from cnetd.store.db import Database
 from cnetd.store.models import ModelRecord, get_model
 from cnetd.tasks.model import ACTIVE, Status, Task
 from cnetd.tasks.request import NewTask
@@ -151,6 +152,14 @@ class Served:
         return await self.batcher.predict(instances)
 
 
+class SocketDirs(Protocol):
+    """Where worker sockets live (the launcher's run dir)."""
+
+    run_dir: Path
+
+    def socket_dir(self, name: str, gid: int | None) -> Path: ...
+
+
 def interpreter_for(command: str) -> str:
     """The model's python: its deploy command when that is a python, else python3."""
     return command if Path(command).name.startswith("python") else "python3"
@@ -166,13 +175,15 @@ def socket_of(task: Task) -> str | None:
 
 class ServingManager:
     def __init__(
-        self, tasks: TaskService, models: ModelService, run_dir: Path, worker_script: Path = WORKER_SCRIPT
+        self, db: Database, tasks: TaskService, catalog: ModelCatalog, sockets: SocketDirs,
+        worker_script: Path = WORKER_SCRIPT,
     ) -> None:
         """worker_script: a worker.py that the model's python can read for as long as the
         worker lives (in the one-file binary: a stable copy under the state dir)."""
+        self.db = db
         self.tasks = tasks
-        self.models = models
-        self.run_dir = run_dir
+        self.catalog = catalog
+        self.sockets = sockets
         self.worker_script = worker_script
         self.metrics: dict[str, tuple[str, ModelMetrics]] = {}  # model id -> (name, metrics)
         self._served: dict[str, Served] = {}
@@ -227,11 +238,11 @@ class ServingManager:
     async def start(self) -> None:
         """After task recovery: reattach to the workers of served models, start what is
         missing, and pick up deploys that were waiting for training."""
-        for record in await self.tasks.db.read(lambda c: sq.models_with_serving_state(c, ("serving",))):
+        for record in await self.db.read(lambda c: sq.models_with_serving_state(c, ("serving",))):
             try:
-                model = await self.models.get(record.id)
+                model = await self.catalog.get(record.id)
                 spec = ServingSpec.from_json(record.serving or {})
-                workers = await self.tasks.db.read(lambda c, i=record.id: sq.live_workers(c, i))
+                workers = await self.db.read(lambda c, i=record.id: sq.live_workers(c, i))
                 for extra in workers[spec.replicas:]:
                     await self._stop_task(extra.id)
                 self._start(model, spec, adopt=workers[: spec.replicas])
@@ -252,7 +263,7 @@ class ServingManager:
 
     async def serve(self, model_id: str, body: Any) -> Model:
         async with self._lock:
-            model = await self.models.get(model_id)
+            model = await self.catalog.get(model_id)
             current = self._served.get(model_id)
             stored = model.record.serving
             base = current.spec if current else (
@@ -261,9 +272,9 @@ class ServingManager:
             spec = parse_spec(body, base=base)
             if current is not None:
                 await self._reconfigure(current, spec)
-            elif self.models.model_file(model).is_file():
+            elif self.catalog.model_file(model).is_file():
                 await self._persist(model_id, "serving", spec)
-                self._start(await self.models.get(model_id), spec)
+                self._start(await self.catalog.get(model_id), spec)
             elif not model.task.status.terminal:
                 await self._persist(model_id, "awaiting_training", spec)
             else:
@@ -274,12 +285,12 @@ class ServingManager:
                     f"model {model.record.name} has no model file to serve ({model.record.model_path}); {state}",
                     {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
                 )
-            return await self.models.get(model_id)
+            return await self.catalog.get(model_id)
 
     async def unserve(self, model_id: str) -> bool:
         """Stop serving (workers end as `stopped`); False when it was not served."""
         async with self._lock:
-            model = await self.models.get(model_id)
+            model = await self.catalog.get(model_id)
             served = self._served.pop(model_id, None)
             stored = model.record.serving or {}
             if served is None and stored.get("state") not in ("serving", "awaiting_training"):
@@ -288,7 +299,7 @@ class ServingManager:
             await self._persist(model_id, "stopped", spec)
             if served is not None:
                 await self._teardown(served, f"serving of model {model.record.name} was stopped", stop_workers=True)
-            for task in await self.tasks.db.read(lambda c: sq.live_workers(c, model_id)):
+            for task in await self.db.read(lambda c: sq.live_workers(c, model_id)):
                 await self._stop_task(task.id)
             return True
 
@@ -312,11 +323,11 @@ class ServingManager:
         value: dict[str, Any] = {"state": state, **spec.to_json(), "updated_at": utc_now()}
         if reason:
             value["reason"] = reason
-        await self.tasks.db.write(lambda c: sq.set_serving(c, model_id, value))
+        await self.db.write(lambda c: sq.set_serving(c, model_id, value))
 
     def _start(self, model: Model, spec: ServingSpec, adopt: list[Task] | None = None) -> Served:
         name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
-        batcher = Batcher(model.record.name, spec, self.models.model_file(model), metrics)
+        batcher = Batcher(model.record.name, spec, self.catalog.model_file(model), metrics)
         served = Served(model=model, spec=spec, batcher=batcher, file_stamp=file_stamp(batcher.model_file))
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
         served.watcher = asyncio.create_task(self._watch_file(served), name=f"model-file-{model.record.id}")
@@ -387,7 +398,7 @@ class ServingManager:
         # Its own directory: root's, writable by the model's group alone, so no other task
         # can take the name and the worker cannot move the directory.
         uid = await self.tasks.uid_for_owner(owner)
-        socket = str(self.tasks.launcher.socket_dir(f"serve-{uuid.uuid4().hex[:12]}", uid) / WORKER_SOCKET)
+        socket = str(self.sockets.socket_dir(f"serve-{uuid.uuid4().hex[:12]}", uid) / WORKER_SOCKET)
         args = [str(self.worker_script), "--socket", socket, "--model", record.model_path, "--loader", served.spec.loader]
         if record.script_path:
             args += ["--script", record.script_path]
@@ -745,7 +756,7 @@ class ServingManager:
             path = Path(socket)
             with contextlib.suppress(OSError):
                 path.unlink()
-            if path.name == WORKER_SOCKET and path.parent.parent == self.run_dir:
+            if path.name == WORKER_SOCKET and path.parent.parent == self.sockets.run_dir:
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()
 
@@ -769,12 +780,12 @@ class ServingManager:
             await self._check_awaiting()
 
     async def _on_task_ended(self, task_id: str) -> None:
-        record = await self.tasks.db.read(lambda c: get_model(c, task_id))
+        record = await self.db.read(lambda c: get_model(c, task_id))
         if record is not None and record.serving and record.serving.get("state") == "awaiting_training":
             await self._settle_awaiting(record)
 
     async def _check_awaiting(self) -> None:
-        for record in await self.tasks.db.read(lambda c: sq.models_with_serving_state(c, ("awaiting_training",))):
+        for record in await self.db.read(lambda c: sq.models_with_serving_state(c, ("awaiting_training",))):
             try:
                 await self._settle_awaiting(record)
             except Exception:
@@ -782,14 +793,14 @@ class ServingManager:
 
     async def _settle_awaiting(self, record: ModelRecord) -> None:
         async with self._lock:
-            model = await self.models.get(record.id)
+            model = await self.catalog.get(record.id)
             stored = model.record.serving or {}
             if stored.get("state") != "awaiting_training" or model.task.status in ACTIVE or model.task.status == Status.PENDING:
                 return
             spec = ServingSpec.from_json(stored)
-            if model.task.status == Status.COMPLETED and self.models.model_file(model).is_file():
+            if model.task.status == Status.COMPLETED and self.catalog.model_file(model).is_file():
                 await self._persist(record.id, "serving", spec)
-                self._start(await self.models.get(record.id), spec)
+                self._start(await self.catalog.get(record.id), spec)
                 log.info("model %s trained: serving it with %d replica(s)", record.name, spec.replicas)
                 return
             if model.task.status == Status.COMPLETED:
