@@ -18,8 +18,8 @@ from cnetd import __version__
 from cnetd.agent import AGENT, Agent
 from cnetd.api.jsonbody import decode_json
 from cnetd.errors import DomainError, NotFound
-from cnetd.ml.serving.manager import Served
 from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
+from cnetd.ml.serving.served import Served
 from cnetd.store.models import ModelRecord
 
 RETRY_AFTER = {429: "1", 503: "1"}
