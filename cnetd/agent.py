@@ -12,23 +12,25 @@ from aiohttp import web
 
 from cnetd.cluster.federation import Federation
 from cnetd.config import Config
-from cnetd.logs.ingester import LogIngester
+from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import ServingManager
-from cnetd.store.db import Database
+from cnetd.node import NodeIdentity
 from cnetd.supervisor.launcher import Launcher
 from cnetd.tasks.service import TaskService
 
 
 @dataclass
 class Agent:
+    """What handlers reach: the services, and summaries of this node. The launcher is here
+    for those summaries only; no handler touches it (tests/test_seams.py)."""
+
     config: Config
     base_dir: Path
-    node_id: str
-    db: Database
+    identity: NodeIdentity
     launcher: Launcher
-    ingester: LogIngester
+    logs: LogReader
     tasks: TaskService
     models: ModelService
     resources: ResourceSampler
@@ -39,8 +41,25 @@ class Agent:
     started_at: str = ""
 
     @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    @property
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def node_json(self) -> dict[str, object]:
+        """This node as /api/node and the UI's dashboard show it."""
+        return {
+            **self.identity.to_json(),
+            "started_at": self.started_at,
+            "uptime_seconds": round(self.uptime, 3),
+            "sandbox": self.sandbox_summary(),
+            "ml_enabled": self.config.ml.enabled,
+            "max_concurrent": self.config.tasks.max_concurrent,
+            "url": self.federation.url,
+            "parent": self.federation.parent_json(),
+        }
 
     def enforcement(self, backend_name: str | None) -> dict[str, bool]:
         """Per limit, whether the backend a task ran under enforces it."""
@@ -48,6 +67,11 @@ class Agent:
         if backend is None:
             return {"cpu_limit": False, "memory_limit": False, "disk_limit": True}
         return backend.capabilities.enforcement()
+
+    @property
+    def sandbox_name(self) -> str:
+        """The backend tasks start in."""
+        return self.launcher.sandbox.name
 
     def sandbox_summary(self) -> dict[str, object]:
         """The backend tasks start in, why it was chosen, which limits it enforces, who

@@ -22,9 +22,12 @@ from cnetd.cluster.federation import Federation
 from cnetd.cluster.report import describe_node
 from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
+from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
+from cnetd.ml.catalog import ModelCatalog
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
+from cnetd.node import NodeIdentity
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
 from cnetd.security.confine import Confinement
@@ -134,17 +137,19 @@ async def _agent_context(app: web.Application, config: Config, base_dir: Path) -
         ingester.on_lines = tasks.on_log_lines
         retention = Retention(db, config.tasks.retention, launcher, forget=tasks.forget)
         resources = ResourceSampler(config.resources, state_dir)
-        models = ModelService(tasks, config)
+        catalog = ModelCatalog(db, tasks, launcher)
         worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
-        serving = ServingManager(tasks, models, launcher.run_dir, worker_script)
+        serving = ServingManager(db, tasks, catalog, launcher, worker_script)
+        models = ModelService(tasks, catalog, serving, launcher, confinement, config)
+        identity = NodeIdentity.of(config, node_id)
 
         async def own_report() -> dict[str, Any]:
-            return describe_node(config, sandbox.name, await tasks.counts(), resources.usage(), resources.totals())
+            return describe_node(identity, sandbox.name, await tasks.counts(), resources.usage(), resources.totals())
 
         federation = Federation(config, db, node_id, own_report)
         agent = Agent(
-            config=config, base_dir=base_dir, node_id=node_id, db=db, launcher=launcher,
-            ingester=ingester, tasks=tasks, models=models, resources=resources, serving=serving,
+            config=config, base_dir=base_dir, identity=identity, launcher=launcher,
+            logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
             federation=federation, sandbox_reason=reason, started_at=utc_now(),
         )
         app[AGENT] = agent

@@ -53,7 +53,7 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
             raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
         agent = app.get(AGENT)
-        sandbox = agent.launcher.sandbox.name if agent is not None else "?"
+        sandbox = agent.sandbox_name if agent is not None else "?"
         summary = f"serving {url}, sandbox {sandbox}"
         notifier.ready(summary)
         log.info("ready: %s", summary)

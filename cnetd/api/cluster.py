@@ -9,7 +9,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cnetd import __version__
 from cnetd.agent import AGENT, Agent
 from cnetd.api.errors import read_json
 from cnetd.api.serialize import json_response
@@ -22,17 +21,12 @@ PASSED_THROUGH = ("api/", "v2/")
 
 
 def self_json(agent: Agent) -> dict[str, Any]:
-    cfg = agent.config.agent
     return {
-        "node_id": agent.node_id,
+        **agent.identity.brief(),
         "role": "self",
         "url": agent.federation.url,
         "status": "online",
-        "node_name": cfg.node_name,
-        "region": cfg.region,
-        "datacenter": cfg.datacenter,
-        "version": __version__,
-        "sandbox": agent.launcher.sandbox.name,
+        "sandbox": agent.sandbox_name,
         "parent": agent.federation.parent_json(),
     }
 
@@ -41,8 +35,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     report = parse_report(await read_json(request))
     node = await agent.federation.registry.heartbeat(report, bearer_token(request))
-    cfg = agent.config.agent
-    parent = {"node_id": agent.node_id, "node_name": cfg.node_name, "url": agent.federation.url}
+    identity = agent.identity
+    parent = {"node_id": identity.node_id, "node_name": identity.node_name, "url": agent.federation.url}
     return json_response({"accepted": True, "node": node, "parent": parent})
 
 

@@ -10,7 +10,6 @@ from aiohttp import web
 from cnetd.agent import AGENT
 from cnetd.api.params import bool_param, int_param
 from cnetd.api.serialize import json_response
-from cnetd.store import logs as lq
 
 DEFAULT_LINES = 100
 MAX_LINES = 10_000
@@ -18,10 +17,8 @@ KEEPALIVE_SECONDS = 15.0
 
 
 async def logs_response(request: web.Request, task_id: str) -> web.StreamResponse:
-    agent = request.app[AGENT]
-    await agent.tasks.get(task_id)  # 404 for an unknown id
     lines = int_param(request, "lines", DEFAULT_LINES, 1, MAX_LINES)
-    rows = await agent.db.read(lambda c: lq.tail(c, task_id, lines))
+    rows = await request.app[AGENT].logs.tail(task_id, lines)  # 404 for an unknown id
     if bool_param(request, "follow"):
         return await _follow(request, task_id, rows)
     return json_response([line for _, line in rows])  # where lines were dropped, the store keeps a marker line
@@ -39,13 +36,13 @@ async def _follow(request: web.Request, task_id: str, backlog: list[tuple[int, s
                 await response.write(f"id: {seq}\nevent: line\ndata: {json.dumps(line, ensure_ascii=False)}\n\n".encode())
                 last = seq
             task = await agent.tasks.get(task_id)
-            rows = await agent.db.read(lambda c: lq.after(c, task_id, last))
+            rows = await agent.logs.after(task_id, last)
             if rows:
                 continue
             if task.status.terminal:
                 await response.write(f"event: end\ndata: {json.dumps(str(task.status))}\n\n".encode())
                 break
-            if not await agent.ingester.wait_for_lines(task_id, last, KEEPALIVE_SECONDS):
+            if not await agent.logs.wait_for_lines(task_id, last, KEEPALIVE_SECONDS):
                 await response.write(b": keepalive\n\n")
     except ConnectionResetError:
         pass

@@ -10,8 +10,9 @@ from cnetd.api.errors import error_response, read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
 from cnetd.api.serialize import json_response, model_json
-from cnetd.api.serving import predict_warm
-from cnetd.errors import Conflict
+from cnetd.api.serving import warm_json
+from cnetd.ml.service import WarmPrediction
+from cnetd.ml.serving.batcher import Rejected
 from cnetd.tasks.model import Status
 
 
@@ -40,16 +41,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def stop_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model_id = request.match_info["id"]
-    # Stopping a model stops its warm workers too; a served model whose training has
-    # long ended is then "stopped" by that alone, not a conflict.
-    unserved = await agent.serving.unserve(model_id)
-    try:
-        model = await agent.models.stop(model_id)
-    except Conflict:
-        if not unserved:
-            raise
-        model = await agent.models.get(model_id)
+    model = await agent.models.stop(request.match_info["id"])  # its warm workers too
     body = model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record))
     body["message"] = "ML model stopped"
     return json_response(body)
@@ -58,10 +50,17 @@ async def stop_model(request: web.Request) -> web.Response:
 async def predict(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     wait = bool_param(request, "wait")
-    served = agent.serving.served(request.match_info["id"]) if wait else None
-    if served is not None:  # the fast path: a warm worker answers, no task is created
-        return await predict_warm(request, served)
-    outcome = await agent.models.predict(request.match_info["id"], await read_json(request), wait)
+    try:
+        outcome = await agent.models.predict(request.match_info["id"], await read_json(request), wait)
+    except Rejected as exc:
+        # As on the task path: the model refusing its input is a 422 with its message.
+        result = {"status": "error", "error": exc.message}
+        return error_response(422, f"prediction failed: {exc.message}", {
+            "prediction_task_id": None, "status": "failed", "prediction": None, "result": result,
+            "reason": exc.message, "served_by": exc.details.get("worker"),
+        })
+    if isinstance(outcome, WarmPrediction):
+        return json_response(warm_json(outcome))
     task = outcome.task
     if not outcome.waited:
         return json_response({"prediction_task_id": task.id, "message": "Prediction task created"}, status=201)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cnetd.ml.service import Model
+from cnetd.ml.catalog import Model
 from cnetd.security.redact import redact_env
 from cnetd.tasks.model import Task, TaskEvent
 

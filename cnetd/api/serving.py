@@ -1,5 +1,5 @@
 """/api/ml/models/{id}/serve: start, change and stop warm serving; the warm path of
-/api/ml/models/{id}/predict?wait=true."""
+/api/ml/models/{id}/predict?wait=true (the answer's shape; ModelService decides)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ from cnetd.agent import AGENT
 from cnetd.api.errors import error_response, read_json
 from cnetd.api.params import bool_param, int_param
 from cnetd.api.serialize import json_response, model_json
-from cnetd.errors import Conflict, Invalid
-from cnetd.ml.serving.batcher import Rejected
-from cnetd.ml.serving.manager import Served
-from cnetd.ml.serving.protocol import instances_from_input_data
-from cnetd.tasks.request import reject_unknown, require_object
+from cnetd.errors import Conflict
+from cnetd.ml.service import WarmPrediction
 
 DEFAULT_READY_WAIT = 120
 MAX_READY_WAIT = 600
@@ -68,35 +65,20 @@ async def unserve_model(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-async def predict_warm(request: web.Request, served: Served) -> web.Response:
-    """POST /api/ml/models/{id}/predict?wait=true for a served model: the seed's response
-    keys, answered by a worker (prediction_task_id is null: no task was created)."""
-    body = require_object(await read_json(request))
-    reject_unknown(body, {"input_data"})
-    if "input_data" not in body:
-        raise Invalid("input_data", "is required")
-    instances, single = instances_from_input_data(body["input_data"], served.n_features)
-    try:
-        answer = await served.predict(instances)
-    except Rejected as exc:
-        # As on the task path: the model refusing its input is a 422 with its message.
-        result = {"status": "error", "error": exc.message}
-        return error_response(422, f"prediction failed: {exc.message}", {
-            "prediction_task_id": None, "status": "failed", "prediction": None, "result": result,
-            "reason": exc.message, "served_by": exc.details.get("worker"),
-        })
-    prediction = answer.predictions[0] if single else answer.predictions
+def warm_json(answer: WarmPrediction) -> dict[str, Any]:
+    """POST /api/ml/models/{id}/predict?wait=true answered by a served model's worker: the
+    seed's response keys (prediction_task_id is null: no task was created)."""
     result = {
         "status": "success",
-        "model_path": served.model.record.model_path,
-        "prediction": prediction,
+        "model_path": answer.model_path,
+        "prediction": answer.prediction,
         "served_by": answer.worker,
     }
-    return json_response({
+    return {
         "prediction_task_id": None,
         "status": "completed",
-        "prediction": prediction,
+        "prediction": answer.prediction,
         "result": result,
         "served_by": answer.worker,
         "message": "Prediction completed",
-    })
+    }

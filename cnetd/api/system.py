@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 from aiohttp import web
 
 from cnetd import __version__
@@ -26,25 +24,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def node(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    cfg = agent.config.agent
-    return json_response({
-        "node_id": agent.node_id,
-        "node_name": cfg.node_name,
-        "hostname": socket.gethostname(),
-        "region": cfg.region,
-        "datacenter": cfg.datacenter,
-        "address": cfg.address,
-        "port": cfg.port,
-        "version": __version__,
-        "started_at": agent.started_at,
-        "uptime_seconds": round(agent.uptime, 3),
-        "sandbox": agent.sandbox_summary(),
-        "ml_enabled": agent.config.ml.enabled,
-        "max_concurrent": agent.config.tasks.max_concurrent,
-        "url": agent.federation.url,
-        "parent": agent.federation.parent_json(),
-    })
+    return json_response(request.app[AGENT].node_json())
 
 
 async def resources(request: web.Request) -> web.Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from aiohttp import web
 
 from cnetd.agent import AGENT
@@ -12,7 +10,6 @@ from cnetd.api.errors import read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import choice_param, int_param
 from cnetd.api.serialize import event_json, json_response, task_json
-from cnetd.supervisor.base import Handle
 from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
 from cnetd.tasks.request import parse_new_task
 
@@ -72,12 +69,5 @@ async def task_events(request: web.Request) -> web.Response:
 async def task_stats(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     task = await agent.tasks.get(request.match_info["id"])
-    body: dict[str, object] = {"id": task.id, "status": str(task.status), "sandbox": task.sandbox, "usage": None}
-    if task.status == Status.RUNNING and task.usage is not None:
-        body["usage"] = task.usage  # the sampler's, at most a second old (asking the cgroup
-        # again here would shorten the sampler's CPU window)
-    elif task.status == Status.RUNNING and task.handle:
-        handle = Handle.from_json(task.handle)
-        usage = await agent.launcher.backend_for(handle).stats(handle)
-        body["usage"] = asdict(usage)
-    return json_response(body)
+    usage = await agent.tasks.usage_now(task)
+    return json_response({"id": task.id, "status": str(task.status), "sandbox": task.sandbox, "usage": usage})

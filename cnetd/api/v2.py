@@ -17,10 +17,9 @@ from aiohttp import web
 from cnetd import __version__
 from cnetd.agent import AGENT, Agent
 from cnetd.api.jsonbody import decode_json
-from cnetd.errors import DomainError
-from cnetd.ml.serving.manager import Served
+from cnetd.errors import DomainError, NotFound
 from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
-from cnetd.store import serving as sq
+from cnetd.ml.serving.served import Served
 from cnetd.store.models import ModelRecord
 
 RETRY_AFTER = {429: "1", 503: "1"}
@@ -39,15 +38,10 @@ def v2_error(status: int, message: str) -> web.Response:
 
 async def _known(agent: Agent, name: str, version: str | None) -> ModelRecord | web.Response:
     """The model a name (and version) addresses, or the 404 saying what is unknown."""
-    records = await agent.db.read(lambda c: sq.models_named(c, name))
-    if not records:
-        return v2_error(404, f"unknown model: {name}")
-    if version is None:
-        return records[0]
-    for record in records:
-        if record.id == version:
-            return record
-    return v2_error(404, f"model {name} has no version {version} (versions: {', '.join(r.id for r in records)})")
+    try:
+        return await agent.models.addressed(name, version)
+    except NotFound as exc:
+        return v2_error(404, exc.message)
 
 
 def _not_served(record: ModelRecord) -> web.Response:
@@ -97,7 +91,7 @@ async def model_metadata(request: web.Request) -> web.Response:
     known = await _known(agent, name, version)
     if isinstance(known, web.Response):
         return known
-    records = await agent.db.read(lambda c: sq.models_named(c, known.name))
+    records = await agent.models.named(known.name)
     return _json(_metadata(known, agent.serving.find(known.id), [r.id for r in records]))
 
 

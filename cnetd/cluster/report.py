@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cnetd import __version__
-from cnetd.config import Config, ConfigError, parse_agent_url
+from cnetd.config import ConfigError, parse_agent_url
 from cnetd.errors import Invalid
+from cnetd.node import NodeIdentity
 from cnetd.tasks.request import json_type, reject_unknown, require_object
 
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
@@ -73,7 +73,7 @@ def parse_report(body: Any) -> NodeReport:
     return NodeReport(node_id=node_id, url=url, interval=float(interval), info=info)
 
 
-def describe_node(config: Config, sandbox: str, task_counts: dict[str, int], usage: dict[str, Any],
+def describe_node(identity: NodeIdentity, sandbox: str, task_counts: dict[str, int], usage: dict[str, Any],
                   totals: dict[str, Any]) -> dict[str, Any]:
     """The descriptive part of this node's heartbeat (Federation adds id, url, interval)."""
     resources: dict[str, float | int] = {
@@ -86,10 +86,10 @@ def describe_node(config: Config, sandbox: str, task_counts: dict[str, int], usa
     if "memory" in usage:
         resources["memory_percent"] = usage["memory"]["percent"]
     return {
-        "node_name": config.agent.node_name[:128],
-        "region": config.agent.region[:128],
-        "datacenter": config.agent.datacenter[:128],
-        "version": __version__,
+        "node_name": identity.node_name[:128],
+        "region": identity.region[:128],
+        "datacenter": identity.datacenter[:128],
+        "version": identity.version,
         "sandbox": sandbox,
         "resources": resources,
         "tasks": task_counts,

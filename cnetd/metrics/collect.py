@@ -5,30 +5,10 @@ errors, latency, batch sizes, queue depth, cache and replicas."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from cnetd.agent import Agent
 from cnetd.metrics.prometheus import Exposition
-from cnetd.supervisor.base import Handle, Usage
-from cnetd.tasks.model import Status, Task
-
-log = logging.getLogger(__name__)
-
-
-async def _usage(agent: Agent, task: Task) -> Usage | None:
-    """The task service's last sample when it has one (asking the sandbox again would
-    shorten its CPU window), else the sandbox's answer now."""
-    sampled = getattr(task, "usage", None)
-    if isinstance(sampled, dict) and sampled.get("memory_bytes") is not None:
-        return Usage(cpu_percent=sampled.get("cpu_percent"), memory_bytes=sampled.get("memory_bytes"))
-    if not task.handle:
-        return None
-    try:
-        handle = Handle.from_json(task.handle)
-        return await agent.launcher.backend_for(handle).stats(handle)
-    except Exception as exc:  # a task that ends while we look, a backend that cannot say
-        log.debug("no stats for %s: %s", task.id, exc)
-        return None
+from cnetd.tasks.model import Status
 
 
 async def render(agent: Agent) -> str:
@@ -41,17 +21,17 @@ async def render(agent: Agent) -> str:
         out.sample("cnet_tasks", {"status": status}, n)
 
     running = await agent.tasks.list(statuses=[str(Status.RUNNING)])
-    usages = await asyncio.gather(*(_usage(agent, t) for t in running))
+    usages = await asyncio.gather(*(agent.tasks.usage_now(t) for t in running))
     out.declare("cnet_task_cpu_percent", "gauge", "CPU use of a running task since the previous sample (100 = one core).")
     out.declare("cnet_task_memory_bytes", "gauge", "Resident memory of a running task's processes.")
     for task, usage in zip(running, usages):
         if usage is None:
             continue
         labels = {"task_id": task.id, "name": task.name, "kind": task.kind, "model_id": task.model_id or ""}
-        if usage.cpu_percent is not None:
-            out.sample("cnet_task_cpu_percent", labels, round(usage.cpu_percent, 3))
-        if usage.memory_bytes is not None:
-            out.sample("cnet_task_memory_bytes", labels, usage.memory_bytes)
+        if usage.get("cpu_percent") is not None:
+            out.sample("cnet_task_cpu_percent", labels, round(usage["cpu_percent"], 3))
+        if usage.get("memory_bytes") is not None:
+            out.sample("cnet_task_memory_bytes", labels, usage["memory_bytes"])
 
     serving = agent.serving
     families = [

@@ -1,4 +1,6 @@
-"""ModelService: deploy specs become ml_model tasks; predictions become predict tasks."""
+"""ModelService: deploy specs become ml_model tasks; predictions are answered by a warm
+worker when the model is served, else become predict tasks; stopping a model stops its
+serving and its deploy task. The API and the UI both call these, so the rules hold alike."""
 
 from __future__ import annotations
 
@@ -9,15 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from cnetd.config import Config
-from cnetd.errors import Conflict, Invalid, NotFound
+from cnetd.errors import Conflict, Invalid
+from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.inputs import input_argument
+from cnetd.ml.serving.manager import ServingManager
+from cnetd.ml.serving.protocol import instances_from_input_data
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
+from cnetd.security.confine import Confinement
 from cnetd.security.identity import model_owner
 from cnetd.security.modeldirs import file_owner_problem
 from cnetd.security.privilege import READ
 from cnetd.store import models as mq
 from cnetd.store.models import ModelRecord
-from cnetd.supervisor.launcher import model_dir_of, resolve_working_dir
+from cnetd.supervisor.launcher import Launcher, model_dir_of, resolve_working_dir
 from cnetd.tasks.model import ML_KINDS, Status, Task
 from cnetd.tasks.request import (
     NewTask,
@@ -50,15 +56,20 @@ class Deployment:
 
 
 @dataclass(frozen=True)
-class Model:
-    record: ModelRecord
+class Prediction:
+    """A prediction task; with waited, ended or past its time budget."""
+
     task: Task
+    waited: bool
 
 
 @dataclass(frozen=True)
-class Prediction:
-    task: Task
-    waited: bool
+class WarmPrediction:
+    """A served model's answer: no task was created."""
+
+    prediction: Any
+    worker: str  # the worker task's id, or "cache"
+    model_path: str
 
 
 def kind_from_args(args: list[str]) -> str:
@@ -70,8 +81,15 @@ def kind_from_args(args: list[str]) -> str:
 
 
 class ModelService:
-    def __init__(self, tasks: TaskService, config: Config) -> None:
+    def __init__(
+        self, tasks: TaskService, catalog: ModelCatalog, serving: ServingManager, launcher: Launcher,
+        confinement: Confinement, config: Config,
+    ) -> None:
         self.tasks = tasks
+        self.catalog = catalog
+        self.serving = serving
+        self.launcher = launcher
+        self.confinement = confinement
         self.config = config
 
     def parse_deployment(self, body: Any) -> Deployment:
@@ -87,13 +105,13 @@ class ModelService:
         env = env_field(body)
         env["MODEL_PATH"] = model_path
         env["MODEL_TYPE"] = model_type
-        cwd = resolve_working_dir(self.tasks.launcher.base_dir, working_dir)
-        self.tasks.confinement.check_path("working_dir", working_dir, self.tasks.launcher.base_dir)
-        self.tasks.confinement.check_path("script_path", script_path, cwd)
+        cwd = resolve_working_dir(self.launcher.base_dir, working_dir)
+        self.confinement.check_path("working_dir", working_dir, self.launcher.base_dir)
+        self.confinement.check_path("script_path", script_path, cwd)
         if cwd.is_dir() and not (cwd / script_path).is_file():
             raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
-        real_cwd = self.tasks.launcher.working_dir(working_dir)
-        self.tasks.confinement.check_model_dir(model_path, model_dir_of(real_cwd, model_path))
+        real_cwd = self.launcher.working_dir(working_dir)
+        self.confinement.check_model_dir(model_path, model_dir_of(real_cwd, model_path))
         kind = kind_from_args(args)
         task = NewTask(
             name=name,
@@ -117,10 +135,10 @@ class ModelService:
         script must be readable where the task will see it, and its model file its own."""
         task = deployment.task
         user = await self.tasks.user_for_owner(task.identity_owner or "")
-        cwd = self.tasks.launcher.working_dir(task.working_dir)
+        cwd = self.launcher.working_dir(task.working_dir)
         if user is None or not cwd.is_dir():
             return
-        problem = self.tasks.launcher.path_problem(user, cwd / deployment.script_path, READ)
+        problem = self.launcher.path_problem(user, cwd / deployment.script_path, READ)
         if problem is not None:
             raise Invalid("script_path", problem)
         model_file = Path(os.path.normpath(cwd / deployment.model_path))
@@ -128,9 +146,9 @@ class ModelService:
             uid = user.uid if user.uid >= 0 else None
             problem = file_owner_problem(model_file, uid)
             if problem is None:
-                problem = _model_dir_owner_problem(model_file.parent, uid, self.tasks.confinement.model_roots)
+                problem = _model_dir_owner_problem(model_file.parent, uid, self.confinement.model_roots)
         elif model_file.exists():
-            problem = self.tasks.launcher.path_problem(user, model_file, READ)
+            problem = self.launcher.path_problem(user, model_file, READ)
         if problem is not None:
             raise Invalid("model_path", problem)
 
@@ -154,31 +172,47 @@ class ModelService:
         return await self.get(task.id)
 
     async def get(self, model_id: str) -> Model:
-        record = await self.tasks.db.read(lambda c: mq.get_model(c, model_id))
-        if record is None:
-            raise NotFound(f"model {model_id} not found", {"id": model_id})
-        return Model(record=record, task=await self.tasks.get(model_id))
+        return await self.catalog.get(model_id)
+
+    async def find(self, model_id: str) -> Model | None:
+        return await self.catalog.find(model_id)
+
+    async def named(self, name: str) -> list[ModelRecord]:
+        return await self.catalog.named(name)
+
+    async def addressed(self, name: str, version: str | None) -> ModelRecord:
+        return await self.catalog.addressed(name, version)
 
     async def list(self) -> list[Model]:
-        return [Model(record=r, task=t) for r, t in await self.tasks.db.read(mq.list_models)]
+        return await self.catalog.list()
 
-    async def stop(self, model_id: str) -> Model:
-        await self.get(model_id)
-        await self.tasks.stop(model_id)
+    async def stop(self, model_id: str, wait: bool = True) -> Model:
+        """Stop the model: its warm workers, then its deploy task. A served model whose
+        training ended long ago is stopped by the first alone, which is not a conflict."""
+        unserved = await self.serving.unserve(model_id)  # NotFound for an unknown model
+        try:
+            await self.tasks.stop(model_id, wait=wait)
+        except Conflict:
+            if not unserved:
+                raise
         return await self.get(model_id)
 
-    def model_file(self, model: Model) -> Path:
-        cwd = self.tasks.launcher.working_dir(model.task.working_dir)
-        return Path(os.path.normpath(cwd / model.record.model_path))
-
-    async def predict(self, model_id: str, body: Any, wait: bool) -> Prediction:
+    async def predict(self, model_id: str, body: Any, wait: bool) -> Prediction | WarmPrediction:
+        """With wait, a served model's warm worker answers (batcher.Rejected when it refuses
+        the input); otherwise, or when it is not served, a predict task is created."""
         body = require_object(body)
         reject_unknown(body, {"input_data"})
         if "input_data" not in body:
             raise Invalid("input_data", "is required")
+        served = self.serving.served(model_id) if wait else None
+        if served is not None:  # the fast path: no process starts
+            instances, single = instances_from_input_data(body["input_data"], served.n_features)
+            answer = await served.predict(instances)
+            prediction = answer.predictions[0] if single else answer.predictions
+            return WarmPrediction(prediction, answer.worker, served.model.record.model_path)
         argument = input_argument(body["input_data"])
         model = await self.get(model_id)
-        if not self.model_file(model).exists():
+        if not self.catalog.model_file(model).exists():
             state = f"its deploy task is {model.task.status}"
             if model.task.status == Status.FAILED and model.task.reason:
                 state += f": {model.task.reason}"

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cnetd.background import cancel_all, cancel_and_wait
@@ -576,3 +576,22 @@ class TaskService:
         await cancel_all(watch.task for watch in list(self._watches.values()))
         self._watches.clear()
         self.bus.close()
+
+    # ---- usage now (for /api/tasks/{id}/stats and /metrics) -------------------------------
+
+    async def usage_now(self, task: Task) -> dict[str, Any] | None:
+        """A running task's CPU and memory: the sampler's latest (at most a sample interval
+        old; asking the sandbox again would shorten the sampler's CPU window), else the
+        sandbox's answer now. None when the task is not running or its sandbox cannot say."""
+        if task.status != Status.RUNNING:
+            return None
+        if task.usage is not None:
+            return task.usage
+        if not task.handle:
+            return None
+        try:
+            handle = Handle.from_json(task.handle)
+            return asdict(await self.launcher.backend_for(handle).stats(handle))
+        except Exception as exc:  # it ended while we looked, or its backend cannot say
+            log.debug("no usage for task %s: %s", task.id, exc)
+            return None

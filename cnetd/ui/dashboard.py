@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from aiohttp import web
 from markupsafe import Markup
 
-from cnetd import __version__
 from cnetd.agent import Agent
 from cnetd.ui.common import STATUSES, agent_of, renderer
 from cnetd.ui.render import fragment_response, polled
@@ -17,23 +15,8 @@ RECENT = 10
 
 
 def node_context(agent: Agent) -> dict[str, Any]:
-    cfg = agent.config.agent
-    return {
-        "node": {
-            "id": agent.node_id,
-            "name": cfg.node_name,
-            "hostname": socket.gethostname(),
-            "region": cfg.region,
-            "datacenter": cfg.datacenter,
-            "address": f"{cfg.address}:{cfg.port}",
-            "version": __version__,
-            "started_at": agent.started_at,
-            "uptime": agent.uptime,
-            "max_concurrent": agent.config.tasks.max_concurrent,
-            "ml_enabled": agent.config.ml.enabled,
-        },
-        "sandbox": agent.sandbox_summary(),
-    }
+    node = agent.node_json()  # what /api/node says
+    return {"node": node, "sandbox": node["sandbox"]}
 
 
 def resources_fragment(request: web.Request) -> tuple[Markup, bool]:

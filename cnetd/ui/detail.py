@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnetd.agent import Agent
-from cnetd.errors import NotFound
-from cnetd.ml.service import Model
-from cnetd.store import logs as lq
+from cnetd.ml.catalog import Model
 from cnetd.tasks.model import Status, Task
 from cnetd.ui.chart import usage_series
 
@@ -23,11 +21,9 @@ class LogTail:
     dropped: int  # lines before the first one shown (not shown, or dropped by retention)
 
 
-async def find_model(agent: Agent, task_id: str) -> Model | None:
-    try:
-        return await agent.models.get(task_id)
-    except NotFound:
-        return None
+async def find_model(agent: Agent, task: Task) -> Model | None:
+    """The model whose deploy task this is (None for any other task)."""
+    return await agent.models.find(task.id) if task.type == "ml_model" else None
 
 
 LIFECYCLE = (Status.PENDING, Status.STARTING, Status.RUNNING)  # then its end, whichever it is
@@ -60,7 +56,7 @@ async def timeline_context(agent: Agent, task: Task) -> dict[str, Any]:
 
 
 async def log_tail(agent: Agent, task_id: str, lines: int = LOG_TAIL) -> LogTail:
-    rows = await agent.db.read(lambda c: lq.tail(c, task_id, lines))
+    rows = await agent.logs.tail(task_id, lines)
     last = rows[-1][0] if rows else 0
     dropped = rows[0][0] - 1 if rows else 0
     return LogTail(rows, last, dropped)

@@ -12,7 +12,6 @@ from aiohttp import web
 from markupsafe import Markup
 
 from cnetd.background import cancel_all
-from cnetd.store import logs as lq
 from cnetd.tasks.bus import TaskChange
 from cnetd.ui import detail
 from cnetd.ui.common import agent_of, renderer, ui_of
@@ -53,7 +52,7 @@ class _Stream:
 
     async def send_state(self, timeline: bool = True) -> None:
         task = await self.agent.tasks.get(self.task_id)
-        model = await detail.find_model(self.agent, self.task_id) if task.type == "ml_model" else None
+        model = await detail.find_model(self.agent, task)
         r = renderer(self.request)
         ctx = detail.summary_context(self.agent, task, model)
         await self.response.write(sse_message("summary", r.string(self.request, "_summary.html", ctx)))
@@ -62,7 +61,7 @@ class _Stream:
             await self.response.write(sse_message("timeline", r.string(self.request, "_timeline.html", tl)))
 
     async def send_lines(self) -> bool:
-        rows = await self.agent.db.read(lambda c: lq.after(c, self.task_id, self.last, LINES_PER_EVENT))
+        rows = await self.agent.logs.after(self.task_id, self.last, LINES_PER_EVENT)
         if not rows:
             return False
         html = renderer(self.request).string(self.request, "_log_lines.html", {"lines": rows})
@@ -72,7 +71,7 @@ class _Stream:
 
     async def wait_for_news(self) -> News:
         waiters: dict[asyncio.Task[object], str] = {
-            asyncio.create_task(self.agent.ingester.wait_for_lines(self.task_id, self.last, KEEPALIVE_SECONDS)): "lines",
+            asyncio.create_task(self.agent.logs.wait_for_lines(self.task_id, self.last, KEEPALIVE_SECONDS)): "lines",
             asyncio.create_task(_next_change(self.queue, self.task_id)): "change",
             asyncio.create_task(self.ui.closing.wait()): "closing",
         }

@@ -1,4 +1,4 @@
-"""/models: the model list, the deploy form (with presets), a model's page, predict."""
+"""/models: the model list, the deploy form (with presets), a model's page, predict, stop."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from cnetd.errors import DomainError, Invalid
-from cnetd.ui import presets, serving
+from cnetd.errors import Conflict, DomainError, Invalid
+from cnetd.ml.service import WarmPrediction
+from cnetd.ui import detail, presets, serving
 from cnetd.ui.common import agent_of, check_same_origin, page, paging, redirect, renderer
 from cnetd.ui.forms import DEPLOY_FIELDS, Form, body_to_form, deploy_body, input_data
 from cnetd.ui.pages import detail_page, recent_predictions
@@ -96,10 +97,11 @@ async def predict(request: web.Request) -> web.Response:
     form = Form.from_post(await request.post(), ("input_data",))
     outcome = warm = None
     try:
-        value = input_data(form.get("input_data"))
-        warm = await serving.warm_predict(agent, model_id, value)
-        if warm is None:
-            outcome = await agent.models.predict(model_id, {"input_data": value}, wait=True)
+        answer = await agent.models.predict(model_id, {"input_data": input_data(form.get("input_data"))}, wait=True)
+        if isinstance(answer, WarmPrediction):
+            warm = answer
+        else:
+            outcome = answer
     except Invalid as exc:
         form.fail(exc)
     except DomainError as exc:
@@ -113,3 +115,19 @@ async def predict(request: web.Request) -> web.Response:
         return await detail_page(request, model.task, model, as_model=True, extra={**ctx, "oob": False})
     return renderer(request).response(request, "_predict.html", ctx)
 
+
+@page
+async def stop(request: web.Request) -> web.Response:
+    """The model page's Stop: the model's warm workers and its deploy task, as
+    DELETE /api/ml/models/{id} does."""
+    check_same_origin(request)
+    agent = agent_of(request)
+    model_id = request.match_info["id"]
+    try:
+        model = await agent.models.stop(model_id, wait=False)
+    except Conflict:
+        model = await agent.models.get(model_id)  # it ended meanwhile: the summary shows how
+    if not is_htmx(request):
+        return redirect(request, str(request.app.router["ui-model"].url_for(id=model_id)))
+    ctx = detail.summary_context(agent, model.task, model)
+    return renderer(request).response(request, "_summary.html", ctx)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cnetd.ml.service import Model
+from cnetd.ml.catalog import Model
 from cnetd.tasks.model import Task
 from cnetd.ui import detail, serving
 from cnetd.ui.common import agent_of, renderer

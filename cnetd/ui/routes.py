@@ -25,6 +25,7 @@ def add_ui_routes(app: web.Application) -> None:
     r.add_get("/models/form", models.deploy_form, name="ui-deploy-form")
     r.add_get("/models/{id}", models.model_page, name="ui-model")
     r.add_post("/models/{id}/predict", models.predict, name="ui-model-predict")
+    r.add_post("/models/{id}/stop", models.stop, name="ui-model-stop")
     r.add_get("/models/{id}/serving", serving.serving_part, name="ui-model-serving")
     r.add_post("/models/{id}/serve", serving.serve, name="ui-model-serve")
     r.add_post("/models/{id}/unserve", serving.unserve, name="ui-model-unserve")

@@ -1,29 +1,22 @@
-"""Warm serving on the model page: its state, serve / stop-serving, and the warm path
-of the predict form. Shown only when this agent has the serving API
-(POST/DELETE /api/ml/models/{id}/serve) and its ServingManager."""
+"""Warm serving on the model page: its state and serve / stop-serving. Shown only when
+this agent has the serving API (POST/DELETE /api/ml/models/{id}/serve) and its
+ServingManager. (The predict form's warm path is ModelService.predict's.)"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from cnetd.agent import Agent
 from cnetd.errors import DomainError, Invalid
-from cnetd.ml.service import Model
+from cnetd.ml.catalog import Model
 from cnetd.ui.common import agent_of, check_same_origin, page, redirect, renderer, ui_of
 from cnetd.ui.forms import Form
 from cnetd.ui.render import fragment_response, is_htmx, polled
 
 SERVE_PATH = "/api/ml/models/{id}/serve"
 ACTIVE_STATES = ("serving", "awaiting_training")
-
-
-@dataclass(frozen=True)
-class WarmAnswer:
-    prediction: Any
-    worker: str  # the worker task's id, or "cache"
 
 
 def manager(agent: Agent) -> Any | None:
@@ -48,19 +41,6 @@ def describe(agent: Agent, model: Model) -> dict[str, Any] | None:
         except Exception:  # a UI must not fail on a part it only shows
             return model.record.serving
     return model.record.serving
-
-
-async def warm_predict(agent: Agent, model_id: str, value: Any) -> WarmAnswer | None:
-    """The prediction from a warm worker when the model is served, else None."""
-    serving = manager(agent)
-    served = serving.served(model_id) if serving is not None else None
-    if served is None:
-        return None
-    from cnetd.ml.serving.protocol import instances_from_input_data
-
-    instances, single = instances_from_input_data(value, served.n_features)
-    answer = await served.predict(instances)
-    return WarmAnswer(answer.predictions[0] if single else answer.predictions, answer.worker)
 
 
 def card_context(request: web.Request, model: Model, form: Form | None = None) -> dict[str, Any]:

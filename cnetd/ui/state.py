@@ -33,7 +33,7 @@ UI = web.AppKey("ui", UiState)
 async def ui_context(app: web.Application) -> AsyncIterator[None]:
     """Entered after the agent's context (add_ui_routes runs after it is registered)."""
     agent = app[AGENT]
-    state = UiState(renderer=Renderer(templates_dir(), agent.config.agent.node_name), closing=asyncio.Event())
+    state = UiState(renderer=Renderer(templates_dir(), agent.identity.node_name), closing=asyncio.Event())
     app[UI] = state
     try:
         yield

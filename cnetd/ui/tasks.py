@@ -96,7 +96,7 @@ async def create_task(request: web.Request) -> web.Response:
 async def task_page(request: web.Request) -> web.Response:
     agent = agent_of(request)
     task = await agent.tasks.get(request.match_info["id"])
-    model = await detail.find_model(agent, task.id) if task.type == "ml_model" else None
+    model = await detail.find_model(agent, task)
     return await detail_page(request, task, model, as_model=False)
 
 
@@ -110,7 +110,7 @@ async def stop_task(request: web.Request) -> web.Response:
     except Conflict:
         pass  # it ended meanwhile: the summary below shows how
     task = await agent.tasks.get(task_id)
-    model = await detail.find_model(agent, task.id) if task.type == "ml_model" else None
+    model = await detail.find_model(agent, task)
     if not is_htmx(request):
         name = "ui-model" if model is not None else "ui-task"
         return redirect(request, str(request.app.router[name].url_for(id=task_id)))

@@ -1,0 +1,127 @@
+"""Worker tasks of served models: creating one (the model's command, env, working dir and
+limits, a socket directory of its own), connecting to it once it listens, stopping it and
+removing its socket. The replica runner and the rolling reload start and stop workers
+only through this."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from cnetd.errors import Conflict, NotFound
+from cnetd.ml.serving.client import ProtocolError, WorkerClient
+from cnetd.ml.serving.served import Served
+from cnetd.security.identity import model_owner
+from cnetd.tasks.model import Task
+from cnetd.tasks.request import NewTask
+from cnetd.tasks.service import TaskService
+
+log = logging.getLogger(__name__)
+
+WORKER_SCRIPT = Path(__file__).resolve().with_name("worker.py")
+WORKER_RELATIVE = "cnetd/ml/serving/worker.py"  # for cnetd.bundle.stable_copy in the one-file binary
+WORKER_SOCKET = "worker.sock"
+STARTUP_TIMEOUT = 300.0  # a worker that has not loaded its model by then is replaced
+LOST_GRACE = 5.0  # after its connection ends, how long a worker may take to exit
+CONNECT_POLL_MAX = 0.25
+
+
+class SocketDirs(Protocol):
+    """Where worker sockets live (the launcher's run dir)."""
+
+    run_dir: Path
+
+    def socket_dir(self, name: str, gid: int | None) -> Path: ...
+
+
+def interpreter_for(command: str) -> str:
+    """The model's python: its deploy command when that is a python, else python3."""
+    return command if Path(command).name.startswith("python") else "python3"
+
+
+def socket_of(task: Task) -> str | None:
+    args = task.args
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--socket":
+            return args[i + 1]
+    return None
+
+
+class WorkerTasks:
+    def __init__(self, tasks: TaskService, sockets: SocketDirs, worker_script: Path = WORKER_SCRIPT) -> None:
+        """worker_script: a worker.py that the model's python can read for as long as the
+        worker lives (in the one-file binary: a stable copy under the state dir)."""
+        self.tasks = tasks
+        self.sockets = sockets
+        self.worker_script = worker_script
+
+    async def create(self, served: Served) -> Task:
+        record, base = served.model.record, served.model.task
+        owner = model_owner(record.name)
+        # Its own directory: root's, writable by the model's group alone, so no other task
+        # can take the name and the worker cannot move the directory.
+        uid = await self.tasks.uid_for_owner(owner)
+        socket = str(self.sockets.socket_dir(f"serve-{uuid.uuid4().hex[:12]}", uid) / WORKER_SOCKET)
+        args = [str(self.worker_script), "--socket", socket, "--model", record.model_path, "--loader", served.spec.loader]
+        if record.script_path:
+            args += ["--script", record.script_path]
+        return await self.tasks.create(NewTask(
+            name=f"{record.name}-serve",
+            command=interpreter_for(base.command),
+            args=args,
+            env=dict(base.env),
+            working_dir=base.working_dir,
+            resources=base.resources,
+            timeout=0.0,  # no timeout: a worker lives until serving stops
+            type="ml_model",
+            kind="serve",
+            model_id=record.id,
+            identity_owner=owner,
+        ))
+
+    async def connect(self, task_id: str, socket: str | None, label: str) -> WorkerClient | None:
+        """Connect once the worker listens; None when its task ends or it never gets ready."""
+        if socket is None:
+            log.error("worker %s has no --socket argument; replacing it", task_id)
+            await self.stop(task_id)
+            return None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        delay = 0.01
+        while True:
+            try:
+                return await WorkerClient.connect(socket, task_id, self.tasks.peer_check(task_id))
+            except (OSError, ProtocolError):
+                pass
+            # Wakes at once when the task ends; otherwise try the socket again.
+            task = await self.tasks.wait_terminal(task_id, delay)
+            if task.status.terminal:
+                return None
+            if time.monotonic() > deadline:
+                log.error("model %s: worker %s not ready after %gs; replacing it", label, task_id, STARTUP_TIMEOUT)
+                await self.stop(task_id, why=f"by the agent: not ready after {STARTUP_TIMEOUT:g}s")
+                return None
+            delay = min(delay * 1.5, CONNECT_POLL_MAX)
+
+    async def wait_ended(self, task_id: str, timeout: float) -> Task:
+        """The worker's task once it ended, or as it is after timeout."""
+        return await self.tasks.wait_terminal(task_id, timeout)
+
+    async def get(self, task_id: str) -> Task:
+        return await self.tasks.get(task_id)
+
+    async def stop(self, task_id: str, why: str = "by user") -> None:
+        with contextlib.suppress(Conflict, NotFound):
+            await self.tasks.stop(task_id, why=why)
+
+    def remove_socket(self, socket: str | None) -> None:
+        if socket:
+            path = Path(socket)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if path.name == WORKER_SOCKET and path.parent.parent == self.sockets.run_dir:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
