@@ -177,7 +177,7 @@ SCHEMAS: dict[str, Schema] = {
     "PredictRequest": {
         "type": "object",
         "required": ["input_data"],
-        "properties": {"input_data": {"description": "a number, a list of numbers, a string, or any JSON"}},
+        "properties": {"input_data": {"description": "a number, a list of numbers, a string, or any JSON; as the script's argument at most 128 KiB and no NUL"}},
         "additionalProperties": False,
     },
     "PredictionCreated": {
