@@ -11,6 +11,7 @@ from typing import Any
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound
 from cnetd.ml.inputs import input_argument
+from cnetd.ml.scripts import locate_script
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
 from cnetd.security.identity import model_owner
 from cnetd.security.modeldirs import file_owner_problem
@@ -89,9 +90,10 @@ class ModelService:
         env["MODEL_TYPE"] = model_type
         cwd = resolve_working_dir(self.tasks.launcher.base_dir, working_dir)
         self.tasks.confinement.check_path("working_dir", working_dir, self.tasks.launcher.base_dir)
-        self.tasks.confinement.check_path("script_path", script_path, cwd)
-        if cwd.is_dir() and not (cwd / script_path).is_file():
-            raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
+        script = locate_script(script_path, working_dir, cwd, self.config.ml.script_path, self.tasks.confinement)
+        if script.found_in_search_root:  # the args name the script that was checked
+            args = [script.path if arg == script_path else arg for arg in args]
+            script_path = script.path
         real_cwd = self.tasks.launcher.working_dir(working_dir)
         self.tasks.confinement.check_model_dir(model_path, model_dir_of(real_cwd, model_path))
         kind = kind_from_args(args)
