@@ -558,6 +558,11 @@ class TaskService:
         for leftover in await asyncio.to_thread(self.launcher.remove_tmp_dirs_except, set(self._watches)):
             log.info("removed the TMPDIR of a task that is no longer running: %s", leftover)
 
+    async def stop_background(self) -> None:
+        """Stop starting pending tasks and sampling running ones; what runs is untouched."""
+        await cancel_and_wait(self._scheduler)
+        await self._usage.stop()
+
     async def shutdown(self) -> None:
         """Leave running tasks running (they outlive the agent) unless stop_on_exit."""
         self._stopping_agent = True
