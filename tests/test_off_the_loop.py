@@ -1,13 +1,15 @@
-"""The log ingester reads files off the event loop: a read that blocks (a log on a disk
-that hangs) stalls neither the agent's other work nor other tasks' logs. A real SQLite
-file and real files; a FIFO without a writer stands for the hanging disk (opening it blocks
-until a writer comes), a real file-system object rather than a mock."""
+"""Files are read off the event loop. The log ingester: a read that blocks (a log on a
+disk that hangs) stalls neither the agent's other work nor other tasks' logs (a real SQLite
+file and real files; a FIFO without a writer stands for the hanging disk: opening it blocks
+until a writer comes, a real file-system object rather than a mock). The node's figures
+(/api/resources, the heartbeat, the Nodes page) open no /proc or /sys file on the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from cnetd.config import ResourcesSection
 from cnetd.logs.ingester import LogIngester
+from cnetd.metrics.resources import ResourceSampler
 from cnetd.store import logs as lq
 from cnetd.store.db import Database
 
@@ -80,3 +84,31 @@ async def test_a_log_read_that_blocks_stalls_neither_the_loop_nor_other_tasks(db
         slow.unlink()
         slow.write_text("")  # a plain file again, for the last read at stop
         await ingester.stop()
+
+
+_watching: set[int] = set()  # thread idents whose opens are recorded
+_opened: list[str] = []
+
+
+def _record_opens(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and threading.get_ident() in _watching:
+        _opened.append(str(args[0]))
+
+
+sys.addaudithook(_record_opens)  # audit hooks stay for the process: it records only while asked
+
+
+async def test_the_node_figures_open_no_file_on_the_loop(tmp_path: Path) -> None:
+    sampler = ResourceSampler(ResourcesSection(interval=3600), tmp_path)
+    await sampler.start()
+    try:
+        _watching.add(threading.get_ident())
+        try:
+            totals, usage = sampler.totals(), sampler.usage()
+        finally:
+            _watching.discard(threading.get_ident())
+        assert _opened == []
+        assert totals["cpu"]["cores"] == os.cpu_count() and totals["memory"]["total"] > 0
+        assert totals["disk"]["path"] == str(tmp_path) and usage["memory"]["total"] == totals["memory"]["total"]
+    finally:
+        await sampler.stop()
