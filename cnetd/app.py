@@ -30,9 +30,9 @@ from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
 from cnetd.security.confine import Confinement
 from cnetd.security.headers import add_header_policy
 from cnetd.security.hosts import AllowedHosts, host_middleware
-from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.identity import Identities
 from cnetd.security.isolation import Isolation
+from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.modeldirs import prepare_roots
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
@@ -41,7 +41,6 @@ from cnetd.supervisor.select import choose_sandbox
 from cnetd.tasks.retention import Retention
 from cnetd.tasks.service import TaskService
 from cnetd.ui.routes import add_ui_routes
-
 
 log = logging.getLogger(__name__)
 

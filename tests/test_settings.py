@@ -65,7 +65,8 @@ def test_the_search_root_never_widens_what_may_run(agent_factory: Callable[..., 
     (agent.workdir / "scripts" / "link.py").symlink_to(outside / "evil.py")
     body = {"name": "x", "command": PY, "model_path": "models/x.json"}
     reply = agent.api.post("/api/ml/models", {**body, "script_path": "link.py"})
-    assert reply.status == 400 and reply.body["error"].startswith("script_path") and "outside the allowed roots" in reply.body["error"]
+    assert reply.status == 400 and reply.body["error"].startswith("script_path"), reply.text
+    assert "outside the allowed roots" in reply.body["error"]
     # "../" does not climb out of the search root (here to a file that does exist).
     climb = os.path.relpath(outside / "evil.py", agent.workdir / "scripts")
     reply = agent.api.post("/api/ml/models", {**body, "script_path": climb})

@@ -159,7 +159,7 @@ class LogIngester:
         the event loop one hop however many tasks run."""
         tails = list(self._tails.items())
         sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in tails])
-        return [task_id for (task_id, tail), size in zip(tails, sizes)
+        return [task_id for (task_id, tail), size in zip(tails, sizes, strict=True)
                 if not tail.loaded or (size is not None and size > tail.offset)]
 
     async def _ingest(self, task_id: str, final: bool) -> None:
