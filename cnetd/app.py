@@ -33,9 +33,9 @@ from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
 from cnetd.security.confine import Confinement
 from cnetd.security.headers import add_header_policy
 from cnetd.security.hosts import AllowedHosts, host_middleware
-from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.identity import Identities
 from cnetd.security.isolation import Isolation
+from cnetd.security.login import AUTHENTICATOR, add_login_routes
 from cnetd.security.modeldirs import prepare_roots
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
@@ -45,10 +45,12 @@ from cnetd.tasks.retention import Retention
 from cnetd.tasks.service import TaskService
 from cnetd.ui.routes import add_ui_routes
 
-
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+STORE = web.AppKey("store", Database)
+RETENTION = web.AppKey("retention", Retention)
+INGESTER = web.AppKey("ingester", LogIngester)
 
 
 async def persistent_node_id(db: Database, configured: str) -> str:
@@ -97,77 +99,148 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     hosts.learn_fqdn()
     app[AUTHENTICATOR] = authenticator
     add_header_policy(app)
-    app.cleanup_ctx.append(lambda a: _agent_context(a, config, base_dir or Path.cwd()))
+    base = base_dir or Path.cwd()
+    # One context per resource, entered in this order and left in reverse. When one fails to
+    # start, aiohttp leaves the ones already entered, so a start that fails part-way leaves
+    # nothing running; the scheduler comes last, so no task is launched before all is up.
+    app.cleanup_ctx.extend([
+        lambda a: _store(a, config),
+        lambda a: _parts(a, config, base),
+        _log_ingester,
+        _task_supervision,
+        _retention,
+        _serving,
+        _resource_sampler,
+        _federation,
+        _scheduler,
+    ])
     add_api_routes(app)
     add_login_routes(app)
     add_ui_routes(app)
     return app
 
 
-async def _agent_context(app: web.Application, config: Config, base_dir: Path) -> AsyncIterator[None]:
+async def _store(app: web.Application, config: Config) -> AsyncIterator[None]:
     state_dir = config.agent.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(state_dir / "cnet.db")
-    await db.open()
     try:
-        node_id = await persistent_node_id(db, config.agent.node_id)
-        sandbox, reason = choose_sandbox(config.tasks.sandbox, config.tasks.cgroup_group, config.tasks.slice)
-        identities = Identities.from_config(config)
-        allowed_roots = [Path(os.path.realpath(p)) for p in (config.ml.allowed_roots or (base_dir,))]
-        for root in allowed_roots:
-            if root.is_relative_to(os.path.realpath(state_dir)):
-                log.warning("ml.allowed_roots: %s is in the agent's state dir, which tasks never see: "
-                            "set ml.allowed_roots to where model scripts live", root)
-        model_roots = prepare_roots(config.ml.model_roots or (*(r / "models" for r in allowed_roots), config.ml.model_path))
-        isolation = Isolation(
-            state_dir=state_dir, allowed_roots=allowed_roots, model_roots=model_roots,
-            secret_files=[p for p in (config.source, config.auth.token_file) if p is not None],
-        )
-        launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, identities, isolation)
-        probe_user = identities.user(config.tasks.uid_range.start) if identities.mode == "dynamic" else identities.static_user
-        if probe_user is not None:
-            isolation.probe(probe_user)
-        else:
-            isolation.namespaces, isolation.problem = False, "tasks run as the agent's own user"
-        log_task_user(launcher)
-        ingester = LogIngester(db, limits=config.logs)
-        confinement = Confinement(allowed_roots, config.tasks.allowed_commands, model_roots, default_task_path(),
-                                  state_dir=state_dir)
-        tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
-        ingester.on_lines = tasks.on_log_lines
-        retention = Retention(db, config.tasks.retention, launcher, forget=tasks.forget)
-        resources = ResourceSampler(config.resources, state_dir)
-        catalog = ModelCatalog(db, tasks, launcher)
-        worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
-        serving = ServingManager(db, tasks, catalog, launcher, worker_script)
-        models = ModelService(tasks, catalog, serving, launcher, confinement, config)
-        identity = NodeIdentity.of(config, node_id)
-
-        async def own_report() -> dict[str, Any]:
-            return describe_node(identity, sandbox.name, await tasks.counts(), resources.usage(), resources.totals())
-
-        federation = Federation(config, db, node_id, own_report)
-        agent = Agent(
-            config=config, base_dir=base_dir, identity=identity, launcher=launcher,
-            logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
-            federation=federation, sandbox_reason=reason, started_at=utc_now(),
-        )
-        app[AGENT] = agent
-        await ingester.start()
-        await tasks.recover()
-        await tasks.start_background()
-        await retention.start()  # after recovery: the tasks it settled are ended or running
-        await serving.start()  # after recovery: reattaches to workers that outlived the agent
-        await resources.start()
-        await federation.start()
-        try:
-            yield
-        finally:
-            await federation.stop()
-            await resources.stop()
-            await serving.stop()  # lets go of the workers; they keep running
-            await retention.stop()
-            await tasks.shutdown()
-            await ingester.stop()
+        await db.open()
+        app[STORE] = db
+        yield
     finally:
         await db.close()
+
+
+async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncIterator[None]:
+    """Builds every part and wires them together; nothing starts here."""
+    state_dir, db = config.agent.state_dir, app[STORE]
+    node_id = await persistent_node_id(db, config.agent.node_id)
+    sandbox, reason = choose_sandbox(config.tasks.sandbox, config.tasks.cgroup_group, config.tasks.slice)
+    identities = Identities.from_config(config)
+    allowed_roots = [Path(os.path.realpath(p)) for p in (config.ml.allowed_roots or (base_dir,))]
+    for root in allowed_roots:
+        if root.is_relative_to(os.path.realpath(state_dir)):
+            log.warning("ml.allowed_roots: %s is in the agent's state dir, which tasks never see: "
+                        "set ml.allowed_roots to where model scripts live", root)
+    model_roots = prepare_roots(config.ml.model_roots or (*(r / "models" for r in allowed_roots), config.ml.model_path))
+    isolation = Isolation(
+        state_dir=state_dir, allowed_roots=allowed_roots, model_roots=model_roots,
+        secret_files=[p for p in (config.source, config.auth.token_file) if p is not None],
+    )
+    launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, identities, isolation)
+    probe_user = identities.user(config.tasks.uid_range.start) if identities.mode == "dynamic" else identities.static_user
+    if probe_user is not None:
+        isolation.probe(probe_user)
+    else:
+        isolation.namespaces, isolation.problem = False, "tasks run as the agent's own user"
+    log_task_user(launcher)
+    ingester = LogIngester(db, limits=config.logs)
+    confinement = Confinement(allowed_roots, config.tasks.allowed_commands, model_roots, default_task_path(),
+                              state_dir=state_dir)
+    tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
+    ingester.on_lines = tasks.on_log_lines
+    resources = ResourceSampler(config.resources, state_dir)
+    catalog = ModelCatalog(db, tasks, launcher)
+    worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
+    serving = ServingManager(db, tasks, catalog, launcher, worker_script)
+    models = ModelService(tasks, catalog, serving, launcher, confinement, config)
+    identity = NodeIdentity.of(config, node_id)
+
+    async def own_report() -> dict[str, Any]:
+        return describe_node(identity, sandbox.name, await tasks.counts(), resources.usage(), resources.totals())
+
+    app[INGESTER] = ingester
+    app[RETENTION] = Retention(db, config.tasks.retention, launcher, forget=tasks.forget)
+    app[AGENT] = Agent(
+        config=config, base_dir=base_dir, identity=identity, launcher=launcher,
+        logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
+        federation=Federation(config, db, node_id, own_report), sandbox_reason=reason, started_at=utc_now(),
+    )
+    yield
+
+
+# Each part below is started inside its try, so a start that fails half-way is undone too.
+
+
+async def _log_ingester(app: web.Application) -> AsyncIterator[None]:
+    ingester = app[INGESTER]
+    try:
+        await ingester.start()
+        yield
+    finally:
+        await ingester.stop()  # every line written so far is ingested
+
+
+async def _task_supervision(app: web.Application) -> AsyncIterator[None]:
+    tasks = app[AGENT].tasks
+    try:
+        await tasks.recover()  # reattach to what runs, settle what ended while the agent was down
+        yield
+    finally:
+        await tasks.shutdown()  # tasks keep running unless tasks.stop_on_exit
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    retention = app[RETENTION]
+    try:
+        await retention.start()  # after recovery: the tasks it settled are ended or running
+        yield
+    finally:
+        await retention.stop()
+
+
+async def _serving(app: web.Application) -> AsyncIterator[None]:
+    serving = app[AGENT].serving
+    try:
+        await serving.start()  # after recovery: reattaches to workers that outlived the agent
+        yield
+    finally:
+        await serving.stop()  # lets go of the workers; they keep running
+
+
+async def _resource_sampler(app: web.Application) -> AsyncIterator[None]:
+    resources = app[AGENT].resources
+    try:
+        await resources.start()
+        yield
+    finally:
+        await resources.stop()
+
+
+async def _federation(app: web.Application) -> AsyncIterator[None]:
+    federation = app[AGENT].federation
+    try:
+        await federation.start()
+        yield
+    finally:
+        await federation.stop()
+
+
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    tasks = app[AGENT].tasks
+    try:
+        await tasks.start_background()  # pending tasks start from here on
+        yield
+    finally:
+        await tasks.stop_background()

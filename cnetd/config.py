@@ -176,11 +176,11 @@ class PortRange:
 @dataclass(frozen=True)
 class MLSection:
     enabled: bool = True
-    engines: tuple[str, ...] = ("python",)
-    default_engine: str = "python"
-    model_path: Path = Path("state/models")  # resolved to <state_dir>/models by the loaders
-    script_path: Path = Path("examples/ml_models")  # resolved to <config dir>/examples/ml_models
-    port_range: PortRange = PortRange()
+    engines: tuple[str, ...] = ("python",)  # accepted for compatibility, no effect (COMPATIBILITY_ONLY)
+    default_engine: str = "python"  # accepted for compatibility, no effect
+    model_path: Path = Path("state/models")  # a model root; resolved to <state_dir>/models by the loaders
+    script_path: Path = Path("examples/ml_models")  # where a relative script_path is looked up last
+    port_range: PortRange = PortRange()  # accepted for compatibility, no effect
     resource_limits: ResourceLimits = ResourceLimits(1.0, 536870912, 1073741824, 0)
     timeout: float = 30.0
     allowed_roots: tuple[Path, ...] = ()  # empty: the agent's working directory
@@ -613,6 +613,17 @@ def _parse_mapping(
     return out
 
 
+# Keys of the original agent's file that are checked and kept but act on nothing here: model
+# scripts name their interpreter in "command", and warm workers talk over Unix sockets, not
+# ports. A file that sets one gets a start-up warning saying so.
+COMPATIBILITY_ONLY = ("ml.engines", "ml.default_engine", "ml.port_range")
+
+
+def _compatibility_warnings(values: Mapping[str, Mapping[str, Any]], label: str) -> list[str]:
+    given = [f"{section}.{key}" for section, keys in values.items() for key in keys]
+    return [f"{label}: {key}: accepted for compatibility, has no effect" for key in COMPATIBILITY_ONLY if key in given]
+
+
 def _parse_document(data: Any, label: str, warnings: list[str], strict: bool) -> dict[str, dict[str, Any]]:
     if data is None:
         return {}
@@ -627,6 +638,7 @@ def _parse_document(data: Any, label: str, warnings: list[str], strict: bool) ->
             warnings.append(message)
             continue
         values[name] = _parse_mapping(raw, _SPEC[name], label, name, warnings, strict)
+    warnings += _compatibility_warnings(values, label)
     return values
 
 

@@ -1,8 +1,9 @@
 """Serving the app: listen, tell systemd when ready, stop cleanly on SIGTERM/SIGINT.
 
 web.run_app has no hook after the socket listens, and READY=1 must mean "it serves": so
-the app is run through AppRunner/TCPSite here, with what run_app did (no access log, a
-short shutdown timeout). Order on start: store, recovery and background parts (the app's
+the app is run through AppRunner/SockSite here, with what run_app did (no access log, a
+short shutdown timeout). Order on start: bind the API's port (one in use stops the agent
+before anything has started), then store, recovery and background parts (the app's
 cleanup_ctx, in runner.setup()), then listen, then READY=1. On SIGTERM/SIGINT (the handlers
 only set an event): STOPPING=1, stop listening, give open requests shutdown_timeout to
 finish, then the app's cleanup (tasks left running or stopped as configured, every log
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import weakref
 
@@ -43,14 +45,12 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
     _end_streams_on_shutdown(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     background: list[asyncio.Task[None]] = []
+    listeners = bind_listeners(host, port)  # a port in use stops the start before anything runs
     try:
         notifier.status("starting: opening the store, recovering tasks")
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        for sock in listeners:
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
         agent = app.get(AGENT)
         sandbox = agent.sandbox_name if agent is not None else "?"
@@ -69,11 +69,36 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
         await cancel_all(background)
         try:
             await runner.cleanup()
+            for sock in listeners:  # the sites closed theirs; these are the ones never served
+                sock.close()
         finally:
             for sig in signals:  # only now: a second SIGTERM must not cut the cleanup short
                 loop.remove_signal_handler(sig)
             notifier.close()
     log.info("stopped")
+
+
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """The API's sockets for host (every address it names), bound but not yet listening,
+    as loop.create_server would bind them; ListenError names the address when one cannot be."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: an IPv6 socket does not take IPv4 too
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ListenError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sockets
 
 
 def _end_streams_on_shutdown(app: web.Application) -> None:

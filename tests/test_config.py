@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnetd.config import COMPATIBILITY_ONLY as COMPATIBILITY_ONLY_IN_CONFIG
 from cnetd.config import (
     AgentSection,
     Config,
@@ -124,9 +126,9 @@ def test_default_config_overrides(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the original file
 
 
-def test_original_config_parses_without_warnings(tmp_path: Path) -> None:
+def test_original_config_parses_with_only_the_compatibility_warnings(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, ORIGINAL)
-    assert cfg.warnings == ()
+    assert all(w.endswith(": accepted for compatibility, has no effect") for w in cfg.warnings), cfg.warnings
     assert cfg.agent.address == "0.0.0.0"
     assert cfg.agent.node_id == "discovery-server"
     assert cfg.agent.node_name == "Discovery Server"
@@ -433,7 +435,7 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth"}
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
-    assert again.warnings == ()
+    assert all(w.endswith(": accepted for compatibility, has no effect") for w in again.warnings), again.warnings
     assert again.to_dict() == data
 
 
@@ -446,18 +448,86 @@ def test_to_dict_round_trips_no_timeout(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- docs
 
 
-def test_every_key_is_documented() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "config-reference.md").read_text()
-    rows = set(re.findall(r"^\|\s*`([a-z_.]+)`\s*\|", doc, re.MULTILINE))
+REFERENCE = Path(__file__).parent.parent / "docs" / "config-reference.md"
+CNETD = Path(__file__).parent.parent / "cnetd"
+# Keys of the original agent's file that are accepted but read nowhere (config.COMPATIBILITY_ONLY).
+COMPATIBILITY_ONLY = {"ml.engines", "ml.default_engine", "ml.port_range.start", "ml.port_range.end"}
+# Where the agent hands a section to a part that keeps it under another name, the names
+# that part reads it by (Uplink(config.discovery) reads self.settings.retry).
+HELD_AS = {
+    "discovery": {"settings"},
+    "resources": {"settings"},
+    "logs": {"limits"},
+    "tasks.retention": {"settings"},
+}
+# Read as a whole: each leaf is the default of the deploy's resources field of that name.
+READ_WHOLE = {"ml.resource_limits"}
 
+
+def documented_keys() -> set[str]:
+    return set(re.findall(r"^\|\s*`([a-z_.]+)`\s*\|", REFERENCE.read_text(), re.MULTILINE))
+
+
+def config_keys() -> set[str]:
     def keys(prefix: str, value: object) -> set[str]:
         if isinstance(value, dict):
             return set().union(*(keys(f"{prefix}.{k}" if prefix else k, v) for k, v in value.items()))
         return {prefix}
 
-    assert keys("", default_config(Path("/x")).to_dict()) <= rows
+    return keys("", default_config(Path("/x")).to_dict())
+
+
+def attribute_reads() -> set[tuple[str, str]]:
+    """(holder, attribute) for every `holder.attribute` in cnetd/ outside config.py: for
+    `config.ml.script_path` that is ("config", "ml") and ("ml", "script_path")."""
+    reads = set()
+    for path in CNETD.rglob("*.py"):
+        if path == CNETD / "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute):
+                holder = node.value
+                name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", None)
+                if name is not None:
+                    reads.add((name.lstrip("_"), node.attr))
+    return reads
+
+
+def is_read(key: str, reads: set[tuple[str, str]]) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    holders = {parent.rpartition(".")[2], *HELD_AS.get(parent, ())}
+    if any((holder, leaf) in reads for holder in holders):
+        return True
+    return parent in READ_WHOLE and is_read(parent, reads)
+
+
+def test_every_key_is_documented() -> None:
+    doc = REFERENCE.read_text()
+    assert config_keys() <= documented_keys()
     env_vars = {"CNET_NODE_ID", "CNET_PORT", "CNET_REGION", "CNET_DATACENTER", "CNET_LOG_LEVEL", "CNET_ADDRESS"}
     assert all(v in doc for v in env_vars | {"CNET_STATE_DIR", "CNET_SANDBOX"})
+
+
+def test_every_documented_key_is_read_by_the_agent() -> None:
+    """The other way round: a documented key that no code reads is a setting that does
+    nothing. Each must be read as an attribute somewhere in cnetd/ outside config.py, or be
+    one of the keys accepted for compatibility, which say so in the reference."""
+    reads = attribute_reads()
+    unread = {key for key in documented_keys() if not is_read(key, reads)}
+    assert unread == COMPATIBILITY_ONLY, f"documented but read nowhere: {sorted(unread - COMPATIBILITY_ONLY)}; " \
+                                         f"read now, so no longer compatibility-only: {sorted(COMPATIBILITY_ONLY - unread)}"
+    rows = {row.split("|")[1].strip(" `"): row for row in REFERENCE.read_text().splitlines() if row.startswith("| `")}
+    for key in COMPATIBILITY_ONLY:
+        assert "Accepted for compatibility, has no effect" in rows[key], key
+    assert {k.removesuffix(".start").removesuffix(".end") for k in COMPATIBILITY_ONLY} == set(COMPATIBILITY_ONLY_IN_CONFIG)
+
+
+def test_compatibility_keys_warn_once_each_when_a_file_sets_them(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, ORIGINAL)
+    label = str(tmp_path / "config.yaml")
+    assert cfg.warnings == tuple(f"{label}: {key}: accepted for compatibility, has no effect"
+                                 for key in ("ml.engines", "ml.default_engine", "ml.port_range"))
+    assert load_text(tmp_path, "ml: {enabled: true}\n").warnings == ()
 
 
 def test_auth_tokens_from_file_and_env_are_redacted_in_to_dict(tmp_path: Path) -> None:

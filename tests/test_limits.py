@@ -122,7 +122,8 @@ def test_disk_meter_counts_what_a_real_task_writes(tmp_path: Path) -> None:
 
 
 def test_format_bytes() -> None:
-    assert format_bytes(100 << 20) == "100 MB"
-    assert format_bytes(int(1.2 * (1 << 30))) == "1.2 GB"
-    assert format_bytes(1 << 30) == "1.0 GB"
+    assert format_bytes(100 << 20) == "100 MiB"
+    assert format_bytes(int(1.2 * (1 << 30))) == "1.29 GB"
+    assert format_bytes(int(1.2 * (1 << 30)), like=1 << 30) == "1.20 GiB"
+    assert format_bytes(1 << 30) == "1 GiB"
     assert format_bytes(512) == "512 B"

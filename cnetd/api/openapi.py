@@ -177,7 +177,7 @@ SCHEMAS: dict[str, Schema] = {
     "PredictRequest": {
         "type": "object",
         "required": ["input_data"],
-        "properties": {"input_data": {"description": "a number, a list of numbers, a string, or any JSON"}},
+        "properties": {"input_data": {"description": "a number, a list of numbers, a string, or any JSON; as the script's argument at most 128 KiB and no NUL"}},
         "additionalProperties": False,
     },
     "PredictionCreated": {
@@ -341,6 +341,11 @@ def query(name: str, schema: Schema, description: str) -> Schema:
 
 LINES = query("lines", {"type": "integer", "minimum": 1, "maximum": 10000}, "how many of the last lines (default 100)")
 FOLLOW = query("follow", {"type": "boolean"}, "stream new lines as server-sent events until the task ends")
+LAST_EVENT_ID = {
+    "name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+    "description": "with follow=1: resume after this event id (what an EventSource sends when it reconnects): every "
+                   "line after it instead of the last `lines`; anything but an id this stream sent is a 400",
+}
 LOG_RESPONSES = {
     "200": {
         "description": "the last lines as a JSON array of strings (text/event-stream with follow=1)",
@@ -414,7 +419,7 @@ def build_document() -> Schema:
                 {200: ("stopped", ref("Task"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="stopTask"),
         },
         "/api/tasks/{id}/logs": {"get": {"summary": "A task's log lines", "operationId": "taskLogs",
-                                         "parameters": [ID_PARAM, LINES, FOLLOW], "responses": LOG_RESPONSES}},
+                                         "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
         "/api/tasks/{id}/events": {"get": operation("A task's history", responses(
             {200: ("events", {"type": "array", "items": ref("Event")})}, (404,)), [ID_PARAM], op_id="taskEvents")},
         "/api/tasks/{id}/stats": {"get": operation("A task's CPU and memory now", responses(
@@ -438,7 +443,7 @@ def build_document() -> Schema:
             [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], body("PredictRequest"),
             op_id="predict")},
         "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
-                                             "parameters": [ID_PARAM, LINES, FOLLOW], "responses": LOG_RESPONSES}},
+                                             "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
         "/api/ml/models/{id}/serve": {
             "post": operation("Serve the model from warm workers", responses(
                 {200: ("serving", ref("Model")), 202: ("starting", ref("Model"))}, (*WRITE_ERRORS, 404, 409, 504)),

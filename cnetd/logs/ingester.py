@@ -144,7 +144,7 @@ class LogIngester:
 
     async def _run(self) -> None:
         while True:
-            for task_id in list(self._tails):
+            for task_id in await self._tails_with_news():
                 try:
                     await self._ingest(task_id, final=False)
                 except Exception:
@@ -152,6 +152,15 @@ class LogIngester:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    async def _tails_with_news(self) -> list[str]:
+        """The tails whose file holds bytes past what is stored (or whose cursor is not
+        loaded yet): one stat per file, all in one trip to a thread, so an idle pass costs
+        the event loop one hop however many tasks run."""
+        tails = list(self._tails.items())
+        sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in tails])
+        return [task_id for (task_id, tail), size in zip(tails, sizes, strict=True)
+                if not tail.loaded or (size is not None and size > tail.offset)]
 
     async def _ingest(self, task_id: str, final: bool) -> None:
         tail = self._tails.get(task_id)
@@ -164,9 +173,10 @@ class LogIngester:
                 )
                 tail.loaded = True
             while True:
-                data = _read_from(tail.path, tail.offset, CHUNK_BYTES)
-                at_end = len(data) < CHUNK_BYTES
-                lines, consumed, skipping = split_chunk(data, final and at_end, tail.skipping)
+                # A chunk is up to 1 MiB from a file on disk: read and split off the loop.
+                lines, consumed, skipping, at_end = await asyncio.to_thread(
+                    _read_lines, tail.path, tail.offset, final, tail.skipping
+                )
                 if consumed == 0:
                     return
                 first_seq, end_offset = tail.next_seq, tail.offset + consumed
@@ -205,6 +215,25 @@ class LogIngester:
             )
             return
         tail.punched = end
+
+
+def _sizes(paths: list[Path]) -> list[int | None]:
+    sizes: list[int | None] = []
+    for path in paths:
+        try:
+            sizes.append(os.stat(path).st_size)
+        except OSError:
+            sizes.append(None)
+    return sizes
+
+
+def _read_lines(path: Path, offset: int, final: bool, skipping: bool) -> tuple[list[str], int, bool, bool]:
+    """The complete lines of the next chunk from offset: (lines, bytes consumed, still
+    skipping an overlong line, the chunk reached the end of the file)."""
+    data = _read_from(path, offset, CHUNK_BYTES)
+    at_end = len(data) < CHUNK_BYTES
+    lines, consumed, skipping = split_chunk(data, final and at_end, skipping)
+    return lines, consumed, skipping, at_end
 
 
 def _read_from(path: Path, offset: int, size: int) -> bytes:

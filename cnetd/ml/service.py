@@ -14,6 +14,7 @@ from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid
 from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.inputs import input_argument
+from cnetd.ml.scripts import locate_script
 from cnetd.ml.serving.manager import ServingManager
 from cnetd.ml.serving.protocol import instances_from_input_data
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
@@ -107,9 +108,10 @@ class ModelService:
         env["MODEL_TYPE"] = model_type
         cwd = resolve_working_dir(self.launcher.base_dir, working_dir)
         self.confinement.check_path("working_dir", working_dir, self.launcher.base_dir)
-        self.confinement.check_path("script_path", script_path, cwd)
-        if cwd.is_dir() and not (cwd / script_path).is_file():
-            raise Invalid("script_path", f"{script_path}: no such file (relative to working_dir {working_dir})")
+        script = locate_script(script_path, working_dir, cwd, self.config.ml.script_path, self.confinement)
+        if script.found_in_search_root:  # the args name the script that was checked
+            args = [script.path if arg == script_path else arg for arg in args]
+            script_path = script.path
         real_cwd = self.launcher.working_dir(working_dir)
         self.confinement.check_model_dir(model_path, model_dir_of(real_cwd, model_path))
         kind = kind_from_args(args)

@@ -2,7 +2,7 @@
 modified under its output directories (working dir, model dir) since it started.
 
 The supervisor calls measure() about once a second for tasks with a disk_limit and fails
-the task with `disk limit exceeded (wrote 1.2 GB, limit 1.0 GB)` when it is passed. Each
+the task with `disk limit exceeded (wrote 1.29 GB, limit 1 GB)` when it is passed. Each
 call does bounded work: at most max_entries directory entries are looked at, symlinks are
 never followed, and a file reached twice (overlapping dirs, hard links) counts once.
 """
@@ -16,25 +16,19 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from cnetd.units import format_size
+
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # File times come from a coarse clock (a few ms behind time.time()), and started_at is
 # usually taken just after the spawn: files modified this long before `since` count too.
 SLACK_NS = 100_000_000
-UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
 
-def format_bytes(n: int | float) -> str:
-    """1288490188 -> '1.2 GB', 104857600 -> '100 MB' (units of 1024, as limits are given)."""
-    value = float(n)
-    for unit in UNITS:
-        if abs(value) < 1024 or unit == UNITS[-1]:
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if abs(value) < 10 else f"{value:.0f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+def format_bytes(n: int | float, like: int | float | None = None) -> str:
+    """10**9 -> '1 GB', 2**29 -> '512 MiB' (the units limits are written in; see cnetd.units)."""
+    return format_size(n, like)
 
 
 Since = float | str | datetime | None

@@ -56,17 +56,13 @@ def format_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def format_megabytes(n: int) -> str:
-    return f"{n / 1_000_000:g} MB" if n % 1_000_000 == 0 else format_bytes(n)
-
-
 def failure_reason(exit: ExitStatus, task: Task) -> str | None:
     """None for success, else a reason a person can act on."""
     if exit.lost:
         return LOST_REASON
     if exit.oom_killed:
         limit = task.resources.memory_limit
-        return f"out of memory (limit {format_megabytes(limit)})" if limit else "out of memory"
+        return f"out of memory (limit {format_bytes(limit)})" if limit else "out of memory"
     if exit.code == 0:
         return None
     if exit.signal:
@@ -381,7 +377,7 @@ class TaskService:
             if used > limit:
                 watch = self._watches.get(task.id)
                 if watch is not None:
-                    watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used)}, limit {format_bytes(limit)})"
+                    watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used, like=limit)}, limit {format_bytes(limit)})"
                     await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
                 return
             with contextlib.suppress(asyncio.TimeoutError):
@@ -561,6 +557,11 @@ class TaskService:
             log.warning("removed leftover %s that belongs to no known task", item)
         for leftover in await asyncio.to_thread(self.launcher.remove_tmp_dirs_except, set(self._watches)):
             log.info("removed the TMPDIR of a task that is no longer running: %s", leftover)
+
+    async def stop_background(self) -> None:
+        """Stop starting pending tasks and sampling running ones; what runs is untouched."""
+        await cancel_and_wait(self._scheduler)
+        await self._usage.stop()
 
     async def shutdown(self) -> None:
         """Leave running tasks running (they outlive the agent) unless stop_on_exit."""

@@ -9,20 +9,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cnetd.clock import parse_time
+from cnetd.units import format_size
 
 
-def size(n: int | float | None) -> str:
-    """Bytes for people: 512 MB, 1.5 GB (decimal units, as the seed's limits are written)."""
-    if n is None:
-        return "—"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}".replace(".0 ", " ")
-        value /= 1000
-    return f"{value:.1f} PB"
+def size(n: int | float | None, like: int | float | None = None) -> str:
+    """Bytes for people in the units limits are written in: 512 MB, 512 MiB (cnetd.units)."""
+    return "—" if n is None else format_size(n, like)
 
 
 def duration(seconds: float | None) -> str:

@@ -5,32 +5,22 @@ plus the polled usage chart."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Literal
 
 from aiohttp import web
 from markupsafe import Markup
 
+from cnetd import sse
 from cnetd.background import cancel_all
 from cnetd.tasks.bus import TaskChange
 from cnetd.ui import detail
 from cnetd.ui.common import agent_of, renderer, ui_of
 from cnetd.ui.render import fragment_response, polled
 
-log = logging.getLogger(__name__)
-
 KEEPALIVE_SECONDS = 15.0
 LINES_PER_EVENT = 500
 
 News = Literal["lines", "status", "progress", "resubscribe", "idle", "closing"]
-
-
-def sse_message(event: str, data: str, event_id: int | None = None) -> bytes:
-    """One SSE message; CR would end a data line early, so it is dropped."""
-    parts = [] if event_id is None else [f"id: {event_id}"]
-    parts.append(f"event: {event}")
-    parts += [f"data: {line}" for line in data.replace("\r", "").split("\n")]
-    return ("\n".join(parts) + "\n\n").encode()
 
 
 async def _next_change(queue: asyncio.Queue[TaskChange | None], task_id: str) -> TaskChange | None:
@@ -41,9 +31,9 @@ async def _next_change(queue: asyncio.Queue[TaskChange | None], task_id: str) ->
 
 
 class _Stream:
-    def __init__(self, request: web.Request, response: web.StreamResponse, task_id: str, last: int) -> None:
+    def __init__(self, request: web.Request, events: sse.EventWriter, task_id: str, last: int) -> None:
         self.request = request
-        self.response = response
+        self.events = events
         self.agent = agent_of(request)
         self.ui = ui_of(request)
         self.task_id = task_id
@@ -55,10 +45,10 @@ class _Stream:
         model = await detail.find_model(self.agent, task)
         r = renderer(self.request)
         ctx = detail.summary_context(self.agent, task, model)
-        await self.response.write(sse_message("summary", r.string(self.request, "_summary.html", ctx)))
+        await self.events.send("summary", r.string(self.request, "_summary.html", ctx))
         if timeline:
             tl = await detail.timeline_context(self.agent, task)
-            await self.response.write(sse_message("timeline", r.string(self.request, "_timeline.html", tl)))
+            await self.events.send("timeline", r.string(self.request, "_timeline.html", tl))
 
     async def send_lines(self) -> bool:
         rows = await self.agent.logs.after(self.task_id, self.last, LINES_PER_EVENT)
@@ -66,7 +56,7 @@ class _Stream:
             return False
         html = renderer(self.request).string(self.request, "_log_lines.html", {"lines": rows})
         self.last = rows[-1][0]
-        await self.response.write(sse_message("log", html, self.last))
+        await self.events.send("log", html, self.last)
         return True
 
     async def wait_for_news(self) -> News:
@@ -99,7 +89,7 @@ class _Stream:
                 if await self.send_lines():  # lines ingested just before the status changed
                     continue
                 await self.send_state()
-                await self.response.write(sse_message("end", str(task.status)))
+                await self.events.send("end", str(task.status))
                 return
             news = await self.wait_for_news()
             if news == "closing":
@@ -111,32 +101,25 @@ class _Stream:
             elif news in ("status", "progress"):
                 await self.send_state(timeline=news == "status")
             elif news == "idle":
-                await self.response.write(b": keepalive\n\n")
+                await self.events.keepalive()
 
     def close(self) -> None:
         self.agent.tasks.bus.unsubscribe(self.queue)
 
 
-def _after(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    return int(raw) if raw.isdigit() else 0
-
-
 async def task_live(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["id"]
     await agent_of(request).tasks.get(task_id)  # 404 before the stream starts
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no",
-    })
-    await response.prepare(request)
-    stream = _Stream(request, response, task_id, _after(request))
-    try:
-        await stream.run()
-    except ConnectionError:
-        log.debug("live stream of task %s: the browser went away", task_id)
-    finally:
-        stream.close()
-    return response
+    after = sse.last_event_id(request, "after") or 0  # and a 400 for an id it never sent
+
+    async def produce(events: sse.EventWriter) -> None:
+        stream = _Stream(request, events, task_id, after)
+        try:
+            await stream.run()
+        finally:
+            stream.close()
+
+    return await sse.stream(request, produce, f"live stream of task {task_id}")
 
 
 def usage_fragment(request: web.Request, ctx: dict[str, object]) -> tuple[Markup, bool]:
