@@ -305,6 +305,9 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("agent: {advertise_url: 'http://h:1/x'}\n", "agent.advertise_url: must be a URL like http://host:8080, got 'http://h:1/x'"),
         ("tasks: {run_as: 'a b'}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got 'a b'"),
         ("tasks: {run_as: -1}\n", "tasks.run_as: must be a user name or uid, optionally with :group, got -1"),
+        ("tasks: {max_pids: 0}\n", "tasks.max_pids: must be an integer in 1..4194304, got 0"),
+        ("ml: {resource_limits: {max_pids: 5000}}\n",
+         "ml.resource_limits.max_pids: must be at most tasks.max_pids (4096), got 5000"),
     ],
 )
 def test_each_error_is_one_line_naming_file_key_problem(tmp_path: Path, text: str, expected: str) -> None:

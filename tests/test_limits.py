@@ -52,6 +52,19 @@ def test_cpu_limit_holds_two_busy_processes_to_half_a_core(driver: Driver) -> No
                 f"got {result['cpu_percent']:.1f}%, the 40% lower bound is not observable")
 
 
+def test_a_fork_loop_stops_at_tasks_max_and_its_neighbour_still_starts(driver: Driver) -> None:
+    result = driver.run("fork_loop", tasks_max=16, attempts=200)
+    # the shim and the loop itself count too: at most 14 children, and the rest refused
+    assert 1 <= result["made"] <= 14, result
+    assert result["failed"] >= 200 - 14, result
+    assert result["pids"] is not None and result["pids"] <= 16, result
+    # a task beside it starts and ends as usual while the loop holds every pid it may have
+    assert result["neighbour"]["code"] == 0 and result["neighbour_log"] == "neighbour ran\n", result
+    assert result["neighbour_seconds"] < 10, result
+    # and the capped task stops within its grace plus the SIGKILL round, leaving nothing
+    assert result["stop_seconds"] < 10, result
+
+
 def test_stopped_tree_leaves_no_process_anywhere(driver: Driver) -> None:
     marker = f"cnet-tree-{uuid.uuid4()}"
     result = driver.run("stop_tree", marker=marker, grace=0.5)

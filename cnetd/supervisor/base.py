@@ -79,6 +79,7 @@ class Capabilities:
     detects_oom: bool
     kills_whole_tree: bool  # stop reaches every descendant, even ones that left the group
     survives_agent_restart: bool
+    enforces_pids: bool = False  # max_pids: a pids controller caps the task's processes and threads
 
     def enforcement(self) -> dict[str, bool]:
         """Per limit, whether it is really enforced (disk is enforced by the supervisor)."""
@@ -86,6 +87,7 @@ class Capabilities:
             "cpu_limit": self.enforces_cpu,
             "memory_limit": self.enforces_memory,
             "disk_limit": True,
+            "max_pids": self.enforces_pids,
         }
 
 

@@ -587,10 +587,14 @@ class CgroupSandbox:
         detects_oom=True,
         kills_whole_tree=True,
         survives_agent_restart=True,
+        enforces_pids=True,
     )
 
     def __init__(self, layout: CgroupLayout | None = None, group: str = "cnet") -> None:
         self.layout = layout if layout is not None else CgroupLayout.detect(group)
+        if self.layout.version == "v1" and "pids" not in self.layout.bases:
+            # write_limits has nowhere to put pids.max: say so rather than pretend
+            self.capabilities = replace(CgroupSandbox.capabilities, enforces_pids=False)
         self._procs = SessionProcesses()
         self._cpu = CpuMeter()
 

@@ -223,7 +223,8 @@ class Launcher:
             working_dir=cwd,
             log_path=Path(task.log_file),
             exit_path=exit_path,
-            limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit),
+            limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit,
+                          tasks_max=r.max_pids or self.settings.max_pids),
         )
 
     def check_startable(self, command: str, working_dir: str, task_env: Mapping[str, str]) -> None:

@@ -31,7 +31,7 @@ from cnetd.security.confine import Confinement
 from cnetd.supervisor.launcher import Launcher, resolve_working_dir, task_environment
 from cnetd.tasks.bus import TaskBus, TaskChange
 from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
-from cnetd.tasks.request import NewTask
+from cnetd.tasks.request import NewTask, check_max_pids
 from cnetd.tasks.states import check_transition, event
 from cnetd.tasks.usage import Sample, UsageMonitor
 
@@ -141,6 +141,7 @@ class TaskService:
         """Insert the task as pending (plus whatever `also` writes in the same
         transaction), then let the scheduler start it when a slot is free."""
         self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
+        check_max_pids(new.resources, self.config.tasks.max_pids)
         self.confinement.check_command(new.command, task_environment(os.environ, new.env).get("PATH"))
         try:
             self.launcher.check_startable(new.command, new.working_dir, new.env)
