@@ -123,7 +123,14 @@ def measure(agent: AgentProcess, label: str, running_ids: list[str], requests: i
 
 
 def running_count(agent: AgentProcess) -> int:
-    return int(agent.api.get("/api/health").body["tasks"].get("running", 0))
+    """Running tasks per /api/health; an agent too busy to answer gets a few tries."""
+    for attempt in range(5):
+        try:
+            return int(agent.api.get("/api/health", timeout=60).body["tasks"].get("running", 0))
+        except OSError as exc:
+            print(f"GET /api/health failed ({exc}); retrying", file=sys.stderr, flush=True)
+            time.sleep(2 ** attempt)
+    raise RuntimeError("the agent stopped answering /api/health")
 
 
 def submit(agent: AgentProcess, name: str, command: str, args: list[str], resources: dict[str, Any],
@@ -147,8 +154,10 @@ def grow_to(agent: AgentProcess, ids: list[str], target: int, resources: dict[st
 
 
 def clean_up(agent: AgentProcess, group: str) -> None:
-    """Stop the agent, then end every task process and remove every cgroup of the group."""
-    agent.stop()
+    """Kill the agent (its tasks outlive it), then end every task process and remove every
+    cgroup of the group."""
+    if agent.proc is not None:
+        agent.kill(signal.SIGKILL)
     agent.kill_task_processes()
     layout, _ = cgroup.probe(group)
     if layout is None:
@@ -236,19 +245,26 @@ def main() -> int:
         ids: list[str] = []
         for n in counts:
             t0 = time.monotonic()
-            grow_to(agent, ids, n, resources, t0 + args.start_timeout)
+            try:
+                grow_to(agent, ids, n, resources, t0 + args.start_timeout)
+            except (OSError, RuntimeError) as exc:
+                print(f"growing to {n} failed after {time.monotonic() - t0:.0f} s: {exc}", file=sys.stderr)
+                break
             reached = running_count(agent)
             took = time.monotonic() - t0
             print(f"{n}: {reached} running after {took:.0f} s; measuring", file=sys.stderr, flush=True)
             time.sleep(args.settle)  # let start-up work (first samples, log tails) settle
             label = str(n) if reached >= n else f"{reached}/{n}"
             rows.append(measure(agent, label, ids[:reached], args.requests, args.window, took))
+            print_table(rows, args.requests, args.window)  # so far, in case a larger count fails
             if reached < n:
                 print(f"stopped growing: only {reached} of {n} running within {args.start_timeout:.0f} s",
                       file=sys.stderr)
                 break
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if agent.proc is not None and agent.proc.poll() is not None:
+            print(f"the agent exited with {agent.proc.returncode}; its log:\n{agent.log_text()[-5000:]}", file=sys.stderr)
         print("cleaning up", file=sys.stderr, flush=True)
         clean_up(agent, group)
         shutil.rmtree(root, ignore_errors=True)
