@@ -104,6 +104,7 @@ class TaskService:
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping_agent = False
         self._usage = UsageMonitor()
+        self._disk = DiskGuard()
 
     # ---- queries -------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class TaskService:
         task = await self.db.read(lambda c: q.get_task(c, task_id))
         if task is None:
             raise NotFound(f"task {task_id} not found", {"id": task_id})
+        await self._usage.fresh(task_id)  # the one task asked for: its usage read now if stale
         return self._with_live_usage(task)
 
     async def list(self, **filters: Any) -> list[Task]:
@@ -251,7 +253,7 @@ class TaskService:
     def _watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
         self.ingester.watch(task.id, task.log_file)
         self._finished.setdefault(task.id, asyncio.Event())
-        self._usage.watch(task.id, backend, handle)  # sampled at once, then every second
+        self._usage.watch(task.id, backend, handle)  # sampled at once, then every 1-5 s
         runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
         self._watches[task.id] = _Watch(task=runner, handle=handle, backend=backend)
 
