@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cnetd.supervisor.disk import DiskMeter, format_bytes
+from cnetd.supervisor.disk import DiskMeter, format_bytes, measure_all
 from tests.harness.fixtures import BACKENDS, Driver, make_driver
 
 ENFORCING = [p for p in BACKENDS if p.values[0] != "none"]
@@ -123,6 +123,41 @@ def test_disk_meter_takes_the_started_at_text_and_bounds_its_work(tmp_path: Path
     assert 0 < meter.measure() <= 200
     assert meter.truncated
     assert DiskMeter(tmp_path / "none.log", [tmp_path], since="2000-01-01T00:00:00.000Z").measure() == 500
+
+
+def test_meters_measured_together_share_a_scan_and_each_count_their_own_new_files(tmp_path: Path) -> None:
+    shared, own_a, own_b = tmp_path / "model", tmp_path / "tmp-a", tmp_path / "tmp-b"
+    for d in (shared, own_a, own_b):
+        d.mkdir()
+    (shared / "data.csv").write_bytes(b"d" * 700)
+    past = time.time() - 60
+    os.utime(shared / "data.csv", (past, past))
+    a = DiskMeter(tmp_path / "a.log", [shared, own_a], since=time.time() - 1)
+    (shared / "early.bin").write_bytes(b"e" * 300)  # after a started
+    (own_a / "a.bin").write_bytes(b"a" * 50)
+    later = time.time() + 30  # b started after early.bin was written
+    b = DiskMeter(tmp_path / "b.log", [shared, own_b], since=later)
+    (shared / "late.bin").write_bytes(b"l" * 20)
+    (own_b / "b.bin").write_bytes(b"b" * 5)
+    os.utime(shared / "late.bin", (later + 1, later + 1))
+    os.utime(own_b / "b.bin", (later + 1, later + 1))
+    assert measure_all([a, b]) == [300 + 50 + 20, 20 + 5]
+    assert [a.measure(), b.measure()] == [370, 25]  # the same, measured alone
+
+
+def test_a_dir_found_empty_is_remembered_until_an_entry_appears(tmp_path: Path) -> None:
+    own = tmp_path / "tmp-a"
+    own.mkdir()
+    past = time.time() - 60
+    os.utime(own, (past, past))  # settled: its mtime is older than the coarse clock's doubt
+    meter = DiskMeter(tmp_path / "a.log", [own], since=time.time() - 1)
+    empty: dict[str, int] = {}
+    assert measure_all([meter], empty) == [0]
+    assert list(empty) == [str(own.resolve())]  # the next rounds stat it instead of reading it
+    (own / "new.bin").write_bytes(b"n" * 10)  # a new entry moves the directory's mtime
+    assert measure_all([meter], empty) == [10]
+    assert empty == {}
+    assert measure_all([], empty) == [] and empty == {}  # a task gone: its dirs are forgotten
 
 
 def test_disk_meter_counts_what_a_real_task_writes(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from cnetd.supervisor.disk import DiskMeter, format_bytes
 from cnetd.security.confine import Confinement
 from cnetd.supervisor.launcher import Launcher, resolve_working_dir, task_environment
 from cnetd.tasks.bus import TaskBus, TaskChange
+from cnetd.tasks.disk_guard import DiskGuard
 from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
 from cnetd.tasks.request import NewTask, check_max_pids
 from cnetd.tasks.states import check_transition, event
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 LOST_REASON = "lost: process vanished while the agent was down"
 LONG_LIVED = ("serve",)  # task kinds outside the tasks.max_concurrent slots
-DISK_CHECK_INTERVAL = 1.0
 
 
 def format_duration(seconds: float) -> str:
@@ -126,6 +126,7 @@ class TaskService:
 
     def usage_history(self, task_id: str) -> list[Sample]:
         """The task's recent CPU and memory samples, oldest first (empty once forgotten)."""
+        self._usage.look(task_id)  # a chart is open: a sample a second while it is
         return self._usage.samples(task_id)
 
     async def events(self, task_id: str) -> list[TaskEvent]:
@@ -187,6 +188,7 @@ class TaskService:
     async def start_background(self) -> None:
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="task-scheduler")
         self._usage.start()
+        self._disk.start()
         self._kick.set()
 
     async def _schedule_forever(self) -> None:
@@ -307,17 +309,12 @@ class TaskService:
     async def _enforce_disk(self, task: Task, waiting: asyncio.Future[ExitStatus]) -> None:
         limit = task.resources.disk_limit
         assert limit is not None
-        meter = DiskMeter(task.log_file, self._output_dirs(task), since=task.started_at)
-        while not waiting.done():
-            used = await asyncio.to_thread(meter.measure)
-            if used > limit:
-                watch = self._watches.get(task.id)
-                if watch is not None:
-                    watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used)}, limit {format_bytes(limit)})"
-                    await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiting), DISK_CHECK_INTERVAL)
+        meter = DiskMeter(task.log_file, self._output_dirs(task), since=task.started_at, task_id=task.id)
+        used = await self._disk.until_exceeded(meter, limit)  # measured with every other task's
+        watch = self._watches.get(task.id)
+        if watch is not None and not waiting.done():
+            watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used)}, limit {format_bytes(limit)})"
+            await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
 
     def _output_dirs(self, task: Task) -> list[str]:
         tmp = [str(self.launcher.tmp_dir(task.id))]  # its own TMPDIR
@@ -487,6 +484,7 @@ class TaskService:
         self._stopping_agent = True
         await cancel_and_wait(self._scheduler)
         await self._usage.stop()
+        await self._disk.stop()
         if self._stopping:  # stops under way finish (SIGKILL after the grace), not half-done
             await asyncio.wait(set(self._stopping), timeout=self.config.tasks.stop_grace + 5)
         if self.config.tasks.stop_on_exit:
