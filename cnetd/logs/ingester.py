@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,10 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
+QUIET_AFTER = 5.0  # seconds without growth after which a log file is checked less often
+QUIET_POLL = 1.0  # seconds between two checks of a quiet file nobody follows
+
+
 @dataclass
 class _Tail:
     path: Path
@@ -72,6 +77,9 @@ class _Tail:
     loaded: bool = False
     skipping: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    grew_at: float = field(default_factory=time.monotonic)  # when it last grew
+    check_at: float = 0.0  # when to look at its size next
+    size: int | None = None  # its size at the last look
 
 
 class LogIngester:
@@ -117,6 +125,8 @@ class LogIngester:
         if tail is not None and tail.loaded and tail.next_seq - 1 > after_seq:
             return True
         event = self._new_lines.setdefault(task_id, asyncio.Event())
+        if tail is not None:
+            tail.check_at = 0.0  # a follower: look at once, however quiet the file was
         try:
             await asyncio.wait_for(event.wait(), timeout)
             return True
@@ -129,13 +139,32 @@ class LogIngester:
             event.set()
 
     async def _run(self) -> None:
+        """Every poll_interval, the sizes of the files due for a look, in one hop to a worker
+        thread; only files that grew are read. A file quiet for QUIET_AFTER is looked at every
+        QUIET_POLL instead, unless someone follows it (its lines then wait at most one
+        poll_interval); a task's last lines are taken by drain() when it ends, whatever this
+        loop has seen."""
         while True:
-            for task_id in list(self._tails):
-                try:
-                    await self._ingest(task_id, final=False)
-                except Exception:
-                    log.exception("log ingestion failed", extra={"task_id": task_id})
             self._wake.clear()
+            now = time.monotonic()
+            due = [(t, tail) for t, tail in self._tails.items() if tail.check_at <= now]
+            sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in due]) if due else []
+            for (task_id, tail), size in zip(due, sizes):
+                if self._tails.get(task_id) is not tail:
+                    continue  # drained meanwhile
+                if not tail.loaded or size != tail.size:
+                    tail.size = size
+                    try:
+                        await self._ingest(task_id, final=False)
+                    except Exception:
+                        log.exception("log ingestion failed", extra={"task_id": task_id})
+                    tail.grew_at = time.monotonic()
+                quiet = time.monotonic() - tail.grew_at > QUIET_AFTER and task_id not in self._new_lines
+                if quiet:  # on a shared beat, so that the quiet files make one batch per QUIET_POLL
+                    beat = max(QUIET_POLL, self._poll_interval)
+                    tail.check_at = (now // beat + 1) * beat
+                else:
+                    tail.check_at = now + self._poll_interval
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
 
@@ -170,6 +199,16 @@ class LogIngester:
         log_queries.append_lines(conn, task_id, first_seq, lines, offset)
         if trim:
             log_queries.trim(conn, task_id, self._max_lines)
+
+
+def _sizes(paths: list[Path]) -> list[int | None]:
+    out: list[int | None] = []
+    for path in paths:
+        try:
+            out.append(os.stat(path).st_size)
+        except OSError:
+            out.append(None)
+    return out
 
 
 def _read_from(path: Path, offset: int, size: int) -> bytes:
