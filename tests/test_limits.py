@@ -1,6 +1,7 @@
 """Limits really enforced: by systemd scopes (inside a real systemd) and by cgroupfs
 directly. Memory over the limit is an OOM kill read from the cgroup, CPU is held to its
-quota, a stopped tree leaves no survivor; and the disk meter counts what a task writes.
+quota, a fork loop stops at its pids limit, a stopped tree leaves no survivor; and the disk
+meter counts what a task writes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from cnetd.config import ResourceLimits, TasksSection
 from cnetd.supervisor.disk import DiskMeter, format_bytes, measure_all
+from cnetd.supervisor.launcher import Launcher
+from cnetd.supervisor.none import NoneSandbox
+from cnetd.tasks.model import Status, Task
 from tests.harness.fixtures import BACKENDS, Driver, make_driver
 
 ENFORCING = [p for p in BACKENDS if p.values[0] != "none"]
@@ -63,6 +68,17 @@ def test_a_fork_loop_stops_at_tasks_max_and_its_neighbour_still_starts(driver: D
     assert result["neighbour_seconds"] < 10, result
     # and the capped task stops within its grace plus the SIGKILL round, leaving nothing
     assert result["stop_seconds"] < 10, result
+
+
+@pytest.mark.parametrize(("asked", "launched"), [(None, 32), (16, 16), (100, 32)])
+def test_a_launch_asks_for_at_most_tasks_max_pids(tmp_path: Path, asked: int | None, launched: int) -> None:
+    """tasks.max_pids is the default and the ceiling, also for a task stored before the
+    operator lowered it (a model's predictions copy the max_pids it was deployed with)."""
+    launcher = Launcher(NoneSandbox(), tmp_path / "state", tmp_path, os.environ, TasksSection(max_pids=32))
+    task = Task(id=str(uuid.uuid4()), name="t", type="process", kind="run", status=Status.PENDING, command="true",
+                args=[], env={}, working_dir=".", resources=ResourceLimits(max_pids=asked), created_at="",
+                log_file=str(tmp_path / "t.log"), node_id="n")
+    assert launcher.spec_for(task).limits.tasks_max == launched
 
 
 def test_stopped_tree_leaves_no_process_anywhere(driver: Driver) -> None:

@@ -224,7 +224,7 @@ class Launcher:
             log_path=Path(task.log_file),
             exit_path=exit_path,
             limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit,
-                          tasks_max=r.max_pids or self.settings.max_pids),
+                          tasks_max=min(r.max_pids or self.settings.max_pids, self.settings.max_pids)),
         )
 
     def check_startable(self, command: str, working_dir: str, task_env: Mapping[str, str]) -> None:
