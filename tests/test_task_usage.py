@@ -129,7 +129,7 @@ def usage_age(task: dict[str, Any]) -> float | None:
     return None if sampled is None else time.time() - parse_time(sampled).timestamp()
 
 
-SLACK = 1.0  # a round's own time and the request's, on a busy two-core machine
+SLACK = 1.5  # a round's own time and the request's, on a busy two-core machine
 
 
 def test_usage_stays_as_fresh_as_promised_and_idle_tasks_cost_less(any_agent: AgentProcess) -> None:
