@@ -116,7 +116,7 @@ class _Watched:
     sampled: float = 0.0  # time.monotonic() of its last sample; 0: never
     looked_until: float = 0.0  # sampled every SAMPLE_INTERVAL until then
     last: Usage | None = None
-    reading: asyncio.Future[None] | None = None  # a read on demand under way
+    reading: asyncio.Task[None] | None = None  # a read on demand under way
     blocking: bool = False  # the backend has read_stats (checked once: a Protocol isinstance is slow)
 
 
@@ -132,6 +132,7 @@ class UsageMonitor:
         self._latest: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reads: set[asyncio.Task[None]] = set()  # reads on demand under way
 
     # ---- readers -------------------------------------------------------------------
 
@@ -167,8 +168,10 @@ class UsageMonitor:
         if watched is None or time.monotonic() - watched.sampled <= max_age:
             return
         if watched.reading is None:
-            watched.reading = asyncio.ensure_future(self._read_now(task_id, watched))
-        await asyncio.shield(watched.reading)
+            watched.reading = asyncio.create_task(self._read_now(task_id, watched), name=f"usage-now-{task_id}")
+            self._reads.add(watched.reading)
+            watched.reading.add_done_callback(self._reads.discard)
+        await asyncio.shield(watched.reading)  # a caller that gives up does not cancel the others' read
 
     async def _read_now(self, task_id: str, watched: _Watched) -> None:
         try:
@@ -205,7 +208,7 @@ class UsageMonitor:
         self._task = asyncio.create_task(self._run(), name="task-usage-monitor")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, *self._reads)
         self._task = None
 
     async def _run(self) -> None:
