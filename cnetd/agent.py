@@ -65,7 +65,7 @@ class Agent:
         """Per limit, whether the backend a task ran under enforces it."""
         backend = self.launcher.started_backend(backend_name or self.launcher.sandbox.name)
         if backend is None:
-            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True}
+            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True, "max_pids": False}
         return backend.capabilities.enforcement()
 
     @property

@@ -38,6 +38,7 @@ __all__ = [
     "LoggingSection",
     "LogsSection",
     "MLSection",
+    "PIDS_CEILING",
     "PortRange",
     "TlsSection",
     "UidRange",
@@ -71,6 +72,11 @@ class ResourceLimits:
     memory_limit: int | None = None  # bytes, > 0
     disk_limit: int | None = None  # bytes, > 0
     gpu_limit: int | None = None  # >= 0
+    max_pids: int | None = None  # processes and threads at once; None: tasks.max_pids
+
+
+# The kernel's PID_MAX_LIMIT: no pids.max / TasksMax above it means anything.
+PIDS_CEILING = 4_194_304
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class TasksSection:
     run_as: str | None = None  # "dynamic", user[:group] or "root"; None: dynamic when the agent is root
     uid_range: UidRange = UidRange()  # where dynamic task uids come from
     retention: RetentionSection = RetentionSection()
+    max_pids: int = 4096  # processes and threads of one task at once; the most a task may ask for
 
 
 @dataclass(frozen=True)
@@ -515,6 +522,7 @@ _SPEC: dict[str, Spec] = {
         "cleanup": _bool,
         "sandbox": _choice(SandboxKind),
         "stop_grace": _duration(allow_zero=True),
+        "max_pids": _int(1, PIDS_CEILING),
         "stop_on_exit": _bool,
         "allowed_commands": _strings,
         "cgroup_group": _str(),
@@ -543,6 +551,7 @@ _SPEC: dict[str, Spec] = {
             "memory_limit": _optional(_positive_size),
             "disk_limit": _optional(_positive_size),
             "gpu_limit": _optional(_int(0)),
+            "max_pids": _optional(_int(1, PIDS_CEILING)),
         },
         "timeout": _duration(),
         "allowed_roots": lambda v, where: tuple(_path(p, f"{where}[{i}]") for i, p in enumerate(_list(v, where))),
@@ -704,6 +713,11 @@ def _assemble(
         raise ConfigError(
             f"{label}: ml.default_engine: must be one of ml.engines "
             f"({', '.join(repr(e) for e in ml.engines) or 'empty'}), got {_show(ml.default_engine)}"
+        )
+    ml_pids = ml.resource_limits.max_pids
+    if ml_pids is not None and ml_pids > tasks.max_pids:
+        raise ConfigError(
+            f"{label}: ml.resource_limits.max_pids: must be at most tasks.max_pids ({tasks.max_pids}), got {ml_pids}"
         )
     ml = dataclasses.replace(
         ml, allowed_roots=tuple(resolve(p) for p in ml.allowed_roots), model_roots=tuple(resolve(p) for p in ml.model_roots)

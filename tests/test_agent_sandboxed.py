@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ from tests.support.waiting import wait_until
 PY = sys.executable
 ALLOC_300MB = "x = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')"
 _numbers = itertools.count(1)
+MAX_PIDS = 48  # tasks.max_pids of these agents: room for every test's processes, and a small cap
 
 
 @pytest.fixture(params=["cgroup", pytest.param("systemd", marks=pytest.mark.systemd)])
 def sandboxed(request: pytest.FixtureRequest, agent_factory: Callable[..., AgentProcess], cgroup_group: str) -> AgentProcess:
     """An agent whose tasks run in the given backend; systemd ones run inside the harness."""
     n = next(_numbers)
-    tasks: dict[str, Any] = {"sandbox": request.param, "stop_grace": "2s"}
+    tasks: dict[str, Any] = {"sandbox": request.param, "stop_grace": "2s", "max_pids": MAX_PIDS}
     config = {"tasks": tasks, "resources": {"interval": "1s"}}
     if request.param == "cgroup":
         tasks["cgroup_group"] = f"{cgroup_group}-agent{n}"
@@ -46,7 +48,7 @@ def submit(agent: AgentProcess, name: str, code: str, **extra: Any) -> dict[str,
 def test_health_reports_the_backend_and_enforced_limits(sandboxed: AgentProcess) -> None:
     sandbox = sandboxed.api.get("/api/health").body["sandbox"]
     assert sandbox["backend"] == sandboxed.config["tasks"]["sandbox"]
-    assert sandbox["limits_enforced"] == {"cpu_limit": True, "memory_limit": True, "disk_limit": True}
+    assert sandbox["limits_enforced"] == {"cpu_limit": True, "memory_limit": True, "disk_limit": True, "max_pids": True}
 
 
 def test_memory_limit_ends_in_an_oom_failure_with_that_reason(sandboxed: AgentProcess) -> None:
@@ -133,6 +135,64 @@ def test_sigkilled_agent_recovers_a_running_task_with_its_log_whole(sandboxed: A
     assert sandboxed.api.get(f"/api/tasks/{task['id']}/logs?lines=10000").body == [str(i) for i in range(1, n + 1)]
     events = [e["type"] for e in sandboxed.api.get(f"/api/tasks/{task['id']}/events").body]
     assert events == ["created", "starting", "started", "recovered", "completed"]
+
+
+def fork_loop(marker: str, attempts: int = 200) -> str:
+    """A fork loop with an end (harmless even where no limit held), marked in every process's
+    argv; it prints how many forks worked and failed, then sleeps with its children."""
+    return (
+        "import errno, os, time\n"
+        f"M = {marker!r}\n"
+        "made = failed = 0\n"
+        f"for _ in range({attempts}):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as exc:\n"
+        "        assert exc.errno == errno.EAGAIN, exc\n"
+        "        failed += 1\n"
+        "        continue\n"
+        "    if pid == 0:\n"
+        "        time.sleep(600)\n"
+        "        os._exit(0)\n"
+        "    made += 1\n"
+        "print(f'made {made} failed {failed}', flush=True)\n"
+        "time.sleep(600)"
+    )
+
+
+def forks_reported(agent: AgentProcess, task_id: str) -> tuple[int, int] | None:
+    for line in agent.api.get(f"/api/tasks/{task_id}/logs?lines=100").body:
+        if line.startswith("made "):
+            _, made, _, failed = line.split()
+            return int(made), int(failed)
+    return None
+
+
+def test_a_fork_loop_stops_at_its_pids_limit_while_neighbours_and_the_api_keep_working(sandboxed: AgentProcess) -> None:
+    marker = f"cnet-forks-{os.getpid()}-{next(_numbers)}"
+    asked = submit(sandboxed, "bomb-asked", fork_loop(marker + "-a"), resources={"max_pids": 16})
+    default = submit(sandboxed, "bomb-default", fork_loop(marker + "-d"))
+    for task, cap in ((asked, 16), (default, MAX_PIDS)):
+        made, failed = wait_until(lambda t=task: forks_reported(sandboxed, t["id"]), 60, f"{task['name']} to report")
+        # the shim and the loop count too; every fork past the cap failed with EAGAIN
+        assert 1 <= made <= cap - 2 and made + failed == 200, (task["name"], made, failed)
+    body = sandboxed.api.get(f"/api/tasks/{asked['id']}").body
+    assert body["resources"]["max_pids"] == 16 and body["limits_enforced"]["max_pids"] is True
+
+    # While both sit at their limits, the agent answers and a neighbour runs to its end.
+    for _ in range(20):
+        t0 = time.monotonic()
+        assert sandboxed.api.get("/api/health", timeout=5).status == 200
+        assert time.monotonic() - t0 < 2
+    neighbour = submit(sandboxed, "neighbour", "import subprocess; subprocess.run(['true'], check=True); print('ran')")
+    done = sandboxed.wait_done(neighbour["id"], timeout=30)
+    assert done["status"] == "completed", done
+
+    # A capped task stops cleanly: stopped, and none of its processes left.
+    for task in (asked, default):
+        reply = sandboxed.api.delete(f"/api/tasks/{task['id']}")
+        assert reply.status == 200 and reply.body["status"] == "stopped", reply.text
+    wait_until(lambda: not processes_with(marker), 15, "every forked process to be gone")
 
 
 def processes_with(marker: str) -> list[int]:

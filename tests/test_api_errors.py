@@ -39,6 +39,10 @@ def assert_error(reply, status: int, *needles: str) -> None:  # type: ignore[no-
         ({"name": "x", "command": "true", "working_dir": "a" * 300}, ["working_dir", "255"]),
         ({"name": "x", "command": "true", "resources": {"cpu_limit": 10**400}}, ["resources.cpu_limit"]),
         ({"name": "<script>", "command": "true"}, ["name"]),
+        *[({"name": "x", "command": "true", "resources": {"max_pids": bad}}, ["resources.max_pids"])
+          for bad in (0, -1, "16", 1.5, True, 10**7)],
+        # an attacker's try: lifting the node's fork-bomb cap (tasks.max_pids, 4096) from a request
+        ({"name": "x", "command": "true", "resources": {"max_pids": 4097}}, ["resources.max_pids", "tasks.max_pids"]),
         ([1, 2], ["body", "object"]),
     ],
 )
@@ -80,6 +84,7 @@ def test_bad_query_parameters(agent: AgentProcess) -> None:
         ({"model_path": None}, ["model_path"]),
         ({"script_path": "examples/ml_models/missing.py"}, ["script_path", "no such file"]),
         ({"resources": {"cpu_limit": "two"}}, ["resources.cpu_limit"]),
+        ({"resources": {"max_pids": 100_000}}, ["resources.max_pids", "tasks.max_pids"]),
         ({"args": [1, 2]}, ["args[0]"]),
         ({"name": ""}, ["name"]),
         ({"script_path": "0" * 5000}, ["script_path"]),

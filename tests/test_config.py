@@ -330,6 +330,9 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("tasks: {retention: 14d}\n", "tasks.retention: must be a mapping, got '14d'"),
         ("logs: {max_lines_per_task: -1}\n", "logs.max_lines_per_task: must be an integer >= 0, got -1"),
         ("logs: {max_bytes_per_task: lots}\n", "logs.max_bytes_per_task: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'lots'"),
+        ("tasks: {max_pids: 0}\n", "tasks.max_pids: must be an integer in 1..4194304, got 0"),
+        ("ml: {resource_limits: {max_pids: 5000}}\n",
+         "ml.resource_limits.max_pids: must be at most tasks.max_pids (4096), got 5000"),
     ],
 )
 def test_each_error_is_one_line_naming_file_key_problem(tmp_path: Path, text: str, expected: str) -> None:

@@ -1,6 +1,7 @@
 """Limits really enforced: by systemd scopes (inside a real systemd) and by cgroupfs
 directly. Memory over the limit is an OOM kill read from the cgroup, CPU is held to its
-quota, a stopped tree leaves no survivor; and the disk meter counts what a task writes.
+quota, a fork loop stops at its pids limit, a stopped tree leaves no survivor; and the disk
+meter counts what a task writes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cnetd.supervisor.disk import DiskMeter, format_bytes
+from cnetd.config import ResourceLimits, TasksSection
+from cnetd.supervisor.disk import DiskMeter, format_bytes, measure_all
+from cnetd.supervisor.launcher import Launcher
+from cnetd.supervisor.none import NoneSandbox
+from cnetd.tasks.model import Status, Task
 from tests.harness.fixtures import BACKENDS, Driver, make_driver
 
 ENFORCING = [p for p in BACKENDS if p.values[0] != "none"]
@@ -50,6 +55,30 @@ def test_cpu_limit_holds_two_busy_processes_to_half_a_core(driver: Driver) -> No
     # Other processes took every core in each window: only the upper bound could be shown.
     pytest.skip(f"machine saturated by other processes (idle {result['idle_cores']:.2f} cores): "
                 f"got {result['cpu_percent']:.1f}%, the 40% lower bound is not observable")
+
+
+def test_a_fork_loop_stops_at_tasks_max_and_its_neighbour_still_starts(driver: Driver) -> None:
+    result = driver.run("fork_loop", tasks_max=16, attempts=200)
+    # the shim and the loop itself count too: at most 14 children, and the rest refused
+    assert 1 <= result["made"] <= 14, result
+    assert result["failed"] >= 200 - 14, result
+    assert result["pids"] is not None and result["pids"] <= 16, result
+    # a task beside it starts and ends as usual while the loop holds every pid it may have
+    assert result["neighbour"]["code"] == 0 and result["neighbour_log"] == "neighbour ran\n", result
+    assert result["neighbour_seconds"] < 10, result
+    # and the capped task stops within its grace plus the SIGKILL round, leaving nothing
+    assert result["stop_seconds"] < 10, result
+
+
+@pytest.mark.parametrize(("asked", "launched"), [(None, 32), (16, 16), (100, 32)])
+def test_a_launch_asks_for_at_most_tasks_max_pids(tmp_path: Path, asked: int | None, launched: int) -> None:
+    """tasks.max_pids is the default and the ceiling, also for a task stored before the
+    operator lowered it (a model's predictions copy the max_pids it was deployed with)."""
+    launcher = Launcher(NoneSandbox(), tmp_path / "state", tmp_path, os.environ, TasksSection(max_pids=32))
+    task = Task(id=str(uuid.uuid4()), name="t", type="process", kind="run", status=Status.PENDING, command="true",
+                args=[], env={}, working_dir=".", resources=ResourceLimits(max_pids=asked), created_at="",
+                log_file=str(tmp_path / "t.log"), node_id="n")
+    assert launcher.spec_for(task).limits.tasks_max == launched
 
 
 def test_stopped_tree_leaves_no_process_anywhere(driver: Driver) -> None:
@@ -110,6 +139,41 @@ def test_disk_meter_takes_the_started_at_text_and_bounds_its_work(tmp_path: Path
     assert 0 < meter.measure() <= 200
     assert meter.truncated
     assert DiskMeter(tmp_path / "none.log", [tmp_path], since="2000-01-01T00:00:00.000Z").measure() == 500
+
+
+def test_meters_measured_together_share_a_scan_and_each_count_their_own_new_files(tmp_path: Path) -> None:
+    shared, own_a, own_b = tmp_path / "model", tmp_path / "tmp-a", tmp_path / "tmp-b"
+    for d in (shared, own_a, own_b):
+        d.mkdir()
+    (shared / "data.csv").write_bytes(b"d" * 700)
+    past = time.time() - 60
+    os.utime(shared / "data.csv", (past, past))
+    a = DiskMeter(tmp_path / "a.log", [shared, own_a], since=time.time() - 1)
+    (shared / "early.bin").write_bytes(b"e" * 300)  # after a started
+    (own_a / "a.bin").write_bytes(b"a" * 50)
+    later = time.time() + 30  # b started after early.bin was written
+    b = DiskMeter(tmp_path / "b.log", [shared, own_b], since=later)
+    (shared / "late.bin").write_bytes(b"l" * 20)
+    (own_b / "b.bin").write_bytes(b"b" * 5)
+    os.utime(shared / "late.bin", (later + 1, later + 1))
+    os.utime(own_b / "b.bin", (later + 1, later + 1))
+    assert measure_all([a, b]) == [300 + 50 + 20, 20 + 5]
+    assert [a.measure(), b.measure()] == [370, 25]  # the same, measured alone
+
+
+def test_a_dir_found_empty_is_remembered_until_an_entry_appears(tmp_path: Path) -> None:
+    own = tmp_path / "tmp-a"
+    own.mkdir()
+    past = time.time() - 60
+    os.utime(own, (past, past))  # settled: its mtime is older than the coarse clock's doubt
+    meter = DiskMeter(tmp_path / "a.log", [own], since=time.time() - 1)
+    empty: dict[str, int] = {}
+    assert measure_all([meter], empty) == [0]
+    assert list(empty) == [str(own.resolve())]  # the next rounds stat it instead of reading it
+    (own / "new.bin").write_bytes(b"n" * 10)  # a new entry moves the directory's mtime
+    assert measure_all([meter], empty) == [10]
+    assert empty == {}
+    assert measure_all([], empty) == [] and empty == {}  # a task gone: its dirs are forgotten
 
 
 def test_disk_meter_counts_what_a_real_task_writes(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from cnetd.clock import parse_time
+from cnetd.supervisor.cgroup import CpuMeter
+from cnetd.tasks.usage import FRESH_AGE, IDLE_INTERVAL, SAMPLE_INTERVAL
 from tests.support.agent import AgentProcess
 from tests.support.waiting import wait_until
 
@@ -118,3 +121,63 @@ def test_the_usage_chart_grows_while_the_task_runs_and_stays_after(any_agent: Ag
     any_agent.wait_done(task["id"], timeout=30)
     # a finished task keeps its chart
     assert chart_samples(any_agent, task["id"]) >= more
+
+
+def usage_age(task: dict[str, Any]) -> float | None:
+    """Seconds since the task's usage was sampled, as the API serves it."""
+    sampled = (task.get("usage") or {}).get("sampled_at")
+    return None if sampled is None else time.time() - parse_time(sampled).timestamp()
+
+
+SLACK = 1.5  # a round's own time and the request's, on a busy two-core machine
+
+
+def test_usage_stays_as_fresh_as_promised_and_idle_tasks_cost_less(any_agent: AgentProcess) -> None:
+    """Busy tasks: a sample every SAMPLE_INTERVAL; idle ones: every IDLE_INTERVAL (and not
+    every second); the task asked for by id: read afresh when older than FRESH_AGE, then
+    sampled every SAMPLE_INTERVAL while someone looks."""
+    gate = any_agent.workdir / "gate"
+    wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n"
+    idle = submit(any_agent, "idle", wait + "    time.sleep(0.5)")
+    busy = submit(any_agent, "busy", wait + "    end = time.monotonic() + 0.02\n"
+                                            "    while time.monotonic() < end: pass\n    time.sleep(0.08)")
+
+    def listed() -> dict[str, dict[str, Any]]:  # a list is no look at any one task
+        return {t["id"]: t for t in any_agent.api.get("/api/tasks?status=running").body}
+
+    wait_until(lambda: len(running := listed()) == 2 and all(usage_age(t) is not None for t in running.values()),
+               30, "both running, with a first sample")
+    ages: dict[str, list[float]] = {idle["id"]: [], busy["id"]: []}
+    end = time.monotonic() + 3 * IDLE_INTERVAL
+    while time.monotonic() < end:
+        for task_id, task in listed().items():
+            ages[task_id].append(usage_age(task) or 0.0)
+        time.sleep(0.2)  # the pace of a UI poll, not synchronisation
+    assert max(ages[busy["id"]]) <= SAMPLE_INTERVAL + SLACK, ages[busy["id"]]
+    assert max(ages[idle["id"]]) <= IDLE_INTERVAL + SLACK, ages[idle["id"]]
+    assert max(ages[idle["id"]]) > SAMPLE_INTERVAL + SLACK, "an idle task is still sampled every second"
+
+    # Asked for by id, the idle task's usage is read at once, then kept fresh while looked at.
+    asked = any_agent.api.get(f"/api/tasks/{idle['id']}").body
+    assert usage_age(asked) <= FRESH_AGE + SLACK, asked["usage"]
+    end = time.monotonic() + 2 * IDLE_INTERVAL
+    while time.monotonic() < end:
+        assert usage_age(listed()[idle["id"]]) <= SAMPLE_INTERVAL + SLACK
+        time.sleep(0.2)
+    gate.touch()
+    for task in (idle, busy):
+        assert any_agent.wait_done(task["id"], timeout=30)["status"] == "completed"
+
+
+def test_a_cpu_sample_right_after_another_keeps_the_figure_of_a_whole_window() -> None:
+    """A read on demand can land just after a sampling round: it must not report a CPU
+    figure measured over a few milliseconds (0 % or wild), nor spoil the next window."""
+    now = [100.0]
+    meter = CpuMeter(clock=lambda: now[0])
+    assert meter.percent("t", 0) is None  # no window yet
+    now[0] += 1.0
+    assert meter.percent("t", 500_000) == 50.0  # half a second of CPU in a second
+    now[0] += 0.01
+    assert meter.percent("t", 500_100) == 50.0  # too soon: the last figure, not 1 %
+    now[0] += 0.99
+    assert meter.percent("t", 1_500_000) == 100.0  # measured from the last real baseline

@@ -13,6 +13,7 @@ from aiohttp import web
 from cnetd import __version__
 from cnetd.api.serialize import json_response
 from cnetd.cluster.report import MAX_INTERVAL, NODE_ID_PATTERN, TEXT_FIELDS
+from cnetd.config import PIDS_CEILING
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import LIMITS as SERVING_LIMITS
 from cnetd.ml.serving.spec import LOADERS
@@ -45,6 +46,9 @@ RESOURCES: Schema = {
         "memory_limit": {**SIZE, "description": "bytes, or a size like \"512MB\""},
         "disk_limit": {**SIZE, "description": "bytes the task may write"},
         "gpu_limit": {"type": "integer", "minimum": 0},
+        "max_pids": {"type": "integer", "minimum": 1, "maximum": PIDS_CEILING,
+                     "description": "processes and threads the task may have at once; at most tasks.max_pids, "
+                                    "which is also the default"},
     },
     "additionalProperties": False,
 }
@@ -55,6 +59,7 @@ RESOURCES_OUT: Schema = {
         "memory_limit": {"type": "integer"},
         "disk_limit": {"type": "integer"},
         "gpu_limit": {"type": "integer"},
+        "max_pids": {"type": "integer"},
     },
 }
 NAME = {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 128}

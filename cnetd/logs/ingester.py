@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
+QUIET_AFTER = 5.0  # seconds without growth after which a log file is checked less often
+QUIET_POLL = 1.0  # seconds between two checks of a quiet file nobody follows
+
+
 @dataclass
 class _Tail:
     path: Path
@@ -84,6 +89,9 @@ class _Tail:
     punched: int = 0  # the file's blocks before this offset are freed
     can_punch: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    grew_at: float = field(default_factory=time.monotonic)  # when it last grew
+    check_at: float = 0.0  # when to look at its size next
+    size: int | None = None  # its size at the last look
 
 
 class LogIngester:
@@ -131,6 +139,8 @@ class LogIngester:
         if tail is not None and tail.loaded and tail.next_seq - 1 > after_seq:
             return True
         event = self._new_lines.setdefault(task_id, asyncio.Event())
+        if tail is not None:
+            tail.check_at = 0.0  # a follower: look at once, however quiet the file was
         try:
             await asyncio.wait_for(event.wait(), timeout)
             return True
@@ -143,24 +153,34 @@ class LogIngester:
             event.set()
 
     async def _run(self) -> None:
+        """Every poll_interval, the sizes of the files due for a look, in one hop to a worker
+        thread; only files that grew are read. A file quiet for QUIET_AFTER is looked at every
+        QUIET_POLL instead, unless someone follows it (its lines then wait at most one
+        poll_interval); a task's last lines are taken by drain() when it ends, whatever this
+        loop has seen."""
         while True:
-            for task_id in await self._tails_with_news():
-                try:
-                    await self._ingest(task_id, final=False)
-                except Exception:
-                    log.exception("log ingestion failed", extra={"task_id": task_id})
             self._wake.clear()
+            now = time.monotonic()
+            due = [(t, tail) for t, tail in self._tails.items() if tail.check_at <= now]
+            sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in due]) if due else []
+            for (task_id, tail), size in zip(due, sizes):
+                if self._tails.get(task_id) is not tail:
+                    continue  # drained meanwhile
+                if not tail.loaded or size != tail.size:
+                    tail.size = size
+                    try:
+                        await self._ingest(task_id, final=False)
+                    except Exception:
+                        log.exception("log ingestion failed", extra={"task_id": task_id})
+                    tail.grew_at = time.monotonic()
+                quiet = time.monotonic() - tail.grew_at > QUIET_AFTER and task_id not in self._new_lines
+                if quiet:  # on a shared beat, so that the quiet files make one batch per QUIET_POLL
+                    beat = max(QUIET_POLL, self._poll_interval)
+                    tail.check_at = (now // beat + 1) * beat
+                else:
+                    tail.check_at = now + self._poll_interval
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-
-    async def _tails_with_news(self) -> list[str]:
-        """The tails whose file holds bytes past what is stored (or whose cursor is not
-        loaded yet): one stat per file, all in one trip to a thread, so an idle pass costs
-        the event loop one hop however many tasks run."""
-        tails = list(self._tails.items())
-        sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in tails])
-        return [task_id for (task_id, tail), size in zip(tails, sizes, strict=True)
-                if not tail.loaded or (size is not None and size > tail.offset)]
 
     async def _ingest(self, task_id: str, final: bool) -> None:
         tail = self._tails.get(task_id)

@@ -64,6 +64,12 @@ class ExitStatus:
     lost: bool = False  # the processes are gone and no exit status was recorded
 
 
+# CPU percent is the growth of a CPU-time counter over the window since the previous
+# sample; a sample taken sooner than this after the previous one keeps the previous figure
+# (and window), so two reads at nearly the same moment never give a figure over milliseconds.
+CPU_MIN_WINDOW = 0.5
+
+
 @dataclass(frozen=True)
 class Usage:
     cpu_percent: float | None = None  # 100 = one full core
@@ -79,6 +85,7 @@ class Capabilities:
     detects_oom: bool
     kills_whole_tree: bool  # stop reaches every descendant, even ones that left the group
     survives_agent_restart: bool
+    enforces_pids: bool = False  # max_pids: a pids controller caps the task's processes and threads
 
     def enforcement(self) -> dict[str, bool]:
         """Per limit, whether it is really enforced (disk is enforced by the supervisor)."""
@@ -86,6 +93,7 @@ class Capabilities:
             "cpu_limit": self.enforces_cpu,
             "memory_limit": self.enforces_memory,
             "disk_limit": True,
+            "max_pids": self.enforces_pids,
         }
 
 
@@ -118,4 +126,19 @@ class Sandbox(Protocol):
 
     async def cleanup_orphans(self, known_task_ids: set[str]) -> list[str]:
         """Remove leftovers of tasks the store does not know; return what was removed."""
+        ...
+
+
+@runtime_checkable
+class BlockingStats(Protocol):
+    """A backend whose stats can also be read without the event loop, so that a sampler
+    reads many tasks in one hop to a worker thread instead of one await per task."""
+
+    # read_stats is a handful of reads of in-memory files (cgroupfs, tens of microseconds):
+    # short enough to run on the event loop for one task, where a hop to a worker thread
+    # would cost more (each of its syscalls waits for the GIL behind busier threads).
+    stats_on_loop: bool
+
+    def read_stats(self, handle: Handle) -> Usage:
+        """stats() as plain blocking reads; safe to call from any thread."""
         ...

@@ -17,12 +17,13 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
+from cnetd.supervisor.base import CPU_MIN_WINDOW, Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
 from cnetd.supervisor.none import SessionProcesses, spawn_in_new_session
 from cnetd.supervisor.process import SHELL, is_same_process, proc_start_time, shim_argv
 
@@ -119,22 +120,38 @@ def unique_dirs(dirs: Mapping[str, str | Path]) -> list[Path]:
 # --- reading a cgroup -----------------------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
+def _read_bytes(path: str | Path) -> bytes | None:
+    """The file's bytes, or None when it cannot be read. Plain os calls: this runs for every
+    task every few seconds, where pathlib's open() costs more than the read itself."""
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read(path)
     try:
-        return int(text) if text is not None else None
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read(path: str | Path) -> str | None:
+    data = _read_bytes(path)
+    return None if data is None else data.decode()
+
+
+def _read_int(path: str | Path) -> int | None:
+    data = _read_bytes(path)
+    try:
+        return int(data) if data is not None else None
     except ValueError:
         return None  # "max"
 
 
-def _keyed(path: Path, key: str) -> int | None:
+def _keyed(path: str | Path, key: str) -> int | None:
     text = _read(path)
     for line in (text or "").splitlines():
         name, _, value = line.partition(" ")
@@ -180,11 +197,11 @@ def read_cpu_usec(dirs: Mapping[str, str]) -> int | None:
     """CPU time used by the cgroup: cgroup2's cpu.stat (present even without the cpu
     controller, so hybrid machines have it too), else v1 cpuacct.usage."""
     if "unified" in dirs:
-        usec = _keyed(Path(dirs["unified"]) / "cpu.stat", "usage_usec")
+        usec = _keyed(f"{dirs['unified']}/cpu.stat", "usage_usec")
         if usec is not None:
             return usec
     if "cpuacct" in dirs:
-        ns = _read_int(Path(dirs["cpuacct"]) / "cpuacct.usage")
+        ns = _read_int(f"{dirs['cpuacct']}/cpuacct.usage")
         if ns is not None:
             return ns // 1000
     return None
@@ -193,11 +210,11 @@ def read_cpu_usec(dirs: Mapping[str, str]) -> int | None:
 def read_memory(dirs: Mapping[str, str]) -> tuple[int | None, int | None]:
     """(current, peak) bytes: v1 usage_in_bytes/max_usage_in_bytes, v2 memory.current/peak."""
     if "memory" in dirs:
-        d = Path(dirs["memory"])
-        return _read_int(d / "memory.usage_in_bytes"), _read_int(d / "memory.max_usage_in_bytes")
+        d = dirs["memory"]
+        return _read_int(f"{d}/memory.usage_in_bytes"), _read_int(f"{d}/memory.max_usage_in_bytes")
     if "unified" in dirs:
-        d = Path(dirs["unified"])
-        return _read_int(d / "memory.current"), _read_int(d / "memory.peak")
+        d = dirs["unified"]
+        return _read_int(f"{d}/memory.current"), _read_int(f"{d}/memory.peak")
     return None, None
 
 
@@ -212,30 +229,40 @@ def read_oom_kills(dirs: Mapping[str, str]) -> int | None:
 def read_pids_current(dirs: Mapping[str, str]) -> int | None:
     for key in ("pids", "unified"):
         if key in dirs:
-            value = _read_int(Path(dirs[key]) / "pids.current")
+            value = _read_int(f"{dirs[key]}/pids.current")
             if value is not None:
                 return value
     return None
 
 
 class CpuMeter:
-    """CPU percent from the growth of a cgroup's usage counter between two samples."""
+    """CPU percent from the growth of a cgroup's usage counter between two samples.
 
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[float, int]] = {}
+    Samples may come from a sampling round and from a read on demand at nearly the same
+    moment (each on its own thread): see CPU_MIN_WINDOW."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, tuple[float, int, float | None]] = {}  # key -> (time, usec, percent)
+        self._lock = threading.Lock()
 
     def percent(self, key: str, usage_usec: int | None) -> float | None:
         if usage_usec is None:
             return None
-        now = time.monotonic()
-        previous = self._last.get(key)
-        self._last[key] = (now, usage_usec)
-        if previous is None or now <= previous[0]:
-            return None
-        return max(0.0, (usage_usec - previous[1]) / 1e6 / (now - previous[0]) * 100)
+        with self._lock:
+            now = self._clock()
+            previous = self._last.get(key)
+            if previous is not None and now - previous[0] < CPU_MIN_WINDOW:
+                return previous[2]
+            percent = None
+            if previous is not None:
+                percent = max(0.0, (usage_usec - previous[1]) / 1e6 / (now - previous[0]) * 100)
+            self._last[key] = (now, usage_usec, percent)
+        return percent
 
     def forget(self, key: str) -> None:
-        self._last.pop(key, None)
+        with self._lock:
+            self._last.pop(key, None)
 
 
 def cgroup_usage(dirs: Mapping[str, str], meter: CpuMeter, key: str) -> Usage:
@@ -581,16 +608,21 @@ def write_limits(layout: CgroupLayout, dirs: Mapping[str, str], spec: LaunchSpec
 
 class CgroupSandbox:
     name = "cgroup"
+    stats_on_loop = True  # read_stats reads four cgroupfs files
     capabilities = Capabilities(
         enforces_cpu=True,
         enforces_memory=True,
         detects_oom=True,
         kills_whole_tree=True,
         survives_agent_restart=True,
+        enforces_pids=True,
     )
 
     def __init__(self, layout: CgroupLayout | None = None, group: str = "cnet") -> None:
         self.layout = layout if layout is not None else CgroupLayout.detect(group)
+        if self.layout.version == "v1" and "pids" not in self.layout.bases:
+            # write_limits has nowhere to put pids.max: say so rather than pretend
+            self.capabilities = replace(CgroupSandbox.capabilities, enforces_pids=False)
         self._procs = SessionProcesses()
         self._cpu = CpuMeter()
 
@@ -644,6 +676,9 @@ class CgroupSandbox:
         return exists(dirs) and not is_empty(dirs) and is_same_process(handle.pid, handle.pid_start)
 
     async def stats(self, handle: Handle) -> Usage:
+        return await asyncio.to_thread(self.read_stats, handle)
+
+    def read_stats(self, handle: Handle) -> Usage:
         return cgroup_usage(handle.cgroup or {}, self._cpu, str(handle.pid))
 
     async def release(self, handle: Handle) -> None:

@@ -291,7 +291,8 @@ class Launcher(TaskPaths):
             working_dir=Path("/"),
             log_path=Path(task.log_file),
             exit_path=exit_path,
-            limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit),
+            limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit,
+                          tasks_max=min(r.max_pids or self.settings.max_pids, self.settings.max_pids)),
         )
 
     def start_problem(self, task_id: str) -> str | None:

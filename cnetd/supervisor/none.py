@@ -15,7 +15,7 @@ import time
 
 import psutil
 
-from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
+from cnetd.supervisor.base import CPU_MIN_WINDOW, Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
 from cnetd.supervisor.process import (
     is_same_process,
     proc_start_time,
@@ -58,7 +58,7 @@ class SessionProcesses:
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._cpu_samples: dict[int, tuple[float, float]] = {}
+        self._cpu_samples: dict[int, tuple[float, float, float | None]] = {}  # pid -> (time, cpu s, percent)
 
     def adopt(self, proc: subprocess.Popen[bytes]) -> int:
         start = proc_start_time(proc.pid)
@@ -130,15 +130,18 @@ class SessionProcesses:
                 continue
         now = time.monotonic()
         previous = self._cpu_samples.get(handle.pid)
-        self._cpu_samples[handle.pid] = (now, cpu_seconds)
+        if previous is not None and now - previous[0] < CPU_MIN_WINDOW:
+            return Usage(cpu_percent=previous[2], memory_bytes=rss, pids=pids)
         cpu_percent = None
-        if previous is not None and now > previous[0]:
+        if previous is not None:
             cpu_percent = max(0.0, (cpu_seconds - previous[1]) / (now - previous[0]) * 100)
+        self._cpu_samples[handle.pid] = (now, cpu_seconds, cpu_percent)
         return Usage(cpu_percent=cpu_percent, memory_bytes=rss, pids=pids)
 
 
 class NoneSandbox:
     name = "none"
+    stats_on_loop = False  # read_stats walks /proc: a worker thread only
     capabilities = Capabilities(
         enforces_cpu=False,
         enforces_memory=False,
@@ -165,7 +168,10 @@ class NoneSandbox:
         return self._procs.alive(handle)
 
     async def stats(self, handle: Handle) -> Usage:
-        return await asyncio.to_thread(self._procs.usage, handle)
+        return await asyncio.to_thread(self.read_stats, handle)
+
+    def read_stats(self, handle: Handle) -> Usage:
+        return self._procs.usage(handle)
 
     async def release(self, handle: Handle) -> None:
         return None

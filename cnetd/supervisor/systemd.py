@@ -15,11 +15,14 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
 from cnetd.supervisor.cgroup import (
     CpuMeter,
+    Mount,
     cgroup_dirs_of,
     cgroup_mounts,
     cgroup_usage,
@@ -95,12 +98,14 @@ def _log_tail(path: Path, offset: int) -> str:
 
 class SystemdSandbox:
     name = "systemd"
+    stats_on_loop = True  # read_stats reads four cgroupfs files
     capabilities = Capabilities(
         enforces_cpu=True,
         enforces_memory=True,
         detects_oom=True,
         kills_whole_tree=True,
         survives_agent_restart=True,
+        enforces_pids=True,
     )
 
     def __init__(self, slice_name: str = "cnet.slice") -> None:
@@ -114,6 +119,9 @@ class SystemdSandbox:
         self._procs = SessionProcesses()
         self._cpu = CpuMeter()
         mounts = cgroup_mounts()
+        if not _has_pids_controller(mounts):
+            # TasksMax= is accepted but nothing holds it
+            self.capabilities = replace(SystemdSandbox.capabilities, enforces_pids=False)
         # On cgroup v1, systemd ignores MemorySwapMax; memory.memsw is written directly.
         self._memory_v1 = "memory" in mounts
         if self._memory_v1:
@@ -215,6 +223,9 @@ class SystemdSandbox:
         return running and is_same_process(handle.pid, handle.pid_start)
 
     async def stats(self, handle: Handle) -> Usage:
+        return await asyncio.to_thread(self.read_stats, handle)
+
+    def read_stats(self, handle: Handle) -> Usage:
         return cgroup_usage(handle.cgroup or {}, self._cpu, self._unit(handle))
 
     async def release(self, handle: Handle) -> None:
@@ -273,6 +284,19 @@ class SystemdSandbox:
         if rc != 0 and args[0] not in ("is-active", "reset-failed") and "not loaded" not in err_text:
             log.warning("systemctl %s: exit %d: %s", " ".join(args), rc, err_text)
         return rc, out.decode(errors="replace"), err_text
+
+
+def _has_pids_controller(mounts: Mapping[str, Mount]) -> bool:
+    """A v1 pids hierarchy, or a cgroup2 tree whose root offers the pids controller."""
+    if "pids" in mounts:
+        return True
+    unified = mounts.get("unified")
+    if unified is None:
+        return False
+    try:
+        return "pids" in (unified.point / "cgroup.controllers").read_text().split()
+    except OSError:
+        return False
 
 
 def _slice_path(slice_name: str) -> list[str]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnetd.config import ConfigError, ResourceLimits, parse_duration, parse_size
+from cnetd.config import PIDS_CEILING, ConfigError, ResourceLimits, parse_duration, parse_size
 from cnetd.errors import Invalid
 
 NAME_PATTERN = re.compile(r"^[\w][\w .:@+-]{0,127}$")
@@ -146,7 +146,7 @@ def resources_field(
         return base
     if not isinstance(value, Mapping):
         raise Invalid(key, f"must be an object, got {json_type(value)}")
-    reject_unknown(value, {"cpu_limit", "memory_limit", "disk_limit", "gpu_limit"}, prefix=f"{key}.")
+    reject_unknown(value, {"cpu_limit", "memory_limit", "disk_limit", "gpu_limit", "max_pids"}, prefix=f"{key}.")
     cpu = value.get("cpu_limit", base.cpu_limit)
     if cpu is not None:
         cores = finite_number(cpu)
@@ -169,7 +169,18 @@ def resources_field(
     gpu = value.get("gpu_limit", base.gpu_limit)
     if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0):
         raise Invalid(f"{key}.gpu_limit", f"must be a whole number >= 0, got {gpu!r}")
-    return ResourceLimits(cpu_limit=cpu, memory_limit=sizes["memory_limit"], disk_limit=sizes["disk_limit"], gpu_limit=gpu)
+    pids = value.get("max_pids", base.max_pids)
+    if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or not 1 <= pids <= PIDS_CEILING):
+        raise Invalid(f"{key}.max_pids", f"must be a whole number of processes from 1 to {PIDS_CEILING}, got {pids!r}")
+    return ResourceLimits(cpu_limit=cpu, memory_limit=sizes["memory_limit"], disk_limit=sizes["disk_limit"], gpu_limit=gpu,
+                          max_pids=pids)
+
+
+def check_max_pids(resources: ResourceLimits, ceiling: int, key: str = "resources") -> None:
+    """A task may lower its pids limit below tasks.max_pids, never raise it: the node's
+    protection against a fork bomb is the operator's to loosen, not a caller's."""
+    if resources.max_pids is not None and resources.max_pids > ceiling:
+        raise Invalid(f"{key}.max_pids", f"must be at most tasks.max_pids ({ceiling}), got {resources.max_pids}")
 
 
 def timeout_field(body: Mapping[str, Any], key: str = "timeout") -> float | None:

@@ -35,8 +35,9 @@ from cnetd.supervisor.disk import DiskMeter, format_bytes
 from cnetd.supervisor.launcher import Launcher, model_dir_of
 from cnetd.supervisor.membership import handle_owns_pid
 from cnetd.tasks.bus import TaskBus, TaskChange
+from cnetd.tasks.disk_guard import DiskGuard
 from cnetd.tasks.model import ACTIVE, Status, Task, TaskEvent
-from cnetd.tasks.request import NewTask
+from cnetd.tasks.request import NewTask, check_max_pids
 from cnetd.tasks.states import check_transition, event
 from cnetd.tasks.usage import Sample, UsageMonitor
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 LOST_REASON = "lost: process vanished while the agent was down"
 LONG_LIVED = ("serve",)  # task kinds outside the tasks.max_concurrent slots
-DISK_CHECK_INTERVAL = 1.0
 
 
 def format_duration(seconds: float) -> str:
@@ -106,6 +106,7 @@ class TaskService:
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping_agent = False
         self._usage = UsageMonitor()
+        self._disk = DiskGuard()
 
     # ---- queries -------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class TaskService:
         task = await self.db.read(lambda c: q.get_task(c, task_id))
         if task is None:
             raise NotFound(f"task {task_id} not found", {"id": task_id})
+        await self._usage.fresh(task_id)  # the one task asked for: its usage read now if stale
         return self._with_live_usage(task)
 
     async def list(self, **filters: Any) -> list[Task]:
@@ -126,6 +128,7 @@ class TaskService:
 
     def usage_history(self, task_id: str) -> list[Sample]:
         """The task's recent CPU and memory samples, oldest first (empty once forgotten)."""
+        self._usage.look(task_id)  # a chart is open: a sample a second while it is
         return self._usage.samples(task_id)
 
     def peer_check(self, task_id: str) -> Callable[[int, int], str | None]:
@@ -167,6 +170,7 @@ class TaskService:
         owner = new.identity_owner or task_owner(task_id)
         self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
         self.confinement.check_env(new.env)
+        check_max_pids(new.resources, self.config.tasks.max_pids)
         user = await self.user_for_owner(owner)
         try:
             program = self.launcher.check_startable(new.command, new.working_dir, user)
@@ -230,6 +234,7 @@ class TaskService:
     async def start_background(self) -> None:
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="task-scheduler")
         self._usage.start()
+        self._disk.start()
         self._kick.set()
 
     async def _schedule_forever(self) -> None:
@@ -317,7 +322,7 @@ class TaskService:
     def _watch(self, task: Task, backend: Sandbox, handle: Handle) -> None:
         self.ingester.watch(task.id, task.log_file)
         self._finished.setdefault(task.id, asyncio.Event())
-        self._usage.watch(task.id, backend, handle)  # sampled at once, then every second
+        self._usage.watch(task.id, backend, handle)  # sampled at once, then every 1-5 s
         runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
         self._watches[task.id] = _Watch(task=runner, handle=handle, backend=backend, task_uid=task.uid)
 
@@ -371,17 +376,12 @@ class TaskService:
     async def _enforce_disk(self, task: Task, waiting: asyncio.Future[ExitStatus]) -> None:
         limit = task.resources.disk_limit
         assert limit is not None
-        meter = DiskMeter(task.log_file, self._output_dirs(task), since=task.started_at)
-        while not waiting.done():
-            used = await asyncio.to_thread(meter.measure)
-            if used > limit:
-                watch = self._watches.get(task.id)
-                if watch is not None:
-                    watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used, like=limit)}, limit {format_bytes(limit)})"
-                    await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiting), DISK_CHECK_INTERVAL)
+        meter = DiskMeter(task.log_file, self._output_dirs(task), since=task.started_at, task_id=task.id)
+        used = await self._disk.until_exceeded(meter, limit)  # measured with every other task's
+        watch = self._watches.get(task.id)
+        if watch is not None and not waiting.done():
+            watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used, like=limit)}, limit {format_bytes(limit)})"
+            await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
 
     def _output_dirs(self, task: Task) -> list[str]:
         tmp = [str(self.launcher.tmp_dir(task.id))]  # its own TMPDIR
@@ -568,6 +568,7 @@ class TaskService:
         self._stopping_agent = True
         await cancel_and_wait(self._scheduler)
         await self._usage.stop()
+        await self._disk.stop()
         if self._stopping:  # stops under way finish (SIGKILL after the grace), not half-done
             await asyncio.wait(set(self._stopping), timeout=self.config.tasks.stop_grace + 5)
         if self.config.tasks.stop_on_exit:

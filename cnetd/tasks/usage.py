@@ -1,12 +1,22 @@
-"""CPU and memory of running tasks, sampled once through their sandbox backend's stats().
+"""CPU and memory of running tasks, sampled through their sandbox backend.
 
 One sampler serves every reader: the task's `usage` (latest values and peak memory, stored
 with the task when it ends) and the UI's usage charts (a ring of recent samples per task).
 
-A task is sampled as soon as it is watched (started, or reattached after an agent
-restart), then every SAMPLE_INTERVAL, and once more by `finish` after its processes have
-exited but before its sandbox is released, while the cgroup still knows the peak memory.
-So even a sub-second task ends with a usage whenever the backend can report one.
+What it promises, and what it costs with a thousand tasks running:
+  - a task is sampled as soon as it is watched (started, or reattached after an agent
+    restart), and once more by `finish` after its processes have exited but before its
+    sandbox is released, while the cgroup still knows the peak memory (so even a
+    sub-second task ends with a usage whenever the backend can report one);
+  - while it runs, it is sampled every SAMPLE_INTERVAL when it is busy (CPU at least
+    BUSY_CPU_PERCENT of a core, memory or process count moving) or someone has looked at
+    it within LOOK_WINDOW (its page, its chart, `GET /api/tasks/{id}`), and every
+    IDLE_INTERVAL while it idles: an idle task's figures do not change, and its peak
+    memory is the cgroup's own counter, so sampling it less often loses nothing;
+  - `fresh` (used when one task is asked for) reads the task at once when its sample is
+    older than FRESH_AGE, so the task you ask for never shows a figure older than that;
+  - each round reads every task that is due in one hop to a worker thread (backends with
+    `read_stats`), not one await per task on the event loop.
 """
 
 from __future__ import annotations
@@ -16,16 +26,23 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cnetd.background import cancel_and_wait
 from cnetd.clock import utc_now
-from cnetd.supervisor.base import Handle, Sandbox, Usage
+from cnetd.supervisor.base import BlockingStats, Handle, Sandbox, Usage
 
 log = logging.getLogger(__name__)
 
-SAMPLE_INTERVAL = 1.0  # seconds between two samples of a running task
+SAMPLE_INTERVAL = 1.0  # seconds between two samples of a busy task, or of one someone looks at
+IDLE_INTERVAL = 5.0  # seconds between two samples of an idle task
+LOOK_WINDOW = 30.0  # a task looked at is sampled every SAMPLE_INTERVAL for this long
+FRESH_AGE = 1.5  # `fresh` reads a task at once when its sample is older than this
+BATCH_AHEAD = 0.25  # a round also takes tasks due this soon, so rounds come at most ~4 a second
+BUSY_CPU_PERCENT = 1.0  # of one core, over the last sample's window
+BUSY_MEMORY_BYTES = 1 << 20  # a change of memory between two samples that counts as busy
 SAMPLE_TIMEOUT = 5.0  # a backend that takes longer to answer is skipped this round
 SAMPLES_PER_TASK = 300  # five minutes at one sample a second
 TASKS_REMEMBERED = 100  # finished tasks keep their chart until this many newer ones push it out
@@ -79,24 +96,43 @@ def summarize(usage: Usage, previous: dict[str, Any] | None) -> dict[str, Any] |
     }
 
 
-@dataclass
+def is_busy(previous: Usage | None, usage: Usage) -> bool:
+    """Whether a task did something between two samples (an unknown CPU figure counts:
+    the first sample of a task has no window yet)."""
+    if previous is None or usage.cpu_percent is None or usage.cpu_percent >= BUSY_CPU_PERCENT:
+        return True
+    if usage.pids != previous.pids:
+        return True
+    if usage.memory_bytes is None or previous.memory_bytes is None:
+        return False
+    return abs(usage.memory_bytes - previous.memory_bytes) >= BUSY_MEMORY_BYTES
+
+
+@dataclass(eq=False)
 class _Watched:
     backend: Sandbox
     handle: Handle
+    due: float = 0.0  # time.monotonic() of its next sample; 0: at once
+    sampled: float = 0.0  # time.monotonic() of its last sample; 0: never
+    looked_until: float = 0.0  # sampled every SAMPLE_INTERVAL until then
+    last: Usage | None = None
+    reading: asyncio.Task[None] | None = None  # a read on demand under way
+    blocking: bool = False  # the backend has read_stats (checked once: a Protocol isinstance is slow)
 
 
 class UsageMonitor:
-    """Samples every watched task; `watch` when it runs, `finish` once it has exited,
-    `forget` once its end is recorded."""
+    """Samples every watched task; `watch` when it runs, `look` when someone looks at it,
+    `finish` once it has exited, `forget` once its end is recorded."""
 
-    def __init__(self, interval: float = SAMPLE_INTERVAL) -> None:
+    def __init__(self, interval: float = SAMPLE_INTERVAL, idle_interval: float = IDLE_INTERVAL) -> None:
         self.interval = interval
+        self.idle_interval = max(idle_interval, interval)
         self.history = UsageHistory()
         self._watched: dict[str, _Watched] = {}
         self._latest: dict[str, dict[str, Any]] = {}
-        self._fresh: set[str] = set()  # watched since the last round: sampled at once
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reads: set[asyncio.Task[None]] = set()  # reads on demand under way
 
     # ---- readers -------------------------------------------------------------------
 
@@ -111,25 +147,59 @@ class UsageMonitor:
     # ---- the task service's hooks ---------------------------------------------------
 
     def watch(self, task_id: str, backend: Sandbox, handle: Handle) -> None:
-        self._watched[task_id] = _Watched(backend, handle)
-        self._fresh.add(task_id)
+        self._watched[task_id] = _Watched(backend, handle, blocking=isinstance(backend, BlockingStats))  # due at once
         self._wake.set()
+
+    def look(self, task_id: str) -> None:
+        """Someone looks at the task: sample it every `interval` for the next LOOK_WINDOW."""
+        watched = self._watched.get(task_id)
+        if watched is None:
+            return
+        now = time.monotonic()
+        watched.looked_until = now + LOOK_WINDOW
+        if watched.due > now + self.interval:
+            watched.due = watched.sampled + self.interval if watched.sampled else now
+            self._wake.set()
+
+    async def fresh(self, task_id: str, max_age: float = FRESH_AGE) -> None:
+        """`look`, and read the task now when its last sample is older than max_age."""
+        self.look(task_id)
+        watched = self._watched.get(task_id)
+        if watched is None or time.monotonic() - watched.sampled <= max_age:
+            return
+        if watched.reading is None:
+            watched.reading = asyncio.create_task(self._read_now(task_id, watched), name=f"usage-now-{task_id}")
+            self._reads.add(watched.reading)
+            watched.reading.add_done_callback(self._reads.discard)
+        await asyncio.shield(watched.reading)  # a caller that gives up does not cancel the others' read
+
+    async def _read_now(self, task_id: str, watched: _Watched) -> None:
+        try:
+            if watched.blocking and cast(BlockingStats, watched.backend).stats_on_loop:
+                (usage,) = _read_blocking([watched])  # a few cgroupfs reads: cheaper than a thread hop
+            else:
+                (usage,) = await self._read([watched])
+            if usage is not None and self._watched.get(task_id) is watched:
+                self._record(task_id, watched, usage, time.monotonic())
+        except Exception:  # the caller still gets the task, with its last sample
+            log.exception("reading usage on demand failed", extra={"task_id": task_id})
+        finally:
+            watched.reading = None
+            self._wake.set()  # the loop left it out while it was being read
 
     async def finish(self, task_id: str) -> dict[str, Any] | None:
         """The final sample, taken after the task's processes exited and before its
         sandbox is released; returns the task's usage to store with it."""
         watched = self._watched.pop(task_id, None)
-        self._fresh.discard(task_id)
         if watched is not None:
-            usage = await self._stats(task_id, watched)
+            (usage,) = await self._read([watched])
             if usage is not None:
-                self._record(task_id, usage)
+                self._record(task_id, watched, usage, time.monotonic())
         return self.latest(task_id)
 
     def forget(self, task_id: str) -> None:
         """The task's end is stored: drop its live summary (its chart stays in history)."""
         self._watched.pop(task_id, None)
-        self._fresh.discard(task_id)
         self._latest.pop(task_id, None)
 
     # ---- the loop ------------------------------------------------------------------
@@ -138,46 +208,87 @@ class UsageMonitor:
         self._task = asyncio.create_task(self._run(), name="task-usage-monitor")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, *self._reads)
         self._task = None
 
     async def _run(self) -> None:
-        next_round = 0.0
         while True:
             self._wake.clear()
-            now = time.monotonic()
-            if now >= next_round:
-                due = list(self._watched)
-                next_round = now + self.interval
-            else:
-                due = [t for t in self._fresh if t in self._watched]
-            self._fresh.clear()
-            try:
-                await self._sample_round(due)
-            except Exception:
-                log.exception("sampling task usage failed")
+            horizon = time.monotonic() + BATCH_AHEAD
+            due = [t for t, w in self._watched.items() if w.due <= horizon and w.reading is None]
+            if due:
+                try:
+                    await self._sample_round(due)
+                except Exception:
+                    log.exception("sampling task usage failed")
+            next_due = min((w.due for w in self._watched.values() if w.reading is None), default=None)
+            wait = None if next_due is None else max(0.0, next_due - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_round - time.monotonic()))
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _sample_round(self, task_ids: list[str]) -> None:
-        """One sample of each of these tasks that is still watched, concurrently."""
+        """One sample of each of these tasks that is still watched."""
         targets = [(t, w) for t in task_ids if (w := self._watched.get(t)) is not None]
-        results = await asyncio.gather(*(self._stats(t, w) for t, w in targets))
+        results = await self._read([w for _, w in targets])
+        now = time.monotonic()
         for (task_id, watched), usage in zip(targets, results):
             # a task finished meanwhile has had its final sample: this one is older
-            if usage is not None and self._watched.get(task_id) is watched:
-                self._record(task_id, usage)
+            if self._watched.get(task_id) is not watched:
+                continue
+            if usage is None:
+                watched.due = now + self.interval  # try again soon
+            else:
+                self._record(task_id, watched, usage, now)
 
-    async def _stats(self, task_id: str, watched: _Watched) -> Usage | None:
-        try:
-            return await asyncio.wait_for(watched.backend.stats(watched.handle), SAMPLE_TIMEOUT)
-        except Exception as exc:  # the process may have just ended; the cgroup may be gone
-            log.debug("no usage sample: %r", exc, extra={"task_id": task_id})
-            return None
+    async def _read(self, targets: Sequence[_Watched]) -> list[Usage | None]:
+        """Usage of each target: all blocking readers in one worker thread, the others
+        (backends with only the async stats()) concurrently on the loop."""
+        results: list[Usage | None] = [None] * len(targets)
+        blocking = [i for i, w in enumerate(targets) if w.blocking]
+        others = [i for i, w in enumerate(targets) if not w.blocking]
+        if blocking:
+            try:
+                read = await asyncio.wait_for(
+                    asyncio.to_thread(_read_blocking, [targets[i] for i in blocking]), SAMPLE_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("reading the usage of %d tasks took over %.0fs; skipped this round",
+                            len(blocking), SAMPLE_TIMEOUT)
+                read = [None] * len(blocking)
+            for i, usage in zip(blocking, read):
+                results[i] = usage
+        if others:
+            for i, usage in zip(others, await asyncio.gather(*(_read_async(targets[i]) for i in others))):
+                results[i] = usage
+        return results
 
-    def _record(self, task_id: str, usage: Usage) -> None:
+    def _record(self, task_id: str, watched: _Watched, usage: Usage, now: float) -> None:
+        busy = is_busy(watched.last, usage)
+        watched.last, watched.sampled = usage, now
+        if busy or watched.looked_until > now:
+            watched.due = now + self.interval
+        else:  # on a beat of `interval`, so that idle tasks make one batch a second, not several
+            watched.due = (now + self.idle_interval) // self.interval * self.interval
         summary = summarize(usage, self._latest.get(task_id))
         if summary is not None:
             self._latest[task_id] = summary
         if usage.pids != 0:
             self.history.add(task_id, Sample(time.time(), usage.cpu_percent, usage.memory_bytes))
+
+
+def _read_blocking(targets: list[_Watched]) -> list[Usage | None]:
+    out: list[Usage | None] = []
+    for watched in targets:
+        try:
+            out.append(cast(BlockingStats, watched.backend).read_stats(watched.handle))
+        except Exception as exc:  # the process may have just ended; the cgroup may be gone
+            log.debug("no usage sample of pid %d: %r", watched.handle.pid, exc)
+            out.append(None)
+    return out
+
+
+async def _read_async(watched: _Watched) -> Usage | None:
+    try:
+        return await asyncio.wait_for(watched.backend.stats(watched.handle), SAMPLE_TIMEOUT)
+    except Exception as exc:  # the process may have just ended; the cgroup may be gone
+        log.debug("no usage sample of pid %d: %r", watched.handle.pid, exc)
+        return None

@@ -67,6 +67,27 @@ forever("root")
 """
 TREE_ROLES = {"root", "child", "child.grandchild", "stubborn", "setsid"}
 
+# A fork loop with an end (so that even a sandbox that held no limit could not take the
+# machine down): it forks up to argv[1] children that sleep, counting the forks that failed.
+FORK_LOOP = r"""
+import errno, os, sys, time
+made = failed = 0
+for _ in range(int(sys.argv[1])):
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        if exc.errno != errno.EAGAIN:
+            raise
+        failed += 1
+        continue
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    made += 1
+print(f"made {made} failed {failed}", flush=True)
+time.sleep(600)
+"""
+
 BURN = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\nwhile time.monotonic() < end: pass\n"
 
 
@@ -293,6 +314,33 @@ def idle_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
+async def fork_loop(sb: Sandbox, params: Params) -> dict[str, Any]:
+    """FORK_LOOP under tasks_max; while it sits at its limit a neighbour starts and ends;
+    then the capped task is stopped. Reports the forks, the neighbour, the stop."""
+    s = spec(params, [PY, "-c", FORK_LOOP, str(params.get("attempts", 200))], Limits(tasks_max=int(params["tasks_max"])))
+    handle = await sb.start(s)
+    try:
+        line = await poll(lambda: next((ln for ln in s.log_path.read_text().splitlines() if ln.startswith("made ")), None),
+                          60, "the fork loop to report")
+        pids = (await sb.stats(handle)).pids
+        neighbour = spec(params, ["/bin/sh", "-c", "/bin/echo neighbour ran"])
+        t0 = time.monotonic()
+        other = await sb.start(neighbour)
+        other_status = await asyncio.wait_for(sb.wait(other), 30)
+        await sb.release(other)
+        neighbour_seconds = time.monotonic() - t0
+    finally:
+        t1 = time.monotonic()
+        status = await finish(sb, handle, 1)
+        stop_seconds = time.monotonic() - t1
+    _, made, _, failed = line.split()
+    return {
+        "made": int(made), "failed": int(failed), "pids": pids, "status": status, "stop_seconds": stop_seconds,
+        "neighbour": status_dict(other_status), "neighbour_log": neighbour.log_path.read_text(),
+        "neighbour_seconds": neighbour_seconds,
+    }
+
+
 async def start_latency(sb: Sandbox, params: Params) -> dict[str, Any]:
     """Seconds each of n sequential start() calls took, `gap` seconds apart (for bench/)."""
     times = []
@@ -342,6 +390,7 @@ SCENARIOS: dict[str, Callable[[Sandbox, Params], Coroutine[Any, Any, dict[str, A
     "orphans": orphans,
     "oom": oom,
     "cpu": cpu,
+    "fork_loop": fork_loop,
     "start_latency": start_latency,
     "bare_latency": bare_latency,
 }
