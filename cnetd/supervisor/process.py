@@ -14,17 +14,15 @@ from cnetd.supervisor.base import ExitStatus
 # TERM/INT/HUP with a no-op so that a stop reaches the command while the shim lives to
 # record what happened; a trapped (not ignored) signal is reset to default on exec, so
 # the command itself still sees normal dispositions. It runs as root with ROOT_ENV and
-# calls nothing through PATH: mv is given as an absolute path ($2).
-SHIM_SCRIPT = (
-    'x="$1"; m="$2"; shift 2; trap : TERM INT HUP; "$@"; rc=$?; '
-    'printf "%s\\n" "$rc" > "$x.tmp" && "$m" -f "$x.tmp" "$x"; exit "$rc"'
-)
+# calls no program at all: printf and the redirection are the shell's own, so recording
+# needs no fork (a task whose processes fill its pids limit cannot stop it). The file
+# needs no rename to be read whole: it is read only once the shim has exited.
+SHIM_SCRIPT = 'x="$1"; shift; trap : TERM INT HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
 SHELL = "/bin/sh"
-MV = next((p for p in ("/usr/bin/mv", "/bin/mv") if os.access(p, os.X_OK)), "/bin/mv")
 
 
 def shim_argv(exit_path: Path, argv: list[str]) -> list[str]:
-    return [SHELL, "-c", SHIM_SCRIPT, "cnet-shim", str(exit_path), MV, *argv]
+    return [SHELL, "-c", SHIM_SCRIPT, "cnet-shim", str(exit_path), *argv]
 
 
 def proc_start_time(pid: int) -> int | None:
