@@ -16,10 +16,9 @@ import pytest
 
 from cnetd.config import ResourceLimits, TasksSection
 from cnetd.supervisor.disk import DiskMeter, format_bytes, measure_all
-from cnetd.supervisor.launcher import Launcher
-from cnetd.supervisor.none import NoneSandbox
 from cnetd.tasks.model import Status, Task
 from tests.harness.fixtures import BACKENDS, Driver, make_driver
+from tests.support.launch import make_launcher
 
 ENFORCING = [p for p in BACKENDS if p.values[0] != "none"]
 
@@ -74,7 +73,7 @@ def test_a_fork_loop_stops_at_tasks_max_and_its_neighbour_still_starts(driver: D
 def test_a_launch_asks_for_at_most_tasks_max_pids(tmp_path: Path, asked: int | None, launched: int) -> None:
     """tasks.max_pids is the default and the ceiling, also for a task stored before the
     operator lowered it (a model's predictions copy the max_pids it was deployed with)."""
-    launcher = Launcher(NoneSandbox(), tmp_path / "state", tmp_path, os.environ, TasksSection(max_pids=32))
+    launcher = make_launcher(tmp_path / "state", tmp_path, TasksSection(max_pids=32))
     task = Task(id=str(uuid.uuid4()), name="t", type="process", kind="run", status=Status.PENDING, command="true",
                 args=[], env={}, working_dir=".", resources=ResourceLimits(max_pids=asked), created_at="",
                 log_file=str(tmp_path / "t.log"), node_id="n")
