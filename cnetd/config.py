@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from cnetd.limits import ResourceLimits
+
 __all__ = [
     "AgentSection",
     "Config",
@@ -41,7 +43,6 @@ __all__ = [
     "PortRange",
     "TlsSection",
     "UidRange",
-    "ResourceLimits",
     "ResourcesSection",
     "RetentionSection",
     "SandboxKind",
@@ -63,14 +64,6 @@ class ConfigError(Exception):
 
 
 # --------------------------------------------------------------------------- sections
-
-
-@dataclass(frozen=True)
-class ResourceLimits:
-    cpu_limit: float | None = None  # cores, > 0
-    memory_limit: int | None = None  # bytes, > 0
-    disk_limit: int | None = None  # bytes, > 0
-    gpu_limit: int | None = None  # >= 0
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnetd.config import ConfigError, ResourceLimits, parse_duration, parse_size
+from cnetd.config import ConfigError, parse_duration, parse_size
 from cnetd.errors import Invalid
+from cnetd.limits import ResourceLimits
 
 NAME_PATTERN = re.compile(r"^[\w][\w .:@+-]{0,127}$")
 MAX_ARGS = 256
