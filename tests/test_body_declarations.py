@@ -206,6 +206,7 @@ def test_heartbeat_keeps_whole_numbers_whole() -> None:
     # a field name that imitates msgspec's "- at `$.path`" must not move the blame elsewhere
     {**TASK, "x` - at `$.resources": 1},
     {**TASK, "resources": {"a` - at `$.args[0]": 1}},
+    {**TASK, "x` - at `$.env[...]": 1}, {**TASK, "x` - at `key` in `$.env": 1},
     # names that mean something to Python objects
     {**TASK, "__class__": "str"}, {**TASK, "__init__": 1}, {**TASK, "__struct_fields__": []},
     {**TASK, "to_new_task": "x"}, {**TASK, "__proto__": {"admin": True}},

@@ -56,6 +56,8 @@ class _Spot:
 
 def refusal(message: str, value: Any, annotation: Any, field: str = "") -> Invalid:
     """The Invalid for msgspec's message about value (declared as annotation) at field."""
+    if message.startswith(_UNKNOWN):  # before the path: the caller's text comes first here
+        return _unknown(_Spot(annotation, value, field))
     where = _WHERE.search(message)
     what = message[: where.start()] if where else message
     spot = _Spot(annotation, value, field)
@@ -71,8 +73,6 @@ def refusal(message: str, value: Any, annotation: Any, field: str = "") -> Inval
     missing = _MISSING.match(what)
     if missing:
         return _missing(spot, missing.group(1))
-    if what.startswith(_UNKNOWN):
-        return _unknown(_Spot(annotation, value, field))
     return _wrong(spot, type_mismatch=bool(_TYPE_MISMATCH.match(what)))
 
 
