@@ -22,7 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hand_checks_8526a92 import parse_deployment_task, parse_new_task as old_parse_new_task  # noqa: E402
+from hand_checks_8526a92 import parse_deployment_task  # noqa: E402
+from hand_checks_8526a92 import parse_new_task as old_parse_new_task  # noqa: E402
 
 from cnetd.bodies.decode import decode_body  # noqa: E402
 from cnetd.errors import Invalid  # noqa: E402
@@ -88,7 +89,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     for _, body, old, new in ROWS:  # both must say the same before they are timed
-        assert old(copy.deepcopy(body)) == new(copy.deepcopy(body)), (old(copy.deepcopy(body)), new(copy.deepcopy(body)))
+        same = old(copy.deepcopy(body)), new(copy.deepcopy(body))
+        assert same[0] == same[1], same
     print(f"{'body':30s} {'old us':>8s} {'new us':>8s} {'ratio':>6s}   (n={args.n}, best of {args.repeat})")
     for name, body, old, new in ROWS:
         old_us = per_body_us(old, body, args.n, args.repeat)

@@ -99,7 +99,8 @@ def test_task_body_accepts_what_the_api_always_took() -> None:
     })
     assert task.resources == ResourceLimits(2.0, 2**30, 500_000_000, 0)
     assert (task.timeout, task.args, task.env, task.working_dir) == (90.0, ["-c", "x"], {"A": "1", "B": ""}, "sub")
-    assert parse_new_task({**TASK, "resources": {"memory_limit": "512MB"}, "timeout": 30}).resources.memory_limit == 512 * 10**6
+    decimal = parse_new_task({**TASK, "resources": {"memory_limit": "512MB"}, "timeout": 30})
+    assert decimal.resources.memory_limit == 512 * 10**6
     assert parse_new_task({**TASK, "timeout": 2.5}).timeout == 2.5
     # null is the same as leaving the field out
     nulls = parse_new_task({**TASK, "args": None, "env": None, "working_dir": None, "resources": None, "timeout": None})
@@ -238,7 +239,8 @@ def validator(component: str) -> jsonschema.protocols.Validator:
 
 
 def test_the_seed_bodies_fit_the_documented_schemas() -> None:
-    for body in (LINEAR_BODY, NETWORK_BODY, {"name": "m", "model_path": "m", "script_path": "s.py", "serving": {"replicas": 2}}):
+    served = {"name": "m", "model_path": "m", "script_path": "s.py", "serving": {"replicas": 2}}
+    for body in (LINEAR_BODY, NETWORK_BODY, served):
         validator("Deployment").validate(body)
         deployment(copy.deepcopy(body))
     for body in (TASK, {**TASK, "resources": {"memory_limit": "512MB", "cpu_limit": 0.5}, "timeout": "30s"}):

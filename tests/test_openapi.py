@@ -91,7 +91,9 @@ HAND_WRITTEN_BODIES = {"v2Infer", "v2InferVersion"}  # the Open Inference Protoc
 
 def declared_components() -> dict[str, Any]:
     """msgspec's JSON Schema of the declarations, named as the document names them."""
-    _, components = msgspec.json.schema_components(list(DECLARED_BODIES.values()), ref_template="#/components/schemas/{name}")
+    _, components = msgspec.json.schema_components(
+        list(DECLARED_BODIES.values()), ref_template="#/components/schemas/{name}",
+    )
     text = json.dumps(components)
     for name in components:
         text = text.replace(f'"#/components/schemas/{name}"', f'"#/components/schemas/{name.removesuffix("Body")}"')
