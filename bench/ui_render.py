@@ -29,7 +29,8 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from cnetd.agent import AGENT  # noqa: E402
 from cnetd.app import create_app  # noqa: E402
 from cnetd.clock import utc_now  # noqa: E402
-from cnetd.config import ResourceLimits, default_config  # noqa: E402
+from cnetd.config import default_config  # noqa: E402
+from cnetd.limits import ResourceLimits  # noqa: E402
 from cnetd.store import logs as lq  # noqa: E402
 from cnetd.store import models as mq  # noqa: E402
 from cnetd.store import tasks as q  # noqa: E402

@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from cnetd.limits import PIDS_CEILING, ResourceLimits
+
 __all__ = [
     "AgentSection",
     "Config",
@@ -42,7 +44,6 @@ __all__ = [
     "PortRange",
     "TlsSection",
     "UidRange",
-    "ResourceLimits",
     "ResourcesSection",
     "RetentionSection",
     "SandboxKind",
@@ -64,19 +65,6 @@ class ConfigError(Exception):
 
 
 # --------------------------------------------------------------------------- sections
-
-
-@dataclass(frozen=True)
-class ResourceLimits:
-    cpu_limit: float | None = None  # cores, > 0
-    memory_limit: int | None = None  # bytes, > 0
-    disk_limit: int | None = None  # bytes, > 0
-    gpu_limit: int | None = None  # >= 0
-    max_pids: int | None = None  # processes and threads at once; None: tasks.max_pids
-
-
-# The kernel's PID_MAX_LIMIT: no pids.max / TasksMax above it means anything.
-PIDS_CEILING = 4_194_304
 
 
 @dataclass(frozen=True)

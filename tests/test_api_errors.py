@@ -44,6 +44,14 @@ def assert_error(reply, status: int, *needles: str) -> None:  # type: ignore[no-
         # an attacker's try: lifting the node's fork-bomb cap (tasks.max_pids, 4096) from a request
         ({"name": "x", "command": "true", "resources": {"max_pids": 4097}}, ["resources.max_pids", "tasks.max_pids"]),
         ([1, 2], ["body", "object"]),
+        ({"name": "x", "command": "tr\u0000ue"}, ["command", "NUL"]),
+        ({"name": "x", "command": "true", "args": ["a", "b", "c", ["d"]]}, ["args[3]", "string"]),
+        ({"name": "x", "command": "true", "env": {"A=B": "1"}}, ["env.A=B", "environment variable name"]),
+        ({"name": "x", "command": "true", "env": {"FOO": "a\u0000b"}}, ["env.FOO", "NUL"]),
+        ({"name": "x", "command": "true", "resources": {"memory_limit": True}}, ["resources.memory_limit"]),
+        ({"name": "x", "command": "true", "resources": {"memory_limit": "9" * 400}}, ["resources.memory_limit", "too large"]),
+        ({"name": "x", "command": "true", "timeout": "9" * 400}, ["timeout", "too large"]),
+        ({"name": "x", "command": "true", "x` - at `$.resources": 1}, ["x` - at `$.resources: unknown field"]),
     ],
 )
 def test_bad_task_bodies(agent: AgentProcess, body: object, needles: list[str]) -> None:
@@ -89,6 +97,9 @@ def test_bad_query_parameters(agent: AgentProcess) -> None:
         ({"name": ""}, ["name"]),
         ({"script_path": "0" * 5000}, ["script_path"]),
         ({"model_path": "m" * 256}, ["model_path", "255"]),
+        ({"serving": {"replicas": 0}}, ["serving.replicas", "between 1 and 64"]),
+        ({"serving": {"loader": "docker"}}, ["serving.loader", "auto, script, builtin"]),
+        ({"env": {"": "x"}}, ["env.", "environment variable name"]),
     ],
 )
 def test_bad_deploy_bodies(agent: AgentProcess, patch: dict[str, object], needles: list[str]) -> None:

@@ -18,13 +18,13 @@ from cnetd.config import (
     Config,
     ConfigError,
     PortRange,
-    ResourceLimits,
     TasksSection,
     default_config,
     load_config,
     parse_duration,
     parse_size,
 )
+from cnetd.limits import ResourceLimits
 
 ORIGINAL = """\
 agent: {address: "0.0.0.0", port: 8080, node_id: "discovery-server", node_name: "Discovery Server", region: "default", datacenter: "dc1", heartbeat: "30s"}

@@ -3,17 +3,24 @@ against it: no 5xx, every response as documented."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
 from cnetd.api.openapi import DOCUMENT
 from cnetd.api.routes import add_api_routes
+from cnetd.cluster.report import HeartbeatBody
+from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
+from cnetd.ml.serving.spec import ServingSpecBody
+from cnetd.tasks.request import NewTaskBody
 from tests.support.agent import AgentProcess
 
 TOKEN = "fuzz-token-0123456789abcdef"
@@ -68,6 +75,67 @@ def test_every_unsafe_operation_documents_the_json_only_rule() -> None:
 def test_served_document_is_the_same(agent: AgentProcess) -> None:
     reply = agent.api.get("/api/openapi.json")
     assert reply.status == 200 and reply.body["paths"].keys() == DOCUMENT["paths"].keys()
+    assert reply.body == json.loads(json.dumps(DOCUMENT))
+
+
+# Which declaration checks which operation's body; written out here, not taken from openapi.py.
+DECLARED_BODIES: dict[str, type[msgspec.Struct]] = {
+    "createTask": NewTaskBody,
+    "deployModel": DeploymentBody,
+    "predict": PredictRequestBody,
+    "serveModel": ServingSpecBody,
+    "heartbeat": HeartbeatBody,
+}
+HAND_WRITTEN_BODIES = {"v2Infer", "v2InferVersion"}  # the Open Inference Protocol's own shape (protocol.py)
+
+
+def declared_components() -> dict[str, Any]:
+    """msgspec's JSON Schema of the declarations, named as the document names them."""
+    _, components = msgspec.json.schema_components(
+        list(DECLARED_BODIES.values()), ref_template="#/components/schemas/{name}",
+    )
+    text = json.dumps(components)
+    for name in components:
+        text = text.replace(f'"#/components/schemas/{name}"', f'"#/components/schemas/{name.removesuffix("Body")}"')
+        text = text.replace(f'"title": "{name}"', f'"title": "{name.removesuffix("Body")}"')
+    renamed = {name.removesuffix("Body"): schema for name, schema in json.loads(text).items()}
+    for schema in renamed.values():
+        if "description" in schema:
+            schema["description"] = " ".join(schema["description"].split())
+    return renamed
+
+
+def referenced(schema: Any, components: dict[str, Any], seen: set[str]) -> set[str]:
+    """The component names a schema reaches through $ref."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] not in seen:
+            name = ref.rsplit("/", 1)[1]
+            seen.add(name)
+            referenced(components[name], components, seen)
+        for value in schema.values():
+            referenced(value, components, seen)
+    elif isinstance(schema, list):
+        for value in schema:
+            referenced(value, components, seen)
+    return seen
+
+
+def test_served_request_bodies_are_the_declarations(agent: AgentProcess) -> None:
+    """The drift test: each request body in the served document is exactly the JSON Schema of
+    the declaration that checks it, down to every component it refers to."""
+    served = agent.api.get("/api/openapi.json").body
+    components = served["components"]["schemas"]
+    declared = declared_components()
+    operations = {op["operationId"]: op for item in served["paths"].values() for op in item.values()}
+    with_bodies = {op_id for op_id, op in operations.items() if "requestBody" in op}
+    assert with_bodies == DECLARED_BODIES.keys() | HAND_WRITTEN_BODIES
+    for op_id, declaration in DECLARED_BODIES.items():
+        schema = operations[op_id]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{declaration.__name__.removesuffix('Body')}"}, op_id
+        for name in referenced(schema, components, set()):
+            assert components[name] == declared[name], f"{op_id}: component {name} differs from its declaration"
+    assert operations["serveModel"]["requestBody"]["required"] is False  # every serving setting is optional
 
 
 @pytest.mark.slow

@@ -1,24 +1,27 @@
 """The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json.
 
-A test compares it with the router (every /api, /v2 and /metrics route is described,
-nothing else is) and a fuzz run checks the agent's answers against it.
+The request bodies' schemas are not written here: they come from the bodies' typed
+declarations (NewTaskBody, DeploymentBody, ...), which also check the bodies. Tests compare
+the document with the router (every /api, /v2 and /metrics route is described, nothing else
+is) and with the declarations, and a fuzz run checks the agent's answers against it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from cnetd import __version__
 from cnetd.api.serialize import json_response
-from cnetd.cluster.report import MAX_INTERVAL, NODE_ID_PATTERN, TEXT_FIELDS
-from cnetd.config import PIDS_CEILING
+from cnetd.bodies.schema import body_components, public_name
+from cnetd.cluster.report import HeartbeatBody
+from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
-from cnetd.ml.serving.spec import LIMITS as SERVING_LIMITS
-from cnetd.ml.serving.spec import LOADERS
+from cnetd.ml.serving.spec import ServingSpecBody
 from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
-from cnetd.tasks.request import MAX_ARG_CHARS, MAX_ARGS, MAX_ENV, NAME_PATTERN
+from cnetd.tasks.request import NewTaskBody
 
 Schema = dict[str, Any]
 
@@ -38,20 +41,6 @@ NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": STRING}
 NODE_PARAM = {"name": "node_id", "in": "path", "required": True, "schema": STRING}
 VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": STRING}
 
-SIZE = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]}
-RESOURCES: Schema = {
-    "type": "object",
-    "properties": {
-        "cpu_limit": {"type": "number", "exclusiveMinimum": 0, "maximum": 1024, "description": "cores"},
-        "memory_limit": {**SIZE, "description": "bytes, or a size like \"512MB\""},
-        "disk_limit": {**SIZE, "description": "bytes the task may write"},
-        "gpu_limit": {"type": "integer", "minimum": 0},
-        "max_pids": {"type": "integer", "minimum": 1, "maximum": PIDS_CEILING,
-                     "description": "processes and threads the task may have at once; at most tasks.max_pids, "
-                                    "which is also the default"},
-    },
-    "additionalProperties": False,
-}
 RESOURCES_OUT: Schema = {
     "type": "object",
     "properties": {
@@ -62,23 +51,13 @@ RESOURCES_OUT: Schema = {
         "max_pids": {"type": "integer"},
     },
 }
-NAME = {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 128}
-ARGS = {"type": "array", "maxItems": MAX_ARGS, "items": {"type": "string", "maxLength": MAX_ARG_CHARS}}
-ENV = {"type": "object", "maxProperties": MAX_ENV, "additionalProperties": {"type": "string"}}
-DURATION = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "minLength": 1}]}
-
-NODE_ID = {"type": "string", "description": "run it on this child node (GET /api/nodes); omitted: on this node"}
-
-SERVING_SPEC: Schema = {
-    "type": "object",
-    "properties": {
-        **{
-            name: {"type": "integer" if whole else "number", "minimum": lo, "maximum": hi}
-            for name, (_, lo, hi, whole) in SERVING_LIMITS.items()
-        },
-        "loader": {"enum": list(LOADERS)},
-    },
-    "additionalProperties": False,
+# The request bodies, by operation; their components come from these declarations.
+REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
+    "createTask": NewTaskBody,
+    "deployModel": DeploymentBody,
+    "predict": PredictRequestBody,
+    "serveModel": ServingSpecBody,
+    "heartbeat": HeartbeatBody,
 }
 
 TASK: Schema = {
@@ -118,7 +97,7 @@ TASK: Schema = {
     },
 }
 
-SCHEMAS: dict[str, Schema] = {
+RESPONSE_SCHEMAS: dict[str, Schema] = {
     "Error": {
         "type": "object",
         "required": ["error", "status", "timestamp", "details"],
@@ -144,47 +123,6 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["id", "time", "type", "message"],
         "properties": {"id": {"type": "integer"}, "time": TIME, "type": STRING, "message": STRING},
     },
-    "NewTask": {
-        "type": "object",
-        "required": ["name", "command"],
-        "properties": {
-            "name": NAME,
-            "type": {"const": "process"},
-            "command": {"type": "string", "minLength": 1, "maxLength": 4096},
-            "args": ARGS,
-            "env": ENV,
-            "working_dir": {"type": "string", "maxLength": 4096},
-            "resources": RESOURCES,
-            "timeout": DURATION,
-            "node_id": NODE_ID,
-        },
-        "additionalProperties": False,
-    },
-    "Deployment": {
-        "type": "object",
-        "required": ["name", "model_path", "script_path"],
-        "properties": {
-            "name": NAME,
-            "model_type": {"type": "string", "maxLength": 64},
-            "model_path": {"type": "string", "minLength": 1, "maxLength": 4096},
-            "script_path": {"type": "string", "minLength": 1, "maxLength": 4096},
-            "command": {"type": "string", "maxLength": 4096},
-            "args": ARGS,
-            "working_dir": {"type": "string", "maxLength": 4096},
-            "env": ENV,
-            "resources": RESOURCES,
-            "timeout": DURATION,
-            "serving": SERVING_SPEC,
-            "node_id": NODE_ID,
-        },
-        "additionalProperties": False,
-    },
-    "PredictRequest": {
-        "type": "object",
-        "required": ["input_data"],
-        "properties": {"input_data": {"description": "a number, a list of numbers, a string, or any JSON; as the script's argument at most 128 KiB and no NUL"}},
-        "additionalProperties": False,
-    },
     "PredictionCreated": {
         "type": "object",
         "required": ["prediction_task_id", "message"],
@@ -201,7 +139,6 @@ SCHEMAS: dict[str, Schema] = {
             "message": STRING,
         },
     },
-    "ServingSpec": SERVING_SPEC,
     "Health": {
         "type": "object",
         "required": ["status", "version", "uptime_seconds", "sandbox"],
@@ -225,20 +162,6 @@ SCHEMAS: dict[str, Schema] = {
             "resources": {"type": "object"}, "tasks": {"type": "object"}, "children": {"type": "integer"},
             "parent": nullable({"type": "object"}),
         },
-    },
-    "Heartbeat": {
-        "type": "object",
-        "required": ["node_id", "url", "interval"],
-        "properties": {
-            "node_id": {"type": "string", "pattern": NODE_ID_PATTERN.pattern, "maxLength": 128},
-            "url": {"type": "string", "description": "the child's base URL, http://host:port"},
-            "interval": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_INTERVAL},
-            **{name: {"type": "string", "maxLength": limit} for name, limit in TEXT_FIELDS.items()},
-            "resources": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "number", "minimum": 0}},
-            "tasks": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "integer", "minimum": 0}},
-            "children": {"type": "integer", "minimum": 0},
-        },
-        "additionalProperties": False,
     },
     "HeartbeatAccepted": {
         "type": "object",
@@ -283,6 +206,11 @@ SCHEMAS: dict[str, Schema] = {
     },
 }
 
+BODY_SCHEMAS = body_components(*dict.fromkeys(REQUEST_BODIES.values()))
+if BODY_SCHEMAS.keys() & RESPONSE_SCHEMAS.keys():
+    raise ValueError(f"body declarations named like response schemas: {BODY_SCHEMAS.keys() & RESPONSE_SCHEMAS.keys()}")
+SCHEMAS: dict[str, Schema] = {**RESPONSE_SCHEMAS, **BODY_SCHEMAS}
+
 ERROR_TEXT = {
     400: "a malformed body (not JSON, or nested over 64 levels), a wrong field or a refused path (the message names it)",
     401: "a token is required (when auth.tokens is set)",
@@ -325,6 +253,11 @@ def responses(ok: dict[int, tuple[str, Schema]], errors: tuple[int, ...], v2: bo
 
 def body(schema_name: str, required: bool = True) -> Schema:
     return {"required": required, "content": json_content(ref(schema_name))}
+
+
+def declared_body(op_id: str, required: bool = True) -> Schema:
+    """The request body of an operation: the component of its declaration (REQUEST_BODIES)."""
+    return body(public_name(REQUEST_BODIES[op_id].__name__), required)
 
 
 WRITE_ERRORS = (400, 413, 415, 503)
@@ -392,7 +325,7 @@ def build_document() -> Schema:
         "/api/cluster/heartbeat": {"post": operation(
             "A child node reports to this node (every agent.heartbeat)",
             responses({200: ("registered or refreshed", ref("HeartbeatAccepted"))}, (*WRITE_ERRORS, 409)),
-            None, body("Heartbeat"), op_id="heartbeat")},
+            None, declared_body("heartbeat"), op_id="heartbeat")},
         "/api/nodes": {"get": operation("This node, then its children", responses(
             {200: ("nodes", {"type": "array", "items": ref("ClusterNode")})}, ()), op_id="listNodes")},
         "/api/nodes/{node_id}": {
@@ -416,7 +349,7 @@ def build_document() -> Schema:
             "get": operation("Every task, newest first", responses(
                 {200: ("tasks", {"type": "array", "items": ref("Task")})}, (400,)), task_list_params, op_id="listTasks"),
             "post": operation("Start a process task", responses(
-                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 502, 504)), None, body("NewTask"), op_id="createTask"),
+                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 502, 504)), None, declared_body("createTask"), op_id="createTask"),
         },
         "/api/tasks/{id}": {
             "get": operation("One task", responses({200: ("task", ref("Task"))}, (404,)), [ID_PARAM], op_id="getTask"),
@@ -433,7 +366,7 @@ def build_document() -> Schema:
             "get": operation("Every model", responses(
                 {200: ("models", {"type": "array", "items": ref("Model")})}, ()), op_id="listModels"),
             "post": operation("Deploy a model (creates its training task)", responses(
-                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 502, 504)), None, body("Deployment"), op_id="deployModel"),
+                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 502, 504)), None, declared_body("deployModel"), op_id="deployModel"),
         },
         "/api/ml/models/{id}": {
             "get": operation("One model", responses({200: ("model", ref("Model"))}, (404,)), [ID_PARAM], op_id="getModel"),
@@ -445,7 +378,7 @@ def build_document() -> Schema:
             responses({200: ("prediction (wait=true)", ref("PredictionResult")),
                        201: ("prediction task created", ref("PredictionCreated"))},
                       (*WRITE_ERRORS, 404, 409, 422, 429, 502, 504)),
-            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], body("PredictRequest"),
+            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], declared_body("predict"),
             op_id="predict")},
         "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
                                              "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
@@ -453,7 +386,7 @@ def build_document() -> Schema:
             "post": operation("Serve the model from warm workers", responses(
                 {200: ("serving", ref("Model")), 202: ("starting", ref("Model"))}, (*WRITE_ERRORS, 404, 409, 504)),
                 [ID_PARAM, query("wait", {"type": "boolean"}, "wait until a worker is ready")],
-                body("ServingSpec", required=False), op_id="serveModel"),
+                declared_body("serveModel", required=False), op_id="serveModel"),
             "delete": operation("Stop serving the model", responses(
                 {200: ("not served", ref("Model"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="unserveModel"),
         },

@@ -4,20 +4,22 @@ serving and its deploy task. The API and the UI both call these, so the rules ho
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnetd.bodies.decode import decode_body
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid
+from cnetd.ml.bodies import Deployment, DeploymentBody, PredictRequestBody
 from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.inputs import input_argument
 from cnetd.ml.scripts import locate_script
 from cnetd.ml.serving.manager import ServingManager
 from cnetd.ml.serving.protocol import instances_from_input_data
-from cnetd.ml.serving.spec import ServingSpec, parse_spec
 from cnetd.security.confine import Confinement
 from cnetd.security.identity import model_owner
 from cnetd.security.modeldirs import file_owner_problem
@@ -25,35 +27,9 @@ from cnetd.security.privilege import READ
 from cnetd.store import models as mq
 from cnetd.store.models import ModelRecord
 from cnetd.supervisor.launcher import Launcher, model_dir_of, resolve_working_dir
-from cnetd.tasks.model import ML_KINDS, Status, Task
-from cnetd.tasks.request import (
-    NewTask,
-    args_field,
-    env_field,
-    name_field,
-    path_field,
-    reject_unknown,
-    require_object,
-    resources_field,
-    string_field,
-    timeout_field,
-)
+from cnetd.tasks.model import Status, Task
+from cnetd.tasks.request import NewTask
 from cnetd.tasks.service import TaskService
-
-DEPLOY_FIELDS = {
-    "name", "model_type", "model_path", "script_path", "command", "args", "working_dir", "env",
-    "resources", "timeout", "serving",
-}
-MODEL_TYPE_MAX = 64
-
-
-@dataclass(frozen=True)
-class Deployment:
-    task: NewTask
-    model_type: str
-    model_path: str
-    script_path: str
-    serving: ServingSpec | None = None  # serve the model once training completes
 
 
 @dataclass(frozen=True)
@@ -73,14 +49,6 @@ class WarmPrediction:
     model_path: str
 
 
-def kind_from_args(args: list[str]) -> str:
-    """The script verb (train/predict/evaluate/serve) the deploy args name, else "run"."""
-    for arg in args[:2]:
-        if arg in ML_KINDS:
-            return arg
-    return "run"
-
-
 class ModelService:
     def __init__(
         self, tasks: TaskService, catalog: ModelCatalog, serving: ServingManager, launcher: Launcher,
@@ -94,43 +62,20 @@ class ModelService:
         self.config = config
 
     def parse_deployment(self, body: Any) -> Deployment:
-        body = require_object(body)
-        reject_unknown(body, DEPLOY_FIELDS)
-        name = name_field(body)
-        model_type = string_field(body, "model_type", required=False, default="custom", max_len=MODEL_TYPE_MAX)
-        model_path = path_field(body, "model_path", required=True)
-        script_path = path_field(body, "script_path", required=True)
-        command = string_field(body, "command", required=False, default="python3")
-        args = args_field(body) or [script_path, "train", model_path]
-        working_dir = path_field(body, "working_dir", required=False, default=".")
-        env = env_field(body)
-        env["MODEL_PATH"] = model_path
-        env["MODEL_TYPE"] = model_type
+        """The deploy body checked, then its paths against the roots and the file system."""
+        deployment = decode_body(body, DeploymentBody).to_deployment(self.config.ml.resource_limits)
+        working_dir, script_path = deployment.task.working_dir, deployment.script_path
         cwd = resolve_working_dir(self.launcher.base_dir, working_dir)
         self.confinement.check_path("working_dir", working_dir, self.launcher.base_dir)
         script = locate_script(script_path, working_dir, cwd, self.config.ml.script_path, self.confinement)
         if script.found_in_search_root:  # the args name the script that was checked
-            args = [script.path if arg == script_path else arg for arg in args]
-            script_path = script.path
+            args = [script.path if arg == script_path else arg for arg in deployment.task.args]
+            deployment = dataclasses.replace(
+                deployment, script_path=script.path, task=dataclasses.replace(deployment.task, args=args),
+            )
         real_cwd = self.launcher.working_dir(working_dir)
-        self.confinement.check_model_dir(model_path, model_dir_of(real_cwd, model_path))
-        kind = kind_from_args(args)
-        task = NewTask(
-            name=name,
-            command=command,
-            args=args,
-            env=env,
-            working_dir=working_dir,
-            resources=resources_field(body, defaults=self.config.ml.resource_limits),
-            timeout=timeout_field(body),
-            type="ml_model",
-            kind=kind,
-            identity_owner=model_owner(name),
-        )
-        serving = parse_spec(body["serving"], prefix="serving.") if body.get("serving") is not None else None
-        return Deployment(
-            task=task, model_type=model_type, model_path=model_path, script_path=script_path, serving=serving,
-        )
+        self.confinement.check_model_dir(deployment.model_path, model_dir_of(real_cwd, deployment.model_path))
+        return deployment
 
     async def check_task_user_access(self, deployment: Deployment) -> None:
         """Refuse now what would fail later with PermissionError as the model's user: its
@@ -202,17 +147,14 @@ class ModelService:
     async def predict(self, model_id: str, body: Any, wait: bool) -> Prediction | WarmPrediction:
         """With wait, a served model's warm worker answers (batcher.Rejected when it refuses
         the input); otherwise, or when it is not served, a predict task is created."""
-        body = require_object(body)
-        reject_unknown(body, {"input_data"})
-        if "input_data" not in body:
-            raise Invalid("input_data", "is required")
+        input_data = decode_body(body, PredictRequestBody).input_data
         served = self.serving.served(model_id) if wait else None
         if served is not None:  # the fast path: no process starts
-            instances, single = instances_from_input_data(body["input_data"], served.n_features)
+            instances, single = instances_from_input_data(input_data, served.n_features)
             answer = await served.predict(instances)
             prediction = answer.predictions[0] if single else answer.predictions
             return WarmPrediction(prediction, answer.worker, served.model.record.model_path)
-        argument = input_argument(body["input_data"])
+        argument = input_argument(input_data)
         model = await self.get(model_id)
         if not self.catalog.model_file(model).exists():
             state = f"its deploy task is {model.task.status}"

@@ -8,7 +8,7 @@ import sqlite3
 from dataclasses import asdict
 from typing import Any
 
-from cnetd.config import ResourceLimits
+from cnetd.limits import ResourceLimits
 from cnetd.tasks.model import Status, Task, TaskEvent
 
 TASK_COLUMNS = (

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from cnetd.config import ResourceLimits
+from cnetd.limits import ResourceLimits
 
 TaskType = Literal["process", "ml_model"]
 TaskKind = Literal["train", "predict", "evaluate", "serve", "run"]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cnetd.clock import format_time
-from cnetd.config import ResourceLimits
+from cnetd.limits import ResourceLimits
 from cnetd.store import logs as lq
 from cnetd.store import models as mq
 from cnetd.store import tasks as q

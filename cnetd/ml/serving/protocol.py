@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnetd.errors import Invalid
-from cnetd.tasks.request import json_type
+from cnetd.bodies.jsonvalue import json_type
 
 INT_RANGES: dict[str, tuple[int, int]] = {
     "INT8": (-(2**7), 2**7 - 1),
