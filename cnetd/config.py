@@ -306,7 +306,10 @@ def parse_size(value: Any, where: str) -> int:
     if isinstance(value, str):
         m = _SIZE.fullmatch(value.strip().lower())
         if m and m.group(2) in _SIZE_UNITS:
-            return round(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+            try:
+                return round(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+            except OverflowError:  # "1e400"-sized digits: float() gives inf
+                raise ConfigError(f"{where}: is too large, got {_show(value)}") from None
     raise ConfigError(
         f"{where}: must be a size in bytes or like '512MB', '512MiB', '1.5G', got {_show(value)}"
     )

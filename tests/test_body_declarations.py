@@ -260,3 +260,10 @@ def test_what_the_schema_refuses_the_code_refuses(patch: dict[str, Any]) -> None
     body = {**TASK, **patch}
     assert not validator("NewTask").is_valid(body)
     refused(parse_new_task, body)
+
+
+def test_a_name_ending_in_a_newline_is_refused() -> None:
+    """Python's $ matches before a final newline: the name pattern must not."""
+    from cnetd.tasks.fields import NAME_PATTERN
+
+    assert NAME_PATTERN.search("model-1") and not NAME_PATTERN.search("model-1\n")

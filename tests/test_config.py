@@ -553,3 +553,10 @@ def test_short_tokens_and_missing_token_files_are_errors(tmp_path: Path) -> None
     path.write_text("auth:\n  token_file: /no/such/file\n")
     with pytest.raises(ConfigError, match="auth.token_file: cannot read"):
         load_config(path, environ={})
+
+
+def test_a_size_too_large_for_a_float_is_a_config_error() -> None:
+    from cnetd.config import ConfigError, parse_size
+
+    with pytest.raises(ConfigError, match="too large"):
+        parse_size("9" * 400 + "MB", "tasks.x")

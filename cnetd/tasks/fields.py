@@ -16,7 +16,8 @@ from cnetd.config import ConfigError, parse_duration, parse_size
 from cnetd.errors import Invalid
 from cnetd.limits import PIDS_CEILING, ResourceLimits
 
-NAME_PATTERN = re.compile(r"^[\w][\w .:@+-]{0,127}$")
+# (?!\n) before $: Python's $ also matches before a final newline ("name\n" must fail).
+NAME_PATTERN = re.compile(r"^[\w][\w .:@+-]{0,127}(?!\n)$")
 MAX_TEXT = 4096
 MAX_ARGS = 256
 MAX_ARG_CHARS = 8192
