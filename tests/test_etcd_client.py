@@ -420,6 +420,35 @@ async def test_an_endpoint_that_is_not_etcd_is_skipped_and_named(etcd_shared: Et
             assert [e.type for e in await next_events(watch, 1)] == ["DELETE"]
 
 
+@pytest.fixture
+async def flapping_watch() -> AsyncIterator[str]:
+    """An endpoint whose watches are created and then dropped at once, every time."""
+    async def watch(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"result":{"header":{"revision":"7"},"created":true}}\n')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v3/watch", watch)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_a_watch_that_every_endpoint_drops_at_once_gives_up(flapping_watch: str) -> None:
+    async with client_for([flapping_watch]) as etcd:
+        async with etcd.watch("/k") as watch:
+            assert watch.next_revision == 8  # after the store's revision when it was created
+            with pytest.raises(EtcdUnavailable, match="dropped it as soon as it opened.*the stream ended"):
+                await next_events(watch, 1)
+            with pytest.raises(StopAsyncIteration):
+                await anext(watch)
+
+
 # --- auth and TLS --------------------------------------------------------------------------
 
 

@@ -131,7 +131,8 @@ class Watch:
         self._reader: MessageReader | None = None
         self._index = 0  # of the endpoint the stream is open on
         self._closed = False
-        self._breaks: list[tuple[str, str]] = []  # since the last batch delivered
+        self._opened_at = 0.0
+        self._breaks: list[tuple[str, str]] = []  # of streams that broke soon after they opened
 
     async def __aenter__(self) -> Watch:
         await self._open()
@@ -166,7 +167,6 @@ class Watch:
                 await self.close()
                 raise
             if batch is not None:
-                self._breaks.clear()
                 return batch
         raise StopAsyncIteration
 
@@ -204,7 +204,7 @@ class Watch:
         failures = list(self._breaks)
         if len(self._breaks) > len(self._transport.options.endpoints):
             self._closed = True
-            raise EtcdUnavailable(failures, "etcd watch: every endpoint dropped it without an event")
+            raise EtcdUnavailable(failures, "etcd watch: every endpoint dropped it as soon as it opened")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._transport.options.timeout
         for index, endpoint in self._transport.rotation():
@@ -248,10 +248,13 @@ class Watch:
                 continue
             if not self.next_revision:
                 self.next_revision = revision_of(result) + 1
+            self._opened_at = asyncio.get_running_loop().time()
             return
 
     def _broken(self, why: str) -> None:
         log.info("etcd watch on %s broke (%s); resuming from revision %d", self.endpoint, why, self.next_revision)
+        if asyncio.get_running_loop().time() - self._opened_at > self._transport.options.timeout:
+            self._breaks.clear()  # it had worked for a while: a new break, not a flapping one
         self._breaks.append((self.endpoint, why))
         self._drop_stream()
         self._transport.mark_failed(self._index)
