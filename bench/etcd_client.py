@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cnetd.cluster.etcd import Compare, EtcdClient, EtcdOptions, Put  # noqa: E402
-from cnetd.cluster.etcd_wire import encode, txn_request  # noqa: E402
+from cnetd.cluster.etcd_wire import Op, encode, txn_request  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
 
 KEY = b"/bench/key"
@@ -85,7 +85,7 @@ async def run(endpoint: str, seconds: float, in_flights: list[int], keepalives: 
         return call
 
     put_body = {"key": encode(KEY), "value": encode(VALUE)}
-    txn_ops = ([Compare.value(KEY, "==", VALUE)], [Put(KEY, VALUE)], [])
+    txn_ops: tuple[list[Compare], list[Op], list[Op]] = ([Compare.value(KEY, "==", VALUE)], [Put(KEY, VALUE)], [])
     await client.put(KEY, VALUE)
     lease = await client.grant(60)
 

@@ -88,9 +88,9 @@ class EtcdClient:
         """All compares hold -> the success ops, else the failure ops; atomically.
 
         Never retried on another endpoint once sent: raises EtcdOutcomeUnknown instead."""
-        body = txn_request(list(compare), list(success), list(failure))
+        body = txn_request(compare, success, failure)
         answer = await self._transport.call("/v3/kv/txn", body, idempotent=False)
-        return txn_result(answer, list(success), list(failure))
+        return txn_result(answer, success, failure)
 
     # --- leases ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ taken as UTF-8.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -302,7 +303,7 @@ class Compare:
         return fields
 
 
-def txn_request(compare: list[Compare], success: list[Op], failure: list[Op]) -> Json:
+def txn_request(compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> Json:
     return {
         "compare": [c.to_json() for c in compare],
         "success": [{op.txn_request: op.to_json()} for op in success],
@@ -310,7 +311,7 @@ def txn_request(compare: list[Compare], success: list[Op], failure: list[Op]) ->
     }
 
 
-def txn_result(data: Json, success: list[Op], failure: list[Op]) -> TxnResult:
+def txn_result(data: Json, success: Sequence[Op], failure: Sequence[Op]) -> TxnResult:
     succeeded = bool(data.get("succeeded"))
     ops = success if succeeded else failure
     answers = data.get("responses") or []
