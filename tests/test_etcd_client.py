@@ -457,9 +457,10 @@ async def test_auth_logs_in_and_refuses_a_bad_password(etcd_one: EtcdCluster) ->
     async with client_for(etcd_one.endpoints) as anonymous:
         with pytest.raises(EtcdAuthError, match="user name is empty"):
             await anonymous.get("/k")
-    async with client_for(etcd_one.endpoints, username="root", password="wrong") as intruder:
-        with pytest.raises(EtcdAuthError, match="authentication failed.*as user 'root'"):
+    async with client_for(etcd_one.endpoints, username="root", password="guess-42") as intruder:
+        with pytest.raises(EtcdAuthError, match="authentication failed.*as user 'root'") as refused:
             await intruder.put("/k", "mine")
+        assert "guess-42" not in str(refused.value) and "guess-42" not in repr(intruder.options)
         with pytest.raises(EtcdAuthError, match="authentication failed"):
             async with intruder.watch("/k"):
                 pass

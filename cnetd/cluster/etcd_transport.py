@@ -17,7 +17,7 @@ import json
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -51,7 +51,7 @@ class EtcdOptions:
 
     endpoints: tuple[str, ...]
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None  # trust these CAs for https endpoints (default: the system's)
     cert_file: str | None = None  # client certificate, for etcd's --client-cert-auth
     key_file: str | None = None
@@ -223,16 +223,20 @@ class EtcdTransport:
     async def _authorized(self, endpoint: str, path: str, body: Json, timeout: float) -> Json:
         if self.auth is None:
             return await self.post(endpoint, path, body, timeout)
-        login = self.login(endpoint, timeout)
-        await self.auth.ensure(login)
-        token = self.auth.token
         try:
-            return await self.post(endpoint, path, body, timeout)
-        except EtcdRequestError as err:
-            if err.message not in TOKEN_PROBLEMS:
-                raise
-        await self.auth.renew(token, login)
-        return await self.post(endpoint, path, body, timeout)
+            async with asyncio.timeout(timeout):  # logging in (again) included
+                login = self.login(endpoint, timeout)
+                await self.auth.ensure(login)
+                token = self.auth.token
+                try:
+                    return await self.post(endpoint, path, body, timeout)
+                except EtcdRequestError as err:
+                    if err.message not in TOKEN_PROBLEMS:
+                        raise
+                await self.auth.renew(token, login)
+                return await self.post(endpoint, path, body, timeout)
+        except TimeoutError:
+            raise EndpointFailed(f"no answer within {timeout:.2g}s", maybe_applied=True) from None
 
     def login(self, endpoint: str, timeout: float) -> Callable[[Json], Awaitable[Json]]:
         async def post(credentials: Json) -> Json:
