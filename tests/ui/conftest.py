@@ -3,6 +3,7 @@
 Every page is opened through `Browse`, which records console errors, Content-Security-
 Policy violations and every request the page makes, so a test can assert that nothing went
 wrong and nothing left the agent. A CSP violation on any page fails the test that opened it.
+`Browse.check_a11y` runs axe-core on the page as it is (tests/ui/axe.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.agent import REPO, AgentProcess
+from tests.ui import axe
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (bin/setup-venv ml,dev)")
 
@@ -55,6 +57,11 @@ class Browse:
         path = SCREENSHOTS / f"{name}-{self.viewport}.png"
         self.page.screenshot(path=str(path), full_page=full_page)
         return path
+
+    def check_a11y(self, name: str) -> list[axe.Finding]:
+        """axe-core on the page as it is now (tests/ui/axe.py): fails on a serious or
+        critical finding, prints the others."""
+        return axe.audit(self.page, f"{name}-{self.viewport}")
 
     def assert_clean(self) -> None:
         """No console error, no CSP violation, no uncaught exception, no request to anything but the agent."""
