@@ -46,6 +46,20 @@
     if (isStale(evt.target, evt.detail && evt.detail.data)) { evt.preventDefault(); }
   });
 
+  /* A box that scrolls (a long result, a long timeline) must be reachable with the
+     keyboard to be scrolled with it: it joins the Tab order only while it overflows. */
+  var keyboardScrollers = function () {
+    document.querySelectorAll("[data-scroller]").forEach(function (box) {
+      if (box.scrollHeight > box.clientHeight + 1 || box.scrollWidth > box.clientWidth + 1) {
+        box.setAttribute("tabindex", "0");
+      } else {
+        box.removeAttribute("tabindex");
+      }
+    });
+  };
+  document.addEventListener("htmx:afterSettle", keyboardScrollers);
+  window.addEventListener("resize", keyboardScrollers);
+
   /* A live stream that ended (the task is over) stops calling itself live. */
   document.addEventListener("htmx:sseClose", function () {
     document.querySelectorAll("[data-live]").forEach(function (el) { el.hidden = true; });
@@ -63,6 +77,7 @@
   });
   var bottomAll = function () {
     document.querySelectorAll(".log").forEach(function (log) { log.scrollTop = log.scrollHeight; });
+    keyboardScrollers();
   };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", bottomAll);
