@@ -38,6 +38,14 @@ def status_of(b: Browse) -> object:
     return b.page.locator("#status .badge")
 
 
+def confirm(b: Browse, question: str = "") -> None:
+    """Answer OK in the page's confirm dialog (hx-confirm asks there, not in window.confirm)."""
+    dialog = b.page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text(question)
+    dialog.locator("button[value=ok]").click()
+
+
 def test_every_page_with_no_tasks_and_live_updates(agent: AgentProcess, browse: Callable[..., Browse]) -> None:
     for viewport in ("laptop", "phone"):
         b = browse(agent, viewport)
@@ -141,16 +149,10 @@ def test_task_form_follows_logs_and_stops_after_confirm(ui_agent: AgentProcess, 
     phone.check_a11y("task-running")
     phone.assert_clean()
 
-    dialogs: list[str] = []
-
-    def accept(dialog: object) -> None:
-        dialogs.append(dialog.message)  # type: ignore[attr-defined]
-        dialog.accept()  # type: ignore[attr-defined]
-
-    page.once("dialog", accept)
     page.get_by_role("button", name="Stop").click()
+    b.check_a11y("task-stop-dialog")
+    confirm(b, "Stop ticker?")
     expect(status_of(b)).to_have_text("stopped", timeout=LIVE)
-    assert dialogs and "ticker" in dialogs[0]
     expect(page.locator("#timeline")).to_contain_text("stopped by user")
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "stopped"
@@ -188,8 +190,8 @@ def test_a_late_answer_to_stop_does_not_undo_the_stopped_status(ui_agent: AgentP
     page.route(f"**/tasks/{created['id']}/stop", hold)
     page.evaluate("""() => { window.answerHandled = new Promise(resolve => document.getElementById('summary')
         .addEventListener('htmx:beforeSwap', () => resolve(true), {once: true})); }""")
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Stop").click()
+    confirm(b, "Stop late-answer?")
     # polled from here: wait_for_function compiles its predicate with eval, which the page's CSP forbids
     wait_until(lambda: page.evaluate("() => window.answerHeld === true"), LIVE / 1000, "the stop answer to be held")
     expect(status_of(b)).to_have_text("stopped", timeout=LIVE)  # from the stream, the answer still held
@@ -316,8 +318,8 @@ def test_serve_predict_warm_and_stop_serving(ui_agent: AgentProcess, browse: Cal
     assert abs(values[0] - 5.0) < 0.5 and abs(values[1] - 7.0) < 0.5, values
     b.shot("model-served")
     b.check_a11y("model-served")
-    page.once("dialog", lambda d: d.accept())
     card.get_by_role("button", name="Stop serving").click()
+    confirm(b, "Stop serving served-linear?")
     expect(card).to_contain_text("stopped", timeout=LIVE)  # the answer, or the next poll after a stale one
     b.assert_clean()
 
@@ -380,8 +382,8 @@ def test_stop_shows_stop_requested_at_once_and_stopped_after_the_grace(
     b = browse(ui_agent)
     b.goto(f"/tasks/{task_id}")
     expect(b.page.locator("#log-lines")).to_contain_text("ignoring SIGTERM", timeout=LIVE)
-    b.page.once("dialog", lambda dialog: dialog.accept())  # type: ignore[no-any-return]
     b.page.get_by_role("button", name="Stop").click()
+    confirm(b, "Stop stubborn?")
     expect(b.page.locator("#status")).to_contain_text("stop requested", timeout=9_000)  # before the 10 s grace ends
     assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "running"
     expect(b.page.locator("#timeline")).to_contain_text("stop requested by user", timeout=LIVE)
