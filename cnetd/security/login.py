@@ -14,16 +14,18 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · CNET Agent</title><link rel="stylesheet" href="/static/app.css"></head>
+<title>Sign in · CNET Agent</title><link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/static/app.css"></head>
 <body class="login"><main class="login-box">
 <h1>CNET Agent</h1>
 <form method="post" action="/login">
 <input type="hidden" name="next" value="{next}">
 <label for="token">API token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus{invalid}>
 {error}
 <button type="submit">Sign in</button>
 </form></main></body></html>"""
+INVALID = ' aria-invalid="true" aria-describedby="token-error"'  # the field names its error
 
 
 def _plain_local_path(target: str) -> bool:
@@ -54,8 +56,9 @@ def safe_next(target: str | None) -> str:
 
 
 def render(next_path: str, error: str = "") -> web.Response:
-    message = f'<p class="field-error" role="alert">{html.escape(error)}</p>' if error else ""
-    return web.Response(text=PAGE.format(next=html.escape(next_path), error=message), content_type="text/html")
+    message = f'<p class="field-error" id="token-error" role="alert">{html.escape(error)}</p>' if error else ""
+    page = PAGE.format(next=html.escape(next_path), error=message, invalid=INVALID if error else "")
+    return web.Response(text=page, content_type="text/html")
 
 
 async def login_page(request: web.Request) -> web.Response:

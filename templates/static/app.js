@@ -46,6 +46,84 @@
     if (isStale(evt.target, evt.detail && evt.detail.data)) { evt.preventDefault(); }
   });
 
+  /* Keyboard focus across swaps. htmx gives the focus back to an element whose id comes
+     back; any other focused element that a swap (an answer, a poll, the live stream)
+     removes would leave the focus nowhere, and the next Tab would start over at the top of
+     the page. So: after the user's own request, the focus goes to what the answer wants seen
+     (the first field in error, the form's error, else an element marked data-swap-focus: a
+     result, a new status); and wherever the focus was lost, to the same control in the new
+     content (a link to the same place, a button with the same words, a field of the same
+     name), else to a data-swap-focus element, else to the new content itself. */
+  var focusBefore = null;
+  var noteFocus = function () { focusBefore = document.activeElement; };
+  document.addEventListener("htmx:beforeSwap", noteFocus);
+  document.addEventListener("htmx:sseBeforeMessage", noteFocus);
+
+  var sameControl = function (root, old) {
+    var tag = old && old.tagName ? old.tagName.toLowerCase() : "";
+    var found = null;
+    root.querySelectorAll(tag || "*").forEach(function (el) {
+      if (found) { return; }
+      if ((tag === "a" && el.getAttribute("href") === old.getAttribute("href")) ||
+          (tag === "button" && el.textContent.trim() === old.textContent.trim()) ||
+          ((tag === "input" || tag === "select" || tag === "textarea") && el.name && el.name === old.name)) {
+        found = el;
+      }
+    });
+    return found;
+  };
+  var focusOn = function (el) {
+    if (!el) { return false; }
+    if (!el.matches("a[href], button, input, select, textarea, [tabindex]")) { el.setAttribute("tabindex", "-1"); }
+    el.focus();
+    return document.activeElement === el;
+  };
+  document.addEventListener("htmx:afterSwap", function (evt) {
+    var root = evt.target;
+    if (!root || !root.isConnected || !root.querySelector) { return; }
+    var config = evt.detail && evt.detail.requestConfig;
+    var byUser = Boolean(config && config.triggeringEvent);  /* not a poll, not the stream */
+    if (byUser && focusOn(root.querySelector("[aria-invalid='true']") || root.querySelector(".form-error") ||
+                          root.querySelector("[data-swap-focus]"))) { return; }
+    var active = document.activeElement;
+    var lost = focusBefore && focusBefore !== document.body && !focusBefore.isConnected &&
+      (!active || active === document.body);
+    if (lost) {
+      focusOn(sameControl(root, focusBefore)) || focusOn(root.querySelector("[data-swap-focus]")) || focusOn(root);
+    }
+  });
+
+  /* hx-confirm asks in the page's own dialog, not window.confirm: a modal <dialog> keeps
+     the keyboard inside it, starts on Cancel (the harmless answer), closes on Escape and
+     gives the focus back to the button that asked. */
+  document.addEventListener("htmx:confirm", function (evt) {
+    var box = document.getElementById("confirm");
+    if (!evt.detail.question || !box || typeof box.showModal !== "function") { return; }
+    evt.preventDefault();
+    var asker = evt.detail.elt.querySelector ? evt.detail.elt.querySelector("button[type=submit]") : null;
+    box.querySelector("#confirm-text").textContent = evt.detail.question;
+    box.querySelector("button[value=ok]").textContent = asker ? asker.textContent.trim() : "OK";
+    box.returnValue = "";
+    box.addEventListener("close", function () {
+      if (box.returnValue === "ok") { evt.detail.issueRequest(true); }
+    }, { once: true });
+    box.showModal();
+  });
+
+  /* A box that scrolls (a long result, a long timeline) must be reachable with the
+     keyboard to be scrolled with it: it joins the Tab order only while it overflows. */
+  var keyboardScrollers = function () {
+    document.querySelectorAll("[data-scroller]").forEach(function (box) {
+      if (box.scrollHeight > box.clientHeight + 1 || box.scrollWidth > box.clientWidth + 1) {
+        box.setAttribute("tabindex", "0");
+      } else {
+        box.removeAttribute("tabindex");
+      }
+    });
+  };
+  document.addEventListener("htmx:afterSettle", keyboardScrollers);
+  window.addEventListener("resize", keyboardScrollers);
+
   /* A live stream that ended (the task is over) stops calling itself live. */
   document.addEventListener("htmx:sseClose", function () {
     document.querySelectorAll("[data-live]").forEach(function (el) { el.hidden = true; });
@@ -63,6 +141,7 @@
   });
   var bottomAll = function () {
     document.querySelectorAll(".log").forEach(function (log) { log.scrollTop = log.scrollHeight; });
+    keyboardScrollers();
   };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", bottomAll);

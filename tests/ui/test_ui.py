@@ -1,7 +1,8 @@
 """The web UI in a real headless Chromium against a real agent: deploy from the form,
 watch it finish without reloading, predict, follow logs, stop with a confirm, see
 validation errors beside their fields; every page with 0 and ~300 tasks; nothing
-logged to the console, nothing requested from anywhere but the agent."""
+logged to the console, nothing requested from anywhere but the agent; and axe-core finds
+nothing serious or critical on any page in any of these states (check_a11y)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,19 @@ def check_page(b: Browse, path: str, heading: str, shot: str) -> None:
     expect(b.page.locator("h1")).to_have_text(heading)
     expect(b.page.locator("nav[aria-label=Main] a[aria-current=page]")).to_have_text(heading)
     b.shot(shot)
+    b.check_a11y(shot)
 
 
 def status_of(b: Browse) -> object:
     return b.page.locator("#status .badge")
+
+
+def confirm(b: Browse, question: str = "") -> None:
+    """Answer OK in the page's confirm dialog (hx-confirm asks there, not in window.confirm)."""
+    dialog = b.page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text(question)
+    dialog.locator("button[value=ok]").click()
 
 
 def test_every_page_with_no_tasks_and_live_updates(agent: AgentProcess, browse: Callable[..., Browse]) -> None:
@@ -97,15 +107,18 @@ def test_deploy_preset_train_and_predict(ui_agent: AgentProcess, browse: Callabl
     assert abs(float(value.inner_text()) - 14.0) < 0.5, value.inner_text()
     expect(page.locator("#predictions li").first).to_contain_text("5.5")
     b.shot("model")
+    b.check_a11y("model-trained")
     b.goto("/models")
     expect(page.locator(f"#m-{model_id}")).to_have_text("linear-regression-model")
     b.shot("models")
+    b.check_a11y("models-one")
     b.assert_clean()
 
     phone = browse(ui_agent, "phone")
     phone.goto(f"/models/{model_id}")
     expect(status_of(phone)).to_have_text("completed")
     phone.shot("model")
+    phone.check_a11y("model-trained")
     phone.assert_clean()
 
 
@@ -128,22 +141,18 @@ def test_task_form_follows_logs_and_stops_after_confirm(ui_agent: AgentProcess, 
     expect(page.locator("#log-lines")).to_contain_text("tick 5", timeout=LIVE)
     expect(page.locator("#usage .mem polyline")).to_have_count(1, timeout=LIVE)  # the chart draws itself
     b.shot("task-running")
+    b.check_a11y("task-running")
     phone = browse(ui_agent, "phone")
     phone.goto(f"/tasks/{task_id}")
     expect(phone.page.locator("#log-lines .ln").first).to_be_visible()
     phone.shot("task-running")
+    phone.check_a11y("task-running")
     phone.assert_clean()
 
-    dialogs: list[str] = []
-
-    def accept(dialog: object) -> None:
-        dialogs.append(dialog.message)  # type: ignore[attr-defined]
-        dialog.accept()  # type: ignore[attr-defined]
-
-    page.once("dialog", accept)
     page.get_by_role("button", name="Stop").click()
+    b.check_a11y("task-stop-dialog")
+    confirm(b, "Stop ticker?")
     expect(status_of(b)).to_have_text("stopped", timeout=LIVE)
-    assert dialogs and "ticker" in dialogs[0]
     expect(page.locator("#timeline")).to_contain_text("stopped by user")
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "stopped"
@@ -153,6 +162,7 @@ def test_task_form_follows_logs_and_stops_after_confirm(ui_agent: AgentProcess, 
     shown = lines.evaluate_all("els => els.map(e => [Number(e.dataset.n), e.textContent])")
     assert shown == [[n, line] for n, line in enumerate(stored, 1)]
     b.shot("task-stopped")
+    b.check_a11y("task-stopped")
     b.assert_clean()
 
 
@@ -180,8 +190,8 @@ def test_a_late_answer_to_stop_does_not_undo_the_stopped_status(ui_agent: AgentP
     page.route(f"**/tasks/{created['id']}/stop", hold)
     page.evaluate("""() => { window.answerHandled = new Promise(resolve => document.getElementById('summary')
         .addEventListener('htmx:beforeSwap', () => resolve(true), {once: true})); }""")
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Stop").click()
+    confirm(b, "Stop late-answer?")
     # polled from here: wait_for_function compiles its predicate with eval, which the page's CSP forbids
     wait_until(lambda: page.evaluate("() => window.answerHeld === true"), LIVE / 1000, "the stop answer to be held")
     expect(status_of(b)).to_have_text("stopped", timeout=LIVE)  # from the stream, the answer still held
@@ -212,6 +222,7 @@ def test_bad_entries_show_the_error_beside_the_field(ui_agent: AgentProcess, bro
     expect(page.locator("#deploy-cpu_limit")).to_have_value("-1")  # what was typed stays
     expect(page.locator(".field-error")).to_have_count(1)
     b.shot("deploy-error")
+    b.check_a11y("deploy-error")
 
     page.locator("#deploy-cpu_limit").fill("1")
     page.locator("#deploy-name").fill("")
@@ -229,6 +240,7 @@ def test_bad_entries_show_the_error_beside_the_field(ui_agent: AgentProcess, bro
     page.locator("#task-command").fill("definitely-not-a-command-here")
     page.get_by_role("button", name="Start").click()
     expect(page.locator("#task-field-command .field-error")).to_be_visible()
+    b.check_a11y("task-form-error")
     assert len(ui_agent.api.get("/api/ml/models").body) == before
     b.assert_clean()
 
@@ -261,17 +273,23 @@ def test_every_page_with_hundreds_of_tasks(agent_factory: Callable[..., AgentPro
     expect(page.locator("#task-list tbody tr")).to_have_count(50)
     page.get_by_role("link", name="Older →").click()
     expect(page.locator("h2#h-tasks + span")).to_have_text(re.compile(r"^51–100"))
+    b.check_a11y("tasks-page-2")
     b.goto("/tasks?type=ml_model&page=2")
     expect(page.locator("#task-list tbody tr")).to_have_count(10)
+    b.check_a11y("tasks-filtered-page-2")
     page.locator("#filter-status").select_option("pending")  # filters apply on change, no reload
     expect(page).to_have_url(re.compile(r"status=pending"))
+    b.check_a11y("tasks-filtered-none")
     b.goto("/models?page=2")
     expect(page.locator("#model-list tbody tr")).to_have_count(10)
+    b.check_a11y("models-page-2")
     b.goto(f"/models/{ids[0]}")
     expect(page.locator("h1")).to_have_text("model-0")
+    b.check_a11y("many-model")
     b.goto(f"/tasks/{ids[1]}")
     expect(status_of(b)).to_have_text(re.compile("pending|starting|running|completed"))
     b.shot("many-task")
+    b.check_a11y("many-task")
     b.assert_clean()
 
 
@@ -299,8 +317,9 @@ def test_serve_predict_warm_and_stop_serving(ui_agent: AgentProcess, browse: Cal
     values = [float(v) for v in page.locator("#prediction-value").inner_text().strip("[]").split(",")]
     assert abs(values[0] - 5.0) < 0.5 and abs(values[1] - 7.0) < 0.5, values
     b.shot("model-served")
-    page.once("dialog", lambda d: d.accept())
+    b.check_a11y("model-served")
     card.get_by_role("button", name="Stop serving").click()
+    confirm(b, "Stop serving served-linear?")
     expect(card).to_contain_text("stopped", timeout=LIVE)  # the answer, or the next poll after a stale one
     b.assert_clean()
 
@@ -363,8 +382,8 @@ def test_stop_shows_stop_requested_at_once_and_stopped_after_the_grace(
     b = browse(ui_agent)
     b.goto(f"/tasks/{task_id}")
     expect(b.page.locator("#log-lines")).to_contain_text("ignoring SIGTERM", timeout=LIVE)
-    b.page.once("dialog", lambda dialog: dialog.accept())  # type: ignore[no-any-return]
     b.page.get_by_role("button", name="Stop").click()
+    confirm(b, "Stop stubborn?")
     expect(b.page.locator("#status")).to_contain_text("stop requested", timeout=9_000)  # before the 10 s grace ends
     assert ui_agent.api.get(f"/api/tasks/{task_id}").body["status"] == "running"
     expect(b.page.locator("#timeline")).to_contain_text("stop requested by user", timeout=LIVE)
@@ -384,10 +403,12 @@ def test_nodes_page_lists_children_live(
     expect(row).to_contain_text("online", timeout=LIVE)  # the page polls: no reload
     expect(row.get_by_role("link", name="UI child")).to_have_attribute("href", f"{child.url}/")
     b.shot("nodes-child-online")
+    b.check_a11y("nodes-child-online")
     phone = browse(ui_agent, "phone")
     phone.goto("/nodes")
     expect(phone.page.locator("#cluster tr", has_text="UI child")).to_be_visible()
     phone.shot("nodes-child-online")
+    phone.check_a11y("nodes-child-online")
     phone.assert_clean()
     child.stop()
     expect(row).to_contain_text("offline", timeout=LIVE)
