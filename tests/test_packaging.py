@@ -27,6 +27,7 @@ from cnetd import __version__
 from tests.harness.systemd_ns import SystemdNamespace
 from tests.support.agent import AgentProcess, free_port
 from tests.support.http import Client
+from tests.support.lock import unpinned
 from tests.support.waiting import wait_until
 from tests.test_ml_api import LINEAR_BODY
 
@@ -68,6 +69,12 @@ def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 def test_build_is_fast_enough_for_ci(agent_binary: tuple[Path, float]) -> None:
     assert agent_binary[1] < BUILD_BUDGET, f"building the binary took {agent_binary[1]:.0f}s"
+
+
+def test_the_build_venv_holds_the_locked_versions(agent_binary: tuple[Path, float]) -> None:
+    """build-binary.sh installs PyInstaller and the runtime dependencies with constraints.txt."""
+    left = unpinned(REPO / "build" / "venv" / "bin" / "python")
+    assert not left, "the build venv differs from constraints.txt:\n" + "\n".join(left)
 
 
 def test_version_and_check_config(binary: Path, tmp_path: Path) -> None:
