@@ -4,7 +4,8 @@
 #   packaging/build-binary.sh            # -> dist/cnet-agent
 #
 # It makes its own build venv (build/venv) holding only the agent's runtime dependencies and
-# PyInstaller (the `build` extra of pyproject.toml), so nothing from a development venv
+# PyInstaller (the `build` extra of pyproject.toml), at the versions pinned in constraints.txt
+# (the lock, as for bin/setup-venv), so nothing from a development venv
 # (TensorFlow, scikit-learn, numpy) can leak into the binary. Everything it writes or caches
 # stays in the checkout: build/ (venv, pip cache, PyInstaller's cache and work dir) and dist/.
 # A second build with unchanged inputs reuses the venv and takes well under a minute.
@@ -61,8 +62,9 @@ for req in project["dependencies"] + project["optional-dependencies"]["build"]:
     print(req)
 EOF
 mv "$requirements.new" "$requirements"
+lock="$root/constraints.txt"
 stamp="$venv/.cnet-build-installed"
-want="$(sha256sum < "$requirements" | cut -c1-16)"
+want="$(cat "$requirements" "$lock" | sha256sum | cut -c1-16)"
 if [[ ! -x "$venv/bin/python" ]] || ! usable_python "$venv/bin/python"; then
   py="$(pick_python)"
   say "creating the build venv $venv with $("$py" --version)"
@@ -71,7 +73,8 @@ if [[ ! -x "$venv/bin/python" ]] || ! usable_python "$venv/bin/python"; then
 fi
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   say "installing the runtime dependencies and PyInstaller into the build venv"
-  "$venv/bin/python" -m pip install -q -r "$requirements" >&2
+  "$venv/bin/python" -m pip install -q -c "$lock" --upgrade pip >&2
+  "$venv/bin/python" -m pip install -q -c "$lock" -r "$requirements" >&2
   printf '%s\n' "$want" > "$stamp"
 fi
 

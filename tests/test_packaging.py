@@ -27,6 +27,7 @@ from cnetd import __version__
 from tests.harness.systemd_ns import SystemdNamespace
 from tests.support.agent import AgentProcess, free_port
 from tests.support.http import Client
+from tests.support.lock import unpinned
 from tests.support.waiting import wait_until
 from tests.test_ml_api import LINEAR_BODY
 
@@ -34,6 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGING = REPO / "packaging"
 BUILD_DIST = REPO / "build" / "test-dist"
 VENV_BIN = Path(sys.executable).parent
+# The binary's tasks run this venv's python, which the binary does not bind back as it binds
+# its own bundle: an allowed root makes it readable to them even where the checkout lies
+# under /tmp (a fresh clone may), which a task sees replaced by its private TMPDIR.
+VENV_ROOT = str(Path(sys.prefix))
 BUILD_BUDGET = 240.0  # seconds; past this the build is too slow for CI and a test says so
 TERMINAL = {"completed", "failed", "stopped"}
 
@@ -68,6 +73,12 @@ def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 def test_build_is_fast_enough_for_ci(agent_binary: tuple[Path, float]) -> None:
     assert agent_binary[1] < BUILD_BUDGET, f"building the binary took {agent_binary[1]:.0f}s"
+
+
+def test_the_build_venv_holds_the_locked_versions(agent_binary: tuple[Path, float]) -> None:
+    """build-binary.sh installs PyInstaller and the runtime dependencies with constraints.txt."""
+    left = unpinned(REPO / "build" / "venv" / "bin" / "python")
+    assert not left, "the build venv differs from constraints.txt:\n" + "\n".join(left)
 
 
 def test_version_and_check_config(binary: Path, tmp_path: Path) -> None:
@@ -112,9 +123,11 @@ def test_binary_carries_its_files_and_no_ml_stack(binary: Path) -> None:
 
 
 @pytest.mark.slow
-def test_binary_serves_the_api_and_ui_and_trains_a_model(binary: Path, agent_factory: Callable[..., AgentProcess]) -> None:
+def test_binary_serves_the_api_and_ui_and_trains_a_model(binary: Path, agent_factory: Callable[..., AgentProcess],
+                                                         tmp_path: Path) -> None:
     # The binary runs models with the python the command names, found on PATH: .venv first.
-    agent = agent_factory(command=[str(binary)], env={"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    roots = {"ml": {"allowed_roots": [str(tmp_path / "agent"), str(REPO / "examples"), VENV_ROOT]}}
+    agent = agent_factory(roots, command=[str(binary)], env={"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     agent.start()
     health = agent.api.get("/api/health")
     assert health.status == 200 and health.body["version"] == __version__
@@ -284,7 +297,7 @@ class Service:
             # Tasks run as the installed default: a uid of their own, in a private namespace
             # that reaches pytest's 0700 tmp dirs through veils.
             "tasks": {"sandbox": "systemd", "stop_grace": "2s", **tasks},
-            "ml": {"allowed_roots": [str(self.work)]},
+            "ml": {"allowed_roots": [str(self.work), VENV_ROOT]},  # tasks run sys.executable
         }
         self.config_path.write_text(yaml.safe_dump(config))
 

@@ -15,7 +15,7 @@ import pytest
 
 from cnetd.supervisor import systemd
 from cnetd.supervisor.base import Handle
-from tests.harness.fixtures import BACKENDS, REPO, Driver, make_driver
+from tests.harness.fixtures import BACKENDS, REPO, Driver, harness_unavailable, make_driver
 from tests.harness.systemd_ns import SystemdNamespace
 from tests.support.waiting import wait_until
 
@@ -180,7 +180,7 @@ def test_harness_cleans_only_stale_namespaces() -> None:
 
     ok, why = h.available()
     if not ok:
-        pytest.skip(why)
+        harness_unavailable(why)
     own = next(iter(h._cgroup_hierarchies().values()))
     live = own / f"{h.PREFIX}{os.getpid()}-{h._start_ticks(os.getpid())}-999"
     dead = own / f"{h.PREFIX}{os.getpid()}-1-999"  # this pid, but not this process's start

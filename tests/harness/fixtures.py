@@ -1,7 +1,9 @@
 """pytest fixtures for the sandbox harness (tests/conftest.py imports `systemd_ns`).
 
 `systemd_ns`: a real systemd booted once per session; skips, with the reason, only where
-it cannot run. `make_driver` gives a Driver that runs scenarios of drive_sandbox.py for one
+it cannot run, and fails instead where CNET_REQUIRE_SYSTEMD=1 says it must (.ci/run sets
+it: on the CI machine the harness runs, so a skip there would hide a broken harness).
+`make_driver` gives a Driver that runs scenarios of drive_sandbox.py for one
 backend: on the host for none/cgroup, inside the namespace for systemd.
 """
 
@@ -13,10 +15,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -42,14 +44,41 @@ BACKENDS = [
 ]
 
 
+REQUIRE_SYSTEMD = "CNET_REQUIRE_SYSTEMD"
+
+
+def harness_unavailable(reason: str) -> NoReturn:
+    """Skip with the reason; where CNET_REQUIRE_SYSTEMD=1, fail with it instead."""
+    if os.environ.get(REQUIRE_SYSTEMD) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SYSTEMD}=1: the harness must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def boot_systemd(
+    probe: Callable[[], tuple[bool, str]] = available,
+    make: Callable[[], SystemdNamespace] = SystemdNamespace,
+) -> SystemdNamespace:
+    """A booted systemd, or harness_unavailable() with why it could not be had: missing
+    prerequisites or a boot that failed (start() has cleaned up after itself then)."""
+    ok, reason = probe()
+    if ok:
+        ns = make()
+        try:
+            return ns.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            reason = f"boot failed: {exc}"
+    harness_unavailable(f"real systemd harness unavailable: {reason}")
+
+
 @pytest.fixture(scope="session")
 def systemd_ns() -> Iterator[SystemdNamespace]:
-    """A real systemd booted once per test session; skips (with the reason) where it cannot run."""
-    ok, reason = available()
-    if not ok:
-        pytest.skip(f"real systemd harness unavailable: {reason}")
-    with SystemdNamespace() as ns:
+    """A real systemd booted once per test session; skips (with the reason) where it cannot
+    run, fails where CNET_REQUIRE_SYSTEMD=1."""
+    ns = boot_systemd()
+    try:
         yield ns
+    finally:
+        ns.stop()
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +89,7 @@ def cgroup_group() -> Iterator[str]:
     name = owned_name(CGROUP_TEST_PREFIX)
     layout, why = cgroup.probe(name)
     if layout is None:
-        pytest.skip(f"cgroup backend unavailable: {why}")
+        harness_unavailable(f"cgroup backend unavailable: {why}")
     yield name
     left = cgroup.remove_dirs(list(layout.bases.values()))
     assert not left, f"cgroups left behind: {left}"
