@@ -7,7 +7,9 @@ before anything has started), then store, recovery and background parts (the app
 cleanup_ctx, in runner.setup()), then listen, then READY=1. On SIGTERM/SIGINT (the handlers
 only set an event): STOPPING=1, stop listening, give open requests shutdown_timeout to
 finish, then the app's cleanup (tasks left running or stopped as configured, every log
-line written so far ingested into SQLite, the store closed).
+line written so far ingested into SQLite, the store closed). Every wait of the cleanup has
+a bound that is logged when it is reached (README, "Stopping"), so the agent exits well
+within the unit's TimeoutStopSec.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import signal
 import socket
 import ssl
+import time
 import weakref
 
 from aiohttp import web
@@ -45,6 +48,7 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
     _end_streams_on_shutdown(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     background: list[asyncio.Task[None]] = []
+    stopping_since: float | None = None
     listeners = bind_listeners(host, port)  # a port in use stops the start before anything runs
     try:
         notifier.status("starting: opening the store, recovering tasks")
@@ -61,6 +65,7 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
             background.append(asyncio.create_task(notifier.run_watchdog(), name="sd-watchdog"))
             background.append(asyncio.create_task(_refresh_status(app, notifier, summary), name="sd-status"))
         await stop.wait()
+        stopping_since = time.monotonic()
         log.info("shutting down: no new requests; open ones get %.0fs", shutdown_timeout)
         stop_on_exit = agent is not None and agent.config.tasks.stop_on_exit
         notifier.stopping("stopping: " + ("stopping running tasks (tasks.stop_on_exit)" if stop_on_exit
@@ -75,7 +80,10 @@ async def serve(app: web.Application, host: str, port: int, notifier: Notifier,
             for sig in signals:  # only now: a second SIGTERM must not cut the cleanup short
                 loop.remove_signal_handler(sig)
             notifier.close()
-    log.info("stopped")
+    if stopping_since is None:
+        log.info("stopped")
+    else:
+        log.info("stopped %.1fs after the signal", time.monotonic() - stopping_since)
 
 
 def bind_listeners(host: str, port: int) -> list[socket.socket]:

@@ -14,7 +14,6 @@ disk blocks freed (cnetd.logs.holes), so a chatty running task's file stops taki
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -23,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnetd.background import cancel_and_wait
+from cnetd.background import cancel_and_wait, wait_event
 from cnetd.config import LogsSection
 from cnetd.logs.holes import punch_head
 from cnetd.logs.output import RESULT_SCAN_BYTES
@@ -36,6 +35,7 @@ MAX_LINE_BYTES = 64 * 1024
 CHUNK_BYTES = 1024 * 1024
 CUT_MARKER = " …[line cut at 64 KiB]"
 PUNCH_STEP = 1024 * 1024  # blocks are freed in whole MiB, so not after every chunk
+STOP_BUDGET = 5.0  # seconds stop() spends on the last lines of the files that grew
 
 LinesCallback = Callable[[str, list[str]], Awaitable[None]]
 
@@ -116,11 +116,28 @@ class LogIngester:
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="log-ingester")
 
-    async def stop(self) -> None:
-        """Stop tailing after ingesting every complete line written so far."""
+    async def stop(self, budget: float = STOP_BUDGET) -> None:
+        """Stop tailing after ingesting every complete line written so far, in the files
+        that grew since their last look (their sizes in one hop to a worker thread), for at
+        most `budget` seconds: the offsets are durable, so what is left then is ingested by
+        the next start, neither lost nor doubled."""
         await cancel_and_wait(self._loop_task)
-        for task_id in list(self._tails):
-            await self._ingest(task_id, final=False)
+        started = time.monotonic()
+        tails = list(self._tails.items())
+        sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in tails]) if tails else []
+        grown = [task_id for (task_id, tail), size in zip(tails, sizes) if not tail.loaded or size != tail.size]
+        for done, task_id in enumerate(grown):
+            if time.monotonic() - started > budget:
+                log.warning("stopped ingesting logs after %.0fs with %d of %d grown files left; "
+                            "the next start takes their lines from the stored offsets", budget, len(grown) - done, len(grown))
+                break
+            try:
+                await self._ingest(task_id, final=False)
+            except Exception:
+                log.exception("log ingestion failed", extra={"task_id": task_id})
+        elapsed = time.monotonic() - started
+        if elapsed > 1:
+            log.info("ingested the last lines of %d grown log files (of %d) in %.1fs", len(grown), len(tails), elapsed)
 
     def watch(self, task_id: str, path: str | Path) -> None:
         self._tails.setdefault(task_id, _Tail(Path(path)))
@@ -141,11 +158,7 @@ class LogIngester:
         event = self._new_lines.setdefault(task_id, asyncio.Event())
         if tail is not None:
             tail.check_at = 0.0  # a follower: look at once, however quiet the file was
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_event(event, timeout)
 
     def _notify(self, task_id: str) -> None:
         event = self._new_lines.pop(task_id, None)
@@ -179,8 +192,7 @@ class LogIngester:
                     tail.check_at = (now // beat + 1) * beat
                 else:
                     tail.check_at = now + self._poll_interval
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            await wait_event(self._wake, self._poll_interval)
 
     async def _ingest(self, task_id: str, final: bool) -> None:
         tail = self._tails.get(task_id)

@@ -22,7 +22,6 @@ What it promises, and what it costs with a thousand tasks running:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -30,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from cnetd.background import cancel_and_wait
+from cnetd.background import cancel_and_wait, wait_event
 from cnetd.clock import utc_now
 from cnetd.supervisor.base import BlockingStats, Handle, Sandbox, Usage
 
@@ -223,8 +222,7 @@ class UsageMonitor:
                     log.exception("sampling task usage failed")
             next_due = min((w.due for w in self._watched.values() if w.reading is None), default=None)
             wait = None if next_due is None else max(0.0, next_due - time.monotonic())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
 
     async def _sample_round(self, task_ids: list[str]) -> None:
         """One sample of each of these tasks that is still watched."""
@@ -247,10 +245,10 @@ class UsageMonitor:
         blocking = [i for i, w in enumerate(targets) if w.blocking]
         others = [i for i, w in enumerate(targets) if not w.blocking]
         if blocking:
-            try:
-                read = await asyncio.wait_for(
-                    asyncio.to_thread(_read_blocking, [targets[i] for i in blocking]), SAMPLE_TIMEOUT)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: that one can swallow a cancellation (cnetd.background)
+                async with asyncio.timeout(SAMPLE_TIMEOUT):
+                    read = await asyncio.to_thread(_read_blocking, [targets[i] for i in blocking])
+            except TimeoutError:
                 log.warning("reading the usage of %d tasks took over %.0fs; skipped this round",
                             len(blocking), SAMPLE_TIMEOUT)
                 read = [None] * len(blocking)
@@ -288,7 +286,8 @@ def _read_blocking(targets: list[_Watched]) -> list[Usage | None]:
 
 async def _read_async(watched: _Watched) -> Usage | None:
     try:
-        return await asyncio.wait_for(watched.backend.stats(watched.handle), SAMPLE_TIMEOUT)
+        async with asyncio.timeout(SAMPLE_TIMEOUT):
+            return await watched.backend.stats(watched.handle)
     except Exception as exc:  # the process may have just ended; the cgroup may be gone
         log.debug("no usage sample of pid %d: %r", watched.handle.pid, exc)
         return None

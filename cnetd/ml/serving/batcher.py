@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnetd.background import wait_event
 from cnetd.errors import BadGateway, DomainError, TimedOut, TooMany, Unavailable
 from cnetd.metrics.prometheus import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
 from cnetd.ml.serving.client import ProtocolError, WorkerClient, WorkerLost, WorkerRejected
@@ -303,9 +304,7 @@ class Batcher:
             if remaining <= 0:
                 return
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
+            if not await wait_event(self._wake, remaining):
                 return
 
     def _take(self) -> list[_Pending]:
