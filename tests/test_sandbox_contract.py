@@ -95,14 +95,13 @@ def test_stats_report_memory_and_cpu(driver: Driver) -> None:
         assert usage["pids"] >= 1
 
 
-def test_cleanup_orphans_removes_only_unknown_tasks(driver: Driver) -> None:
+def test_cleanup_orphans_destroys_every_task_not_kept(driver: Driver) -> None:
+    """Every backend finds its tasks without a saved handle (the `none` one by its exit
+    shim's session), and destroys those it is not told to keep."""
     result = driver.run("orphans")
     assert result["known_running"] is True
-    if driver.backend == "none":  # nothing identifies a none task but its saved handle
-        assert result["removed"] == []
-    else:
-        assert result["removed"] == [result["unknown_id"]]
-        assert result["unknown_gone"] is True
+    assert result["removed"] == [result["unknown_id"]]
+    assert result["unknown_gone"] is True
 
 
 # --- choosing a backend ---------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 class SpawnError(Exception):
@@ -52,8 +52,44 @@ class Handle:
 
     @classmethod
     def from_json(cls, text: str) -> Handle:
-        data: dict[str, Any] = json.loads(text)
+        """The handle as saved; UnreadableHandle when the text is not one this agent wrote
+        (damaged, or written by a newer agent with fields this one does not know)."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UnreadableHandle(f"not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise UnreadableHandle(f"a JSON {type(data).__name__}, not an object")
+        unknown = set(data) - _HANDLE_FIELDS.keys()
+        if unknown:
+            raise UnreadableHandle(f"unknown fields {sorted(unknown)} (written by a newer agent?)")
+        for name, (types, required) in _HANDLE_FIELDS.items():
+            value = data.get(name)
+            if value is None:
+                if required:
+                    raise UnreadableHandle(f"{name} is missing")
+                continue
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise UnreadableHandle(f"{name} is a {type(value).__name__}")
+        cgroup = data.get("cgroup")
+        if cgroup is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in cgroup.items()):
+            raise UnreadableHandle("cgroup is not a map of names to directories")
         return cls(**data)
+
+
+class UnreadableHandle(ValueError):
+    """A saved handle this agent cannot use; the message says what is wrong with it."""
+
+
+# field -> (accepted types, required)
+_HANDLE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "backend": (str, True),
+    "pid": (int, True),
+    "pid_start": (int, True),
+    "exit_path": (str, True),
+    "unit": (str, False),
+    "cgroup": (dict, False),
+}
 
 
 @dataclass(frozen=True)
@@ -124,8 +160,11 @@ class Sandbox(Protocol):
         """Free what the backend holds for a finished task (cgroups, units)."""
         ...
 
-    async def cleanup_orphans(self, known_task_ids: set[str]) -> list[str]:
-        """Remove leftovers of tasks the store does not know; return what was removed."""
+    async def cleanup_orphans(self, keep: set[str], exit_dir: Path) -> list[str]:
+        """Destroy every task of this agent's that runs in this backend but is not in keep
+        (the tasks reattached at start), and what such tasks left behind (cgroups, units);
+        return their ids. exit_dir is where this agent's exit shims write their codes
+        (the `none` backend finds its tasks' sessions by it)."""
         ...
 
 

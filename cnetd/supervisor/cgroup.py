@@ -685,16 +685,16 @@ class CgroupSandbox:
         self._cpu.forget(str(handle.pid))
         remove_dirs(unique_dirs(handle.cgroup or {}))
 
-    async def cleanup_orphans(self, known_task_ids: set[str]) -> list[str]:
+    async def cleanup_orphans(self, keep: set[str], exit_dir: Path) -> list[str]:
         # Tasks are found in the memory (v2: unified) base only: it lies under the agent's
         # own cgroup, while the other v1 bases may be shared with agents in other cgroups.
         primary = self.layout.bases.get("memory") or self.layout.bases["unified"]
         found = {e.name for e in os.scandir(primary) if e.is_dir(follow_symlinks=False)} if primary.is_dir() else set()
         removed = []
-        for task_id in sorted(found - known_task_ids):
+        for task_id in sorted(found - keep):
             dirs = self.layout.task_dirs(task_id)
             if exists(dirs) and not is_empty(dirs):
-                log.warning("task %s: unknown task still running in its cgroup; killing it", task_id)
+                log.warning("task %s: not reattached at start but still running in its cgroup; killing it", task_id)
                 kill_cgroup(dirs)
                 if not await wait_empty(dirs, 10):
                     log.error("task %s: orphan processes survive SIGKILL: %s", task_id, cgroup_pids(dirs))

@@ -193,6 +193,13 @@ class Launcher(TaskPaths):
         """The backend of that name if this agent has one in use, else None."""
         return self._backends.get(name)
 
+    def backends_to_sweep(self) -> list[Sandbox]:
+        """Every backend in use (the one tasks start in, and each one a recovered handle
+        named), then `none`: its sweep finds this agent's exit shims by their exit files,
+        whichever backend started them, so it catches what the others could not."""
+        backends = [b for b in self._backends.values() if b.name != "none"]
+        return [*backends, self._backends.get("none") or NoneSandbox()]
+
     def backend_for(self, handle: Handle) -> Sandbox:
         """The backend that started a handle (after a restart it may differ from today's)."""
         backend = self._backends.get(handle.backend)

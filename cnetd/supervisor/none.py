@@ -8,10 +8,12 @@ agent crash and are recovered by (pid, start time) afterwards.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -22,8 +24,11 @@ from cnetd.supervisor.process import (
     read_exit_file,
     session_members,
     shim_argv,
+    shim_sessions,
     wait_for_exit,
 )
+
+log = logging.getLogger(__name__)
 
 
 def open_log_for_append(path: os.PathLike[str] | str) -> int:
@@ -104,6 +109,13 @@ class SessionProcesses:
         while self.members(handle) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
+    async def kill(self, handle: Handle) -> None:
+        """SIGKILL the whole session at once, and wait until it is empty."""
+        self._signal_all(handle, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_SETTLE_SECONDS
+        while self.members(handle) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     def _signal_all(self, handle: Handle, sig: signal.Signals) -> None:
         for pid in self.members(handle):
             try:
@@ -176,5 +188,13 @@ class NoneSandbox:
     async def release(self, handle: Handle) -> None:
         return None
 
-    async def cleanup_orphans(self, known_task_ids: set[str]) -> list[str]:
-        return []
+    async def cleanup_orphans(self, keep: set[str], exit_dir: Path) -> list[str]:
+        removed = []
+        for task_id, pid in sorted((await asyncio.to_thread(shim_sessions, exit_dir)).items()):
+            start = proc_start_time(pid)
+            if task_id in keep or start is None:
+                continue
+            log.warning("task %s: not reattached at start but its session (pid %d) still runs; killing it", task_id, pid)
+            await self._procs.kill(Handle(backend=self.name, pid=pid, pid_start=start, exit_path=str(exit_dir / f"{task_id}.exit")))
+            removed.append(task_id)
+        return removed

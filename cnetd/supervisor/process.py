@@ -120,3 +120,29 @@ def session_members(sid: int) -> list[int]:
         if fields[0] != b"Z" and int(fields[3]) == sid:
             members.append(int(entry.name))
     return members
+
+
+def shim_sessions(exit_dir: Path) -> dict[str, int]:
+    """Task id -> pid of every exit shim that runs as this agent's user and writes its code
+    into exit_dir (`<exit_dir>/<task id>.exit`): the sessions of this agent's tasks, found
+    without a saved handle. A task's own processes run under other uids and are never taken
+    for a shim, whatever argv they give themselves."""
+    want = os.path.realpath(exit_dir)
+    head = [SHELL.encode(), b"-c", SHIM_SCRIPT.encode(), b"cnet-shim"]
+    found: dict[str, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.geteuid():
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) < 5 or argv[:4] != head:
+            continue
+        exit_path = Path(os.fsdecode(argv[4]))
+        if exit_path.suffix == ".exit" and os.path.realpath(exit_path.parent) == want:
+            found[exit_path.stem] = int(entry.name)
+    return found

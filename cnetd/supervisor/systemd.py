@@ -237,7 +237,7 @@ class SystemdSandbox:
             await wait_empty(dirs, 5)
         await self._systemctl_run("reset-failed", unit)
 
-    async def cleanup_orphans(self, known_task_ids: set[str]) -> list[str]:
+    async def cleanup_orphans(self, keep: set[str], exit_dir: Path) -> list[str]:
         rc, out, err = await self._systemctl_run(
             "list-units", "--all", "--plain", "--no-legend", "--no-pager", f"{UNIT_PREFIX}*.scope"
         )
@@ -249,9 +249,9 @@ class SystemdSandbox:
         for block in out.strip().split("\n\n"):
             props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
             unit, task_id = props.get("Id", ""), task_id_of(props.get("Id", ""))
-            if task_id is None or props.get("Slice") != self.slice or task_id in known_task_ids:
+            if task_id is None or props.get("Slice") != self.slice or task_id in keep:
                 continue
-            log.warning("unit %s: belongs to no known task; stopping it", unit)
+            log.warning("unit %s: its task was not reattached at start; stopping it", unit)
             await self._systemctl_run("kill", "--kill-who=all", "-s", "SIGKILL", unit)
             await self._systemctl_run("stop", unit)
             await self._systemctl_run("reset-failed", unit)

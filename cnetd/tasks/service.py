@@ -552,7 +552,7 @@ class TaskService:
                 self._stop_requests.add(task.id)
             self._watch(task, backend, handle)
         known = await self.db.read(lambda c: {t.id for t in q.list_tasks(c)})
-        removed = await self.launcher.sandbox.cleanup_orphans(known)
+        removed = await self.launcher.sandbox.cleanup_orphans(known, self.launcher.run_dir)
         for item in removed:
             log.warning("removed leftover %s that belongs to no known task", item)
         for leftover in await asyncio.to_thread(self.launcher.remove_tmp_dirs_except, set(self._watches)):

@@ -259,7 +259,7 @@ async def orphans(sb: Sandbox, params: Params) -> dict[str, Any]:
     unknown_spec = spec(params, ["/bin/sleep", "300"])
     unknown = await sb.start(unknown_spec)
     known_id = Path(known.exit_path).stem
-    removed = await sb.cleanup_orphans({known_id})
+    removed = await sb.cleanup_orphans({known_id}, Path(params["workdir"]))
     try:
         gone = await poll(lambda: not alive(unknown.pid, unknown.pid_start), 15, "the orphan to end")
     except TimeoutError:
