@@ -15,7 +15,7 @@ from cnetd.config import ResourceLimits, parse_size
 from cnetd.supervisor.base import ExitStatus
 from cnetd.supervisor.disk import format_bytes
 from cnetd.tasks.model import Status
-from cnetd.tasks.service import failure_reason
+from cnetd.tasks.outcome import failure_reason
 from cnetd.ui import fmt
 from cnetd.units import format_size
 from tests.support.agent import AgentProcess

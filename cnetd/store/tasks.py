@@ -59,7 +59,7 @@ def insert_task(conn: sqlite3.Connection, task: Task) -> int:
     return int(cursor.lastrowid or 0)
 
 
-def update_task(conn: sqlite3.Connection, task_id: str, changes: dict[str, Any]) -> None:
+def _column_values(changes: dict[str, Any]) -> dict[str, Any]:
     unknown = set(changes) - MUTABLE
     if unknown:
         raise ValueError(f"not a mutable task column: {sorted(unknown)}")
@@ -72,8 +72,38 @@ def update_task(conn: sqlite3.Connection, task_id: str, changes: dict[str, Any])
         elif column == "stop_requested":
             value = int(value)
         values[column] = value
+    return values
+
+
+def update_task(conn: sqlite3.Connection, task_id: str, changes: dict[str, Any]) -> None:
+    """Columns other than the status (a status changes only through change_status)."""
+    if "status" in changes:
+        raise ValueError("a task's status changes only through change_status, guarded on the current one")
+    values = _column_values(changes)
     assignments = ", ".join(f"{c} = :{c}" for c in values)
     conn.execute(f"UPDATE tasks SET {assignments} WHERE id = :_id", {**values, "_id": task_id})
+
+
+def change_status(conn: sqlite3.Connection, task_id: str, expected: Status, changes: dict[str, Any]) -> bool:
+    """Write the new status (and the other changes) only while the stored status is still
+    `expected`; False, with nothing written, when it is not (or the task is gone)."""
+    if "status" not in changes:
+        raise ValueError("change_status needs the new status")
+    values = _column_values(changes)
+    assignments = ", ".join(f"{c} = :{c}" for c in values)
+    cursor = conn.execute(
+        f"UPDATE tasks SET {assignments} WHERE id = :_id AND status = :_expected",
+        {**values, "_id": task_id, "_expected": str(expected)},
+    )
+    return cursor.rowcount == 1
+
+
+def request_stop(conn: sqlite3.Connection, task_id: str) -> bool:
+    """Mark a starting or running task as asked to stop; False when it is not one."""
+    cursor = conn.execute(
+        "UPDATE tasks SET stop_requested = 1 WHERE id = ? AND status IN ('starting', 'running')", (task_id,)
+    )
+    return cursor.rowcount == 1
 
 
 def insert_event(conn: sqlite3.Connection, event: TaskEvent) -> None:
@@ -169,6 +199,11 @@ def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
 
 def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def stop_is_requested(conn: sqlite3.Connection, task_id: str) -> bool:
+    row = conn.execute("SELECT stop_requested FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def status_of(conn: sqlite3.Connection, task_id: str) -> Status | None:

@@ -1,4 +1,9 @@
-"""The legal task transitions, in one place. Each returns the event to persist."""
+"""The legal task transitions, in one place. Each returns the event to persist.
+
+A starting task is never set to stopped: a stop that arrives while its process is being
+started is recorded (stop_requested) and carried out once the start has returned a handle,
+so that "stopped" always means its processes are gone (or never existed).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from cnetd.tasks.model import Status, TaskEvent
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.STARTING, Status.STOPPED, Status.FAILED}),
-    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED, Status.STOPPED}),
+    Status.STARTING: frozenset({Status.RUNNING, Status.FAILED}),
     Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.STOPPED}),
     Status.COMPLETED: frozenset(),
     Status.FAILED: frozenset(),
@@ -19,8 +24,12 @@ class IllegalTransition(Exception):
     pass
 
 
+def allowed(current: Status, new: Status) -> bool:
+    return new in ALLOWED[current]
+
+
 def check_transition(task_id: str, current: Status, new: Status) -> None:
-    if new not in ALLOWED[current]:
+    if not allowed(current, new):
         raise IllegalTransition(f"task {task_id}: {current} -> {new} is not allowed")
 
 
