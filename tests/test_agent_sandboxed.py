@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -206,3 +207,42 @@ def processes_with(marker: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_a_task_whose_saved_handle_cannot_be_read_is_failed_and_killed_while_others_are_reattached(
+        sandboxed: AgentProcess) -> None:
+    """Recover or destroy: the agent is SIGKILLed, one running task's handle row is damaged
+    while it is down; the agent starts all the same, fails that task as lost and kills its
+    processes (a child included), and reattaches the other."""
+    marker = f"cnet-handle-{os.getpid()}-{next(_numbers)}"
+    code = ("import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', sys.argv[1]])\n"
+            "print('up', flush=True)\n"
+            "time.sleep(600)")
+    tasks = {}
+    for name in ("damaged", "intact"):
+        reply = sandboxed.api.post("/api/tasks", {"name": name, "command": PY, "args": ["-c", code, f"{marker}-{name}"]})
+        assert reply.status == 201, reply.text
+        tasks[name] = reply.body["id"]
+    for name in tasks:
+        wait_until(lambda n=name: len(processes_with(f"{marker}-{n}")) >= 2, 30, f"{name}'s two processes")
+
+    sandboxed.kill()
+    conn = sqlite3.connect(sandboxed.state_dir / "cnet.db")
+    with conn:  # torn, as a damaged disk leaves it
+        conn.execute("UPDATE tasks SET handle = substr(handle, 1, 20) WHERE id = ?", (tasks["damaged"],))
+    conn.close()
+    sandboxed.start()
+
+    damaged = sandboxed.api.get(f"/api/tasks/{tasks['damaged']}").body
+    assert (damaged["status"], damaged["reason"]) == ("failed", "lost: unreadable handle")
+    wait_until(lambda: not processes_with(f"{marker}-damaged"), 15, "the damaged task's processes to be killed")
+    assert "its saved handle cannot be read" in sandboxed.log_text()
+
+    intact = sandboxed.api.get(f"/api/tasks/{tasks['intact']}").body
+    assert intact["status"] == "running" and len(processes_with(f"{marker}-intact")) >= 2
+    events = [e["type"] for e in sandboxed.api.get(f"/api/tasks/{tasks['intact']}/events").body]
+    assert events[-1] == "recovered"
+    reply = sandboxed.api.delete(f"/api/tasks/{tasks['intact']}")  # still ours: it stops
+    assert reply.status == 200 and reply.body["status"] == "stopped", reply.text
+    wait_until(lambda: not processes_with(marker), 15, "every process to be gone")
