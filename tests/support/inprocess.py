@@ -1,10 +1,10 @@
 """A TaskService built in-process the way the app builds it (real SQLite file, launcher, log
-ingester, identities), over a sandbox backend the test chooses."""
+ingester), over a sandbox backend the test chooses; tasks as the agent's own user, without
+a namespace (tests/support/launch.py), since nothing here starts a real process."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,22 +15,18 @@ from cnetd.background import cancel_all
 from cnetd.config import Config, default_config
 from cnetd.logs.ingester import LogIngester
 from cnetd.security.confine import Confinement
-from cnetd.security.identity import Identities
-from cnetd.security.isolation import Isolation
 from cnetd.store.db import Database
 from cnetd.supervisor.base import Sandbox
-from cnetd.supervisor.launcher import Launcher, default_task_path
+from cnetd.supervisor.launcher import default_task_path
 from cnetd.tasks.model import Status, Task
 from cnetd.tasks.request import NewTask
 from cnetd.tasks.service import TaskService
+from tests.support.launch import make_launcher
 
 
 def service_config(work: Path, **tasks: Any) -> Config:
-    """The state dir is <work>/state; work is where tasks' working dirs are. Tasks "run" as
-    the agent's user (run_as root): the scripted sandbox starts nothing, and pytest's 0700
-    tmp dirs would refuse a task uid of its own at submit."""
-    return default_config(work, state_dir=work / "state",
-                          tasks={"sandbox": "none", "stop_grace": "1s", "run_as": "root", **tasks})
+    """The state dir is <work>/state; work is where tasks' working dirs are."""
+    return default_config(work, state_dir=work / "state", tasks={"sandbox": "none", "stop_grace": "1s", **tasks})
 
 
 class InProcessAgent:
@@ -56,10 +52,7 @@ async def task_service(config: Config, sandbox: Sandbox, start: bool = True) -> 
     work = config.agent.state_dir.parent
     db = Database(config.agent.state_dir / "cnet.db")
     await db.open()
-    identities = Identities.from_config(config)
-    isolation = Isolation(state_dir=config.agent.state_dir, allowed_roots=[work], model_roots=[], secret_files=[])
-    isolation.namespaces, isolation.problem = False, "in-process test: nothing is started"
-    launcher = Launcher(sandbox, config.agent.state_dir, work, os.environ, config.tasks, identities, isolation)
+    launcher = make_launcher(config.agent.state_dir, work, config.tasks, sandbox)
     ingester = LogIngester(db, limits=config.logs)
     service = TaskService(db, launcher, ingester, config, "node-1",
                           Confinement([work], (), (), default_task_path(), state_dir=config.agent.state_dir))
