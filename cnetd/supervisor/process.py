@@ -138,9 +138,15 @@ def shim_sessions(exit_dir: Path) -> dict[str, int]:
                 continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            if len(argv) < 5 or argv[:4] != head:
+                continue
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
         except OSError:
             continue
-        if len(argv) < 5 or argv[:4] != head:
+        # Between its fork and exec, the shim's child still shows the shim's argv: only
+        # the session leader is the shim.
+        if int(stat[stat.rindex(b")") + 2 :].split()[3]) != int(entry.name):
             continue
         exit_path = Path(os.fsdecode(argv[4]))
         if exit_path.suffix == ".exit" and os.path.realpath(exit_path.parent) == want:
