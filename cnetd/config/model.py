@@ -1,0 +1,195 @@
+"""The configuration's typed form: one frozen dataclass per section, and :class:`Config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cnetd.limits import ResourceLimits
+
+LogLevel = Literal["debug", "info", "warn", "error"]
+LogFormat = Literal["json", "text"]
+SandboxKind = Literal["auto", "systemd", "cgroup", "none"]
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str(e)`` is one line: ``"<file>: <dotted.key>: <problem>"``."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """HTTPS for the API and UI: both files or neither (checked when the agent starts)."""
+
+    cert_file: Path | None = None  # PEM certificate chain, the server's certificate first
+    key_file: Path | None = None  # PEM private key of that certificate
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    address: str = "127.0.0.1"
+    port: int = 8080
+    node_id: str = ""  # empty: the app generates one and persists it in state_dir
+    node_name: str = field(default_factory=socket.gethostname)
+    region: str = "default"
+    datacenter: str = "dc1"
+    heartbeat: float = 30.0  # seconds
+    state_dir: Path = Path("state")  # resolved to <config dir>/state by the loaders
+    advertise_url: str = ""  # how a parent reaches this node; empty: http(s)://<address>:<port>
+    allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry (security.hosts)
+    tls: TlsSection = TlsSection()
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: LogLevel = "info"
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True)
+class DiscoverySection:
+    enabled: bool = False
+    servers: tuple[str, ...] = ()  # parent agents' URLs (http://host:port), tried in order
+    timeout: float = 5.0
+    retry: int = 3
+    token: str | None = None  # presented to the parent; the parent uses it to call back
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    cpu: bool = True
+    memory: bool = True
+    disk: bool = True
+    network: bool = True
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class UidRange:
+    """The uids (and equal gids) handed to tasks one per model or process task. The default
+    is a block systemd leaves unused (above its container range, below 2^31), so it meets
+    no DynamicUser service, nspawn container or subuid range of a stock system."""
+
+    start: int = 1879048192  # 0x70000000
+    end: int = 1879113727  # start + 65535
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    """How long ended tasks (with their events, log lines and files) are kept."""
+
+    max_age: float | None = 14 * 86400.0  # seconds since the task ended; None: no age bound
+    max_tasks: int | None = 10_000  # ended tasks kept at most; None: no count bound
+    interval: float = 600.0  # seconds between retention passes (the first runs at start)
+
+
+@dataclass(frozen=True)
+class TasksSection:
+    max_concurrent: int = 10
+    timeout: float | None = 300.0  # None: no timeout
+    cleanup: bool = True
+    sandbox: SandboxKind = "auto"
+    stop_grace: float = 10.0
+    stop_on_exit: bool = False
+    allowed_commands: tuple[str, ...] = ()  # empty: any command
+    cgroup_group: str = "cnet"  # the cgroup backend's group under the agent's own cgroup
+    slice: str = "cnet.slice"  # the systemd slice that holds every task's scope
+    run_as: str | None = None  # "dynamic", user[:group] or "root"; None: dynamic when the agent is root
+    uid_range: UidRange = UidRange()  # where dynamic task uids come from
+    retention: RetentionSection = RetentionSection()
+    max_pids: int = 4096  # processes and threads of one task at once; the most a task may ask for
+
+
+@dataclass(frozen=True)
+class LogsSection:
+    """Bounds on what one task's log keeps; None: no bound."""
+
+    max_lines_per_task: int | None = 200_000
+    max_bytes_per_task: int | None = 32 << 20  # 32 MiB
+
+
+@dataclass(frozen=True)
+class PortRange:
+    start: int = 9000
+    end: int = 9100
+
+
+@dataclass(frozen=True)
+class MLSection:
+    enabled: bool = True
+    engines: tuple[str, ...] = ("python",)  # accepted for compatibility, no effect (COMPATIBILITY_ONLY)
+    default_engine: str = "python"  # accepted for compatibility, no effect
+    model_path: Path = Path("state/models")  # a model root; resolved to <state_dir>/models by the loaders
+    script_path: Path = Path("examples/ml_models")  # where a relative script_path is looked up last
+    port_range: PortRange = PortRange()  # accepted for compatibility, no effect
+    resource_limits: ResourceLimits = ResourceLimits(1.0, 536870912, 1073741824, 0)
+    timeout: float = 30.0
+    allowed_roots: tuple[Path, ...] = ()  # empty: the agent's working directory
+    model_roots: tuple[Path, ...] = ()  # empty: <working directory>/models and model_path
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    token_file: Path | None = None
+    metrics_public: bool = False  # /metrics without a token
+
+
+SECTION_CLASSES: dict[str, type] = {
+    "agent": AgentSection,
+    "logging": LoggingSection,
+    "discovery": DiscoverySection,
+    "resources": ResourcesSection,
+    "tasks": TasksSection,
+    "logs": LogsSection,
+    "ml": MLSection,
+    "auth": AuthSection,
+}
+
+
+def plain_data(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [plain_data(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentSection
+    logging: LoggingSection
+    discovery: DiscoverySection
+    resources: ResourcesSection
+    tasks: TasksSection
+    ml: MLSection
+    auth: AuthSection = AuthSection()
+    logs: LogsSection = LogsSection()
+    source: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config as plain JSON-able data, shaped like the YAML file.
+
+        Paths are strings and durations are seconds; ``source`` and ``warnings`` are left
+        out, so writing this dict back out gives a file that loads to the same sections.
+        """
+        data = {name: plain_data(getattr(self, name)) for name in SECTION_CLASSES}
+        data["auth"]["tokens"] = ["<redacted>" for _ in self.auth.tokens]
+        if self.discovery.token is not None:
+            data["discovery"]["token"] = "<redacted>"
+        return data
+
+
+# --------------------------------------------------------------------------- scalars
