@@ -1,0 +1,119 @@
+"""What agents write into etcd, and where: the key layout under ``cluster.prefix`` and the
+JSON records stored there. Every part of the cluster reads and writes through these, so
+one module holds the whole layout.
+
+    <prefix>/nodes/<node_id>                  NodeRecord, on the node's lease (present = online)
+    <prefix>/seen/<node_id>                   NodeRecord + last_seen, no lease (offline nodes stay listed)
+    <prefix>/scheduler                        SchedulerRecord, on the scheduler's lease;
+                                              its create_revision is the scheduler's epoch
+    <prefix>/assignments/<node_id>/<task_id>  Assignment, written by the scheduler in a fenced txn
+    <prefix>/tasks/<task_id>                  TaskSummary, mirrored by the owning node
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+
+class Resources(msgspec.Struct, frozen=True, kw_only=True):
+    cpu: float = 0.0  # cores
+    memory: int = 0  # bytes
+    disk: int = 0  # bytes
+    gpus: int = 0
+
+    def minus(self, other: Resources) -> Resources:
+        return Resources(cpu=self.cpu - other.cpu, memory=self.memory - other.memory,
+                         disk=self.disk - other.disk, gpus=self.gpus - other.gpus)
+
+
+class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    name: str
+    advertise_url: str
+    labels: dict[str, str] = {}  # region, datacenter and agent.labels
+    capacity: Resources = Resources()
+    free: Resources = Resources()  # capacity less what admitted, non-terminal tasks asked for
+    sandbox: str = ""
+    version: str = ""
+    started_at: str = ""
+    updated_at: str = ""
+    # The highest assignment mod_revision this node has taken into `free`: the scheduler
+    # subtracts its own later placements until the node's record catches up.
+    applied_revision: int = 0
+    last_seen: str = ""  # only in <prefix>/seen/
+
+
+class SchedulerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    advertise_url: str
+    since: str
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    kind: Literal["task", "model"]
+    body: dict[str, Any]  # the create request's body, placement removed
+    demand: Resources
+    epoch: int  # the scheduler key's create_revision when this was placed
+    node_revision: int  # the target node key's create_revision it was placed against
+    posted_by: str  # node id of the agent the request was posted to
+    placed_at: str
+
+
+class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    kind: str
+    status: str
+    node_id: str
+    progress: float | None = None
+    serving: str | None = None
+    updated_at: str = ""
+
+
+def nodes_prefix(prefix: str) -> str:
+    return f"{prefix}/nodes/"
+
+
+def node_key(prefix: str, node_id: str) -> str:
+    return f"{prefix}/nodes/{node_id}"
+
+
+def seen_prefix(prefix: str) -> str:
+    return f"{prefix}/seen/"
+
+
+def seen_key(prefix: str, node_id: str) -> str:
+    return f"{prefix}/seen/{node_id}"
+
+
+def scheduler_key(prefix: str) -> str:
+    return f"{prefix}/scheduler"
+
+
+def assignments_prefix(prefix: str, node_id: str) -> str:
+    return f"{prefix}/assignments/{node_id}/"
+
+
+def assignment_key(prefix: str, node_id: str, task_id: str) -> str:
+    return f"{prefix}/assignments/{node_id}/{task_id}"
+
+
+def tasks_prefix(prefix: str) -> str:
+    return f"{prefix}/tasks/"
+
+
+def task_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}/tasks/{task_id}"
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(record)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    return msgspec.json.decode(data, type=kind)
