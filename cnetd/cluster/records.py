@@ -7,7 +7,7 @@ one module holds the whole layout.
     <prefix>/scheduler                        SchedulerRecord, on the scheduler's lease;
                                               its create_revision is the scheduler's epoch
     <prefix>/assignments/<node_id>/<task_id>  Assignment, written by the scheduler in a fenced txn
-    <prefix>/tasks/<task_id>                  TaskSummary, mirrored by the owning node
+    <prefix>/tasks/<node_id>/<task_id>        TaskSummary, mirrored by the owning node
 """
 
 from __future__ import annotations
@@ -67,11 +67,18 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
-    kind: str
+    type: str  # "process" or "ml"
+    kind: str  # what it does: train, predict, serve, ...
     status: str
     node_id: str
+    created_at: str = ""
+    started_at: str | None = None
+    stopped_at: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
     progress: float | None = None
-    serving: str | None = None
+    model_id: str | None = None
+    serving: str | None = None  # a model's serving state on its node
     updated_at: str = ""
 
 
@@ -107,8 +114,12 @@ def tasks_prefix(prefix: str) -> str:
     return f"{prefix}/tasks/"
 
 
-def task_key(prefix: str, task_id: str) -> str:
-    return f"{prefix}/tasks/{task_id}"
+def node_tasks_prefix(prefix: str, node_id: str) -> str:
+    return f"{prefix}/tasks/{node_id}/"
+
+
+def task_key(prefix: str, node_id: str, task_id: str) -> str:
+    return f"{prefix}/tasks/{node_id}/{task_id}"
 
 
 def encode(record: msgspec.Struct) -> bytes:

@@ -125,11 +125,12 @@ def list_tasks(
     type_: str | None = None,
     kind: str | None = None,
     model_id: str | None = None,
+    ids: list[str] | None = None,
     limit: int | None = None,
     offset: int = 0,
     newest_first: bool = True,
 ) -> list[Task]:
-    where, params = _filters(statuses, type_, kind, model_id)
+    where, params = _filters(statuses, type_, kind, model_id, ids)
     order = "DESC" if newest_first else "ASC"
     sql = f"SELECT * FROM tasks {where} ORDER BY seq {order}"
     if limit is not None:
@@ -139,13 +140,17 @@ def list_tasks(
 
 
 def _filters(
-    statuses: list[str] | None, type_: str | None, kind: str | None, model_id: str | None
+    statuses: list[str] | None, type_: str | None, kind: str | None, model_id: str | None,
+    ids: list[str] | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if statuses:
         clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
         params += statuses
+    if ids is not None:
+        clauses.append(f"id IN ({', '.join('?' for _ in ids)})" if ids else "0")
+        params += ids
     for column, value in (("type", type_), ("kind", kind), ("model_id", model_id)):
         if value is not None:
             clauses.append(f"{column} = ?")
