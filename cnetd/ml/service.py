@@ -99,7 +99,8 @@ class ModelService:
         if problem is not None:
             raise Invalid("model_path", problem)
 
-    async def deploy(self, body: Any) -> Model:
+    async def deploy(self, body: Any, model_id: str | None = None) -> Model:
+        """model_id: the id a cluster placement chose; deploying it again returns that model."""
         if not self.config.ml.enabled:
             raise Conflict("ML support is disabled on this node (ml.enabled: false)")
         deployment = self.parse_deployment(body)
@@ -115,7 +116,7 @@ class ModelService:
                 },
             ))
 
-        task = await self.tasks.create(deployment.task, also=add_model)
+        task = await self.tasks.create(deployment.task, also=add_model, task_id=model_id)
         return await self.get(task.id)
 
     async def get(self, model_id: str) -> Model:

@@ -116,11 +116,20 @@ class TaskService:
     # ---- creating --------------------------------------------------------------
 
     async def create(
-        self, new: NewTask, also: Callable[[sqlite3.Connection, Task], None] | None = None
+        self, new: NewTask, also: Callable[[sqlite3.Connection, Task], None] | None = None,
+        task_id: str | None = None,
     ) -> Task:
         """Insert the task as pending (plus whatever `also` writes in the same
-        transaction), then let the scheduler start it when a slot is free."""
-        task_id = str(uuid.uuid4())
+        transaction), then let the scheduler start it when a slot is free.
+
+        task_id: the id a cluster placement chose (the posting agent answers with it);
+        creating it again returns the task already made, so a replayed placement runs once."""
+        if task_id is not None:
+            existing = await self.db.read(lambda c: q.get_task(c, task_id))
+            if existing is not None:
+                return existing
+        else:
+            task_id = str(uuid.uuid4())
         owner = new.identity_owner or task_owner(task_id)
         self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
         self.confinement.check_env(new.env)
@@ -162,6 +171,10 @@ class TaskService:
 
         try:
             await self.db.write(write)
+        except sqlite3.IntegrityError:
+            if (existing := await self.db.read(lambda c: q.get_task(c, task.id))) is not None:
+                return existing  # the same placement, created meanwhile by another delivery
+            raise
         except NoFreeUid as exc:
             raise Unavailable(f"cannot run another task: {exc}; widen tasks.uid_range or wait for tasks to end") from None
         self.states.finished(task_id)
