@@ -15,6 +15,7 @@ import yaml
 from cnetd.config import COMPATIBILITY_ONLY as COMPATIBILITY_ONLY_IN_CONFIG
 from cnetd.config import (
     AgentSection,
+    ClusterSection,
     Config,
     ConfigError,
     PortRange,
@@ -24,6 +25,7 @@ from cnetd.config import (
     parse_duration,
     parse_size,
 )
+from cnetd.config.model import plain_data
 from cnetd.limits import ResourceLimits
 
 ORIGINAL = """\
@@ -128,7 +130,9 @@ def test_default_config_overrides(tmp_path: Path) -> None:
 
 def test_original_config_parses_with_only_the_compatibility_warnings(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, ORIGINAL)
-    assert all(w.endswith(": accepted for compatibility, has no effect") for w in cfg.warnings), cfg.warnings
+    assert all(w.endswith(": accepted for compatibility, has no effect") or ": replaced by cluster." in w
+               for w in cfg.warnings), cfg.warnings
+    assert cfg.cluster is None
     assert cfg.agent.address == "0.0.0.0"
     assert cfg.agent.node_id == "discovery-server"
     assert cfg.agent.node_name == "Discovery Server"
@@ -435,10 +439,12 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert data["agent"]["heartbeat"] == 30.0
     assert data["ml"]["model_path"] == str(tmp_path / "models")
     assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
-    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth"}
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "cluster"}
+    assert data["cluster"] is None  # no cluster section: a single node
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
-    assert all(w.endswith(": accepted for compatibility, has no effect") for w in again.warnings), again.warnings
+    assert all(w.endswith(": accepted for compatibility, has no effect") or ": replaced by cluster." in w
+               for w in again.warnings), again.warnings
     assert again.to_dict() == data
 
 
@@ -455,10 +461,12 @@ REFERENCE = Path(__file__).parent.parent / "docs" / "config-reference.md"
 CNETD = Path(__file__).parent.parent / "cnetd"
 # Keys of the original agent's file that are accepted but read nowhere (config.COMPATIBILITY_ONLY).
 COMPATIBILITY_ONLY = {"ml.engines", "ml.default_engine", "ml.port_range.start", "ml.port_range.end"}
+# The parent/child tree's keys, which etcd replaced (config.REPLACED_BY_CLUSTER): parsed, unused.
+REPLACED_BY_CLUSTER = {"agent.heartbeat", "discovery.enabled", "discovery.servers", "discovery.timeout",
+                       "discovery.retry", "discovery.token"}
 # Where the agent hands a section to a part that keeps it under another name, the names
-# that part reads it by (Uplink(config.discovery) reads self.settings.retry).
+# that part reads it by (ResourceSampler(config.resources) reads self.settings.interval).
 HELD_AS = {
-    "discovery": {"settings"},
     "resources": {"settings"},
     "logs": {"limits"},
     "tasks.retention": {"settings"},
@@ -477,7 +485,10 @@ def config_keys() -> set[str]:
             return set().union(*(keys(f"{prefix}.{k}" if prefix else k, v) for k, v in value.items()))
         return {prefix}
 
-    return keys("", default_config(Path("/x")).to_dict())
+    data = default_config(Path("/x")).to_dict()
+    data["cluster"] = plain_data(ClusterSection())  # the section's keys, as a file with one has them
+    del data["cluster"]["token"], data["cluster"]["etcd"]["password"]  # read from files, not keys
+    return keys("", data)
 
 
 def attribute_reads() -> set[tuple[str, str]]:
@@ -517,8 +528,9 @@ def test_every_documented_key_is_read_by_the_agent() -> None:
     one of the keys accepted for compatibility, which say so in the reference."""
     reads = attribute_reads()
     unread = {key for key in documented_keys() if not is_read(key, reads)}
-    assert unread == COMPATIBILITY_ONLY, f"documented but read nowhere: {sorted(unread - COMPATIBILITY_ONLY)}; " \
-                                         f"read now, so no longer compatibility-only: {sorted(COMPATIBILITY_ONLY - unread)}"
+    expected = COMPATIBILITY_ONLY | REPLACED_BY_CLUSTER
+    assert unread == expected, f"documented but read nowhere: {sorted(unread - expected)}; " \
+                               f"read now, so no longer compatibility-only: {sorted(expected - unread)}"
     rows = {row.split("|")[1].strip(" `"): row for row in REFERENCE.read_text().splitlines() if row.startswith("| `")}
     for key in COMPATIBILITY_ONLY:
         assert "Accepted for compatibility, has no effect" in rows[key], key
@@ -528,8 +540,12 @@ def test_every_documented_key_is_read_by_the_agent() -> None:
 def test_compatibility_keys_warn_once_each_when_a_file_sets_them(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, ORIGINAL)
     label = str(tmp_path / "config.yaml")
+    replaced = "ignored (see the cluster section of docs/config-reference.md)"
     assert cfg.warnings == tuple(f"{label}: {key}: accepted for compatibility, has no effect"
-                                 for key in ("ml.engines", "ml.default_engine", "ml.port_range"))
+                                 for key in ("ml.engines", "ml.default_engine", "ml.port_range")) + (
+        f"{label}: discovery.enabled, discovery.servers, discovery.timeout, discovery.retry: replaced by cluster.etcd, {replaced}",
+        f"{label}: agent.heartbeat: replaced by cluster.lease_ttl, {replaced}",
+    )
     assert load_text(tmp_path, "ml: {enabled: true}\n").warnings == ()
 
 
@@ -560,3 +576,128 @@ def test_a_size_too_large_for_a_float_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="too large"):
         parse_size("9" * 400 + "MB", "tasks.x")
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+TOKEN = "cluster-token-0123456789abcdef"
+
+
+def cluster_file(tmp_path: Path, cluster: str, token: str = TOKEN, mode: int = 0o600) -> Path:
+    token_file = tmp_path / "cluster.token"
+    token_file.write_text(f"# shared by every agent\n{token}\n")
+    token_file.chmod(mode)
+    return write(tmp_path, "cluster:\n" + "".join(f"  {line}\n" for line in cluster.splitlines()))
+
+
+def test_no_cluster_section_is_a_single_node(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "agent: {port: 8080}\n").cluster is None
+    assert load_text(tmp_path, "cluster:\n").cluster is None  # an empty section, e.g. all commented out
+    assert default_config(tmp_path).cluster is None
+
+
+def test_a_cluster_section_is_read_with_its_token_and_defaults(tmp_path: Path) -> None:
+    path = cluster_file(tmp_path, "etcd: {endpoints: ['http://10.0.0.1:2379', 'https://etcd-2.example:2379']}\n"
+                                  "token_file: cluster.token\n")
+    cluster = load_config(path, environ=NO_ENV).cluster
+    assert cluster is not None
+    assert cluster.etcd.endpoints == ("http://10.0.0.1:2379", "https://etcd-2.example:2379")
+    assert (cluster.lease_ttl, cluster.prefix, cluster.scheduler) == (15, "/cnet", "spread")
+    assert cluster.token_file == tmp_path / "cluster.token" and cluster.token == TOKEN
+    assert TOKEN not in repr(cluster)
+    data = load_config(path, environ=NO_ENV).to_dict()
+    assert "token" not in data["cluster"] and TOKEN not in json.dumps(data)
+    # written back out, it loads to the same section
+    assert load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV).cluster == cluster
+
+
+def test_etcd_auth_and_tls_files_are_resolved_and_read(tmp_path: Path) -> None:
+    (tmp_path / "etcd.password").write_text("s3cret-password\n")
+    (tmp_path / "etcd.password").chmod(0o640)
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("PEM")
+    path = cluster_file(tmp_path, "etcd:\n  endpoints: ['https://127.0.0.1:2379']\n  username: cnet\n"
+                                  "  password_file: etcd.password\n  ca_file: ca.pem\n  cert_file: client.pem\n"
+                                  "  key_file: client.key\ntoken_file: cluster.token\nlease_ttl: 3s\n"
+                                  "prefix: /cnet/prod\nscheduler: binpack\n")
+    cluster = load_config(path, environ=NO_ENV).cluster
+    assert cluster is not None
+    assert cluster.etcd.username == "cnet" and cluster.etcd.password == "s3cret-password"
+    assert cluster.etcd.ca_file == tmp_path / "ca.pem" and cluster.etcd.key_file == tmp_path / "client.key"
+    assert (cluster.lease_ttl, cluster.prefix, cluster.scheduler) == (3, "/cnet/prod", "binpack")
+    assert "s3cret" not in repr(cluster) and "s3cret" not in json.dumps(load_config(path, environ=NO_ENV).to_dict())
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\nlease_ttl: 1s\n",
+     "cluster.lease_ttl: must be at least 2s (etcd raises a shorter lease to 2s), got '1s'"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\nlease_ttl: 2.5s\n",
+     "cluster.lease_ttl: must be a whole number of seconds (etcd leases count whole seconds), got '2.5s'"),
+    ("token_file: cluster.token\n",
+     "cluster.etcd.endpoints: is required when the cluster section is set (a list of http(s)://host:port)"),
+    ("etcd: {endpoints: []}\ntoken_file: cluster.token\n",
+     "cluster.etcd.endpoints: must be a list of at least one http(s)://host:port, got a list"),
+    ("etcd: {endpoints: ['127.0.0.1:2379']}\ntoken_file: cluster.token\n",
+     "cluster.etcd.endpoints[0]: must be an etcd URL like http://10.0.0.1:2379, got '127.0.0.1:2379'"),
+    ("etcd: {endpoints: ['http://127.0.0.1:2379/v3']}\ntoken_file: cluster.token\n",
+     "cluster.etcd.endpoints[0]: must be an etcd URL like http://10.0.0.1:2379, got 'http://127.0.0.1:2379/v3'"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\nprefix: cnet\n",
+     "cluster.prefix: must be an etcd key prefix starting with '/', like /cnet, got 'cnet'"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\nprefix: /cnet/\n",
+     "cluster.prefix: must be a prefix without a trailing '/', like /cnet, got '/cnet/'"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\nprefix: /cnet//x\n",
+     "cluster.prefix: must be a prefix like /cnet or /cnet/prod: '/'-separated letters, digits and _ . -, got '/cnet//x'"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\n",
+     "cluster.token_file: is required when the cluster section is set"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: no-such.token\n",
+     "cluster.token_file: cannot read {tmp}/no-such.token: No such file or directory"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379], username: cnet}\ntoken_file: cluster.token\n",
+     "cluster.etcd.password_file: must be set too when cluster.etcd.username is (both or neither)"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379], key_file: k.pem}\ntoken_file: cluster.token\n",
+     "cluster.etcd.cert_file: must be set too when cluster.etcd.key_file is (both or neither)"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379], ca_file: nope.pem}\ntoken_file: cluster.token\n",
+     "cluster.etcd.ca_file: cannot read {tmp}/nope.pem: No such file or directory"),
+    ("etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\nscheduler: random\n",
+     "cluster.scheduler: must be one of 'spread', 'binpack', got 'random'"),
+])
+def test_cluster_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, cluster: str, message: str) -> None:
+    path = cluster_file(tmp_path, cluster)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=NO_ENV)
+    assert str(info.value).startswith(f"{path}: {message.format(tmp=tmp_path)}"), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_cluster_token_file_others_can_read_short_or_empty_is_refused(tmp_path: Path) -> None:
+    cluster = "etcd: {endpoints: [http://127.0.0.1:2379]}\ntoken_file: cluster.token\n"
+    path = cluster_file(tmp_path, cluster, mode=0o644)
+    with pytest.raises(ConfigError, match=r"cluster.token_file: .*cluster.token is open to other users "
+                                          r"\(mode -rw-r--r--\): chmod 600 it"):
+        load_config(path, environ=NO_ENV)
+    path = cluster_file(tmp_path, cluster, mode=0o620)
+    with pytest.raises(ConfigError, match="is open to other users"):
+        load_config(path, environ=NO_ENV)
+    path = cluster_file(tmp_path, cluster, token="short")
+    with pytest.raises(ConfigError, match="cluster.token_file: the token in .* must be at least 16 characters"):
+        load_config(path, environ=NO_ENV)
+    (tmp_path / "cluster.token").write_text("# nothing but a comment\n\n")
+    with pytest.raises(ConfigError, match="cluster.token_file: .* holds no secret"):
+        load_config(path, environ=NO_ENV)
+    (tmp_path / "cluster.token").unlink()
+    (tmp_path / "cluster.token").mkdir()
+    with pytest.raises(ConfigError, match="cluster.token_file: cannot read .*cluster.token: Is a directory"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_agent_labels(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "agent:\n  labels: {gpu: a100, example.com/rack: '12'}\n")
+    assert cfg.agent.labels == {"gpu": "a100", "example.com/rack": "12"}
+    assert load_text(tmp_path, "agent: {port: 8080}\n").agent.labels == {}
+    assert error_of(tmp_path, "agent: {labels: {rack: 12}}\n").endswith(
+        "agent.labels.rack: must be a string of at most 128 printable characters (quote numbers), got 12")
+    assert error_of(tmp_path, "agent: {labels: {region: eu}}\n").endswith(
+        "agent.labels.region: set agent.region instead (it is always a label)")
+    assert "agent.labels: label name 'a b': must be 1-63 letters" in error_of(tmp_path, "agent: {labels: {'a b': x}}\n")
+    assert error_of(tmp_path, "agent: {labels: [gpu]}\n").endswith(
+        "agent.labels: must be a mapping of label names to strings, got a list")

@@ -249,3 +249,76 @@ def path(v: Any, where: str) -> Path:
     if not isinstance(v, str) or not v.strip():
         raise fail(where, "a path", v)
     return Path(os.path.expanduser(v.strip()))
+
+
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?")
+RESERVED_LABELS = {"region": "agent.region", "datacenter": "agent.datacenter"}
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 128
+
+
+def labels(v: Any, where: str) -> dict[str, str]:
+    """A node's own labels: {key: value}, keys like "gpu" or "example.com/rack", string values."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise fail(where, "a mapping of label names to strings", v)
+    if len(v) > MAX_LABELS:
+        raise ConfigError(f"{where}: must have at most {MAX_LABELS} labels, got {len(v)}")
+    out: dict[str, str] = {}
+    for key, value in v.items():
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+            raise ConfigError(f"{where}: label name {show(key)}: must be 1-63 letters, digits and _ . / -, "
+                              "starting and ending with a letter or digit")
+        if key in RESERVED_LABELS:
+            raise ConfigError(f"{where}.{key}: set {RESERVED_LABELS[key]} instead (it is always a label)")
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE or any(ord(c) < 0x20 for c in value):
+            raise fail(f"{where}.{key}", f"a string of at most {MAX_LABEL_VALUE} printable characters (quote numbers)", value)
+        out[key] = value
+    return out
+
+
+def etcd_endpoints(v: Any, where: str) -> tuple[str, ...]:
+    """etcd members' client URLs, http(s)://host:port, at least one."""
+    endpoints = tuple(dict.fromkeys(_etcd_endpoint(e, f"{where}[{i}]") for i, e in enumerate(strings(v, where))))
+    if not endpoints:
+        raise fail(where, "a list of at least one http(s)://host:port", v)
+    return endpoints
+
+
+def _etcd_endpoint(v: str, where: str) -> str:
+    if "://" not in v:
+        raise fail(where, "an etcd URL like http://10.0.0.1:2379", v)
+    try:
+        return http_url(v, where)
+    except ConfigError:
+        raise fail(where, "an etcd URL like http://10.0.0.1:2379", v) from None
+
+
+MIN_LEASE_TTL = 2  # etcd raises a shorter lease to 2 s (its election timeout makes it so)
+MAX_LEASE_TTL = 3600
+
+
+def lease_ttl(v: Any, where: str) -> int:
+    seconds = parse_duration(v, where)
+    if seconds < MIN_LEASE_TTL:
+        raise ConfigError(f"{where}: must be at least {MIN_LEASE_TTL}s (etcd raises a shorter lease to "
+                          f"{MIN_LEASE_TTL}s), got {show(v)}")
+    if seconds > MAX_LEASE_TTL:
+        raise fail(where, f"at most {MAX_LEASE_TTL}s (a node is seen offline that long after it dies)", v)
+    if not float(seconds).is_integer():
+        raise fail(where, "a whole number of seconds (etcd leases count whole seconds)", v)
+    return int(seconds)
+
+
+_PREFIX = re.compile(r"(/[A-Za-z0-9_.-]+)+")
+
+
+def key_prefix(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise fail(where, "an etcd key prefix starting with '/', like /cnet", v)
+    if len(v) > 1 and v.endswith("/"):
+        raise fail(where, "a prefix without a trailing '/', like /cnet", v)
+    if not _PREFIX.fullmatch(v) or len(v) > 128:
+        raise fail(where, "a prefix like /cnet or /cnet/prod: '/'-separated letters, digits and _ . -", v)
+    return v

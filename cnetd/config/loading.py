@@ -26,8 +26,10 @@ from cnetd.config.model import (
     LogFormat,
     LogLevel,
     SandboxKind,
+    SchedulerStrategy,
     TlsSection,
 )
+from cnetd.config.secrets import assemble_cluster
 from cnetd.limits import PIDS_CEILING
 
 Spec: TypeAlias = dict[str, "Conv | Spec"]  # a nested dict is a nested mapping (port_range, resource_limits)
@@ -45,6 +47,7 @@ _SPEC: dict[str, Spec] = {
         "advertise_url": lambda v, where: to.http_url(v, where, empty_ok=True),
         "allowed_hosts": lambda v, where: tuple(to.host(h, f"{where}[{i}]") for i, h in enumerate(to.strings(v, where))),
         "tls": {"cert_file": to.optional(to.path), "key_file": to.optional(to.path)},
+        "labels": to.labels,
     },
     "logging": {
         "level": to.choice(LogLevel, {"warning": "warn"}),
@@ -103,6 +106,20 @@ _SPEC: dict[str, Spec] = {
         "tokens": to.strings,
         "token_file": to.optional(to.path),
         "metrics_public": to.boolean,
+    },
+    "cluster": {
+        "etcd": {
+            "endpoints": to.etcd_endpoints,
+            "username": to.optional(to.text()),
+            "password_file": to.optional(to.path),
+            "ca_file": to.optional(to.path),
+            "cert_file": to.optional(to.path),
+            "key_file": to.optional(to.path),
+        },
+        "lease_ttl": to.lease_ttl,
+        "prefix": to.key_prefix,
+        "token_file": to.optional(to.path),
+        "scheduler": to.choice(SchedulerStrategy),
     },
 }
 
@@ -170,9 +187,19 @@ def _parse_mapping(
 COMPATIBILITY_ONLY = ("ml.engines", "ml.default_engine", "ml.port_range")
 
 
+# Keys of the original agent's parent/child tree, which etcd replaced: checked, kept, unused.
+REPLACED_BY_CLUSTER = {"discovery": "cluster.etcd", "agent.heartbeat": "cluster.lease_ttl"}
+
+
 def _compatibility_warnings(values: Mapping[str, Mapping[str, Any]], label: str) -> list[str]:
     given = [f"{section}.{key}" for section, keys in values.items() for key in keys]
-    return [f"{label}: {key}: accepted for compatibility, has no effect" for key in COMPATIBILITY_ONLY if key in given]
+    warnings = [f"{label}: {key}: accepted for compatibility, has no effect" for key in COMPATIBILITY_ONLY if key in given]
+    for old, new in REPLACED_BY_CLUSTER.items():
+        keys = [key for key in given if key == old or key.startswith(old + ".")]
+        if keys:
+            warnings.append(f"{label}: {', '.join(keys)}: replaced by {new}, ignored "
+                            "(see the cluster section of docs/config-reference.md)")
+    return warnings
 
 
 def _parse_document(data: Any, label: str, warnings: list[str], strict: bool) -> dict[str, dict[str, Any]]:
@@ -205,7 +232,8 @@ def _apply_env(values: dict[str, dict[str, Any]], environ: Mapping[str, str]) ->
 def _section(cls: type, given: Mapping[str, Any], **defaults: Any) -> Any:
     base = cls(**defaults)
     merged = {
-        k: dataclasses.replace(getattr(base, k), **v) if isinstance(v, dict) else v for k, v in given.items()
+        k: dataclasses.replace(getattr(base, k), **v) if isinstance(v, dict) and dataclasses.is_dataclass(getattr(base, k))
+        else v for k, v in given.items()
     }
     return dataclasses.replace(base, **merged)
 
@@ -272,6 +300,9 @@ def _assemble(
         if len(token) < 16:
             raise ConfigError(f"{label}: auth.tokens: each token must be at least 16 characters (a short token is guessable)")
     discovery = build("discovery")
+    cluster = fixed.get("cluster")
+    if cluster is None and values.get("cluster"):  # no section, or an empty one: a single node
+        cluster = assemble_cluster(build("cluster"), resolve, label)
     return Config(
         agent=agent,
         logging=build("logging"),
@@ -281,6 +312,7 @@ def _assemble(
         logs=build("logs"),
         ml=ml,
         auth=auth,
+        cluster=cluster,
         source=source,
         warnings=tuple(warnings),
     )

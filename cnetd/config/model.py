@@ -13,6 +13,7 @@ from cnetd.limits import ResourceLimits
 LogLevel = Literal["debug", "info", "warn", "error"]
 LogFormat = Literal["json", "text"]
 SandboxKind = Literal["auto", "systemd", "cgroup", "none"]
+SchedulerStrategy = Literal["spread", "binpack"]
 
 
 class ConfigError(Exception):
@@ -44,9 +45,10 @@ class AgentSection:
     datacenter: str = "dc1"
     heartbeat: float = 30.0  # seconds
     state_dir: Path = Path("state")  # resolved to <config dir>/state by the loaders
-    advertise_url: str = ""  # how a parent reaches this node; empty: http(s)://<address>:<port>
+    advertise_url: str = ""  # how other agents reach this node; empty: http(s)://<address>:<port>
     allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry (security.hosts)
     tls: TlsSection = TlsSection()
+    labels: dict[str, str] = field(default_factory=dict)  # node labels besides region and datacenter
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,35 @@ class DiscoverySection:
     timeout: float = 5.0
     retry: int = 3
     token: str | None = None  # presented to the parent; the parent uses it to call back
+
+
+@dataclass(frozen=True)
+class EtcdSection:
+    """How to reach etcd. The password is read from password_file when the config is loaded."""
+
+    endpoints: tuple[str, ...] = ()  # http(s)://host:port of each member
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # trust these CAs for https endpoints (default: the system's)
+    cert_file: Path | None = None  # client certificate, for etcd's --client-cert-auth
+    key_file: Path | None = None
+    password: str | None = field(default=None, repr=False, compare=False)  # from password_file; not a key
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    """Several agents as one CNET, coordinated through etcd. Config.cluster is None without it."""
+
+    etcd: EtcdSection = EtcdSection()
+    lease_ttl: int = 15  # seconds; etcd raises anything under 2 s to 2 s
+    prefix: str = "/cnet"  # every key the agents write lies under it
+    token_file: Path | None = None  # the shared secret agents present to each other
+    scheduler: SchedulerStrategy = "spread"
+    token: str = field(default="", repr=False, compare=False)  # from token_file; not a key
+
+
+# Fields read from another key's file when the config is loaded: never written back out.
+DERIVED_SECRETS = {"cluster": ("token",), "cluster.etcd": ("password",)}
 
 
 @dataclass(frozen=True)
@@ -153,6 +184,7 @@ SECTION_CLASSES: dict[str, type] = {
     "logs": LogsSection,
     "ml": MLSection,
     "auth": AuthSection,
+    "cluster": ClusterSection,
 }
 
 
@@ -163,6 +195,8 @@ def plain_data(value: Any) -> Any:
         return str(value)
     if isinstance(value, tuple):
         return [plain_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_data(v) for k, v in value.items()}
     return value
 
 
@@ -176,6 +210,7 @@ class Config:
     ml: MLSection
     auth: AuthSection = AuthSection()
     logs: LogsSection = LogsSection()
+    cluster: ClusterSection | None = None  # None: a single node, nothing about etcd touched
     source: Path | None = None
     warnings: tuple[str, ...] = ()
 
@@ -186,6 +221,13 @@ class Config:
         out, so writing this dict back out gives a file that loads to the same sections.
         """
         data = {name: plain_data(getattr(self, name)) for name in SECTION_CLASSES}
+        if data["cluster"] is not None:
+            for dotted, names in DERIVED_SECRETS.items():
+                section = data
+                for part in dotted.split("."):
+                    section = section[part]
+                for name in names:
+                    del section[name]
         data["auth"]["tokens"] = ["<redacted>" for _ in self.auth.tokens]
         if self.discovery.token is not None:
             data["discovery"]["token"] = "<redacted>"

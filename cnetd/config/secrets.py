@@ -1,0 +1,78 @@
+"""The cluster section's checks that reach the file system: paths resolved, the shared token
+and the etcd password read from their files (which other users must not be able to read),
+and the TLS files there to be read. Each problem is one ConfigError line naming file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from cnetd.config.model import ClusterSection, ConfigError
+
+MIN_TOKEN_LENGTH = 16
+# Others may neither read nor write a secret; its group may read it (root:cnet 0640), not write it.
+FORBIDDEN_MODE_BITS = stat.S_IRWXO | stat.S_IWGRP
+
+
+def read_secret(path: Path, where: str) -> str:
+    """The first line of a secret's file that is neither empty nor a # comment."""
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            raw = file.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{where}: {path} is not a regular file")
+    if mode & FORBIDDEN_MODE_BITS:
+        raise ConfigError(f"{where}: {path} is open to other users (mode {stat.filemode(mode)}): "
+                          f"chmod 600 it (or 640 for a group that may read it)")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()
+    raise ConfigError(f"{where}: {path} holds no secret (only empty or # lines)")
+
+
+def _readable(path: Path, where: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def assemble_cluster(cluster: ClusterSection, resolve: Callable[[Path], Path], label: str) -> ClusterSection:
+    etcd = cluster.etcd
+    if not etcd.endpoints:
+        raise ConfigError(f"{label}: cluster.etcd.endpoints: is required when the cluster section is set "
+                          "(a list of http(s)://host:port)")
+    if cluster.token_file is None:
+        raise ConfigError(f"{label}: cluster.token_file: is required when the cluster section is set "
+                          "(a file holding the secret every agent of the cluster shares)")
+    if (etcd.username is None) != (etcd.password_file is None):
+        given, missing = ("username", "password_file") if etcd.password_file is None else ("password_file", "username")
+        raise ConfigError(f"{label}: cluster.etcd.{missing}: must be set too when cluster.etcd.{given} is (both or neither)")
+    if (etcd.cert_file is None) != (etcd.key_file is None):
+        given, missing = ("cert_file", "key_file") if etcd.key_file is None else ("key_file", "cert_file")
+        raise ConfigError(f"{label}: cluster.etcd.{missing}: must be set too when cluster.etcd.{given} is (both or neither)")
+    paths = {name: resolve(getattr(etcd, name)) for name in ("password_file", "ca_file", "cert_file", "key_file")
+             if getattr(etcd, name) is not None}
+    for name in ("ca_file", "cert_file", "key_file"):
+        if name in paths:
+            _readable(paths[name], f"{label}: cluster.etcd.{name}")
+    password = read_secret(paths["password_file"], f"{label}: cluster.etcd.password_file") \
+        if "password_file" in paths else None
+    token_file = resolve(cluster.token_file)
+    token = read_secret(token_file, f"{label}: cluster.token_file")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"{label}: cluster.token_file: the token in {token_file} must be at least "
+                          f"{MIN_TOKEN_LENGTH} characters (a short token is guessable)")
+    etcd = dataclasses.replace(etcd, password=password, **paths)
+    return dataclasses.replace(cluster, etcd=etcd, token_file=token_file, token=token)
