@@ -468,6 +468,7 @@ REPLACED_BY_CLUSTER = {"agent.heartbeat", "discovery.enabled", "discovery.server
 # that part reads it by (ResourceSampler(config.resources) reads self.settings.interval).
 HELD_AS = {
     "resources": {"settings"},
+    "cluster": {"settings"},
     "logs": {"limits"},
     "tasks.retention": {"settings"},
 }
@@ -637,7 +638,7 @@ def test_etcd_auth_and_tls_files_are_resolved_and_read(tmp_path: Path) -> None:
     ("token_file: cluster.token\n",
      "cluster.etcd.endpoints: is required when the cluster section is set (a list of http(s)://host:port)"),
     ("etcd: {endpoints: []}\ntoken_file: cluster.token\n",
-     "cluster.etcd.endpoints: must be a list of at least one http(s)://host:port, got a list"),
+     "cluster.etcd.endpoints: must name at least one etcd member (http(s)://host:port), got none"),
     ("etcd: {endpoints: ['127.0.0.1:2379']}\ntoken_file: cluster.token\n",
      "cluster.etcd.endpoints[0]: must be an etcd URL like http://10.0.0.1:2379, got '127.0.0.1:2379'"),
     ("etcd: {endpoints: ['http://127.0.0.1:2379/v3']}\ntoken_file: cluster.token\n",

@@ -12,11 +12,16 @@ one module holds the whole layout.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
 T = TypeVar("T")
+
+# What a node id may be: it is one segment of a key and of the pass-through's path.
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
+NODE_ID_RULE = "1-128 letters, digits and _ . : @ -, starting with a letter or digit"
 
 
 class Resources(msgspec.Struct, frozen=True, kw_only=True):

@@ -282,7 +282,7 @@ def etcd_endpoints(v: Any, where: str) -> tuple[str, ...]:
     """etcd members' client URLs, http(s)://host:port, at least one."""
     endpoints = tuple(dict.fromkeys(_etcd_endpoint(e, f"{where}[{i}]") for i, e in enumerate(strings(v, where))))
     if not endpoints:
-        raise fail(where, "a list of at least one http(s)://host:port", v)
+        raise ConfigError(f"{where}: must name at least one etcd member (http(s)://host:port), got none")
     return endpoints
 
 

@@ -302,7 +302,7 @@ def _assemble(
     discovery = build("discovery")
     cluster = fixed.get("cluster")
     if cluster is None and values.get("cluster"):  # no section, or an empty one: a single node
-        cluster = assemble_cluster(build("cluster"), resolve, label)
+        cluster = assemble_cluster(build("cluster"), agent.node_id, resolve, label)
     return Config(
         agent=agent,
         logging=build("logging"),

@@ -10,6 +10,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from cnetd.cluster.records import NODE_ID_PATTERN, NODE_ID_RULE
 from cnetd.config.model import ClusterSection, ConfigError
 
 MIN_TOKEN_LENGTH = 16
@@ -48,8 +49,10 @@ def _readable(path: Path, where: str) -> None:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def assemble_cluster(cluster: ClusterSection, resolve: Callable[[Path], Path], label: str) -> ClusterSection:
+def assemble_cluster(cluster: ClusterSection, node_id: str, resolve: Callable[[Path], Path], label: str) -> ClusterSection:
     etcd = cluster.etcd
+    if node_id and not NODE_ID_PATTERN.match(node_id):
+        raise ConfigError(f"{label}: agent.node_id: in a cluster it must be {NODE_ID_RULE}, got {node_id!r}")
     if not etcd.endpoints:
         raise ConfigError(f"{label}: cluster.etcd.endpoints: is required when the cluster section is set "
                           "(a list of http(s)://host:port)")
