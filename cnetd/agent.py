@@ -10,7 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cnetd.cluster.federation import Federation
+from cnetd.cluster.describe import NodeDescriber
+from cnetd.cluster.runtime import ClusterNode
 from cnetd.config import Config
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
@@ -35,7 +36,8 @@ class Agent:
     models: ModelService
     resources: ResourceSampler
     serving: ServingManager
-    federation: Federation
+    cluster: ClusterNode | None  # None: a single node (no cluster section)
+    describe: NodeDescriber  # this node as its record in the cluster says it
     sandbox_reason: str
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: str = ""
@@ -57,8 +59,8 @@ class Agent:
             "sandbox": self.sandbox_summary(),
             "ml_enabled": self.config.ml.enabled,
             "max_concurrent": self.config.tasks.max_concurrent,
-            "url": self.federation.url,
-            "parent": self.federation.parent_json(),
+            "url": self.describe.url,
+            "cluster": None if self.cluster is None else self.cluster.status_json(),
         }
 
     def enforcement(self, backend_name: str | None) -> dict[str, bool]:

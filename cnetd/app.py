@@ -8,7 +8,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -18,8 +17,8 @@ from cnetd.api.jsonbody import json_only_middleware
 from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
-from cnetd.cluster.federation import Federation
-from cnetd.cluster.report import describe_node
+from cnetd.cluster.describe import NodeDescriber
+from cnetd.cluster.runtime import ClusterNode
 from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
 from cnetd.logs.reader import LogReader
@@ -30,6 +29,7 @@ from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.node import NodeIdentity
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
+from cnetd.security.cluster_token import ClusterToken, cluster_token_middleware
 from cnetd.security.confine import Confinement
 from cnetd.security.headers import add_header_policy
 from cnetd.security.hosts import AllowedHosts, host_middleware
@@ -65,6 +65,14 @@ async def persistent_node_id(db: Database, configured: str) -> str:
     return generated
 
 
+def cluster_secret_files(config: Config) -> list[Path | None]:
+    """The cluster's secrets on disk, hidden from tasks like the config and the API tokens."""
+    if config.cluster is None:
+        return []
+    etcd = config.cluster.etcd
+    return [config.cluster.token_file, etcd.password_file, etcd.key_file]
+
+
 def log_task_user(launcher: Launcher) -> None:
     identities, isolation = launcher.identities, launcher.isolation
     if identities.mode == "agent":
@@ -92,6 +100,8 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         error_middleware,
         host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
         caller_guard_middleware(TaskCallerGuard(config), authenticator),
+        # before the API token check: another agent of the cluster shows the cluster token instead
+        cluster_token_middleware(None if config.cluster is None else ClusterToken(config.cluster.token)),
         auth_middleware(authenticator),
         json_only_middleware(error_for),
     ]
@@ -111,7 +121,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         _retention,
         _serving,
         _resource_sampler,
-        _federation,
+        _cluster,
         _scheduler,
     ])
     add_api_routes(app)
@@ -146,7 +156,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     model_roots = prepare_roots(config.ml.model_roots or (*(r / "models" for r in allowed_roots), config.ml.model_path))
     isolation = Isolation(
         state_dir=state_dir, allowed_roots=allowed_roots, model_roots=model_roots,
-        secret_files=[p for p in (config.source, config.auth.token_file) if p is not None],
+        secret_files=[p for p in (config.source, config.auth.token_file, *cluster_secret_files(config)) if p is not None],
     )
     launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, identities, isolation)
     probe_user = identities.user(config.tasks.uid_range.start) if identities.mode == "dynamic" else identities.static_user
@@ -166,16 +176,16 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     serving = ServingManager(db, tasks, catalog, launcher, worker_script)
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     identity = NodeIdentity.of(config, node_id)
-
-    async def own_report() -> dict[str, Any]:
-        return describe_node(identity, sandbox.name, await tasks.counts(), resources.usage(), resources.totals())
+    started_at = utc_now()
+    describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
+    cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks)
 
     app[INGESTER] = ingester
     app[RETENTION] = Retention(db, config.tasks.retention, launcher, forget=tasks.forget)
     app[AGENT] = Agent(
         config=config, base_dir=base_dir, identity=identity, launcher=launcher,
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
-        federation=Federation(config, db, node_id, own_report), sandbox_reason=reason, started_at=utc_now(),
+        cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
     )
     yield
 
@@ -228,13 +238,18 @@ async def _resource_sampler(app: web.Application) -> AsyncIterator[None]:
         await resources.stop()
 
 
-async def _federation(app: web.Application) -> AsyncIterator[None]:
-    federation = app[AGENT].federation
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """With a cluster section: the etcd client, this node's membership, the node directory
+    and calls to other agents. Without one: nothing, and nothing about etcd is touched."""
+    cluster = app[AGENT].cluster
+    if cluster is None:
+        yield
+        return
     try:
-        await federation.start()
+        await cluster.start()  # returns at once: an etcd that does not answer never holds up the agent
         yield
     finally:
-        await federation.stop()
+        await cluster.stop()
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:

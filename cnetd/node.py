@@ -1,5 +1,5 @@
 """What this node is called and where it listens: built once at start, read by /api/node,
-/api/nodes, the heartbeat to a parent and the UI's dashboard alike."""
+its record in the cluster and the UI's dashboard alike."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ class NodeIdentity:
             "node_id": self.node_id, "node_name": self.node_name, "hostname": self.hostname, "region": self.region,
             "datacenter": self.datacenter, "address": self.address, "port": self.port, "version": self.version,
         }
+
+
+def advertised_url(config: Config) -> str:
+    """How other agents reach this one: agent.advertise_url, else http(s)://<address>:<port>."""
+    if config.agent.advertise_url:
+        return config.agent.advertise_url
+    host = config.agent.address
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.agent.tls.enabled else "http"
+    return f"{scheme}://{host}:{config.agent.port}"
+
+
+def node_labels(config: Config) -> dict[str, str]:
+    """The labels this node carries in the cluster: region, datacenter and agent.labels."""
+    return {"region": config.agent.region, "datacenter": config.agent.datacenter, **config.agent.labels}

@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 
 from cnetd.app import create_app
-from cnetd.cluster.federation import Federation
-from cnetd.config import Config, default_config
+from cnetd.cluster.runtime import ClusterNode
+from cnetd.config import ClusterSection, Config, EtcdSection, default_config
 from cnetd.store.db import Database
 from cnetd.tasks.model import Status
 from tests.support.agent import AgentProcess
@@ -100,14 +100,18 @@ def nothing_of_the_agent_runs() -> None:
 async def test_a_part_that_fails_to_start_leaves_nothing_running(tmp_path: Path, marker: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     config, work, task_id = await agent_with_a_pending_task(tmp_path, marker)
+    # A cluster member (its etcd never called: the start that would call it fails first).
+    cluster = ClusterSection(etcd=EtcdSection(endpoints=("http://127.0.0.1:9",)), token="t" * 32)
+    config = dataclasses.replace(config, cluster=cluster)
 
-    async def cannot_start(self: Federation) -> None:
-        raise RuntimeError("injected: federation cannot start")
+    async def cannot_start(self: ClusterNode) -> None:
+        raise RuntimeError("injected: the cluster part cannot start")
 
-    # Nothing in a config makes the federation fail on a healthy machine: the failure is
-    # injected, standing for any part after the store, the ingester, task supervision,
-    # retention, serving and the resource sampler, which have all started by then.
-    monkeypatch.setattr(Federation, "start", cannot_start)
+    # Nothing in a config makes the cluster part fail to start on a healthy machine (an etcd
+    # that does not answer only makes it degraded): the failure is injected, standing for
+    # any part after the store, the ingester, task supervision, retention, serving and the
+    # resource sampler, which have all started by then.
+    monkeypatch.setattr(ClusterNode, "start", cannot_start)
     runner = web.AppRunner(create_app(config, base_dir=work))
     with pytest.raises(RuntimeError, match="injected"):
         await runner.setup()

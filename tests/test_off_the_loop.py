@@ -2,7 +2,7 @@
 disk that hangs) stalls neither the agent's other work nor other tasks' logs (a real SQLite
 file and real files; a FIFO without a writer stands for the hanging disk: opening it blocks
 until a writer comes, a real file-system object rather than a mock). The node's figures
-(/api/resources, the heartbeat, the Nodes page) open no /proc or /sys file on the loop."""
+(/api/resources, the node's record in the cluster, the Nodes page) open no /proc or /sys file on the loop."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""Pass-through to a child node treated as hostile: what it answers is served on the
-parent's origin, so only JSON, SSE and plain text come back (with nosniff and a sandbox
+"""Pass-through to another node treated as hostile: what it answers is served on this
+agent's origin, so only JSON, SSE and plain text come back (with nosniff and a sandbox
 CSP), never HTML; a 50 MB answer is refused or cut, never held in memory; a gzip bomb is
-never opened; and a path that could be read as another one (dot segments, encoded
-separators) never leaves the parent.
+never opened; a path that could be read as another one (dot segments, encoded separators)
+never leaves this agent; and the caller's own credentials never go on to the node.
 
-The hostile child is a stand-in: a small aiohttp server on loopback that registers with a
-real parent agent through the real heartbeat, as a child agent would, and then answers
-what a compromised or buggy child could (a real agent cannot be made to send HTML or a
-bomb). The dot-segment cases run against a real parent and a real child agent.
+The hostile node is a stand-in: a small aiohttp server on loopback whose record is written
+into a real etcd where a real agent of the cluster finds it, as it finds any node, and that
+then answers what a compromised or buggy node could (a real agent cannot be made to send
+HTML or a bomb). The dot-segment cases also run between two real agents.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import pytest
 from aiohttp import web
 
 from cnetd.cluster import relay
+from cnetd.cluster.records import node_key
 from tests.support.agent import AgentProcess, free_port
-from tests.test_cluster import cluster, wait_status  # noqa: F401  (the cluster fixture)
+from tests.support.cluster import CLUSTER_TOKEN, cluster_agent, new_prefix, put_key, running_member, start_all, wait_status
+from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixtures)
 
 BIG = 50 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -118,10 +120,23 @@ def stand_in() -> Iterator[StandInChild]:
     child.stop()
 
 
-def register(parent: AgentProcess, child: StandInChild, node_id: str = "hostile") -> None:
-    """The heartbeat a child agent sends, sent for the stand-in."""
-    reply = parent.api.post("/api/cluster/heartbeat", {"node_id": node_id, "url": child.url, "interval": 300})
-    assert reply.status == 200, reply.text
+@pytest.fixture
+def etcd(etcd_shared: EtcdCluster) -> EtcdCluster:  # noqa: F811
+    return etcd_shared
+
+
+@pytest.fixture
+def agent(etcd: EtcdCluster, agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
+    """A real agent of a cluster of its own (a prefix of its own in the shared etcd)."""
+    return cluster_agent(agent_factory, etcd.endpoints, "parent", prefix=new_prefix("pass-through")).start()
+
+
+def register(agent: AgentProcess, child: StandInChild, etcd: EtcdCluster, node_id: str = "hostile") -> None:
+    """The stand-in's node record, where the agent's cluster keeps its nodes (no lease: it
+    stays online for as long as the test needs)."""
+    record = {"node_id": node_id, "name": "stand-in", "advertise_url": child.url}
+    put_key(running_member(etcd), node_key(agent.config["cluster"]["prefix"], node_id), record)
+    wait_status(agent, node_id, "online")
 
 
 def raw_get(agent: AgentProcess, path: str, timeout: float = 30) -> tuple[int, dict[str, str], bytes, str | None]:
@@ -129,7 +144,7 @@ def raw_get(agent: AgentProcess, path: str, timeout: float = 30) -> tuple[int, d
     Returns status, headers, as much of the body as came, and why the body stopped short."""
     conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {agent.api.token}"} if agent.api.token else {})
         response = conn.getresponse()
         body, problem = b"", None
         try:
@@ -147,8 +162,9 @@ def rss(agent: AgentProcess) -> int:
     return int(psutil.Process(agent.proc.pid).memory_info().rss)
 
 
-def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stand_in: StandInChild) -> None:
-    register(agent, stand_in)
+def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stand_in: StandInChild,
+                                                      etcd: EtcdCluster) -> None:
+    register(agent, stand_in, etcd)
     for name, media in (("json", "application/json"), ("text", "text/plain"), ("events", "text/event-stream")):
         status, headers, body, problem = raw_get(agent, f"/api/nodes/hostile/api/{name}")
         assert status == 200 and problem is None and headers["Content-Type"].startswith(media), (name, headers)
@@ -156,6 +172,10 @@ def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stan
         assert "sandbox" in headers["Content-Security-Policy"].split("; ")
         assert headers["X-CNET-Node"] == "hostile"
     assert raw_get(agent, "/api/nodes/hostile/api/events")[2].count(b"event: log") == 3
+    # What reached the node: the cluster token and the hop, never the caller's credentials.
+    _, sent = stand_in.seen[0]
+    assert "Authorization" not in sent and "Cookie" not in sent, sent
+    assert sent["X-CNET-Cluster-Token"] == CLUSTER_TOKEN and sent["X-CNET-Forwarded-By"] == "parent"
     for name, media in (("page", "text/html"), ("svg", "image/svg+xml")):
         status, headers, body, _ = raw_get(agent, f"/api/nodes/hostile/api/{name}")
         assert status == 502 and headers["Content-Type"].startswith("application/json"), (name, status, headers)
@@ -164,8 +184,9 @@ def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stan
         assert b"alert" not in body
 
 
-def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_in: StandInChild) -> None:
-    register(agent, stand_in)
+def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_in: StandInChild,
+                                                    etcd: EtcdCluster) -> None:
+    register(agent, stand_in, etcd)
     raw_get(agent, "/api/nodes/hostile/api/json")  # warm up the client session before measuring
     before = rss(agent)
     # declared too big: a 502 before its body is read
@@ -182,8 +203,8 @@ def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_
     assert raw_get(agent, "/api/health")[0] == 200
 
 
-def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild) -> None:
-    register(agent, stand_in)
+def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild, etcd: EtcdCluster) -> None:
+    register(agent, stand_in, etcd)
     before = rss(agent)
     status, headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/bomb")
     assert status == 502 and "gzip-encoded body" in json.loads(body)["error"], (status, body[:300])
@@ -209,16 +230,17 @@ def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild
     "api//tasks",
 ])
 def test_dot_segments_and_encoded_separators_never_leave_the_parent(tail: str, agent: AgentProcess,
-                                                                     stand_in: StandInChild) -> None:
-    register(agent, stand_in)
+                                                                     stand_in: StandInChild, etcd: EtcdCluster) -> None:
+    register(agent, stand_in, etcd)
     status, _, body, _ = raw_get(agent, f"/api/nodes/hostile/{tail}")
     assert status == 400 and json.loads(body)["error"].startswith("path refused for passing on"), (tail, status, body[:300])
     assert stand_in.seen == [], stand_in.seen  # nothing reached the child
 
 
-def test_dot_segments_between_real_agents(cluster: Callable[..., AgentProcess]) -> None:  # noqa: F811
-    parent = cluster("parent")
-    cluster("child-a", parent)
+def test_dot_segments_between_real_agents(etcd: EtcdCluster, agent_factory: Callable[..., AgentProcess]) -> None:
+    prefix = new_prefix("pass-through")
+    parent, child = (cluster_agent(agent_factory, etcd.endpoints, name, prefix=prefix) for name in ("parent", "child-a"))
+    start_all(parent, child)
     wait_status(parent, "child-a", "online")
     for tail in ("api/tasks/%2e%2e/%2e%2e/api/nodes", "api/%2E%2E/api/tasks", "api/tasks/%252e%252e/x",
                  "api/tasks%2f..%2fnodes", "api/ml/models/..%5c..%5cx"):

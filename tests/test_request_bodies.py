@@ -141,7 +141,6 @@ def unsafe_routes(agent: AgentProcess) -> list[tuple[str, str]]:
         ("POST", f"/api/ml/models/{model}/serve"),
         ("DELETE", f"/api/ml/models/{model}/serve"),
         ("DELETE", "/api/tasks/no-such-task"),
-        ("POST", "/api/cluster/heartbeat"),
         ("POST", INFER),
         ("POST", "/v2/models/pure/versions/" + model + "/infer"),
         ("POST", "/v2/models/not-served/infer"),

@@ -1,5 +1,8 @@
-"""/api/cluster/heartbeat (children report here), /api/nodes (this node and its children),
-and /api/nodes/{node_id}/{api|v2}/... (any call passed through to a child)."""
+"""/api/nodes (every node of the cluster, from etcd), /api/nodes/{node_id}/{api|v2}/... (any
+call passed through to that node), and /api/cluster/member (for the other agents only).
+
+Without a cluster section the agent is a single node: /api/nodes lists it alone, and there
+is no other node to pass a call to."""
 
 from __future__ import annotations
 
@@ -10,59 +13,60 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
-from cnetd.api.errors import read_json
 from cnetd.api.serialize import json_response
+from cnetd.clock import utc_now
 from cnetd.cluster import relay
-from cnetd.cluster.report import parse_report
-from cnetd.errors import NotFound
-from cnetd.security.auth import bearer_token
+from cnetd.cluster.directory import NodeEntry
+from cnetd.cluster.peers import PeerCaller
+from cnetd.cluster.records import NODE_ID_PATTERN
+from cnetd.errors import Invalid, NotFound
 
 PASSED_THROUGH = ("api/", "v2/")
+NOT_IN_A_CLUSTER = "this agent is not part of a cluster (its config has no cluster section)"
 
 
-def self_json(agent: Agent) -> dict[str, Any]:
-    return {
-        **agent.identity.brief(),
-        "role": "self",
-        "url": agent.federation.url,
-        "status": "online",
-        "sandbox": agent.sandbox_name,
-        "parent": agent.federation.parent_json(),
-    }
-
-
-async def heartbeat(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    report = parse_report(await read_json(request))
-    node = await agent.federation.registry.heartbeat(report, bearer_token(request))
-    identity = agent.identity
-    parent = {"node_id": identity.node_id, "node_name": identity.node_name, "url": agent.federation.url}
-    return json_response({"accepted": True, "node": node, "parent": parent})
+async def this_node(agent: Agent) -> dict[str, Any]:
+    """A single node's own entry, shaped like those etcd gives in a cluster."""
+    entry = NodeEntry(await agent.describe(), "online", utc_now(), 0)
+    return entry.to_json()
 
 
 async def list_nodes(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    return json_response([self_json(agent), *await agent.federation.registry.list()])
+    if agent.cluster is None:
+        return json_response([await this_node(agent)])
+    return json_response([entry.to_json() for entry in await agent.cluster.directory.list()])
 
 
 async def get_node(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     node_id = request.match_info["node_id"]
-    if node_id == agent.node_id:
-        return json_response(self_json(agent))
-    return json_response(await agent.federation.registry.get(node_id))
+    if agent.cluster is None:
+        if node_id == agent.node_id:
+            return json_response(await this_node(agent))
+        raise NotFound(f"node {node_id} is not this node, and {NOT_IN_A_CLUSTER}", {"node_id": node_id})
+    entry = await agent.cluster.directory.get(node_id)
+    if entry is None:
+        raise NotFound(f"node {node_id} is not in the cluster (GET /api/nodes lists its nodes)", {"node_id": node_id})
+    return json_response(entry.to_json())
 
 
-async def forget_node(request: web.Request) -> web.Response:
+async def member(request: web.Request) -> web.Response:
+    """This node's membership, for another agent of the cluster (who am I talking to?)."""
     agent = request.app[AGENT]
-    node_id = request.match_info["node_id"]
-    await agent.federation.registry.forget(node_id)
-    return json_response({"node_id": node_id, "message": "node forgotten"})
+    assert agent.cluster is not None  # the cluster token middleware answers 404 without a cluster
+    return json_response({"node_id": agent.node_id, **agent.cluster.status_json()})
+
+
+def peers_of(agent: Agent, node_id: str) -> PeerCaller:
+    if agent.cluster is None:
+        raise NotFound(f"no node {node_id} to pass the call to: {NOT_IN_A_CLUSTER}", {"node_id": node_id})
+    return agent.cluster.peers
 
 
 async def pass_through(request: web.Request) -> web.StreamResponse:
-    """The same call on a child: /api/nodes/c1/api/tasks/x is c1's /api/tasks/x, under the
-    relay's rules (a plain path; JSON, SSE or text back; capped in size and time)."""
+    """The same call on another node: /api/nodes/b/api/tasks/x is b's /api/tasks/x, under
+    the relay's rules (a plain path; JSON, SSE or text back; capped in size and time)."""
     agent = request.app[AGENT]
     started = time.monotonic()
     node_id = request.match_info["node_id"]
@@ -73,20 +77,36 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
     path = relay.checked_path("/" + raw_tail)
     if not raw_tail.startswith(PASSED_THROUGH):
         raise NotFound(f"only /api/... and /v2/... are passed through to nodes, not {path}", {"path": path})
+    peers = peers_of(agent, node_id)
     raw_query = request.rel_url.raw_query_string
     path_qs = path + (f"?{raw_query}" if raw_query else "")
     body = await request.read() if request.can_read_body else None
-    answer = await agent.federation.call(node_id, request.method, path_qs, body, request.headers)
+    answer = await peers.call(node_id, request.method, path_qs, body, request.headers)
     async with answer:
-        return await relay.relay(request, answer, node_id, agent.federation.relay_limits, started)
+        return await relay.relay(request, answer, node_id, peers.relay_limits, started)
+
+
+def target_of(agent: Agent, body: Any) -> str | None:
+    """The node a create request names in "node_id" (taken out of body), or None for this node."""
+    if not isinstance(body, dict) or "node_id" not in body:
+        return None
+    node_id = body.pop("node_id")
+    if node_id is None or node_id == agent.node_id:
+        return None
+    if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+        raise Invalid("node_id", "must be a node id (GET /api/nodes lists them)")
+    if agent.cluster is None:
+        raise Invalid("node_id", f"names another node, but {NOT_IN_A_CLUSTER}; leave it out or name this node "
+                                 f"({agent.node_id})")
+    return node_id
 
 
 async def delegate_create(request: web.Request, body: dict[str, Any], node_id: str, path: str) -> web.StreamResponse:
-    """POST body (without node_id) to the same path on the child; its answer, under the relay's rules."""
+    """POST body (without node_id) to the same path on that node; its answer, under the relay's rules."""
     agent = request.app[AGENT]
     started = time.monotonic()
+    peers = peers_of(agent, node_id)
     data = json.dumps(body).encode()
-    answer = await agent.federation.call(node_id, "POST", path, data, {"Content-Type": "application/json"},
-                                         field="node_id")
+    answer = await peers.call(node_id, "POST", path, data, {"Content-Type": "application/json"}, field="node_id")
     async with answer:
-        return await relay.relay(request, answer, node_id, agent.federation.relay_limits, started)
+        return await relay.relay(request, answer, node_id, peers.relay_limits, started)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
-from cnetd.api.cluster import delegate_create
+from cnetd.api.cluster import delegate_create, target_of
 from cnetd.api.errors import error_response, read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
@@ -26,7 +26,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def deploy_model(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     body = await read_json(request)
-    node_id = agent.federation.target_of(body)
+    node_id = target_of(agent, body)
     if node_id is not None:
         return await delegate_create(request, body, node_id, "/api/ml/models")
     model = await agent.models.deploy(body)

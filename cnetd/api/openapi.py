@@ -16,7 +16,6 @@ from aiohttp import web
 from cnetd import __version__
 from cnetd.api.serialize import json_response
 from cnetd.bodies.schema import body_components, public_name
-from cnetd.cluster.report import HeartbeatBody
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import ServingSpecBody
@@ -57,7 +56,6 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "deployModel": DeploymentBody,
     "predict": PredictRequestBody,
     "serveModel": ServingSpecBody,
-    "heartbeat": HeartbeatBody,
 }
 
 TASK: Schema = {
@@ -146,27 +144,45 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "status": STRING, "version": STRING, "node_id": STRING, "uptime_seconds": {"type": "number"},
             "started_at": TIME, "sandbox": {"type": "object"}, "tasks": {"type": "object"},
             "tls": {"type": "boolean", "description": "whether the API is served over HTTPS (agent.tls)"},
+            "cluster": {"enum": ["ok", "degraded"], "description": "only with a cluster section: ok while this node "
+                        "is registered in etcd, degraded while etcd does not answer (tasks keep running)"},
+            "cluster_detail": {"type": "object", "description": "why degraded: the problem and the etcd endpoints that "
+                               "do not answer (only to a caller with a token, or when auth is off)"},
         },
     },
     "Node": {"type": "object", "required": ["node_id", "node_name", "region", "datacenter"], "properties": {
-        "node_id": STRING, "node_name": STRING, "region": STRING, "datacenter": STRING}},
+        "node_id": STRING, "node_name": STRING, "region": STRING, "datacenter": STRING,
+        "url": STRING, "cluster": nullable({"type": "object", "description": "this node's membership (no cluster: null)"})}},
     "Object": {"type": "object"},
+    "NodeResources": {
+        "type": "object",
+        "required": ["cpu", "memory", "disk", "gpus"],
+        "properties": {"cpu": {"type": "number", "description": "cores"}, "memory": {"type": "integer", "description": "bytes"},
+                       "disk": {"type": "integer", "description": "bytes"}, "gpus": {"type": "integer"}},
+    },
     "ClusterNode": {
         "type": "object",
-        "required": ["node_id", "role", "url", "status"],
+        "required": ["node_id", "name", "status", "labels", "capacity", "free", "sandbox", "version", "last_seen",
+                     "advertise_url"],
         "properties": {
-            "node_id": STRING, "role": {"enum": ["self", "child"]}, "url": STRING,
-            "status": {"enum": ["online", "offline"]}, "last_seen": TIME, "registered_at": TIME,
-            "seconds_since_seen": {"type": "number"}, "heartbeat_interval": {"type": "number"},
-            "node_name": STRING, "region": STRING, "datacenter": STRING, "version": STRING, "sandbox": STRING,
-            "resources": {"type": "object"}, "tasks": {"type": "object"}, "children": {"type": "integer"},
-            "parent": nullable({"type": "object"}),
+            "node_id": STRING, "name": STRING,
+            "status": {"enum": ["online", "offline"], "description": "online while the node's lease in etcd lives"},
+            "labels": {"type": "object", "additionalProperties": STRING,
+                       "description": "region, datacenter and the node's agent.labels"},
+            "capacity": ref("NodeResources"),
+            "free": {**ref("NodeResources"), "description": "capacity less the limits of the node's tasks that have not ended"},
+            "sandbox": STRING, "version": STRING, "started_at": nullable(TIME), "updated_at": nullable(TIME),
+            "last_seen": nullable(TIME), "advertise_url": STRING,
         },
     },
-    "HeartbeatAccepted": {
+    "ClusterMember": {
         "type": "object",
-        "required": ["accepted", "node", "parent"],
-        "properties": {"accepted": {"const": True}, "node": ref("ClusterNode"), "parent": {"type": "object"}},
+        "required": ["node_id", "state", "lease_id", "node_revision"],
+        "properties": {
+            "node_id": STRING, "health": {"enum": ["ok", "degraded"]}, "state": {"enum": ["online", "degraded"]},
+            "lease_id": nullable(STRING), "node_revision": nullable({"type": "integer"}), "problem": nullable(STRING),
+            "unreachable": {"type": "array", "items": {"type": "object"}}, "advertise_url": STRING,
+        },
     },
     "V2Tensor": {
         "type": "object",
@@ -222,8 +238,8 @@ ERROR_TEXT = {
     421: "the Host header does not name this agent (see agent.allowed_hosts)",
     422: "the model's script rejected the input",
     429: "the model's request queue is full",
-    502: "a worker or a child node answered with something unusable (the message says what)",
-    503: "storage or worker unavailable",
+    502: "a worker or another node answered with something unusable (the message says what)",
+    503: "storage, a worker, another node or etcd unavailable (the message says which)",
     504: "no answer in time",
 }
 
@@ -322,24 +338,22 @@ def build_document() -> Schema:
         "/api/resources": {"get": operation("Node totals", responses({200: ("totals", ref("Object"))}, ()), op_id="resources")},
         "/api/resources/usage": {"get": operation("Node usage now", responses({200: ("usage", ref("Object"))}, ()), op_id="resourcesUsage")},
         "/api/openapi.json": {"get": operation("This document", responses({200: ("OpenAPI 3.1", ref("Object"))}, ()), op_id="openapi")},
-        "/api/cluster/heartbeat": {"post": operation(
-            "A child node reports to this node (every agent.heartbeat)",
-            responses({200: ("registered or refreshed", ref("HeartbeatAccepted"))}, (*WRITE_ERRORS, 409)),
-            None, declared_body("heartbeat"), op_id="heartbeat")},
-        "/api/nodes": {"get": operation("This node, then its children", responses(
-            {200: ("nodes", {"type": "array", "items": ref("ClusterNode")})}, ()), op_id="listNodes")},
+        "/api/cluster/member": {"get": operation(
+            "This node's membership of the cluster, for another agent: only with the cluster token in "
+            "X-CNET-Cluster-Token (401 without it or with a wrong one; 404 on an agent with no cluster)",
+            responses({200: ("membership", ref("ClusterMember"))}, (404,)), op_id="clusterMember")},
+        "/api/nodes": {"get": operation("Every node of the cluster, online first (a single node: itself)", responses(
+            {200: ("nodes", {"type": "array", "items": ref("ClusterNode")})}, (503,)), op_id="listNodes")},
         "/api/nodes/{node_id}": {
-            "get": operation("One node (this one or a child)", responses(
-                {200: ("node", ref("ClusterNode"))}, (404,)), [NODE_PARAM], op_id="getNode"),
-            "delete": operation("Forget an offline child", responses(
-                {200: ("forgotten", ref("Object"))}, (404, 409, 415, 503)), [NODE_PARAM], op_id="forgetNode"),
+            "get": operation("One node of the cluster", responses(
+                {200: ("node", ref("ClusterNode"))}, (404, 503)), [NODE_PARAM], op_id="getNode"),
         },
         "/api/nodes/{node_id}/{tail}": {
             method: operation(
-                f"{method.upper()} /{{tail}} on the child node (tail starts with api/ or v2/): its answer, when it "
+                f"{method.upper()} /{{tail}} on that node (tail starts with api/ or v2/): its answer, when it "
                 "is JSON, server-sent events or plain text of at most 16 MiB (nosniff, sandboxed); a path with dot "
                 "segments or encoded separators is refused",
-                {"default": {"description": "the child's answer, whatever its status"},
+                {"default": {"description": "the node's answer, whatever its status"},
                  **responses({}, (400, 404, 413, 415, 502, 503, 504))},
                 [NODE_PARAM, {"name": "tail", "in": "path", "required": True, "schema": STRING}],
                 op_id=f"passThrough{method.capitalize()}")

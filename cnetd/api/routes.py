@@ -15,10 +15,9 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get("/api/resources/usage", system.resources_usage, name="resources-usage")
     r.add_get("/api/openapi.json", openapi.openapi, name="openapi")
 
-    r.add_post("/api/cluster/heartbeat", cluster.heartbeat, name="cluster-heartbeat")
+    r.add_get("/api/cluster/member", cluster.member, name="cluster-member")  # other agents only (cluster token)
     r.add_get("/api/nodes", cluster.list_nodes, name="nodes")
     r.add_get("/api/nodes/{node_id}", cluster.get_node, name="node-one")
-    r.add_delete("/api/nodes/{node_id}", cluster.forget_node, name="node-forget")
     for method in ("GET", "POST", "DELETE"):
         r.add_route(method, "/api/nodes/{node_id}/{tail:.+}", cluster.pass_through, name=f"node-through-{method.lower()}")
 

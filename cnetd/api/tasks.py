@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
-from cnetd.api.cluster import delegate_create
+from cnetd.api.cluster import delegate_create, target_of
 from cnetd.api.errors import read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import choice_param, int_param
@@ -34,7 +34,7 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def create_task(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     body = await read_json(request)
-    node_id = agent.federation.target_of(body)
+    node_id = target_of(agent, body)
     if node_id is not None:
         return await delegate_create(request, body, node_id, "/api/tasks")
     new = parse_new_task(body)

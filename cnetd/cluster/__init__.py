@@ -1,1 +1,2 @@
-"""Parent/child clusters of agents: heartbeats up, delegation and pass-through down."""
+"""Several agents as one CNET through etcd: the etcd client, this node's membership, the node
+directory, calls passed through to other nodes."""

@@ -214,3 +214,11 @@ def stop_is_requested(conn: sqlite3.Connection, task_id: str) -> bool:
 def status_of(conn: sqlite3.Connection, task_id: str) -> Status | None:
     row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
     return Status(row[0]) if row else None
+
+
+def active_limits(conn: sqlite3.Connection) -> list[ResourceLimits]:
+    """The resource limits of every task that has not ended (what this node has promised)."""
+    terminal = [str(s) for s in Status if s.terminal]
+    rows = conn.execute(f"SELECT resources FROM tasks WHERE status NOT IN ({', '.join('?' for _ in terminal)})",
+                        terminal)
+    return [ResourceLimits(**json.loads(resources)) for (resources,) in rows]

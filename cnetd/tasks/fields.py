@@ -51,7 +51,7 @@ Duration = Annotated[
         extra={"invalid": 'must be a duration like "30s" or a number of seconds > 0'},
     ),
 ]
-NodeId = Annotated[str, Meta(description="run it on this child node (GET /api/nodes); omitted: on this node")]
+NodeId = Annotated[str, Meta(description="run it on this node of the cluster (GET /api/nodes); omitted: on this node")]
 
 
 class ResourcesBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

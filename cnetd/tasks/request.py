@@ -71,7 +71,7 @@ class NewTaskBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 
 
 def parse_new_task(body: Any) -> NewTask:
-    """The body of POST /api/tasks (node_id already taken out by the federation)."""
+    """The body of POST /api/tasks (node_id already taken out by the API: cluster.target_of)."""
     return decode_body(body, NewTaskBody).to_new_task()
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from cnetd.agent import Agent
+from cnetd.cluster.directory import ClusterUnavailable
 from cnetd.ui.common import STATUSES, agent_of, renderer
 from cnetd.ui.render import fragment_response, polled
 
@@ -55,7 +56,13 @@ async def activity_part(request: web.Request) -> web.Response:
 
 async def cluster_fragment(request: web.Request) -> tuple[Markup, bool]:
     agent = agent_of(request)
-    ctx = {"parent": agent.federation.parent_json(), "children": await agent.federation.registry.list()}
+    ctx: dict[str, Any] = {"cluster": None, "nodes": [], "problem": None}
+    if agent.cluster is not None:
+        ctx["cluster"] = agent.cluster.status_json()
+        try:
+            ctx["nodes"] = [entry.to_json() for entry in await agent.cluster.directory.list()]
+        except ClusterUnavailable as exc:
+            ctx["problem"] = exc.message
     inner = renderer(request).string(request, "_cluster.html", ctx)
     return polled(request, inner, "/fragments/cluster", "cluster", "2s")
 

@@ -15,6 +15,8 @@ from typing import Any
 from playwright.sync_api import expect
 
 from tests.support.agent import AgentProcess
+from tests.support.cluster import cluster_agent, new_prefix, start_all
+from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixture)
 from tests.support.waiting import wait_until
 from tests.ui.conftest import Browse
 
@@ -389,25 +391,33 @@ def test_stop_shows_stop_requested_at_once_and_stopped_after_the_grace(
     b.assert_clean()
 
 
-def test_nodes_page_lists_children_live(
-    ui_agent: AgentProcess, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]
+def test_nodes_page_lists_the_cluster_live(
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]  # noqa: F811
 ) -> None:
-    child = agent_factory({"agent": {"node_id": "ui-child", "node_name": "UI child", "heartbeat": "1s"},
-                           "discovery": {"enabled": True, "servers": [ui_agent.url]}}, name="ui-child").start()
-    b = browse(ui_agent)
+    """Two agents of one cluster (a real etcd): the Nodes page lists both from etcd, with
+    labels and free resources, and shows the other one offline, without a reload, once it
+    was killed; the dashboard says the cluster is ok."""
+    prefix = new_prefix("ui")
+    viewer, other = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix, labels={"gpu": "a100"},
+                                   extra={"auth": {"tokens": []}}) for name in ("ui-viewer", "ui-other"))
+    start_all(viewer, other)
+    b = browse(viewer)
     b.goto("/nodes")
-    row = b.page.locator("#cluster tr", has_text="UI child")
+    row = b.page.locator("#cluster tr", has_text="ui-other node")
     expect(row).to_contain_text("online", timeout=LIVE)  # the page polls: no reload
-    expect(row.get_by_role("link", name="UI child")).to_have_attribute("href", f"{child.url}/")
-    b.shot("nodes-child-online")
-    b.check_a11y("nodes-child-online")
-    phone = browse(ui_agent, "phone")
+    expect(row).to_contain_text("gpu=a100")
+    expect(row.get_by_role("link", name="ui-other node")).to_have_attribute("href", f"{other.url}/")
+    expect(b.page.locator("#cluster")).to_contain_text("ok")
+    b.shot("nodes-cluster-online")
+    b.check_a11y("nodes-cluster-online")
+    phone = browse(viewer, "phone")
     phone.goto("/nodes")
-    expect(phone.page.locator("#cluster tr", has_text="UI child")).to_be_visible()
-    phone.shot("nodes-child-online")
-    phone.check_a11y("nodes-child-online")
+    expect(phone.page.locator("#cluster tr", has_text="ui-other node")).to_be_visible()
+    phone.shot("nodes-cluster-online")
+    phone.check_a11y("nodes-cluster-online")
     phone.assert_clean()
-    child.stop()
+    other.kill()
     expect(row).to_contain_text("offline", timeout=LIVE)
+    b.goto("/")
+    expect(b.page.locator("dt:text-is('Cluster') + dd")).to_have_text("ok")
     b.assert_clean()
-    assert ui_agent.api.delete("/api/nodes/ui-child").status == 200

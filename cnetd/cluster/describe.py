@@ -1,0 +1,63 @@
+"""This node as its record in the cluster says it (records.NodeRecord): who it is, where
+other agents reach it, its labels, its capacity and what of it is free.
+
+Capacity: the logical CPUs, the memory and the size of the file system that holds the
+state dir (as the resource sampler last read them, so no file is read on the event loop),
+and GPUs. Free: capacity less the limits that the tasks which have not ended were given
+(a limit a task was not given counts as nothing), never below zero. Free is what this
+node has promised, not what its processes happen to use now: what a scheduler can count on.
+"""
+
+from __future__ import annotations
+
+from cnetd.cluster.records import NodeRecord, Resources
+from cnetd.config import Config
+from cnetd.limits import ResourceLimits
+from cnetd.metrics.resources import ResourceSampler
+from cnetd.node import NodeIdentity, advertised_url, node_labels
+from cnetd.store import tasks as q
+from cnetd.store.db import Database
+
+
+def demand(limits: list[ResourceLimits]) -> Resources:
+    """What these tasks were given, together."""
+    return Resources(
+        cpu=sum(limit.cpu_limit or 0.0 for limit in limits),
+        memory=sum(limit.memory_limit or 0 for limit in limits),
+        disk=sum(limit.disk_limit or 0 for limit in limits),
+        gpus=sum(limit.gpu_limit or 0 for limit in limits),
+    )
+
+
+def at_least_zero(r: Resources) -> Resources:
+    return Resources(cpu=max(r.cpu, 0.0), memory=max(r.memory, 0), disk=max(r.disk, 0), gpus=max(r.gpus, 0))
+
+
+class NodeDescriber:
+    def __init__(self, config: Config, identity: NodeIdentity, db: Database, resources: ResourceSampler,
+                 sandbox: str, started_at: str) -> None:
+        self.identity = identity
+        self.url = advertised_url(config)
+        self.labels = node_labels(config)
+        self._db = db
+        self._resources = resources
+        self._sandbox = sandbox
+        self._started_at = started_at
+
+    def capacity(self) -> Resources:
+        totals = self._resources.totals()
+        return Resources(
+            cpu=float(totals.get("cpu", {}).get("cores") or 0),
+            memory=int(totals.get("memory", {}).get("total") or 0),
+            disk=int(totals.get("disk", {}).get("total") or 0),
+            gpus=int(totals.get("gpu", {}).get("count") or 0),
+        )
+
+    async def __call__(self) -> NodeRecord:
+        capacity = self.capacity()
+        promised = demand(await self._db.read(q.active_limits))
+        return NodeRecord(
+            node_id=self.identity.node_id, name=self.identity.node_name, advertise_url=self.url,
+            labels=dict(self.labels), capacity=capacity, free=at_least_zero(capacity.minus(promised)),
+            sandbox=self._sandbox, version=self.identity.version, started_at=self._started_at,
+        )
