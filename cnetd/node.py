@@ -30,13 +30,6 @@ class NodeIdentity:
             datacenter=agent.datacenter, address=agent.address, port=agent.port, version=__version__,
         )
 
-    def brief(self) -> dict[str, Any]:
-        """The fields every listing of nodes shows (this node's and its children's rows)."""
-        return {
-            "node_id": self.node_id, "node_name": self.node_name, "region": self.region,
-            "datacenter": self.datacenter, "version": self.version,
-        }
-
     def to_json(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id, "node_name": self.node_name, "hostname": self.hostname, "region": self.region,

@@ -15,6 +15,8 @@ import asyncio
 import logging
 from typing import Any
 
+import yarl
+
 from cnetd.background import cancel_and_wait
 from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.directory import NodeDirectory
@@ -22,6 +24,7 @@ from cnetd.cluster.etcd import EtcdClient, EtcdOptions
 from cnetd.cluster.membership import Membership
 from cnetd.cluster.peers import PeerCaller
 from cnetd.config import ClusterSection, Config
+from cnetd.security.auth import is_loopback
 from cnetd.security.cluster_token import ClusterToken
 from cnetd.tasks.service import TaskService
 
@@ -66,6 +69,9 @@ class ClusterNode:
         log.info("cluster: joining through etcd %s under %s as %s (%s), lease TTL %ds",
                  ", ".join(self.settings.etcd.endpoints), self.settings.prefix, self.identity.node_id, self.url,
                  self.settings.lease_ttl)
+        if is_loopback(yarl.URL(self.url).host or ""):
+            log.warning("cluster: this node's address %s is a loopback address: agents on other hosts cannot "
+                        "reach it (set agent.advertise_url)", self.url)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._watcher)

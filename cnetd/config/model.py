@@ -43,7 +43,7 @@ class AgentSection:
     node_name: str = field(default_factory=socket.gethostname)
     region: str = "default"
     datacenter: str = "dc1"
-    heartbeat: float = 30.0  # seconds
+    heartbeat: float = 30.0  # seconds; the parent/child tree's, replaced by cluster.lease_ttl (read nowhere)
     state_dir: Path = Path("state")  # resolved to <config dir>/state by the loaders
     advertise_url: str = ""  # how other agents reach this node; empty: http(s)://<address>:<port>
     allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry (security.hosts)
@@ -59,6 +59,9 @@ class LoggingSection:
 
 @dataclass(frozen=True)
 class DiscoverySection:
+    """The original agent's parent/child tree, replaced by the cluster section: still read
+    from a file (with a warning), acted on nowhere."""
+
     enabled: bool = False
     servers: tuple[str, ...] = ()  # parent agents' URLs (http://host:port), tried in order
     timeout: float = 5.0

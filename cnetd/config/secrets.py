@@ -65,17 +65,21 @@ def assemble_cluster(cluster: ClusterSection, node_id: str, resolve: Callable[[P
     if (etcd.cert_file is None) != (etcd.key_file is None):
         given, missing = ("cert_file", "key_file") if etcd.key_file is None else ("key_file", "cert_file")
         raise ConfigError(f"{label}: cluster.etcd.{missing}: must be set too when cluster.etcd.{given} is (both or neither)")
-    paths = {name: resolve(getattr(etcd, name)) for name in ("password_file", "ca_file", "cert_file", "key_file")
-             if getattr(etcd, name) is not None}
+    def resolved(path: Path | None) -> Path | None:
+        return None if path is None else resolve(path)
+
+    etcd = dataclasses.replace(etcd, password_file=resolved(etcd.password_file), ca_file=resolved(etcd.ca_file),
+                               cert_file=resolved(etcd.cert_file), key_file=resolved(etcd.key_file))
     for name in ("ca_file", "cert_file", "key_file"):
-        if name in paths:
-            _readable(paths[name], f"{label}: cluster.etcd.{name}")
-    password = read_secret(paths["password_file"], f"{label}: cluster.etcd.password_file") \
-        if "password_file" in paths else None
+        path = getattr(etcd, name)
+        if path is not None:
+            _readable(path, f"{label}: cluster.etcd.{name}")
+    password = None if etcd.password_file is None else \
+        read_secret(etcd.password_file, f"{label}: cluster.etcd.password_file")
     token_file = resolve(cluster.token_file)
     token = read_secret(token_file, f"{label}: cluster.token_file")
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(f"{label}: cluster.token_file: the token in {token_file} must be at least "
                           f"{MIN_TOKEN_LENGTH} characters (a short token is guessable)")
-    etcd = dataclasses.replace(etcd, password=password, **paths)
+    etcd = dataclasses.replace(etcd, password=password)
     return dataclasses.replace(cluster, etcd=etcd, token_file=token_file, token=token)

@@ -18,7 +18,7 @@ from cnetd.config import ResourcesSection
 class ResourceSampler:
     """usage() and totals() answer from the last sample, taken in a thread every
     resources.interval: psutil reads /proc and /sys files (one per CPU for the core count),
-    which the event loop must not wait for on every request or heartbeat."""
+    which the event loop must not wait for on every request or node record."""
 
     def __init__(self, settings: ResourcesSection, disk_path: Path) -> None:
         self.settings = settings
