@@ -205,3 +205,18 @@ async def test_etcd_away_longer_than_the_ttl_degrades_then_rejoins_under_a_new_l
                 assert await etcd.revoke(old_lease) is False  # the old one was revoked on the way back
             finally:
                 await membership.stop()
+
+
+async def test_a_change_nobody_announced_reaches_the_record_within_about_a_ttl(etcd: EtcdClient, prefix: str) -> None:
+    free = [4.0]
+    membership = await started(etcd, prefix, free=free)
+    try:
+        free[0] = 1.5  # e.g. a task created while every slot was busy: no status change yet
+
+        async def shown() -> bool:
+            kv = await etcd.get(records.node_key(prefix, "a"))
+            return kv is not None and records.decode(kv.value, NodeRecord).free.cpu == 1.5
+
+        await eventually(shown, TTL + 2, "the record to catch up by itself")
+    finally:
+        await membership.stop()

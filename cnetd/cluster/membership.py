@@ -15,8 +15,9 @@ when it was last seen; it is written again about once a TTL while the node is up
 Staying: a keepalive every ttl/3, each call bounded by the etcd client's timeout (kept at
 most ttl/3, so a failed keepalive leaves time for two more before the lease can lapse:
 Patroni's loop + 2 x retry <= TTL). The record is rewritten when the node's allocation
-changes, at most once a second, only if it changed, and only while the key is still on this
-node's lease (a compare on the key's lease).
+changes (and about once a TTL in case a change went unnoticed), at most once a second, only
+if it changed, and only while the key is still on this node's lease (a compare on the key's
+lease).
 
 Never giving up: a keepalive that finds the lease gone (LeaseLost: it expired or was
 revoked) registers again at once. When etcd does not answer, the node is `degraded`, keeps
@@ -174,9 +175,11 @@ class Membership:
                 now = time.monotonic()
                 if now >= self._renewed_at + self.keepalive_interval:
                     await self._keepalive()
+                if now >= self._seen_at + self.ttl:
+                    self._dirty.set()  # about once a TTL, whether or not told: is the record still right?
                 if self._dirty.is_set() and now >= self._published_at + MIN_PUBLISH_INTERVAL:
                     await self._publish()
-                if now >= self._seen_at + self.ttl:
+                if time.monotonic() >= self._seen_at + self.ttl:
                     await self._write_seen()
                 self._set_online()
             except LeaseLost:
