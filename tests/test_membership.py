@@ -122,10 +122,13 @@ async def test_allocation_changes_rewrite_the_record_at_most_once_a_second(etcd:
 
 async def test_a_lease_revoked_behind_its_back_is_registered_again(etcd: EtcdClient, prefix: str) -> None:
     membership = await started(etcd, prefix)
+    registered: list[tuple[int, int]] = []
+    membership.on_registered(lambda lease, revision: registered.append((lease.id, revision)))
     try:
         old_lease, old_revision = membership.lease_id, membership.node_revision
         assert await etcd.revoke(old_lease)
         lease = await asyncio.wait_for(membership.wait_for_lease(other_than=old_lease), TTL + 2)
+        assert registered == [(lease.id, membership.node_revision)]
         kv = await etcd.get(records.node_key(prefix, "a"))
         assert kv is not None and kv.lease == lease.id != old_lease
         assert kv.create_revision == membership.node_revision > old_revision  # a new incarnation

@@ -4,6 +4,7 @@
     await membership.start()           # returns at once; joining happens in the background
     membership.allocation_changed()    # a task started or ended: rewrite the record (<= 1/s)
     lease = await membership.wait_for_lease()   # the scheduler campaigns on this lease
+    membership.on_registered(mirror_rejoined)   # called with (lease, node_revision) on each (re)join
     membership.status                  # online | degraded, lease, node key revision, why
 
 Registering: grant a lease of `ttl`, then create `<prefix>/nodes/<id>` on it with a
@@ -106,6 +107,7 @@ class Membership:
         self._seen_at = 0.0
         self._dirty = asyncio.Event()
         self._lease_changed = asyncio.Event()
+        self._listeners: list[Callable[[Lease, int], None]] = []
         self._was_online = False
         self._status = MembershipStatus("degraded", 0, 0, JOINING, (), utc_now(), 0, None)
         self._task: asyncio.Task[None] | None = None
@@ -138,6 +140,12 @@ class Membership:
             self._lease_changed.clear()
             await self._lease_changed.wait()
         return self._lease
+
+    def on_registered(self, listener: Callable[[Lease, int], None]) -> None:
+        """Call listener(lease, node_revision) after every registration, the first and each
+        one after a lost lease (e.g. to write again what hung on the old lease, or what went
+        stale while this node was away). It runs on the membership's loop: keep it short."""
+        self._listeners.append(listener)
 
     def allocation_changed(self) -> None:
         """Something that changes this node's free resources happened: rewrite its record
@@ -231,6 +239,11 @@ class Membership:
                                registrations=registrations, registered_at=utc_now())
         self._set_online()
         self._lease_changed.set()
+        for listener in self._listeners:
+            try:
+                listener(lease, revision)
+            except Exception:  # one listener's mistake must not undo the registration
+                log.exception("cluster membership: a registration listener failed")
         log.info("etcd: node %s registered (lease %x, TTL %ds, node revision %d%s)", self.node_id, lease.id,
                  lease.ttl, revision, "" if registrations == 1 else f", registration {registrations}")
 
