@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
+from cnetd.api.cluster import owner_middleware
 from cnetd.api.errors import error_for, error_middleware
 from cnetd.api.jsonbody import json_only_middleware
 from cnetd.api.routes import add_api_routes
@@ -104,6 +105,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         cluster_token_middleware(None if config.cluster is None else ClusterToken(config.cluster.token)),
         auth_middleware(authenticator),
         json_only_middleware(error_for),
+        owner_middleware,  # in a cluster, a task or model that lives on another node is answered there
     ]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     hosts.learn_fqdn()
@@ -181,7 +183,12 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks)
 
     app[INGESTER] = ingester
-    app[RETENTION] = Retention(db, config.tasks.retention, launcher, forget=tasks.forget)
+    def forget(task_ids: list[str]) -> None:
+        tasks.forget(task_ids)
+        if cluster is not None:
+            cluster.forget(task_ids)
+
+    app[RETENTION] = Retention(db, config.tasks.retention, launcher, forget=forget)
     app[AGENT] = Agent(
         config=config, base_dir=base_dir, identity=identity, launcher=launcher,
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,

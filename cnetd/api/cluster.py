@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,9 @@ from cnetd.cluster.directory import NodeEntry
 from cnetd.cluster.peers import PeerCaller
 from cnetd.cluster.records import NODE_ID_PATTERN
 from cnetd.errors import Invalid, NotFound
+from cnetd.security.cluster_token import is_peer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PASSED_THROUGH = ("api/", "v2/")
 NOT_IN_A_CLUSTER = "this agent is not part of a cluster (its config has no cluster section)"
@@ -67,7 +71,6 @@ def peers_of(agent: Agent, node_id: str) -> PeerCaller:
 async def pass_through(request: web.Request) -> web.StreamResponse:
     """The same call on another node: /api/nodes/b/api/tasks/x is b's /api/tasks/x, under
     the relay's rules (a plain path; JSON, SSE or text back; capped in size and time)."""
-    agent = request.app[AGENT]
     started = time.monotonic()
     node_id = request.match_info["node_id"]
     # Pass the path on as it was sent (still percent-encoded): decoding it here would turn
@@ -77,13 +80,64 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
     path = relay.checked_path("/" + raw_tail)
     if not raw_tail.startswith(PASSED_THROUGH):
         raise NotFound(f"only /api/... and /v2/... are passed through to nodes, not {path}", {"path": path})
-    peers = peers_of(agent, node_id)
+    return await forward(request, node_id, path, started)
+
+
+async def forward(request: web.Request, node_id: str, path: str, started: float) -> web.StreamResponse:
+    """This request's method, query and body, sent to path on node_id; its answer relayed."""
+    peers = peers_of(request.app[AGENT], node_id)
     raw_query = request.rel_url.raw_query_string
     path_qs = path + (f"?{raw_query}" if raw_query else "")
     body = await request.read() if request.can_read_body else None
     answer = await peers.call(node_id, request.method, path_qs, body, request.headers)
     async with answer:
         return await relay.relay(request, answer, node_id, peers.relay_limits, started)
+
+
+# Routes about one task or model, by id: in a cluster, a call for an id this node does not
+# have goes to the node that has it.
+OWNED_ROUTES = frozenset({
+    "task", "task-stop", "task-logs", "task-events", "task-stats",
+    "model", "model-stop", "model-predict", "model-logs", "model-serve", "model-unserve",
+})
+
+
+async def owner_elsewhere(request: web.Request) -> str | None:
+    agent = request.app[AGENT]
+    route = request.match_info.route
+    if agent.cluster is None or is_peer(request) or route.name not in OWNED_ROUTES:
+        return None  # a peer's call is answered here or not at all: no relay loops
+    owner = await agent.cluster.view.owner_of(request.match_info["id"])
+    return owner if owner is not None and owner != agent.node_id else None
+
+
+@web.middleware
+async def owner_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A task or model this node does not have, asked for by id: the node that has it answers."""
+    started = time.monotonic()
+    try:
+        return await handler(request)
+    except NotFound:
+        owner = await owner_elsewhere(request)
+        if owner is None:
+            raise
+    return await forward(request, owner, request.rel_url.raw_path, started)
+
+
+def node_param(request: web.Request) -> str | None:
+    """?node=: "all" (the whole cluster) or a node id (that node's), from the cluster view;
+    None: this node's own store. On a single node "all" and its own id are this node."""
+    agent = request.app[AGENT]
+    node = request.query.get("node") or None
+    if node is None or node == agent.node_id:
+        return None
+    if node != "all" and not NODE_ID_PATTERN.match(node):
+        raise Invalid("node", f'must be "all" or a node id (GET /api/nodes lists them), got {node!r}')
+    if agent.cluster is None:
+        if node == "all":
+            return None
+        raise NotFound(f"node {node} is not this node, and {NOT_IN_A_CLUSTER}", {"node": node})
+    return node
 
 
 def target_of(agent: Agent, body: Any) -> str | None:

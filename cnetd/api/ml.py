@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
-from cnetd.api.cluster import delegate_create, target_of
+from cnetd.api.cluster import delegate_create, node_param, target_of
 from cnetd.api.errors import error_response, read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
@@ -18,6 +18,10 @@ from cnetd.tasks.model import Status
 
 async def list_models(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
+    node = node_param(request)
+    if node is not None:
+        assert agent.cluster is not None  # node_param gives a node only in a cluster
+        return json_response(await agent.cluster.view.tasks(node_id=None if node == "all" else node, models_only=True))
     return json_response([
         model_json(m, agent.enforcement(m.task.sandbox), agent.serving.describe(m.record)) for m in await agent.models.list()
     ])

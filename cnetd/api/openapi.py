@@ -175,6 +175,19 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "last_seen": nullable(TIME), "advertise_url": STRING,
         },
     },
+    "ClusterTask": {
+        "type": "object",
+        "description": "a task or model as its node mirrors it into etcd (GET /api/tasks?node=all)",
+        "required": ["id", "name", "type", "kind", "status", "node_id", "node_status"],
+        "properties": {
+            "id": STRING, "name": STRING, "type": STRING, "kind": STRING, "status": STRING, "node_id": STRING,
+            "created_at": STRING, "started_at": nullable(TIME), "stopped_at": nullable(TIME),
+            "exit_code": nullable({"type": "integer"}), "reason": nullable(STRING),
+            "progress": nullable({"type": "number"}), "model_id": nullable(STRING), "serving": nullable(STRING),
+            "updated_at": STRING, "node_status": {"enum": ["online", "offline"]},
+            "lost": {"type": "boolean", "description": "its node went offline before it ended"},
+        },
+    },
     "ClusterMember": {
         "type": "object",
         "required": ["node_id", "state", "lease_id", "node_revision"],
@@ -322,6 +335,10 @@ def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[s
     }
 
 
+NODE_QUERY = query("node", STRING, '"all": every node of the cluster, or one node id: that node\'s, as mirrored '
+                   "in etcd (ClusterTask rows); omitted or this node's id: this node's own store")
+
+
 def build_document() -> Schema:
     task_list_params = [
         query("status", {"enum": [str(s) for s in Status]}, "only tasks in this status"),
@@ -330,6 +347,7 @@ def build_document() -> Schema:
         query("model_id", STRING, "only the tasks of this model"),
         query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "at most this many (default 1000)"),
         query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "skip this many"),
+        NODE_QUERY,
     ]
     paths: dict[str, Schema] = {
         "/api/health": {"get": operation("Liveness, version, sandbox and task counts", responses(
@@ -361,7 +379,8 @@ def build_document() -> Schema:
         },
         "/api/tasks": {
             "get": operation("Every task, newest first", responses(
-                {200: ("tasks", {"type": "array", "items": ref("Task")})}, (400,)), task_list_params, op_id="listTasks"),
+                {200: ("tasks", {"type": "array", "items": {"anyOf": [ref("Task"), ref("ClusterTask")]}})},
+                (400, 404, 503)), task_list_params, op_id="listTasks"),
             "post": operation("Start a process task", responses(
                 {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 502, 504)), None, declared_body("createTask"), op_id="createTask"),
         },
@@ -378,7 +397,8 @@ def build_document() -> Schema:
             {200: ("usage", ref("Object"))}, (404,)), [ID_PARAM], op_id="taskStats")},
         "/api/ml/models": {
             "get": operation("Every model", responses(
-                {200: ("models", {"type": "array", "items": ref("Model")})}, ()), op_id="listModels"),
+                {200: ("models", {"type": "array", "items": {"anyOf": [ref("Model"), ref("ClusterTask")]}})},
+                (400, 404, 503)), [NODE_QUERY], op_id="listModels"),
             "post": operation("Deploy a model (creates its training task)", responses(
                 {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 502, 504)), None, declared_body("deployModel"), op_id="deployModel"),
         },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
-from cnetd.api.cluster import delegate_create, target_of
+from cnetd.api.cluster import delegate_create, node_param, target_of
 from cnetd.api.errors import read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import choice_param, int_param
@@ -20,14 +20,19 @@ KINDS = (*ML_KINDS, "run")
 async def list_tasks(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     status = choice_param(request, "status", STATUSES)
-    tasks = await agent.tasks.list(
-        statuses=[status] if status else None,
-        type_=choice_param(request, "type", TASK_TYPES),
-        kind=choice_param(request, "kind", KINDS),
-        model_id=request.query.get("model_id") or None,
-        limit=int_param(request, "limit", 1000, 1, 10_000),
-        offset=int_param(request, "offset", 0, 0, 10**9),
-    )
+    filters = {
+        "type_": choice_param(request, "type", TASK_TYPES),
+        "kind": choice_param(request, "kind", KINDS),
+        "model_id": request.query.get("model_id") or None,
+        "limit": int_param(request, "limit", 1000, 1, 10_000),
+        "offset": int_param(request, "offset", 0, 0, 10**9),
+    }
+    node = node_param(request)
+    if node is not None:
+        assert agent.cluster is not None  # node_param gives a node only in a cluster
+        return json_response(await agent.cluster.view.tasks(
+            node_id=None if node == "all" else node, status=status, **filters))
+    tasks = await agent.tasks.list(statuses=[status] if status else None, **filters)
     return json_response([task_json(t, agent.enforcement(t.sandbox)) for t in tasks])
 
 

@@ -3,7 +3,8 @@ and alive between start() and stop() (one cleanup_ctx in app.py).
 
 It owns the etcd client and, on it, this node's Membership (its record on a lease), the
 NodeDirectory (every node, for listings and for resolving node ids to URLs) and the
-PeerCaller (calls to other agents, with the cluster token). It tells the membership when
+PeerCaller (calls to other agents, with the cluster token), and the StatusMirror (this
+node's task summaries, for the cluster-wide view). It tells the membership when
 this node's allocation changes (a task was created, started or ended: the task bus), and
 describes this node for its record: capacity from the resource sampler, free = capacity
 less the limits of the tasks that have not ended (cluster.describe).
@@ -22,6 +23,8 @@ from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.directory import NodeDirectory
 from cnetd.cluster.etcd import EtcdClient, EtcdOptions
 from cnetd.cluster.membership import Membership
+from cnetd.cluster.mirror import StatusMirror
+from cnetd.cluster.view import ClusterView
 from cnetd.cluster.peers import PeerCaller
 from cnetd.config import ClusterSection, Config
 from cnetd.security.auth import is_loopback
@@ -58,6 +61,9 @@ class ClusterNode:
         self.directory = NodeDirectory(self.etcd, cluster.prefix)
         self.membership = Membership(self.etcd, self.identity.node_id, cluster.prefix, cluster.lease_ttl, describe)
         self.peers = PeerCaller(self.identity.node_id, self.directory, self.token, config.ml.timeout)
+        self.view = ClusterView(self.etcd, cluster.prefix, self.directory)
+        self.mirror = StatusMirror(self.etcd, cluster.prefix, self.identity.node_id, tasks)
+        self.membership.on_registered(lambda _lease, _revision: self.mirror.rejoined())
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -65,6 +71,7 @@ class ClusterNode:
         answer never holds up (or stops) the agent."""
         await self.peers.start()
         await self.membership.start()
+        await self.mirror.start()
         self._watcher = asyncio.create_task(self._watch_allocation(), name="cluster-allocation")
         log.info("cluster: joining through etcd %s under %s as %s (%s), lease TTL %ds",
                  ", ".join(self.settings.etcd.endpoints), self.settings.prefix, self.identity.node_id, self.url,
@@ -75,6 +82,7 @@ class ClusterNode:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._watcher)
+        await self.mirror.stop()
         await self.membership.stop()
         await self.peers.stop()
         await self.etcd.close()
@@ -90,6 +98,10 @@ class ClusterNode:
             finally:
                 self._tasks.bus.unsubscribe(changes)
             self.membership.allocation_changed()  # dropped as a slow reader: changes were missed
+
+    def forget(self, task_ids: list[str]) -> None:
+        """Retention deleted these tasks here: their summaries go from the cluster view too."""
+        self.mirror.forget(task_ids)
 
     # --- what the API and the UI show ------------------------------------------------------
 

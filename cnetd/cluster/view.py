@@ -10,7 +10,8 @@ from typing import Any
 
 import msgspec
 
-from cnetd.cluster.etcd import EtcdClient
+from cnetd.cluster.directory import ClusterUnavailable, NodeDirectory
+from cnetd.cluster.etcd import EtcdClient, EtcdError
 from cnetd.cluster.records import TaskSummary, decode, node_tasks_prefix, tasks_prefix
 from cnetd.tasks.model import TERMINAL
 
@@ -45,3 +46,46 @@ def shown(summary: TaskSummary, offline_since: Mapping[str, str]) -> dict[str, A
 
 def newest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r.get("created_at") or "", r["id"]), reverse=True)
+
+
+def is_model(summary: TaskSummary) -> bool:
+    """A model is its deploy task: an ML task that is not the work of another model."""
+    return summary.type == "ml_model" and summary.model_id is None
+
+
+class ClusterView:
+    """What every node has, for GET /api/tasks?node=all and GET /api/ml/models?node=all,
+    and where a task lives, for calls about a task this node does not have."""
+
+    def __init__(self, etcd: EtcdClient, prefix: str, directory: NodeDirectory) -> None:
+        self._etcd = etcd
+        self._prefix = prefix
+        self._directory = directory
+
+    async def tasks(self, *, node_id: str | None = None, status: str | None = None, type_: str | None = None,
+                    kind: str | None = None, model_id: str | None = None, models_only: bool = False,
+                    limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+        try:
+            summaries = await read_summaries(self._etcd, self._prefix, node_id)
+        except EtcdError as exc:
+            raise ClusterUnavailable(exc) from None
+        offline = {n.node_id: n.last_seen for n in await self._directory.list() if n.status != "online"}
+        rows = [
+            shown(s, offline) for s in summaries
+            if (status is None or s.status == status) and (type_ is None or s.type == type_)
+            and (kind is None or s.kind == kind) and (model_id is None or s.model_id == model_id)
+            and (not models_only or is_model(s))
+        ]
+        return newest_first(rows)[offset : offset + limit]
+
+    async def owner_of(self, task_id: str) -> str | None:
+        """The node whose mirror holds task_id, or None when no node has it."""
+        try:
+            found = await self._etcd.range(tasks_prefix(self._prefix), prefix=True, keys_only=True)
+        except EtcdError as exc:
+            raise ClusterUnavailable(exc) from None
+        suffix = f"/{task_id}".encode()
+        for kv in found.kvs:
+            if kv.key.endswith(suffix):
+                return kv.key[len(tasks_prefix(self._prefix)) : -len(suffix)].decode()
+        return None
