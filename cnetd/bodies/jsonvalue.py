@@ -63,6 +63,18 @@ def lone_surrogate(value: Any, field: str = "") -> tuple[str, str] | None:
     return None
 
 
+def without_lone_surrogates(value: Any) -> Any:
+    """value with every lone surrogate in its strings and keys replaced by U+FFFD, as bytes
+    that are not UTF-8 are in a task's log lines (a valid pair is one character already)."""
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(key): without_lone_surrogates(item) for key, item in value.items()}
+    return value
+
+
 def _surrogate_in(text: str) -> str | None:
     if text.isascii():
         return None
