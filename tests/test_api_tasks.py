@@ -38,6 +38,17 @@ def test_task_runs_to_completion_with_logs_events_and_result(agent: AgentProcess
     assert events == ["created", "starting", "started", "completed"]
 
 
+def test_a_task_whose_result_holds_a_lone_surrogate_escape_still_completes(agent: AgentProcess) -> None:
+    """An attacker's task prints JSON with "\\ud800" as its last object: its exit is recorded
+    (it was an internal error that failed the task), the result keeps U+FFFD in its place."""
+    code = r"""print('{"answer": "x\\ud800", "n": 1}')"""
+    task = agent.api.post("/api/tasks", py_task("lone-result", code)).body
+    done = agent.wait_done(task["id"])
+    assert (done["status"], done["exit_code"], done["reason"]) == ("completed", 0, None), done
+    assert done["result"] == {"answer": "x\ufffd", "n": 1}
+    assert agent.api.get(f"/api/tasks/{task['id']}/logs").body == ['{"answer": "x\\ud800", "n": 1}']
+
+
 def test_failed_task_says_why(agent: AgentProcess) -> None:
     task = agent.api.post("/api/tasks", py_task("boom", "import sys; sys.exit(3)")).body
     done = agent.wait_done(task["id"])

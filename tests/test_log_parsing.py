@@ -48,3 +48,10 @@ def test_progress_lines() -> None:
     assert progress_from_line('{"progress": "half"}') is None
     assert progress_from_line('{"progress": true}') is None
     assert progress_from_line("progress: 0.5") is None
+
+
+def test_a_result_with_a_lone_surrogate_escape_is_text() -> None:
+    """A task's own output can hold JSON's "\\ud800": the result keeps the object, with U+FFFD
+    where a lone surrogate was (as for bytes that are not UTF-8), and a valid pair as it is."""
+    text = '{"a": "x\\ud800", "\\udfff": ["\\ud83d\\ude00", 1]}'
+    assert last_json_object(text) == {"a": "x\ufffd", "\ufffd": ["\U0001F600", 1]}

@@ -3,8 +3,10 @@ a real SQLite file and a real log file, and the real agent's API across the mark
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import sqlite3
 import sys
 import urllib.request
@@ -141,6 +143,7 @@ async def test_the_migration_fills_the_cursor_of_logs_trimmed_before_it(tmp_path
     try:
         dropped, size = await cursor(database)
         assert dropped == 40 and size == sum(len(f"line {i}") for i in range(41, 51))
+        assert await database.read(lambda c: lq.dropped(c, TASK)) == (40, None)  # no marker to quote
     finally:
         await database.close()
 
@@ -172,3 +175,50 @@ def test_the_api_reads_the_last_lines_and_follows_across_the_marker(
     assert lines[0] == ("id: 900", "[cnet: 900 earlier lines dropped (logs.max_lines_per_task)]")
     assert [text for _, text in lines[1:]] == [str(i) for i in range(900, 1000)]
     assert "event: end" in events[-2]
+
+
+def log_notes_and_first_line(html_text: str) -> tuple[list[str], str]:
+    """The task page's notes above its log lines, and the first line it shows."""
+    log = html_text.split('id="log"', 1)[1]
+    notes = [html.unescape(note) for note in re.findall(r'<p class="log-note">(.*?)</p>', log, re.DOTALL)]
+    first = html.unescape(re.search(r'<div class="ln" data-n="\d+">(.*?)</div>', log, re.DOTALL).group(1))  # type: ignore[union-attr]
+    return notes, first
+
+
+def test_the_task_page_says_what_retention_dropped_as_its_marker_does(
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    """The page shows the last 300 lines. Where retention dropped lines, it must not count them
+    as lines "not shown" (which the raw log would show): the marker says how many are gone and
+    by which key, and the note above the lines says only what is kept but not shown."""
+    agent = agent_factory({"logs": {"max_lines_per_task": 400, "max_bytes_per_task": 100_000}}).start()
+    tasks = {
+        # ~1 KB lines: the byte bound keeps fewer than 300, so the page starts at the marker
+        "wide": "for i in range(1000): print(str(i).rjust(1000, '.'))",
+        # short lines: the line bound keeps 400, the page shows the last 300 of them
+        "many": "for i in range(1000): print(i)",
+    }
+    ids = {}
+    for name, code in tasks.items():
+        created = agent.api.post("/api/tasks", {"name": name, "command": PY, "args": ["-c", code]})
+        assert created.status == 201, created.text
+        ids[name] = created.body["id"]
+    for task_id in ids.values():
+        assert agent.wait_done(task_id)["status"] == "completed"
+
+    page = agent.api.get(f"/tasks/{ids['wide']}")
+    assert page.status == 200
+    notes, first = log_notes_and_first_line(page.text)
+    marker = agent.api.get(f"/api/tasks/{ids['wide']}/logs?lines=5000").body[0]
+    assert re.fullmatch(r"\[cnet: \d+ earlier lines dropped \(logs\.max_bytes_per_task\)\]", marker), marker
+    assert first == marker  # every line kept is shown: the marker says the rest
+    assert notes == []
+
+    page = agent.api.get(f"/tasks/{ids['many']}")
+    notes, first = log_notes_and_first_line(page.text)
+    # seq 1..600 dropped (marker at 600), 601..1000 kept (the lines "600".."999"), 701..1000 shown
+    assert first == "700"
+    assert notes == [("100 earlier lines not shown; before them: "
+                      "[cnet: 600 earlier lines dropped (logs.max_lines_per_task)]")]
+    assert agent.api.get(f"/api/tasks/{ids['many']}/logs?lines=5000").body[0] == (
+        "[cnet: 600 earlier lines dropped (logs.max_lines_per_task)]")

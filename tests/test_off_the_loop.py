@@ -2,7 +2,8 @@
 disk that hangs) stalls neither the agent's other work nor other tasks' logs (a real SQLite
 file and real files; a FIFO without a writer stands for the hanging disk: opening it blocks
 until a writer comes, a real file-system object rather than a mock). The node's figures
-(/api/resources, the node's record in the cluster, the Nodes page) open no /proc or /sys file on the loop."""
+(/api/resources, the node's record in the cluster, the Nodes page) open no /proc or /sys file on
+the loop, nor does the caller guard's peer lookup when it falls back to /proc/net/tcp."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from cnetd.config import ResourcesSection
+from cnetd.config import ResourcesSection, default_config
 from cnetd.logs.ingester import LogIngester
 from cnetd.metrics.resources import ResourceSampler
+from cnetd.security.auth import Authenticator
+from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
+from cnetd.security.peer import PROC, PeerLookup
 from cnetd.store import logs as lq
 from cnetd.store.db import Database
 
@@ -112,3 +118,34 @@ async def test_the_node_figures_open_no_file_on_the_loop(tmp_path: Path) -> None
         assert totals["disk"]["path"] == str(tmp_path) and usage["memory"]["total"] == totals["memory"]["total"]
     finally:
         await sampler.stop()
+
+
+async def test_the_peer_lookups_proc_fallback_reads_no_file_on_the_loop(tmp_path: Path) -> None:
+    """Where netlink sock_diag does not work, the guard reads /proc/net/tcp{,6} on a connection's
+    first request: a table of every TCP socket on the host, read in a worker thread."""
+    guard = TaskCallerGuard(default_config(tmp_path), lookup=PeerLookup(PROC), euid=0)
+    assert guard.enabled
+    app = web.Application(middlewares=[caller_guard_middleware(guard, Authenticator((), False))])
+
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            _watching.add(threading.get_ident())
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    status = resp.status
+            finally:
+                _watching.discard(threading.get_ident())
+        assert status == 200  # found in /proc/net/tcp: our own connection, not a task's uid
+        assert [path for path in _opened if path.startswith("/proc/net/tcp")] == []
+    finally:
+        _opened.clear()
+        await runner.cleanup()

@@ -1,13 +1,17 @@
 """Hostile request bodies against a real agent: JSON nested 100,000 deep, V2 tensor shapes
 that would build millions of instances out of nothing, and bodies a cross-site page could
-send (text/plain, forms) to any unsafe /api or /v2 route. Each gets a clear 4xx, the agent
-keeps answering, and its memory does not grow."""
+send (text/plain, forms) to any unsafe /api or /v2 route, strings that are not text (JSON's
+"\\ud800": a lone surrogate). Each gets a clear 4xx, the agent keeps answering, and its memory
+does not grow."""
 
 from __future__ import annotations
 
+import html
+import json
 import shutil
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -185,3 +189,65 @@ def test_json_and_bodyless_requests_still_pass(served: AgentProcess) -> None:
     assert missing.status == 404, missing.text
     # an unknown route is still a 404, whatever the body
     assert agent.api.post("/api/nope", raw=b"x", headers={"Content-Type": "text/plain"}).status == 404
+
+
+LONE = "\ud800"  # json.dumps writes it as the escape \\ud800, which json.loads turns back into it
+DEPLOY = {"name": "lone", "command": PY, "script_path": "scripts/pure_model.py", "model_path": "models/lone.json"}
+NOT_TEXT = "is not valid text: it holds a lone surrogate (\\ud800)"
+KEY_NOT_TEXT = "has a key that is not valid text: it holds a lone surrogate (\\ud800)"
+
+
+@pytest.mark.parametrize(("path", "body", "field", "problem"), [
+    ("/api/tasks", {"name": "lone", "command": "true", "args": ["ok", "a" + LONE]}, "args[1]", NOT_TEXT),
+    ("/api/tasks", {"name": "lone", "command": "true", "env": {"A": LONE + "b"}}, "env.A", NOT_TEXT),
+    ("/api/tasks", {"name": "lone", "command": "true", "env": {"K" + LONE: "v"}}, "env", KEY_NOT_TEXT),
+    ("/api/tasks", {"name": "lone", "command": LONE}, "command", NOT_TEXT),
+    ("/api/tasks", {"name": "lone", "command": "true", "working_dir": LONE}, "working_dir", NOT_TEXT),
+    ("/api/ml/models", {**DEPLOY, "args": ["scripts/pure_model.py", "train", LONE]}, "args[2]", NOT_TEXT),
+    ("/api/ml/models", {**DEPLOY, "env": {"PYTHONPATH": LONE}}, "env.PYTHONPATH", NOT_TEXT),
+    ("/api/ml/models", {**DEPLOY, "env": {LONE: "v"}}, "env", KEY_NOT_TEXT),
+    ("/api/ml/models", {**DEPLOY, "model_type": LONE}, "model_type", NOT_TEXT),
+    ("/api/ml/models", {**DEPLOY, "model_path": "models/" + LONE}, "model_path", NOT_TEXT),
+    ("predict", {"input_data": [1.0, LONE]}, "input_data[1]", NOT_TEXT),
+])
+def test_strings_that_are_not_text_are_a_400_naming_the_field(
+    served: AgentProcess, path: str, body: dict[str, Any], field: str, problem: str
+) -> None:
+    """An attacker's body: JSON's \\ud800 escape decodes to a lone surrogate, a string with no
+    UTF-8 form, which would fail the store, the log, the answer or the process it is passed to
+    (a 500, or a 201 and then a failed task). It is refused with the field named, and nothing
+    is created."""
+    agent = served
+    if path == "predict":
+        path = f"/api/ml/models/{agent.model_id}/predict"  # type: ignore[attr-defined]
+    tasks_before = agent.api.get("/api/tasks").body
+    reply = agent.api.post(path, body)
+    assert b"\\ud800" in json.dumps(body).encode()  # what went over the wire
+    assert reply.status == 400, (reply.status, reply.text[:300])
+    assert reply.body["error"] == f"{field}: {problem}", reply.text
+    assert reply.body["details"] == {"field": field}
+    assert agent.api.get("/api/tasks").body == tasks_before
+    assert "Traceback" not in agent.log_text()
+    healthy_within(agent, 5)
+
+
+def test_a_valid_surrogate_pair_is_text(served: AgentProcess) -> None:
+    created = served.api.post("/api/tasks", {"name": "pair", "command": "true", "args": ["\U0001F600"],
+                                             "env": {"SMILE": "\U0001F600"}})
+    assert b"\\ud83d\\ude00" in json.dumps({"a": "\U0001F600"}).encode()  # sent as a pair of escapes
+    assert created.status == 201, created.text
+    assert created.body["args"] == ["\U0001F600"] and created.body["env"]["SMILE"] == "\U0001F600"
+    served.wait_done(created.body["id"])
+
+
+def test_the_ui_predict_form_names_a_json_input_that_is_not_text(served: AgentProcess) -> None:
+    """The model page's predict form takes JSON too: the same escape typed there is refused
+    the same way, on the form, and nothing runs."""
+    agent = served
+    tasks_before = agent.api.get("/api/tasks").body
+    form = urllib.parse.urlencode({"input_data": '[1.0, "\\ud800"]'}).encode()
+    reply = agent.api.post(f"/models/{agent.model_id}/predict", raw=form,  # type: ignore[attr-defined]
+                           headers={"Content-Type": "application/x-www-form-urlencoded", "HX-Request": "true"})
+    assert reply.status == 200, reply.text[:300]
+    assert "is not valid text: it holds a lone surrogate (\\ud800)" in html.unescape(reply.text), reply.text
+    assert agent.api.get("/api/tasks").body == tasks_before

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from cnetd.errors import DomainError
+from cnetd.bodies.jsonvalue import lone_surrogate
+from cnetd.errors import DomainError, Invalid
 
 MAX_JSON_DEPTH = 64
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -29,6 +31,9 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
 _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
+# A lone surrogate comes only from an escape (its UTF-8 bytes are refused as not UTF-8). A
+# valid pair matches too (json.loads joins it into one character): a match only means "look".
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -83,7 +88,8 @@ def nesting_depth(raw: bytes) -> int:
 
 
 def decode_json(raw: bytes) -> Any:
-    """The body's JSON value, or a DomainError (400) naming what is wrong with it."""
+    """The body's JSON value, or a DomainError (400) naming what is wrong with it: a string
+    that is not text (a lone surrogate) too, by its field."""
     if not raw.strip():
         raise DomainError("request body is empty; expected a JSON object")
     try:
@@ -95,8 +101,13 @@ def decode_json(raw: bytes) -> Any:
         raise DomainError(f"request body is nested too deeply: {depth} levels of arrays/objects, at most {MAX_JSON_DEPTH}",
                           {"max_depth": MAX_JSON_DEPTH})
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DomainError(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise DomainError(f"request body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        bad = lone_surrogate(value)
+        if bad is not None:
+            raise Invalid(*bad)
+    return value

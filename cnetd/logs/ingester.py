@@ -89,7 +89,7 @@ class _Tail:
     punched: int = 0  # the file's blocks before this offset are freed
     can_punch: bool = True
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    grew_at: float = field(default_factory=time.monotonic)  # when it last grew
+    grew_at: float = 0.0  # when it last grew (the ingester's clock)
     check_at: float = 0.0  # when to look at its size next
     size: int | None = None  # its size at the last look
 
@@ -101,8 +101,10 @@ class LogIngester:
         on_lines: LinesCallback | None = None,
         poll_interval: float = 0.2,
         limits: LogsSection | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
+        self._clock = clock  # paces the quiet files; a test moves it to make "quiet" a fact, not a wait
         self.on_lines = on_lines  # set once by the composition root (the task service reads progress)
         self._poll_interval = poll_interval
         self._limits = limits = limits or LogsSection()
@@ -140,7 +142,7 @@ class LogIngester:
             log.info("ingested the last lines of %d grown log files (of %d) in %.1fs", len(grown), len(tails), elapsed)
 
     def watch(self, task_id: str, path: str | Path) -> None:
-        self._tails.setdefault(task_id, _Tail(Path(path)))
+        self._tails.setdefault(task_id, _Tail(Path(path), grew_at=self._clock()))
         self._wake.set()
 
     async def drain(self, task_id: str) -> None:
@@ -173,7 +175,7 @@ class LogIngester:
         loop has seen."""
         while True:
             self._wake.clear()
-            now = time.monotonic()
+            now = self._clock()
             due = [(t, tail) for t, tail in self._tails.items() if tail.check_at <= now]
             sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in due]) if due else []
             for (task_id, tail), size in zip(due, sizes):
@@ -185,8 +187,8 @@ class LogIngester:
                         await self._ingest(task_id, final=False)
                     except Exception:
                         log.exception("log ingestion failed", extra={"task_id": task_id})
-                    tail.grew_at = time.monotonic()
-                quiet = time.monotonic() - tail.grew_at > QUIET_AFTER and task_id not in self._new_lines
+                    tail.grew_at = self._clock()
+                quiet = self._clock() - tail.grew_at > QUIET_AFTER and task_id not in self._new_lines
                 if quiet:  # on a shared beat, so that the quiet files make one batch per QUIET_POLL
                     beat = max(QUIET_POLL, self._poll_interval)
                     tail.check_at = (now // beat + 1) * beat

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cnetd.bodies.jsonvalue import without_lone_surrogates
+
 RESULT_SCAN_BYTES = 256 * 1024
 MAX_DECODE_ATTEMPTS = 4000
 ENCLOSING_SEARCH_CHARS = 64 * 1024
@@ -36,7 +38,9 @@ def last_json_object(text: str) -> dict[str, Any] | None:
             best = (end, start, obj)
         if best[1] - start > ENCLOSING_SEARCH_CHARS:
             break  # an object that encloses the best one would start this far back: not a result
-    return best[2] if best else None
+    # Its "\\ud800" escapes would be lone surrogates, which the store cannot encode: a task's
+    # output must not fail the recording of its own exit.
+    return without_lone_surrogates(best[2]) if best else None
 
 
 def result_from_log(path: str | Path) -> dict[str, Any] | None:

@@ -36,6 +36,21 @@ class LogReader:
             raise NotFound(f"task {task_id} not found", {"id": task_id})
         return rows
 
+    async def tail_and_dropped(self, task_id: str, lines: int) -> tuple[list[Line], int, str | None]:
+        """tail(), with how many of the first lines retention dropped and the marker line that
+        says so (store.logs.dropped), read together: a trim between two reads would make the
+        count disagree with the lines."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Line], int, str | None] | None:
+            if q.get_task(conn, task_id) is None:
+                return None
+            return (lq.tail(conn, task_id, lines), *lq.dropped(conn, task_id))
+
+        found = await self.db.read(read)
+        if found is None:
+            raise NotFound(f"task {task_id} not found", {"id": task_id})
+        return found
+
     async def after(self, task_id: str, seq: int, limit: int = 1000) -> list[Line]:
         """Up to `limit` lines after sequence number `seq`, oldest first."""
         return await self.db.read(lambda c: lq.after(c, task_id, seq, limit))

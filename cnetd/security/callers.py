@@ -77,23 +77,23 @@ class TaskCallerGuard:
     def _task_uids(config: Config, euid: int | None) -> Callable[[int], bool]:
         return task_uid_predicate(config, euid)
 
-    def caller(self, request: web.Request) -> Caller:
+    async def caller(self, request: web.Request) -> Caller:
         """The connection's caller, looked up on its first request and kept."""
         transport = request.transport
         if transport is None:
             return Caller(unknown="the connection is already closed")
         known = self._callers.get(transport)
         if known is None:
-            known = self._identify(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+            known = await self._identify(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
             self._callers[transport] = known
         return known
 
-    def _identify(self, peer: tuple[str, int] | None, local: tuple[str, int] | None) -> Caller:
+    async def _identify(self, peer: tuple[str, int] | None, local: tuple[str, int] | None) -> Caller:
         if not peer or not local or not isinstance(peer, tuple):
             return Caller(unknown="the connection has no TCP addresses")
         assert self._lookup is not None
         try:
-            owner = self._lookup.lookup(peer[:2], local[:2])
+            owner = await self._lookup.find(peer[:2], local[:2])
         except (OSError, ValueError) as exc:
             log.warning("cannot look up the owner of the connection from %s: %s", peer[0], exc)
             return Caller(unknown=f"its owner could not be looked up ({exc})") if self._is_local(peer[0], local[0]) else ANYONE
@@ -134,7 +134,7 @@ def caller_guard_middleware(guard: TaskCallerGuard,
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if guard.enabled and not auth.bearer_ok(request):
-            caller = guard.caller(request)
+            caller = await guard.caller(request)
             if caller.refused_without_token:
                 return error_response(403, guard.refusal(caller), {"reason": "task_without_token"})
         return await handler(request)

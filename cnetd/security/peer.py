@@ -31,6 +31,7 @@ netlink is not available (a kernel without inet_diag, a seccomp filter on AF_NET
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -99,6 +100,15 @@ class PeerLookup:
         if self.method == PROC:
             return proc_lookup(family, src, client[1], dst, server[1])
         raise LookupUnavailable(errno.ENOSYS, "neither netlink sock_diag nor /proc/net/tcp works here")
+
+    async def find(self, client: Address, server: Address) -> SocketOwner | None:
+        """lookup() for a caller on the event loop. The netlink query stays on the loop: one
+        request for one 4-tuple, which the kernel answers at once (bench/peer_lookup.py). The
+        /proc/net/tcp{,6} fallback goes to a worker thread: the kernel writes a line for every
+        TCP socket on the host, megabytes to generate and search on a busy one."""
+        if self.method == PROC:
+            return await asyncio.to_thread(self.lookup, client, server)
+        return self.lookup(client, server)
 
 
 NETLINK, PROC, UNAVAILABLE = "netlink", "proc", "unavailable"

@@ -65,6 +65,16 @@ def tail(conn: sqlite3.Connection, task_id: str, lines: int) -> list[tuple[int, 
     return [(r[0], r[1]) for r in reversed(rows)]
 
 
+def dropped(conn: sqlite3.Connection, task_id: str) -> tuple[int, str | None]:
+    """How many of the task's first lines retention dropped, and the marker line that says so
+    (None when none was dropped, or they were dropped before markers were kept)."""
+    row = conn.execute(
+        "SELECT c.dropped, l.line FROM log_cursors c "
+        "LEFT JOIN log_lines l ON l.task_id = c.task_id AND l.seq = c.dropped WHERE c.task_id = ?", (task_id,)
+    ).fetchone()
+    return (0, None) if row is None else (int(row[0]), row[1])
+
+
 def after(conn: sqlite3.Connection, task_id: str, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
     rows = conn.execute(
         "SELECT seq, line FROM log_lines WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?", (task_id, seq, limit)

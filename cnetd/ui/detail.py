@@ -18,7 +18,8 @@ LOG_TAIL = 300
 class LogTail:
     lines: list[tuple[int, str]]
     last_seq: int
-    dropped: int  # lines before the first one shown (not shown, or dropped by retention)
+    hidden: int  # lines kept before the first one shown, not shown
+    dropped: str | None  # what retention dropped before those, in the marker's words, when the marker is not shown
 
 
 async def find_model(agent: Agent, task: Task) -> Model | None:
@@ -56,10 +57,17 @@ async def timeline_context(agent: Agent, task: Task) -> dict[str, Any]:
 
 
 async def log_tail(agent: Agent, task_id: str, lines: int = LOG_TAIL) -> LogTail:
-    rows = await agent.logs.tail(task_id, lines)
-    last = rows[-1][0] if rows else 0
-    dropped = rows[0][0] - 1 if rows else 0
-    return LogTail(rows, last, dropped)
+    """The last lines. Retention leaves its marker line at seq = the number of lines it
+    dropped (1..dropped are gone), so the lines kept and not shown are those between the
+    marker and the first line shown; the marker's own words say what was dropped."""
+    rows, dropped, marker = await agent.logs.tail_and_dropped(task_id, lines)
+    if not rows:
+        return LogTail(rows, 0, 0, None)
+    first = rows[0][0]
+    hidden = max(first - 1 - dropped, 0)
+    if dropped and first > dropped:  # the marker is not among the lines shown
+        return LogTail(rows, rows[-1][0], hidden, marker or f"{dropped} earlier line{'s' if dropped != 1 else ''} dropped")
+    return LogTail(rows, rows[-1][0], hidden, None)
 
 
 def usage_context(agent: Agent, task: Task) -> dict[str, Any]:

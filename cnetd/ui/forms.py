@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnetd.bodies.jsonvalue import lone_surrogate
 from cnetd.errors import Invalid
 
 DEPLOY_FIELDS = (
@@ -171,6 +172,10 @@ def input_data(text: str) -> Any:
     if not stripped:
         raise Invalid("input_data", "is required: a number, a list like [1.0, 2.0], or text")
     try:
-        return json.loads(stripped)
+        value = json.loads(stripped)
     except ValueError:
         return stripped
+    bad = lone_surrogate(value)  # "\ud800" typed into the form: not text, as in a JSON body
+    if bad is not None:
+        raise Invalid("input_data", bad[1])
+    return value

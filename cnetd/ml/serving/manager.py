@@ -224,7 +224,7 @@ class ServingManager:
             self.runner.run(served, Replica(slot=len(served.replicas)))
         surplus = served.replicas[spec.replicas:]
         del served.replicas[spec.replicas:]
-        await asyncio.gather(*(self.runner.end(r, stop_worker=True) for r in surplus))
+        await asyncio.gather(*(self.runner.end(served, r, stop_worker=True) for r in surplus))
         served.changed.set()
 
     async def _teardown(self, served: Served, message: str, stop_workers: bool) -> None:
@@ -232,7 +232,7 @@ class ServingManager:
         answering their last batches are stopped even when the others are let go of."""
         served.batcher.close(message)
         await cancel_and_wait(served.watcher)
-        await asyncio.gather(*(self.runner.end(r, stop_worker=stop_workers) for r in served.replicas))
+        await asyncio.gather(*(self.runner.end(served, r, stop_worker=stop_workers) for r in served.replicas))
         await cancel_and_wait(*served.retiring)
         await cancel_and_wait(served.dispatcher)
         served.changed.set()

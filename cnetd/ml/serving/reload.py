@@ -13,7 +13,6 @@ a backoff).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -22,7 +21,7 @@ from cnetd.errors import DomainError
 from cnetd.ml.serving.batcher import file_stamp
 from cnetd.ml.serving.client import WorkerClient
 from cnetd.ml.serving.served import RELOAD_FAILED, RELOAD_RETRY_START, Offer, Replica, Served, Stamp, describe_stamp
-from cnetd.ml.serving.workers import LOST_GRACE, WorkerTasks, socket_of
+from cnetd.ml.serving.workers import LOST_GRACE, WorkerTasks, created_after_all, socket_of
 from cnetd.tasks.model import Task
 
 log = logging.getLogger(__name__)
@@ -103,10 +102,15 @@ class RollingReload:
         try:
             task = await asyncio.shield(creating)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                created = await creating
-                await self.workers.stop(created.id)
-                self.workers.remove_socket(socket_of(created))
+            created = await created_after_all(creating, label)
+            if created is not None:
+                try:
+                    await self.workers.stop(created.id)
+                except Exception as exc:  # broad: logged, and the cancellation goes on whatever failed
+                    log.warning("model %s: stopping worker %s, started to replace %s, failed: %r; it may still run",
+                                label, created.id, replica.task_id, exc, exc_info=True)
+                else:
+                    self.workers.remove_socket(socket_of(created))
             raise
         except DomainError as exc:  # e.g. the command is no longer allowed
             return "failed", f"cannot start a worker: {exc.message}"

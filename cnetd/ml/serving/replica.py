@@ -28,7 +28,7 @@ from cnetd.errors import DomainError
 from cnetd.ml.serving.batcher import Link
 from cnetd.ml.serving.client import WorkerClient
 from cnetd.ml.serving.served import RELOAD_FAILED, Offer, Replica, Served
-from cnetd.ml.serving.workers import LOST_GRACE, WorkerTasks, socket_of
+from cnetd.ml.serving.workers import LOST_GRACE, WorkerTasks, created_after_all, socket_of
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +52,25 @@ class ReplicaRunner:
             self._run_replica(served, replica), name=f"replica-{served.id}-{replica.slot}"
         )
 
-    async def end(self, replica: Replica, stop_worker: bool) -> None:
+    async def end(self, served: Served, replica: Replica, stop_worker: bool) -> None:
         """Stop keeping the replica going; stop its worker too when asked (else the worker
-        keeps running, for the next agent to reattach)."""
+        keeps running, for the next agent to reattach). A stop that fails is logged, not
+        raised: the other replicas and the rest of the teardown still end."""
         await cancel_and_wait(replica.runner)
+        label = f"{served.name}/{replica.slot}"
         if replica.creating is not None:
-            # Cancelled while its worker task was being created: that task exists now.
-            with contextlib.suppress(Exception):
-                task = await replica.creating
+            # Cancelled while its worker task was being created: that task exists now, unless its creation failed.
+            task = await created_after_all(replica.creating, label)
+            if task is not None:
                 replica.task_id, replica.socket = task.id, socket_of(task)
             replica.creating = None
         if stop_worker and replica.task_id is not None:
-            await self.workers.stop(replica.task_id)
+            try:
+                await self.workers.stop(replica.task_id)
+            except Exception as exc:  # broad: whatever failed, the rest of the teardown goes on
+                log.warning("model %s: stopping worker %s failed: %r; it may still run",
+                            label, replica.task_id, exc, exc_info=True)
+                return
             self.workers.remove_socket(replica.socket)
 
     async def _run_replica(self, served: Served, replica: Replica) -> None:

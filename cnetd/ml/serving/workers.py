@@ -5,6 +5,7 @@ only through this."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -12,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from cnetd.errors import Conflict, NotFound
+from cnetd.errors import Conflict, DomainError, NotFound
 from cnetd.ml.serving.client import ProtocolError, WorkerClient
 from cnetd.ml.serving.served import Served
 from cnetd.security.identity import model_owner
@@ -48,6 +49,18 @@ def socket_of(task: Task) -> str | None:
     for i, arg in enumerate(args[:-1]):
         if arg == "--socket":
             return args[i + 1]
+    return None
+
+
+async def created_after_all(creating: asyncio.Future[Task], label: str) -> Task | None:
+    """The worker task made by a creation whose caller was cancelled meanwhile (it went on,
+    shielded), or None when that creation failed: logged, as the caller is gone."""
+    try:
+        return await creating
+    except DomainError as exc:  # e.g. the command is no longer allowed
+        log.warning("model %s: its worker was not created: %s", label, exc.message)
+    except Exception as exc:  # broad: the caller is being cancelled, and this must not replace that
+        log.warning("model %s: creating its worker failed: %r", label, exc, exc_info=True)
     return None
 
 
