@@ -133,3 +133,16 @@ def encode(record: msgspec.Struct) -> bytes:
 
 def decode(data: bytes, kind: type[T]) -> T:
     return msgspec.json.decode(data, type=kind)
+
+
+KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_key_part(what: str, value: str) -> str:
+    """A node or task id that becomes one segment of a key: letters, digits, '.', '_', '-',
+    at most 128, not starting with a dot or dash; anything else (a '/', '..', a NUL) could
+    reach another node's keys. Raises ValueError naming `what`."""
+    if not KEY_PART.fullmatch(value):
+        raise ValueError(f"{what}: {value!r:.60} is not a valid id "
+                         "(1-128 letters, digits, '.', '_', '-', starting with a letter or digit)")
+    return value
