@@ -125,6 +125,17 @@ async def test_put_get_range_delete_are_binary_safe(etcd: EtcdClient, prefix: by
         await etcd.delete(prefix[:-1] + b"0")
 
 
+async def test_the_client_counts_the_requests_it_sends_by_path(etcd_shared: EtcdCluster, prefix: bytes) -> None:
+    async with client_for(etcd_shared.endpoints) as etcd:
+        await etcd.put(prefix + b"k", b"v")
+        await etcd.get(prefix + b"k")
+        await etcd.txn([Compare.absent(prefix + b"k")], [Put(prefix + b"k", b"w")])
+        async with etcd.watch(prefix, prefix=True):
+            pass
+        assert dict(etcd.requests) == {"/v3/kv/put": 1, "/v3/kv/range": 1, "/v3/kv/txn": 1, "/v3/watch": 1}
+        await etcd.delete(prefix + b"k")
+
+
 async def test_a_prefix_of_0xff_bytes_ranges_to_the_end_of_the_keyspace(etcd: EtcdClient, prefix: bytes) -> None:
     key = b"\xff\xff" + prefix
     await etcd.put(key, b"x")

@@ -13,6 +13,7 @@ again after WatchCompacted. The wire format is in etcd_wire, the errors in etcd_
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -46,6 +47,11 @@ class EtcdClient:
     @property
     def options(self) -> EtcdOptions:
         return self._transport.options
+
+    @property
+    def requests(self) -> Counter[str]:
+        """HTTP requests this client has sent to etcd, by gateway path (/v3/kv/txn, ...)."""
+        return self._transport.requests
 
     @property
     def endpoint(self) -> str:

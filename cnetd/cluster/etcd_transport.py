@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,9 @@ class EtcdTransport:
         self.options = options
         self._current = 0
         self._session: aiohttp.ClientSession | None = None
+        # HTTP requests sent, by gateway path (each try on each endpoint counts; a watch
+        # counts once per stream opened): what this client costs etcd, for benchmarks.
+        self.requests: Counter[str] = Counter()
         self.auth = EtcdAuth(options.username, options.password) \
             if options.username is not None and options.password is not None else None
 
@@ -251,6 +255,7 @@ class EtcdTransport:
 
     async def post(self, endpoint: str, path: str, body: Json, timeout: float, with_token: bool = True) -> Json:
         """One request to one endpoint; raises EndpointFailed or EtcdRequestError."""
+        self.requests[path] += 1
         try:
             async with self.session().post(
                 endpoint + path, data=json.dumps(body), headers=self.headers(with_token),
@@ -265,6 +270,7 @@ class EtcdTransport:
     async def open_stream(self, endpoint: str, path: str, body: Json, connect_timeout: float,
                           extra_headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
         """A streamed answer (a watch), open once its headers came; the caller closes it."""
+        self.requests[path] += 1
         try:
             response = await self.session().post(
                 endpoint + path, data=json.dumps(body), headers={**self.headers(), **(extra_headers or {})},
