@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cnetd.cluster.placement import STRATEGIES, NoFit, OnNode, WithLabels, choose, demand_of, parse_placement, score
+from cnetd.cluster.placement import (
+    STRATEGIES, NoFit, OnNode, WithLabels, choose, demand_of, fits, lacks, parse_placement, score,
+)
 from cnetd.cluster.records import NodeRecord, Resources
 
 GB = 10**9
@@ -170,3 +172,13 @@ def test_equal_scores_go_to_the_smallest_node_id_whatever_the_order() -> None:
     for strategy in STRATEGIES:
         assert choose(nodes, SMALL, "auto", strategy).node_id == "n1"
         assert choose(list(reversed(nodes)), SMALL, "auto", strategy).node_id == "n1"
+
+
+def test_fits_and_the_reasons_agree_on_every_edge() -> None:
+    amounts = (-1, 0, 1, 2)
+    for free_cpu in amounts:
+        for wanted in amounts[1:]:
+            for gpus in amounts[1:]:
+                record = node("n", free_cpu=free_cpu, gpus=2, free_gpus=gpus - 1)
+                demand = Resources(cpu=wanted, gpus=max(wanted - 1, 0))
+                assert fits(record.free, demand) == (not lacks(record, demand)), (free_cpu, wanted, gpus)

@@ -141,27 +141,38 @@ RANKINGS: dict[Strategy, Callable[[NodeRecord, Resources], tuple[float, str]]] =
 def choose(nodes: Sequence[NodeRecord], demand: Resources, placement: Placement, strategy: Strategy) -> NodeRecord:
     """The node the work goes to, among the online nodes given; NoFit when none can take it."""
     rank = RANKINGS[strategy]
-    reasons: list[str] = []
     if isinstance(placement, OnNode):
-        candidates = [n for n in nodes if n.node_id == placement.node_id]
+        candidates: Sequence[NodeRecord] = [n for n in nodes if n.node_id == placement.node_id]
         if not candidates:
             raise NoFit([f"{placement.node_id}: offline or unknown"])
     else:
-        candidates = sorted(nodes, key=lambda n: n.node_id)
+        candidates = nodes
         if not candidates:
             raise NoFit(["no node is online"])
-    fitting: list[NodeRecord] = []
+    best: NodeRecord | None = None
+    best_rank: tuple[float, str] | None = None
     for node in candidates:
-        if isinstance(placement, WithLabels):
-            mismatch = label_mismatch(node, placement.labels)
-            if mismatch:
-                reasons.append(f"{node.node_id}: {mismatch}")
-                continue
-        missing = lacks(node, demand)
-        if missing:
-            reasons.append(f"{node.node_id}: {'; '.join(missing)}")
-        else:
-            fitting.append(node)
-    if not fitting:
-        raise NoFit(reasons)
-    return min(fitting, key=lambda n: rank(n, demand))
+        if isinstance(placement, WithLabels) and label_mismatch(node, placement.labels):
+            continue
+        if not fits(node.free, demand):
+            continue
+        node_rank = rank(node, demand)
+        if best_rank is None or node_rank < best_rank:
+            best, best_rank = node, node_rank
+    if best is None:
+        raise NoFit(no_fit_reasons(candidates, demand, placement))
+    return best
+
+
+def fits(free: Resources, demand: Resources) -> bool:
+    return ((demand.cpu <= 0 or demand.cpu <= free.cpu) and (demand.memory <= 0 or demand.memory <= free.memory)
+            and (demand.disk <= 0 or demand.disk <= free.disk) and (demand.gpus <= 0 or demand.gpus <= free.gpus))
+
+
+def no_fit_reasons(candidates: Sequence[NodeRecord], demand: Resources, placement: Placement) -> list[str]:
+    """One line per node, by node_id: why it cannot take the work."""
+    reasons: list[str] = []
+    for node in sorted(candidates, key=lambda n: n.node_id):
+        mismatch = label_mismatch(node, placement.labels) if isinstance(placement, WithLabels) else ""
+        reasons.append(f"{node.node_id}: {mismatch or '; '.join(lacks(node, demand))}")
+    return reasons
