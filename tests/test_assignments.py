@@ -109,6 +109,7 @@ async def test_each_assignment_is_created_once_and_its_key_deleted(etcd: EtcdCli
         await assign(etcd, prefix, "n", assignment(task_id, node.registration))
     async with watching(etcd, prefix, lambda: node.registration, creator, applied) as watcher:
         await created(creator, before)
+        await eventually(lambda: _following(watcher), 5, "the watcher to follow its prefix")
         after = [new_id() for _ in range(3)]
         revisions = [await assign(etcd, prefix, "n", assignment(task_id, node.registration)) for task_id in after]
         await created(creator, before + after)
@@ -117,6 +118,10 @@ async def test_each_assignment_is_created_once_and_its_key_deleted(etcd: EtcdCli
         assert creator.ids()[:3] == before  # the listed ones in the order they were placed
         assert watcher.applied_revision == revisions[-1] == applied[-1]
         assert applied == sorted(applied)
+
+
+async def _following(watcher: AssignmentWatcher) -> bool:
+    return watcher.following
 
 
 async def _no_keys(etcd: EtcdClient, prefix: str) -> bool:

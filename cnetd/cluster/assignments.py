@@ -53,6 +53,7 @@ class AssignmentWatcher:
         self.applied_revision = 0  # the highest assignment mod_revision handled (created or dropped)
         self._created: set[str] = set()  # created, key not yet deleted
         self.waiting: set[str] = set()  # task ids placed on a registration we do not know yet
+        self.following = False  # listed, and the watch is open: nothing placed now goes unseen
         self._closing = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -112,14 +113,18 @@ class AssignmentWatcher:
         self.waiting = waiting
         if self._closing or self._wake.is_set():
             return
-        async with self._etcd.watch(self._prefix, prefix=True, start_revision=found.revision + 1) as watch:
-            while not self._closing:
-                batch = await self._next_or_woken(watch)
-                if batch is None:
-                    return
-                for event in batch.events:
-                    if event.type == "PUT" and not self._closing and not await self._handle(event.kv):
-                        self.waiting.add(self._task_id(event.kv))
+        try:
+            async with self._etcd.watch(self._prefix, prefix=True, start_revision=found.revision + 1) as watch:
+                self.following = True
+                while not self._closing:
+                    batch = await self._next_or_woken(watch)
+                    if batch is None:
+                        return
+                    for event in batch.events:
+                        if event.type == "PUT" and not self._closing and not await self._handle(event.kv):
+                            self.waiting.add(self._task_id(event.kv))
+        finally:
+            self.following = False
 
     async def _next_or_woken(self, watch: Watch) -> WatchBatch | None:
         """The watch's next batch; None when poked first, or when an assignment waits for a
