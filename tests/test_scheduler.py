@@ -473,6 +473,8 @@ async def test_an_attacker_cannot_aim_an_assignment_at_another_key(etcd: EtcdCli
             await agent.place(task_id)
         with pytest.raises(ValueError, match="demand: expected amounts >= 0"):
             await agent.place(new_id(), demand=Resources(cpu=-8))
+        with pytest.raises(ValueError, match="body: .* bytes as an assignment, over the 1400000"):
+            await agent.scheduler.place(new_id(), "task", {"env": {"X": "x" * 1_500_000}}, ONE_CPU, "auto", "a")
         assert await keys_under(etcd, f"{prefix}/assignments/") == {}
 
 

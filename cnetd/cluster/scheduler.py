@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Contended", "EtcdUnavailable", "Leadership", "NodeSource", "NoFit", "NotLeader", "Placed", "Scheduler"]
 
 Kind = Literal["task", "model"]
+# etcd refuses a request over 1.5 MiB (--max-request-bytes); the txn carries the assignment
+# plus a small summary, so refuse a bigger body here, with a clear message, before deciding.
+MAX_ASSIGNMENT_BYTES = 1_400_000
 ATTEMPTS = 3  # decisions per place() when the fence finds the node re-registered, or an answer was lost
 
 
@@ -175,7 +178,7 @@ class Scheduler:
     async def place(self, task_id: str, kind: Kind, body: dict[str, Any], demand: Resources,
                     placement: Placement, posted_by: str) -> Placed:
         """Place one piece of work; raises NotLeader, NoFit, Contended or EtcdUnavailable
-        (ValueError for a bad task id, kind or demand). Calls for the same task id, at
+        (ValueError for a bad task id, kind, demand, or a body too big for etcd). Calls for the same task id, at
         once or later, at this scheduler or another, all answer with the one placement."""
         check_key_part("task_id", task_id)
         if kind not in ("task", "model"):
@@ -185,6 +188,10 @@ class Scheduler:
         if not self._leadership.is_leader:
             raise NotLeader(self._leadership.leader)
         body = {name: value for name, value in body.items() if name != "placement"}
+        size = len(encode(Assignment(task_id=task_id, kind=kind, body=body, demand=demand, epoch=0, node_revision=0,
+                                     posted_by=posted_by, placed_at=utc_now())))
+        if size > MAX_ASSIGNMENT_BYTES:
+            raise ValueError(f"body: {size} bytes as an assignment, over the {MAX_ASSIGNMENT_BYTES} etcd can carry")
         return await self._place(task_id, kind, body, demand, placement, posted_by)
 
     async def _place(self, task_id: str, kind: Kind, body: dict[str, Any], demand: Resources,
