@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -149,10 +150,9 @@ class SimulatedNode:
         """On allocation changes (at most once a second) and every `refresh` seconds."""
         wait = random.uniform(0, self.refresh)  # nodes out of step, as nodes started at different times are
         while True:
-            try:
-                await asyncio.wait_for(self.changed.wait(), wait)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.changed.wait()
             wait = self.refresh
             self.changed.clear()
             try:

@@ -23,12 +23,12 @@ yet done, so nothing is lost and nothing created twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from cnetd.background import cancel_and_wait, wait_event
 from cnetd.cluster.etcd import Compare, Delete, EtcdClient, EtcdError, KeyValue, Watch, WatchBatch, WatchCompacted
 from cnetd.cluster.records import Assignment, assignments_prefix, decode
 
@@ -73,12 +73,8 @@ class AssignmentWatcher:
             return
         self._closing = True
         self.poke()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), CLOSE_GRACE)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await asyncio.wait({self._task}, timeout=CLOSE_GRACE)
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def _run(self) -> None:
@@ -182,6 +178,5 @@ class AssignmentWatcher:
                 self._on_applied(kv.mod_revision)
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_event(self._wake, seconds)
         self._wake.clear()

@@ -22,11 +22,11 @@ still holds our epoch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cnetd.background import cancel_and_wait, wait_event
 from cnetd.clock import utc_now
 from cnetd.cluster.etcd import (
     Compare, Delete, EtcdClient, EtcdError, EtcdOutcomeUnknown, EtcdRequestError, Get, KeyValue, Put,
@@ -71,6 +71,7 @@ class Election:
         self._leader: Leader | None = None
         self._is_leader = False
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -100,15 +101,16 @@ class Election:
 
     async def start(self) -> None:
         if self._task is None:
+            self._closing = False
             self._task = asyncio.create_task(self._run(), name=f"election {self._key}")
 
     async def close(self, resign: bool = True) -> None:
         """Stop campaigning; with resign, delete the key while it still holds our epoch, so
         that another agent takes over at once instead of after our lease's TTL."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True  # the loop also ends by itself once woken
+            self._wake.set()
+            await cancel_and_wait(self._task)
             self._task = None
         epoch = self.epoch
         self._set(self._leader, False)
@@ -125,7 +127,7 @@ class Election:
     # --- the campaign ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._campaign()
             except asyncio.CancelledError:
@@ -203,8 +205,7 @@ class Election:
                 self._set(Leader.of(event.kv), self._is_leader)  # the leader rewrote its record
 
     async def _pause(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._retry)
+        await wait_event(self._wake, self._retry)
         self._wake.clear()
 
     def _set(self, leader: Leader | None, is_leader: bool) -> None:

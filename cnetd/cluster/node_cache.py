@@ -13,13 +13,13 @@ compacted history), the cache is not ready until it has listed again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
 
+from cnetd.background import cancel_and_wait, wait_event
 from cnetd.cluster.etcd import EtcdClient, EtcdError, KeyValue, WatchCompacted, prefix_range_end
 from cnetd.cluster.records import NodeRecord, decode, nodes_prefix
 
@@ -59,16 +59,12 @@ class NodeCache:
             self._task = asyncio.create_task(self._run(), name=f"node cache {self._prefix}")
 
     async def wait_ready(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._synced.wait(), timeout)
+        await wait_event(self._synced, timeout)
         return self._ready
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._ready = False
 
     async def read(self) -> dict[str, NodeEntry]:

@@ -11,6 +11,7 @@ import logging
 
 import msgspec
 
+from cnetd.background import cancel_and_wait
 from cnetd.cluster.etcd import EtcdClient, EtcdError, LeaseLost
 from cnetd.cluster.records import NodeRecord, Resources, encode, node_key
 
@@ -74,11 +75,8 @@ class SimNode:
                 log.info("sim node %s keepalive: %s", self.node_id, err)
 
     async def stop_keepalive(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
-            self._keepalive = None
+        await cancel_and_wait(self._keepalive)
+        self._keepalive = None
 
     async def revoke(self) -> None:
         await self.etcd.revoke(self.lease_id)
