@@ -48,7 +48,7 @@ from cnetd.cluster.etcd import Compare, EtcdClient, EtcdError, EtcdOptions, Leas
 from cnetd.cluster.etcd_wire import Op  # noqa: E402
 from cnetd.cluster.placement import NoFit  # noqa: E402
 from cnetd.cluster.records import (  # noqa: E402
-    Assignment, NodeRecord, Resources, encode, node_key, tasks_prefix,
+    Assignment, NodeRecord, Resources, encode, node_key,
 )
 from cnetd.cluster.scheduler import Scheduler  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402
@@ -313,15 +313,16 @@ async def scenario(cluster: EtcdCluster, nodes: int, args: argparse.Namespace) -
     nodes_after = await simulation.ask()
 
     keys = (await etcd.range(b"\x00", range_end=b"\x00", count_only=True)).count
-    summaries = (await etcd.range(tasks_prefix(PREFIX), prefix=True, count_only=True)).count
+    placed = (await etcd.range(f"{PREFIX}/placed/", prefix=True, count_only=True)).count
     status = cluster.members[0].request("/v3/maintenance/status", {})
     await scheduler.close()
     await election.close()
     keeping.cancel()
     await etcd.close()
     final = await simulation.stop()
-    if final["duplicates"] or summaries != args.tasks - no_fit or no_fit:
-        print(f"  !! {nodes} nodes: {final['duplicates']} duplicate creates, {summaries} summaries, {no_fit} no-fit",
+    if final["duplicates"] or placed != args.tasks or no_fit or final["created"] != args.tasks:
+        print(f"  !! {nodes} nodes: {final['created']} created, {final['duplicates']} duplicate creates, "
+              f"{placed} placed keys, {no_fit} no-fit",
               file=sys.stderr)
     return {
         "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),

@@ -21,7 +21,7 @@ from cnetd.cluster.etcd import EtcdClient, EtcdOptions, EtcdUnavailable
 from cnetd.cluster.node_cache import NodeCache, NodeEntry
 from cnetd.cluster.placement import NoFit, OnNode, Placement, Strategy, WithLabels
 from cnetd.cluster.records import (
-    Assignment, Resources, TaskSummary, assignment_key, decode, scheduler_key, task_key,
+    Assignment, PlacedTask, Resources, assignment_key, decode, placed_key, scheduler_key,
 )
 from cnetd.cluster.scheduler import Contended, NotLeader, Placed, Scheduler
 from tests.support.etcd import EtcdCluster, etcd_shared, etcd_three, eventually, free_ports  # noqa: F401  (fixtures)
@@ -221,7 +221,7 @@ async def test_a_deposed_scheduler_cannot_place_and_writes_nothing(etcd: EtcdCli
         assert (caught.value.leader.node_id, caught.value.leader.epoch) == (second.node_id, second.election.epoch)
         assert stale.deposed_epochs == [stale.epoch]
         assert await keys_under(etcd, f"{prefix}/assignments/") == {}
-        assert await keys_under(etcd, f"{prefix}/tasks/") == {}
+        assert await keys_under(etcd, f"{prefix}/placed/") == {}
 
 
 @dataclass
@@ -324,9 +324,9 @@ async def test_thirty_tasks_posted_through_three_agents_at_once_are_each_placed_
                 node_id, task_id = key.split("/")
                 assert by_task[task_id] == {node_id}
                 assert decode(value, Assignment).epoch in (first_epoch, second.election.epoch)
-            summaries = await keys_under(clients[0], f"{prefix}/tasks/")
-            assert sorted(summaries) == sorted(task_ids)
-            assert {t: decode(v, TaskSummary).node_id for t, v in summaries.items()} == \
+            placed_keys = await keys_under(clients[0], f"{prefix}/placed/")
+            assert sorted(placed_keys) == sorted(task_ids)
+            assert {t: decode(v, PlacedTask).node_id for t, v in placed_keys.items()} == \
                 {t: next(iter(nodes)) for t, nodes in by_task.items()}
     finally:
         for c in clients:
@@ -452,8 +452,29 @@ async def test_a_retry_of_a_placed_task_answers_with_that_placement_even_after_i
         third = await agent.scheduler.place(task_id, "task", body, ONE_CPU, "auto", posted_by="a")
         assert (third.node_id, third.existing) == (placed.node_id, True)
         assert await keys_under(etcd, f"{prefix}/assignments/") == {}
-        summary = await etcd.get(task_key(prefix, task_id))
-        assert summary is not None and decode(summary.value, TaskSummary).status == "pending"
+        record = await etcd.get(placed_key(prefix, task_id))
+        assert record is not None and decode(record.value, PlacedTask).node_id == placed.node_id
+        # It lapses by itself: on a lease of the retry window, never renewed.
+        assert (await etcd.time_to_live(record.lease)).granted_ttl == 600
+
+
+async def test_a_retry_at_the_next_scheduler_finds_the_placement_its_predecessor_made(
+        etcd: EtcdClient, prefix: str) -> None:
+    nodes = [await SimNode(etcd, prefix, name).register() for name in ("n1", "n2")]
+    try:
+        async with agents(etcd, prefix, ["a", "b"], as_nodes=False) as two:
+            first = await the_leader(two)
+            task_id = new_id()
+            placed = await first.place(task_id)
+            await first.election.close()  # stepped down (or died) before its caller heard back
+            second = await until(lambda: _leader_other_than(two, first), 5, "a successor")
+            await cache_ready(second)
+            again = await second.place(task_id)
+            assert (again.node_id, again.existing) == (placed.node_id, True)
+            assert list(await keys_under(etcd, f"{prefix}/assignments/")) == [f"{placed.node_id}/{task_id}"]
+    finally:
+        for node in nodes:
+            await node.close()
 
 
 async def test_a_follower_refuses_to_place_and_names_the_scheduler(etcd: EtcdClient, prefix: str) -> None:

@@ -7,6 +7,9 @@ one module holds the whole layout.
     <prefix>/scheduler                        SchedulerRecord, on the scheduler's lease;
                                               its create_revision is the scheduler's epoch
     <prefix>/assignments/<node_id>/<task_id>  Assignment, written by the scheduler in a fenced txn
+    <prefix>/placed/<task_id>                 PlacedTask, written in the same txn, on a lease of
+                                              the scheduler's that lapses after a while: each
+                                              task id is placed once, a retry finds where
     <prefix>/tasks/<node_id>/<task_id>        TaskSummary, mirrored by the owning node
 """
 
@@ -69,6 +72,16 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
     placed_at: str
 
 
+class PlacedTask(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a task id was placed; kept for the scheduler's retry window only."""
+
+    task_id: str
+    node_id: str
+    epoch: int
+    node_revision: int
+    placed_at: str
+
+
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -115,6 +128,10 @@ def assignment_key(prefix: str, node_id: str, task_id: str) -> str:
     return f"{prefix}/assignments/{node_id}/{task_id}"
 
 
+def placed_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}/placed/{task_id}"
+
+
 def tasks_prefix(prefix: str) -> str:
     return f"{prefix}/tasks/"
 
@@ -135,14 +152,9 @@ def decode(data: bytes, kind: type[T]) -> T:
     return msgspec.json.decode(data, type=kind)
 
 
-KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
 def check_key_part(what: str, value: str) -> str:
-    """A node or task id that becomes one segment of a key: letters, digits, '.', '_', '-',
-    at most 128, not starting with a dot or dash; anything else (a '/', '..', a NUL) could
-    reach another node's keys. Raises ValueError naming `what`."""
-    if not KEY_PART.fullmatch(value):
-        raise ValueError(f"{what}: {value!r:.60} is not a valid id "
-                         "(1-128 letters, digits, '.', '_', '-', starting with a letter or digit)")
+    """A node or task id that becomes one segment of a key, by the node id rule: anything
+    else (a '/', '..', a NUL) could reach another node's keys. Raises ValueError naming `what`."""
+    if not NODE_ID_PATTERN.match(value):
+        raise ValueError(f"{what}: {value!r:.60} is not a valid id ({NODE_ID_RULE})")
     return value

@@ -10,18 +10,21 @@ this scheduler's own placements that the node has not yet taken into its record 
 newer than its applied_revision, or still in flight), then placement.choose().
 
 Writing: one txn puts `<prefix>/assignments/<node>/<task_id>` (the Assignment) and
-`<prefix>/tasks/<task_id>` (a pending TaskSummary naming the node) if and only if
+`<prefix>/placed/<task_id>` (a PlacedTask naming the node) if and only if
   - the scheduler key's create_revision is our epoch: a deposed scheduler writes nothing;
   - the node key's create_revision is the registration we decided on: a node that came
     back under a new lease gets no placement made against its old record;
   - neither key exists yet: each task id is placed once, cluster-wide and across
     schedulers; a retry of the same id answers with the placement that was made.
-The owning node later rewrites the task summary (status mirror); the assignment key it
-deletes once it has created the task (assignments.py).
+The node deletes the assignment key once it has created the task (assignments.py). The
+placed key hangs on a lease of this scheduler's that is never renewed, so it lapses by
+itself after between retry_window/2 and retry_window seconds: a retry of a task id within
+retry_window/2 always finds its placement, and the keys do not pile up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,13 +35,14 @@ import msgspec
 from cnetd.clock import utc_now
 from cnetd.cluster.election import Leader
 from cnetd.cluster.etcd import (
-    Compare, EtcdClient, EtcdOutcomeUnknown, EtcdUnavailable, Get, KeyValue, Put, RangeResult, prefix_range_end,
+    Compare, EtcdClient, EtcdOutcomeUnknown, EtcdRequestError, EtcdUnavailable, Get, KeyValue, Put, RangeResult,
+    prefix_range_end,
 )
 from cnetd.cluster.node_cache import NodeCache, NodeEntry
 from cnetd.cluster.placement import NoFit, Placement, Strategy, choose
 from cnetd.cluster.records import (
-    Assignment, NodeRecord, Resources, TaskSummary, assignment_key, check_key_part, decode, encode, node_key,
-    scheduler_key, task_key,
+    Assignment, NodeRecord, PlacedTask, Resources, assignment_key, check_key_part, decode, encode, node_key,
+    placed_key, scheduler_key,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ Kind = Literal["task", "model"]
 # etcd refuses a request over 1.5 MiB (--max-request-bytes); the txn carries the assignment
 # plus a small summary, so refuse a bigger body here, with a clear message, before deciding.
 MAX_ASSIGNMENT_BYTES = 1_400_000
+RETRY_WINDOW = 600  # seconds a placed key lives at most (at least half of it)
+LEASE_NOT_FOUND = "etcdserver: requested lease not found"
 ATTEMPTS = 3  # decisions per place() when the fence finds the node re-registered, or an answer was lost
 
 
@@ -152,9 +158,10 @@ class Book:
 
 class Scheduler:
     def __init__(self, etcd: EtcdClient, prefix: str, node_id: str, leadership: Leadership,
-                 strategy: Strategy = "spread", *, nodes: NodeSource | None = None) -> None:
+                 strategy: Strategy = "spread", *, nodes: NodeSource | None = None,
+                 retry_window: int = RETRY_WINDOW) -> None:
         """nodes: where to read the online nodes (default: a NodeCache of its own, started
-        by start() and closed by close())."""
+        by start() and closed by close()). retry_window: see the module's docstring."""
         self._etcd = etcd
         self._prefix = prefix
         self.node_id = node_id
@@ -166,6 +173,10 @@ class Scheduler:
         self.nodes: NodeSource = nodes
         self._book = Book()
         self._booked_epoch = 0
+        self._retry_window = retry_window
+        self._placed_lease = 0  # the lease placed keys go on now
+        self._placed_lease_until = 0.0  # loop time after which a new one is taken
+        self._lease_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if self._own_cache is not None:
@@ -232,43 +243,58 @@ class Scheduler:
         now = utc_now()
         assignment = Assignment(task_id=task_id, kind=kind, body=body, demand=demand, epoch=epoch,
                                 node_revision=entry.create_revision, posted_by=posted_by, placed_at=now)
-        summary = TaskSummary(id=task_id, name=str(body.get("name") or ""), kind="run" if kind == "task" else "train",
-                              status="pending", node_id=node.node_id, updated_at=now)
+        record = PlacedTask(task_id=task_id, node_id=node.node_id, epoch=epoch, node_revision=entry.create_revision,
+                            placed_at=now)
         sched, target = scheduler_key(self._prefix), node_key(self._prefix, node.node_id)
-        assign, summary_key = assignment_key(self._prefix, node.node_id, task_id), task_key(self._prefix, task_id)
+        assign, placed = assignment_key(self._prefix, node.node_id, task_id), placed_key(self._prefix, task_id)
         compares = [
             Compare.create_revision(sched, "==", epoch),
             Compare.create_revision(target, "==", entry.create_revision),
             Compare.absent(assign),
-            Compare.absent(summary_key),
+            Compare.absent(placed),
         ]
-        writes = [Put(assign, encode(assignment)), Put(summary_key, encode(summary))]
-        reads = [Get(sched), Get(target), Get(summary_key)]
+        reads = [Get(sched), Get(target), Get(placed)]
         maybe_landed = False  # an earlier try's answer was lost: the placement found may be ours
         for attempt in range(ATTEMPTS):
+            lease = await self._placed_lease_id()
+            writes = [Put(assign, encode(assignment)), Put(placed, encode(record), lease=lease)]
             try:
                 answer = await self._etcd.txn(compares, writes, reads)
             except EtcdOutcomeUnknown as err:
                 maybe_landed = True
                 # Sending it again is safe: if the first landed, the compares now fail on the
-                # task key, and the read below tells whether the placement found is ours.
+                # placed key, and the read tells whether the placement found is ours.
                 log.warning("placing task %s: %s; asking again", task_id, err)
                 if attempt == ATTEMPTS - 1:
                     raise
+                continue
+            except EtcdRequestError as err:
+                if err.message != LEASE_NOT_FOUND or attempt == ATTEMPTS - 1:
+                    raise
+                self._placed_lease_until = 0.0  # lapsed (etcd away for long): take a new one
                 continue
             if answer.succeeded:
                 log.info("placed %s %s on %s (epoch %d, revision %d)", kind, task_id, node.node_id, epoch,
                          answer.revision)
                 return Placed(task_id, node.node_id, node.advertise_url, answer.revision, existing=False)
-            return await self._refused(task_id, epoch, entry, assignment if maybe_landed else None, answer.responses)
+            return self._refused(task_id, epoch, entry, record if maybe_landed else None, answer.responses)
         raise AssertionError("unreachable")
 
-    async def _refused(self, task_id: str, epoch: int, entry: NodeEntry, ours: Assignment | None,
-                       reads: tuple[object, ...]) -> Placed | None:
+    async def _placed_lease_id(self) -> int:
+        """A lease granted for retry_window and never renewed, replaced when half of it is gone."""
+        async with self._lease_lock:
+            now = asyncio.get_running_loop().time()
+            if now >= self._placed_lease_until:
+                self._placed_lease = (await self._etcd.grant(self._retry_window)).id
+                self._placed_lease_until = now + self._retry_window / 2
+            return self._placed_lease
+
+    def _refused(self, task_id: str, epoch: int, entry: NodeEntry, ours: PlacedTask | None,
+                 reads: tuple[object, ...]) -> Placed | None:
         """Why the txn's compares failed, and what place() answers for it."""
-        sched_kv, node_kv, summary_kv = (_first(r) for r in reads)
-        if summary_kv is not None:
-            return await self._existing(task_id, summary_kv, ours)
+        sched_kv, node_kv, placed_kv = (_first(r) for r in reads)
+        if placed_kv is not None:
+            return self._existing(task_id, placed_kv, ours)
         if sched_kv is None or sched_kv.create_revision != epoch:
             self._leadership.deposed(epoch)
             raise NotLeader(Leader.of(sched_kv) if sched_kv is not None else None)
@@ -277,21 +303,17 @@ class Scheduler:
                      entry.record.node_id, entry.create_revision, node_kv.create_revision if node_kv else "gone",
                      task_id)
             return None
-        # The assignment key exists but no task summary: a placement whose summary was removed.
+        # The assignment key is there but the placed key is not: placed longer ago than the
+        # retry window, and the node has not yet taken it.
         return Placed(task_id, entry.record.node_id, entry.record.advertise_url, 0, existing=True)
 
-    async def _existing(self, task_id: str, summary_kv: KeyValue, ours: Assignment | None) -> Placed:
-        """The placement a task summary records: an earlier one's, or ours when a try whose
+    def _existing(self, task_id: str, placed_kv: KeyValue, ours: PlacedTask | None) -> Placed:
+        """The placement a placed key records: an earlier call's, or ours when a try whose
         answer was lost (ours: what it wrote) landed after all."""
-        summary = decode(summary_kv.value, TaskSummary)
-        node = self.nodes.nodes.get(summary.node_id)
+        record = decode(placed_kv.value, PlacedTask)
+        node = self.nodes.nodes.get(record.node_id)
         url = node.record.advertise_url if node is not None else ""
-        if ours is not None:
-            found = await self._etcd.get(assignment_key(self._prefix, summary.node_id, task_id))
-            if found is not None and summary_kv.create_revision == found.mod_revision \
-                    and decode(found.value, Assignment) == ours:
-                return Placed(task_id, summary.node_id, url, found.mod_revision, existing=False)
-        return Placed(task_id, summary.node_id, url, summary_kv.create_revision, existing=True)
+        return Placed(task_id, record.node_id, url, placed_kv.mod_revision, existing=record != ours)
 
     async def _book_epoch(self, epoch: int) -> None:
         """At the start of an epoch, take over the placements the nodes have not yet
