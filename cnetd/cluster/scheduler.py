@@ -51,7 +51,7 @@ __all__ = ["Contended", "EtcdUnavailable", "Leadership", "NodeSource", "NoFit", 
 
 Kind = Literal["task", "model"]
 # etcd refuses a request over 1.5 MiB (--max-request-bytes); the txn carries the assignment
-# plus a small summary, so refuse a bigger body here, with a clear message, before deciding.
+# plus a small placed record, so refuse a bigger body here, with a clear message, before deciding.
 MAX_ASSIGNMENT_BYTES = 1_400_000
 RETRY_WINDOW = 600  # seconds a placed key lives at most (at least half of it)
 LEASE_NOT_FOUND = "etcdserver: requested lease not found"
