@@ -180,7 +180,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
-    cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks)
+    cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
 
     app[INGESTER] = ingester
     def forget(task_ids: list[str]) -> None:

@@ -80,7 +80,7 @@ def deployment(body: Any) -> Any:
     ({"name": "<script>"}, "name", "must be 1-128 characters"),
     ({"name": "x" * 129}, "name", "must be 1-128 characters"),
     ({"colour": "red"}, "colour",
-     "unknown field (allowed: args, command, env, name, node_id, resources, timeout, type, working_dir)"),
+     "unknown field (allowed: args, command, env, name, node_id, placement, resources, timeout, type, working_dir)"),
 ])
 def test_task_body_refusals_name_the_field(patch: dict[str, Any], field: str, words: str) -> None:
     body = {k: v for k, v in {**TASK, **patch}.items() if v is not None or k == "type"}

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from cnetd.cluster.placing import PlaceRequest
 from cnetd.api.openapi import DOCUMENT
 from cnetd.api.routes import add_api_routes
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
@@ -83,6 +84,7 @@ DECLARED_BODIES: dict[str, type[msgspec.Struct]] = {
     "deployModel": DeploymentBody,
     "predict": PredictRequestBody,
     "serveModel": ServingSpecBody,
+    "clusterPlace": PlaceRequest,
 }
 HAND_WRITTEN_BODIES = {"v2Infer", "v2InferVersion"}  # the Open Inference Protocol's own shape (protocol.py)
 

@@ -11,14 +11,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
+from cnetd.api.errors import read_json
 from cnetd.api.serialize import json_response
 from cnetd.clock import utc_now
 from cnetd.cluster import relay
 from cnetd.cluster.directory import NodeEntry
 from cnetd.cluster.peers import PeerCaller
+from cnetd.cluster.placing import Kind, PlaceRequest, Where
 from cnetd.cluster.records import NODE_ID_PATTERN
 from cnetd.errors import Invalid, NotFound
 from cnetd.security.cluster_token import is_peer
@@ -38,8 +41,10 @@ async def this_node(agent: Agent) -> dict[str, Any]:
 async def list_nodes(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     if agent.cluster is None:
-        return json_response([await this_node(agent)])
-    return json_response([entry.to_json() for entry in await agent.cluster.directory.list()])
+        return json_response([{**await this_node(agent), "scheduler": False}])
+    leader = agent.cluster.election.leader
+    return json_response([{**entry.to_json(), "scheduler": leader is not None and entry.node_id == leader.node_id}
+                          for entry in await agent.cluster.directory.list()])
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -60,6 +65,35 @@ async def member(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     assert agent.cluster is not None  # the cluster token middleware answers 404 without a cluster
     return json_response({"node_id": agent.node_id, **agent.cluster.status_json()})
+
+
+async def place(request: web.Request) -> web.Response:
+    """For a posting agent: the scheduler places its work (409 when this agent is not the scheduler)."""
+    agent = request.app[AGENT]
+    assert agent.cluster is not None  # the cluster token middleware answers 404 without a cluster
+    try:
+        asked = msgspec.convert(await read_json(request), PlaceRequest)
+        placement, demand = asked.checked()
+    except (msgspec.ValidationError, ValueError) as exc:
+        field, _, message = str(exc).partition(": ")
+        raise Invalid(field if message else "body", message or str(exc)) from None
+    placed = await agent.cluster.placing.place_here(asked.task_id, asked.kind, asked.body, demand, placement,
+                                                    asked.posted_by)
+    return json_response(msgspec.to_builtins(placed))
+
+
+async def placed_elsewhere(request: web.Request, kind: Kind, body: Any) -> Where | None:
+    """A create body with "placement": where the scheduler put it, once its node created it.
+    None: no placement, or one that means this node on an agent with no cluster (run it here)."""
+    if not isinstance(body, dict) or body.get("placement") is None:
+        return None
+    agent = request.app[AGENT]
+    if agent.cluster is None:
+        if body["placement"] == "auto" or body["placement"] == {"node_id": agent.node_id}:
+            del body["placement"]
+            return None
+        raise Invalid("placement", f"needs a cluster, but {NOT_IN_A_CLUSTER}; leave it out, or use \"auto\"")
+    return await agent.cluster.placing.submit(kind, body)
 
 
 def peers_of(agent: Agent, node_id: str) -> PeerCaller:

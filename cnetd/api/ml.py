@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
-from cnetd.api.cluster import delegate_create, node_param, target_of
+from cnetd.api.cluster import delegate_create, node_param, placed_elsewhere, target_of
 from cnetd.api.errors import error_response, read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
@@ -30,6 +30,13 @@ async def list_models(request: web.Request) -> web.Response:
 async def deploy_model(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     body = await read_json(request)
+    where = await placed_elsewhere(request, "model", body)
+    if where is not None:
+        if where.remote is not None:
+            return json_response(where.remote, status=201)
+        model = await agent.models.get(where.task_id)
+        return json_response(model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record)),
+                             status=201)
     node_id = target_of(agent, body)
     if node_id is not None:
         return await delegate_create(request, body, node_id, "/api/ml/models")

@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from cnetd import __version__
+from cnetd.cluster.placing import PlaceRequest
 from cnetd.api.serialize import json_response
 from cnetd.bodies.schema import body_components, public_name
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
@@ -56,6 +57,7 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "deployModel": DeploymentBody,
     "predict": PredictRequestBody,
     "serveModel": ServingSpecBody,
+    "clusterPlace": PlaceRequest,
 }
 
 TASK: Schema = {
@@ -173,6 +175,7 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "free": {**ref("NodeResources"), "description": "capacity less the limits of the node's tasks that have not ended"},
             "sandbox": STRING, "version": STRING, "started_at": nullable(TIME), "updated_at": nullable(TIME),
             "last_seen": nullable(TIME), "advertise_url": STRING,
+            "scheduler": {"type": "boolean", "description": "this node is the elected scheduler that places work"},
         },
     },
     "ClusterTask": {
@@ -249,7 +252,7 @@ ERROR_TEXT = {
     413: "the body is larger than 1 MiB",
     415: "a body (or a Content-Type) that is not application/json, on any POST or DELETE",
     421: "the Host header does not name this agent (see agent.allowed_hosts)",
-    422: "the model's script rejected the input",
+    422: "the model's script rejected the input; for placed work: no node of the cluster fits (details.reasons: a line per node)",
     429: "the model's request queue is full",
     502: "a worker or another node answered with something unusable (the message says what)",
     503: "storage, a worker, another node or etcd unavailable (the message says which)",
@@ -360,6 +363,11 @@ def build_document() -> Schema:
             "This node's membership of the cluster, for another agent: only with the cluster token in "
             "X-CNET-Cluster-Token (401 without it or with a wrong one; 404 on an agent with no cluster)",
             responses({200: ("membership", ref("ClusterMember"))}, (404,)), op_id="clusterMember")},
+        "/api/cluster/place": {"post": operation(
+            "For another agent of the cluster: the scheduler places a piece of work (409 when this agent is "
+            "not the scheduler, 422 when no node fits)",
+            responses({200: ("placed", ref("Object"))}, (400, 404, 409, 415, 422, 503)), None,
+            declared_body("clusterPlace"), op_id="clusterPlace")},
         "/api/nodes": {"get": operation("Every node of the cluster, online first (a single node: itself)", responses(
             {200: ("nodes", {"type": "array", "items": ref("ClusterNode")})}, (503,)), op_id="listNodes")},
         "/api/nodes/{node_id}": {
@@ -382,7 +390,7 @@ def build_document() -> Schema:
                 {200: ("tasks", {"type": "array", "items": {"anyOf": [ref("Task"), ref("ClusterTask")]}})},
                 (400, 404, 503)), task_list_params, op_id="listTasks"),
             "post": operation("Start a process task", responses(
-                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 502, 504)), None, declared_body("createTask"), op_id="createTask"),
+                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 422, 502, 504)), None, declared_body("createTask"), op_id="createTask"),
         },
         "/api/tasks/{id}": {
             "get": operation("One task", responses({200: ("task", ref("Task"))}, (404,)), [ID_PARAM], op_id="getTask"),
@@ -400,7 +408,7 @@ def build_document() -> Schema:
                 {200: ("models", {"type": "array", "items": {"anyOf": [ref("Model"), ref("ClusterTask")]}})},
                 (400, 404, 503)), [NODE_QUERY], op_id="listModels"),
             "post": operation("Deploy a model (creates its training task)", responses(
-                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 502, 504)), None, declared_body("deployModel"), op_id="deployModel"),
+                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 422, 502, 504)), None, declared_body("deployModel"), op_id="deployModel"),
         },
         "/api/ml/models/{id}": {
             "get": operation("One model", responses({200: ("model", ref("Model"))}, (404,)), [ID_PARAM], op_id="getModel"),

@@ -16,6 +16,7 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get("/api/openapi.json", openapi.openapi, name="openapi")
 
     r.add_get("/api/cluster/member", cluster.member, name="cluster-member")  # other agents only (cluster token)
+    r.add_post("/api/cluster/place", cluster.place, name="cluster-place")  # the scheduler, for other agents
     r.add_get("/api/nodes", cluster.list_nodes, name="nodes")
     r.add_get("/api/nodes/{node_id}", cluster.get_node, name="node-one")
     for method in ("GET", "POST", "DELETE"):

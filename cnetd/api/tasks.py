@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnetd.agent import AGENT
-from cnetd.api.cluster import delegate_create, node_param, target_of
+from cnetd.api.cluster import delegate_create, node_param, placed_elsewhere, target_of
 from cnetd.api.errors import read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import choice_param, int_param
@@ -39,6 +39,12 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def create_task(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     body = await read_json(request)
+    where = await placed_elsewhere(request, "task", body)
+    if where is not None:
+        if where.remote is not None:
+            return json_response(where.remote, status=201)
+        task = await agent.tasks.get(where.task_id)
+        return json_response(task_json(task, agent.enforcement(task.sandbox)), status=201)
     node_id = target_of(agent, body)
     if node_id is not None:
         return await delegate_create(request, body, node_id, "/api/tasks")

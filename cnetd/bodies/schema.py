@@ -27,6 +27,8 @@ def body_components(*declarations: type[msgspec.Struct]) -> dict[str, dict[str, 
         schema["title"] = public_name(name)
         if "description" in schema:  # a docstring: one paragraph, without its line breaks
             schema["description"] = " ".join(schema["description"].split())
+        if public_name(name) in renamed:  # e.g. ResourcesBody and another Resources: one would hide the other
+            raise ValueError(f"two declarations are both named {public_name(name)} in the OpenAPI document")
         renamed[public_name(name)] = schema
     return renamed
 

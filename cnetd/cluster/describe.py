@@ -10,6 +10,8 @@ node has promised, not what its processes happen to use now: what a scheduler ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cnetd.cluster.records import NodeRecord, Resources
 from cnetd.config import Config
 from cnetd.limits import ResourceLimits
@@ -43,6 +45,7 @@ class NodeDescriber:
         self._resources = resources
         self._sandbox = sandbox
         self._started_at = started_at
+        self.applied_revision: Callable[[], int] = lambda: 0  # set by the cluster: the assignments taken
 
     def capacity(self) -> Resources:
         totals = self._resources.totals()
@@ -55,9 +58,13 @@ class NodeDescriber:
 
     async def __call__(self) -> NodeRecord:
         capacity = self.capacity()
+        # Read before the tasks: every assignment up to it was created before this point, so
+        # `free` below covers them all (the scheduler subtracts only its later placements).
+        applied = self.applied_revision()
         promised = demand(await self._db.read(q.active_limits))
         return NodeRecord(
             node_id=self.identity.node_id, name=self.identity.node_name, advertise_url=self.url,
             labels=dict(self.labels), capacity=capacity, free=at_least_zero(capacity.minus(promised)),
             sandbox=self._sandbox, version=self.identity.version, started_at=self._started_at,
+            applied_revision=applied,
         )

@@ -11,6 +11,7 @@ one module holds the whole layout.
                                               the scheduler's that lapses after a while: each
                                               task id is placed once, a retry finds where
     <prefix>/tasks/<node_id>/<task_id>        TaskSummary, mirrored by the owning node
+    <prefix>/refused/<task_id>                Refusal: the target would not run what was placed on it
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ class PlacedTask(msgspec.Struct, frozen=True, kw_only=True):
     placed_at: str
 
 
+class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's answer to work placed on it that it will not run (its own 4xx), kept for the
+    posting agent at <prefix>/refused/<task_id> on a short lease."""
+
+    task_id: str
+    node_id: str
+    status: int
+    error: str
+    details: dict[str, str] = {}
+
+
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -130,6 +142,10 @@ def assignment_key(prefix: str, node_id: str, task_id: str) -> str:
 
 def placed_key(prefix: str, task_id: str) -> str:
     return f"{prefix}/placed/{task_id}"
+
+
+def refused_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}/refused/{task_id}"
 
 
 def tasks_prefix(prefix: str) -> str:

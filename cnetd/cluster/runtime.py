@@ -18,17 +18,22 @@ from typing import Any
 
 import yarl
 
-from cnetd.background import cancel_and_wait
+from cnetd.background import cancel_and_wait, wait_event
+from cnetd.cluster.assignments import AssignmentWatcher
 from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.directory import NodeDirectory
-from cnetd.cluster.etcd import EtcdClient, EtcdOptions
+from cnetd.cluster.election import Election, Leader
+from cnetd.cluster.etcd import EtcdClient, EtcdOptions, Lease
 from cnetd.cluster.membership import Membership
 from cnetd.cluster.mirror import StatusMirror
 from cnetd.cluster.view import ClusterView
 from cnetd.cluster.peers import PeerCaller
+from cnetd.cluster.placing import Placing
+from cnetd.cluster.scheduler import Scheduler
 from cnetd.config import ClusterSection, Config
 from cnetd.security.auth import is_loopback
 from cnetd.security.cluster_token import ClusterToken
+from cnetd.ml.service import ModelService
 from cnetd.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,8 @@ def etcd_options(cluster: ClusterSection) -> EtcdOptions:
 
 
 class ClusterNode:
-    def __init__(self, config: Config, cluster: ClusterSection, describe: NodeDescriber, tasks: TaskService) -> None:
+    def __init__(self, config: Config, cluster: ClusterSection, describe: NodeDescriber, tasks: TaskService,
+                 models: ModelService) -> None:
         self.settings = cluster
         self.identity = describe.identity
         self.url = describe.url
@@ -63,8 +69,49 @@ class ClusterNode:
         self.peers = PeerCaller(self.identity.node_id, self.directory, self.token, config.ml.timeout)
         self.view = ClusterView(self.etcd, cluster.prefix, self.directory)
         self.mirror = StatusMirror(self.etcd, cluster.prefix, self.identity.node_id, tasks)
-        self.membership.on_registered(lambda _lease, _revision: self.mirror.rejoined())
+        self.election = Election(self.etcd, cluster.prefix, self.identity.node_id, self.url,
+                                 lease=lambda: self.membership.lease_id, on_change=self._leadership_changed)
+        self.scheduler = Scheduler(self.etcd, cluster.prefix, self.identity.node_id, self.election, cluster.scheduler)
+        self.placing = Placing(self.etcd, cluster.prefix, self.identity.node_id, self.election, self.scheduler,
+                               self.peers, tasks, models, config.ml.resource_limits)
+        self.assignments = AssignmentWatcher(
+            self.etcd, cluster.prefix, self.identity.node_id, registration=lambda: self.membership.node_revision,
+            create=self.placing.create_assigned, on_applied=lambda _revision: self.membership.allocation_changed())
+        describe.applied_revision = lambda: self.assignments.applied_revision
+        self.membership.on_registered(self._registered)
+        self._leadership_flip = asyncio.Event()  # the election changed its mind
         self._watcher: asyncio.Task[None] | None = None
+        self._scheduling: asyncio.Task[None] | None = None
+
+    def _registered(self, _lease: Lease, _revision: int) -> None:
+        """A (re)join: campaign on the new lease, take the assignments of the new registration,
+        write the cluster view of this node again."""
+        self.election.poke()
+        self.assignments.poke()
+        self.mirror.rejoined()
+
+    def _leadership_changed(self, _leader: Leader | None, _is_leader: bool) -> None:
+        self._leadership_flip.set()
+
+    async def _schedule_while_leading(self) -> None:
+        """Only the scheduler follows every node's record (a watch on nodes/): the cost of
+        that watch is paid once in the cluster, not once per agent."""
+        running = False
+        try:
+            while True:
+                await wait_event(self._leadership_flip)
+                self._leadership_flip.clear()
+                if self.election.is_leader and not running:
+                    await self.scheduler.start()
+                    running = True
+                    log.info("cluster: this agent is the scheduler (epoch %d)", self.election.epoch)
+                elif not self.election.is_leader and running:
+                    await self.scheduler.close()
+                    running = False
+                    log.info("cluster: this agent is no longer the scheduler")
+        finally:
+            if running:
+                await self.scheduler.close()
 
     async def start(self) -> None:
         """Returns at once: joining happens in the background, and an etcd that does not
@@ -72,6 +119,9 @@ class ClusterNode:
         await self.peers.start()
         await self.membership.start()
         await self.mirror.start()
+        await self.assignments.start()
+        await self.election.start()
+        self._scheduling = asyncio.create_task(self._schedule_while_leading(), name="cluster-scheduling")
         self._watcher = asyncio.create_task(self._watch_allocation(), name="cluster-allocation")
         log.info("cluster: joining through etcd %s under %s as %s (%s), lease TTL %ds",
                  ", ".join(self.settings.etcd.endpoints), self.settings.prefix, self.identity.node_id, self.url,
@@ -82,6 +132,9 @@ class ClusterNode:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._watcher)
+        await self.election.close()  # a successor takes over at once, not after our lease's TTL
+        await cancel_and_wait(self._scheduling)
+        await self.assignments.close()
         await self.mirror.stop()
         await self.membership.stop()
         await self.peers.stop()

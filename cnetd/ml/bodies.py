@@ -20,6 +20,7 @@ from cnetd.tasks.fields import (
     Env,
     Name,
     NodeId,
+    PlacementField,
     PathText,
     RequiredPathText,
     ResourcesBody,
@@ -64,6 +65,7 @@ class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     timeout: Duration | None = None
     serving: ServingSpecBody | None = None
     node_id: NodeId | None = None
+    placement: PlacementField | None = None
 
     def to_deployment(self, default_limits: ResourceLimits) -> Deployment:
         """What this body deploys; the paths are checked against the file system later."""

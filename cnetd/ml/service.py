@@ -14,6 +14,7 @@ from typing import Any
 from cnetd.bodies.decode import decode_body
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid
+from cnetd.limits import ResourceLimits
 from cnetd.ml.bodies import Deployment, DeploymentBody, PredictRequestBody
 from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.inputs import input_argument
@@ -60,6 +61,11 @@ class ModelService:
         self.launcher = launcher
         self.confinement = confinement
         self.config = config
+
+    def requested_limits(self, body: Any) -> ResourceLimits:
+        """What a deploy body asks of a node (ml.resource_limits filling the gaps), its
+        structure checked; its paths are the deploying node's to check."""
+        return decode_body(body, DeploymentBody).to_deployment(self.config.ml.resource_limits).task.resources
 
     def parse_deployment(self, body: Any) -> Deployment:
         """The deploy body checked, then its paths against the roots and the file system."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -52,6 +52,14 @@ Duration = Annotated[
     ),
 ]
 NodeId = Annotated[str, Meta(description="run it on this node of the cluster (GET /api/nodes); omitted: on this node")]
+PlacementField = Annotated[
+    Literal["auto"] | dict[str, Any],
+    Meta(
+        description='where in the cluster the scheduler places it: "auto", {"node_id": "..."} or '
+                    '{"labels": {"region": "...", ...}} (every label must match); omitted: on this node',
+        extra={"invalid": 'must be "auto", {"node_id": "..."} or {"labels": {...}}'},
+    ),
+]
 
 
 class ResourcesBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

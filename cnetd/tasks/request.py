@@ -18,6 +18,7 @@ from cnetd.tasks.fields import (
     Env,
     Name,
     NodeId,
+    PlacementField,
     PathText,
     RequiredText,
     ResourcesBody,
@@ -57,6 +58,7 @@ class NewTaskBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     resources: ResourcesBody | None = None
     timeout: Duration | None = None
     node_id: NodeId | None = None
+    placement: PlacementField | None = None
 
     def to_new_task(self) -> NewTask:
         return NewTask(

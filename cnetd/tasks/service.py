@@ -72,6 +72,9 @@ class TaskService:
         await self._usage.fresh(task_id)  # the one task asked for: its usage read now if stale
         return self._with_live_usage(task)
 
+    async def exists(self, task_id: str) -> bool:
+        return await self.db.read(lambda c: q.get_task(c, task_id)) is not None
+
     async def list(self, **filters: Any) -> list[Task]:
         return [self._with_live_usage(t) for t in await self.db.read(lambda c: q.list_tasks(c, **filters))]
 
