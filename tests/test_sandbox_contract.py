@@ -143,7 +143,7 @@ def test_explicit_backend_that_cannot_work_is_an_error() -> None:
 
 
 def test_cgroup_mounts_take_the_last_mount_and_its_root(tmp_path: Path) -> None:
-    from cnetd.supervisor.cgroup import cgroup_mounts
+    from cnetd.supervisor.cgroupfs import cgroup_mounts
 
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(
@@ -166,7 +166,7 @@ def test_cgroup_mounts_take_the_last_mount_and_its_root(tmp_path: Path) -> None:
 
 
 def test_cgroup_dirs_of_self_are_real_directories() -> None:
-    from cnetd.supervisor.cgroup import cgroup_dirs_of
+    from cnetd.supervisor.cgroupfs import cgroup_dirs_of
 
     dirs = cgroup_dirs_of("self")
     assert dirs, "no cgroup hierarchy visible"

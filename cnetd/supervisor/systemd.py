@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
-from cnetd.supervisor.cgroup import (
+from cnetd.supervisor.cgroupfs import (
     CpuMeter,
     Mount,
     cgroup_dirs_of,

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from cnetd.supervisor import cgroup
+from cnetd.supervisor import cgroup, cgroupfs
 from cnetd.supervisor.base import Capabilities
 from cnetd.supervisor.cgroup import CgroupSandbox
 from cnetd.supervisor.none import NoneSandbox
@@ -91,7 +91,7 @@ def cgroup_group() -> Iterator[str]:
     if layout is None:
         harness_unavailable(f"cgroup backend unavailable: {why}")
     yield name
-    left = cgroup.remove_dirs(list(layout.bases.values()))
+    left = cgroupfs.remove_dirs(list(layout.bases.values()))
     assert not left, f"cgroups left behind: {left}"
 
 
