@@ -108,7 +108,7 @@ def measure(agent: AgentProcess, label: str, running_ids: list[str], requests: i
     get_ms: list[float] = []
     ages: list[float] = []
     pick = running_ids or [t["id"] for t in agent.api.get(f"/api/tasks?limit={LISTED}").body]
-    for i in range(requests):
+    for _ in range(requests):
         elapsed, body = api.get(f"/api/tasks?limit={LISTED}")
         list_ms.append(elapsed)
         now = time.time()

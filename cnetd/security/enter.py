@@ -58,7 +58,7 @@ class EnterError(Exception):
 def _check(result, what):
     if result != 0:
         err = ctypes.get_errno()
-        raise EnterError("%s: %s" % (what, os.strerror(err)))
+        raise EnterError(f"{what}: {os.strerror(err)}")
 
 
 def _b(text):
@@ -67,7 +67,7 @@ def _b(text):
 
 def mount(source, target, fstype, flags, data=None):
     _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
-           "mount %s on %s" % (fstype or source or "(remount)", target))
+           f"mount {fstype or source or '(remount)'} on {target}")
 
 
 class _MountAttr(ctypes.Structure):
@@ -148,10 +148,10 @@ def open_sources(ops):
             continue
         source = op["source"]
         fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
-        real = os.readlink("/proc/self/fd/%d" % fd)
+        real = os.readlink(f"/proc/self/fd/{fd}")
         if real != source:
             os.close(fd)
-            raise EnterError("%s is now %s (a symlink was put in its path); refusing to bind it" % (source, real))
+            raise EnterError(f"{source} is now {real} (a symlink was put in its path); refusing to bind it")
         fds[source] = fd
     return fds
 
@@ -170,14 +170,14 @@ def apply_ops(ops, fds):
             veils.append((target, os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
         elif kind == "bind":
             fd = fds[op["source"]]
-            is_dir = os.path.isdir("/proc/self/fd/%d" % fd)
+            is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
             _make_target(target, is_dir)
-            mount("/proc/self/fd/%d" % fd, target, None, MS_BIND)
+            mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
             flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | _current_flags(target)
             mount(None, target, None, flags if op.get("writable") else flags | MS_RDONLY)
         elif kind == "tmpfs":
             _make_target(target, True)
-            options = "mode=%s" % op.get("mode", "1777") + (",size=%d" % op["size"] if op.get("size") else "")
+            options = f"mode={op.get('mode', '1777')}" + (f",size={op['size']:d}" if op.get("size") else "")
             mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
         elif kind == "proc":
             try:
@@ -185,12 +185,12 @@ def apply_ops(ops, fds):
             except EnterError:  # kernels before 5.8 know only the number
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
         else:
-            raise EnterError("unknown mount step %r" % kind)
+            raise EnterError(f"unknown mount step {kind!r}")
     for target, fd in veils:  # the task may look into a veil but never write to it
         try:
-            mount(None, "/proc/self/fd/%d" % fd, "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, VEIL_OPTIONS)
+            mount(None, f"/proc/self/fd/{fd}", "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, VEIL_OPTIONS)
         except EnterError as exc:
-            raise EnterError("veil %s: %s" % (target, exc))
+            raise EnterError(f"veil {target}: {exc}") from exc
         os.close(fd)
 
 
@@ -218,13 +218,13 @@ def drop_privileges(identity):
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     os.setresuid(uid, uid, uid)
     if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
-        raise EnterError("could not switch to uid %d gid %d" % (uid, gid))
+        raise EnterError(f"could not switch to uid {uid} gid {gid}")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
 
 
 def enter(spec):
     if spec.get("version") != SPEC_VERSION:
-        raise EnterError("launch spec version %r is not %d (agent and enter.py differ)" % (spec.get("version"), SPEC_VERSION))
+        raise EnterError(f"launch spec version {spec.get('version')!r} is not {SPEC_VERSION} (agent and enter.py differ)")
     os.umask(0o022)  # the mount points made in veils must be enterable whatever the agent's umask
     if spec.get("namespace") is not None:
         private_namespace(spec["namespace"])
@@ -234,12 +234,12 @@ def enter(spec):
     try:
         os.chdir(spec["cwd"])
     except OSError as exc:
-        raise EnterError("working_dir %s: %s" % (spec["cwd"], exc.strerror))
+        raise EnterError(f"working_dir {spec['cwd']}: {exc.strerror}") from exc
     argv, env = spec["argv"], spec["env"]
     try:
         os.execve(argv[0], argv, env)
     except OSError as exc:
-        raise EnterError("exec %s: %s" % (argv[0], exc.strerror))
+        raise EnterError(f"exec {argv[0]}: {exc.strerror}") from exc
 
 
 def main(args):
@@ -255,8 +255,8 @@ def main(args):
             error_fd = os.open(spec["error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         enter(spec)
     except (EnterError, OSError, ValueError, KeyError, TypeError) as exc:
-        message = str(exc) if isinstance(exc, EnterError) else "%s: %s" % (type(exc).__name__, exc)
-        sys.stderr.write("cnet: cannot start the task: %s\n" % message)
+        message = str(exc) if isinstance(exc, EnterError) else f"{type(exc).__name__}: {exc}"
+        sys.stderr.write(f"cnet: cannot start the task: {message}\n")
         if error_fd is not None:
             os.write(error_fd, message.encode(errors="replace")[:4000])
         return 126

@@ -12,6 +12,7 @@ stop, wait), over three parts with one job each:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -260,10 +261,8 @@ class TaskService:
         self.bus.close()
 
     async def _stop_on_exit(self, task_id: str) -> None:
-        try:
+        with contextlib.suppress(Conflict, NotFound):  # it ended meanwhile
             await self.stop(task_id, why="by the agent: it is stopping (tasks.stop_on_exit)")
-        except (Conflict, NotFound):
-            pass  # it ended meanwhile
 
     # ---- usage now (for /api/tasks/{id}/stats and /metrics) -------------------------------
 

@@ -9,6 +9,7 @@ backend: on the host for none/cgroup, inside the namespace for systemd.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -151,10 +152,8 @@ class Driver:
             time.sleep(0.05)
             left = self.leftovers()
         for pid in self.task_processes():  # leave the machine clean even when failing
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         assert not left, f"{self.backend}: left behind {left}"
 
 

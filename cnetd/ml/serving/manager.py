@@ -195,7 +195,7 @@ class ServingManager:
         await self.db.write(lambda c: sq.set_serving(c, model_id, value))
 
     def _start(self, model: Model, spec: ServingSpec, adopt: list[Task] | None = None) -> Served:
-        name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
+        _name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
         batcher = Batcher(model.record.name, spec, self.catalog.model_file(model), metrics)
         served = Served(model=model, spec=spec, batcher=batcher, file_stamp=file_stamp(batcher.model_file))
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
