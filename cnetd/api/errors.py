@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cnetd.clock import utc_now
 from cnetd.api.jsonbody import decode_json
+from cnetd.clock import utc_now
 from cnetd.errors import DomainError
 
 log = logging.getLogger(__name__)
