@@ -12,6 +12,7 @@ stop, wait), over three parts with one job each:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -73,6 +74,7 @@ class TaskService:
         await self._usage.fresh(task_id)  # the one task asked for: its usage read now if stale
         return self._with_live_usage(task)
 
+    # Below this method a bare `list` in an annotation would name it: write builtins.list.
     async def list(self, **filters: Any) -> list[Task]:
         return [self._with_live_usage(t) for t in await self.db.read(lambda c: q.list_tasks(c, **filters))]
 
@@ -82,7 +84,7 @@ class TaskService:
             task.usage = live
         return task
 
-    def usage_history(self, task_id: str) -> list[Sample]:
+    def usage_history(self, task_id: str) -> builtins.list[Sample]:
         """The task's recent CPU and memory samples, oldest first (empty once forgotten)."""
         self._usage.look(task_id)  # a chart is open: a sample a second while it is
         return self._usage.samples(task_id)
@@ -103,14 +105,14 @@ class TaskService:
 
         return check
 
-    async def events(self, task_id: str) -> list[TaskEvent]:
+    async def events(self, task_id: str) -> builtins.list[TaskEvent]:
         await self.get(task_id)
         return await self.db.read(lambda c: q.list_events(c, task_id))
 
     async def counts(self) -> dict[str, int]:
         return await self.db.read(q.count_by_status)
 
-    def forget(self, task_ids: list[str]) -> None:
+    def forget(self, task_ids: builtins.list[str]) -> None:
         """Retention deleted these ended tasks: drop what is remembered of them."""
         self.states.forget(task_ids)
 
