@@ -185,7 +185,7 @@ class WorkerClient(asyncio.Protocol):
                     os.close(fd)
                 transport, _ = await loop.create_unix_connection(lambda: client, sock=sock)
                 client._add(transport)
-                client._out = transport  # type: ignore[assignment]
+                client._out = transport
         except BaseException:
             if client is not None:
                 client.abort("setting up the channel failed")
