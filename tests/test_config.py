@@ -547,9 +547,11 @@ def test_compatibility_keys_warn_once_each_when_a_file_sets_them(tmp_path: Path)
     cfg = load_text(tmp_path, ORIGINAL)
     label = str(tmp_path / "config.yaml")
     replaced = "ignored (see the cluster section of docs/config-reference.md)"
-    assert cfg.warnings == tuple(f"{label}: {key}: accepted for compatibility, has no effect"
-                                 for key in ("ml.engines", "ml.default_engine", "ml.port_range")) + (
-        f"{label}: discovery.enabled, discovery.servers, discovery.timeout, discovery.retry: replaced by cluster.etcd, {replaced}",
+    assert cfg.warnings == (
+        *(f"{label}: {key}: accepted for compatibility, has no effect"
+          for key in ("ml.engines", "ml.default_engine", "ml.port_range")),
+        f"{label}: discovery.enabled, discovery.servers, discovery.timeout, discovery.retry: "
+        f"replaced by cluster.etcd, {replaced}",
         f"{label}: agent.heartbeat: replaced by cluster.lease_ttl, {replaced}",
     )
     assert load_text(tmp_path, "ml: {enabled: true}\n").warnings == ()
@@ -685,14 +687,14 @@ def test_a_cluster_token_file_others_can_read_short_or_empty_is_refused(tmp_path
     with pytest.raises(ConfigError, match="is open to other users"):
         load_config(path, environ=NO_ENV)
     path = cluster_file(tmp_path, cluster, token="short")
-    with pytest.raises(ConfigError, match="cluster.token_file: the token in .* must be at least 16 characters"):
+    with pytest.raises(ConfigError, match=r"cluster\.token_file: the token in .* must be at least 16 characters"):
         load_config(path, environ=NO_ENV)
     (tmp_path / "cluster.token").write_text("# nothing but a comment\n\n")
-    with pytest.raises(ConfigError, match="cluster.token_file: .* holds no secret"):
+    with pytest.raises(ConfigError, match=r"cluster\.token_file: .* holds no secret"):
         load_config(path, environ=NO_ENV)
     (tmp_path / "cluster.token").unlink()
     (tmp_path / "cluster.token").mkdir()
-    with pytest.raises(ConfigError, match="cluster.token_file: cannot read .*cluster.token: Is a directory"):
+    with pytest.raises(ConfigError, match=r"cluster\.token_file: cannot read .*cluster\.token: Is a directory"):
         load_config(path, environ=NO_ENV)
 
 

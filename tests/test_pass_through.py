@@ -27,7 +27,7 @@ from cnetd.cluster import relay
 from cnetd.cluster.records import node_key
 from tests.support.agent import AgentProcess, free_port
 from tests.support.cluster import CLUSTER_TOKEN, cluster_agent, new_prefix, put_key, running_member, start_all, wait_status
-from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster
 
 BIG = 50 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -122,7 +122,7 @@ def stand_in() -> Iterator[StandInChild]:
 
 
 @pytest.fixture
-def etcd(etcd_shared: EtcdCluster) -> EtcdCluster:  # noqa: F811
+def etcd(etcd_shared: EtcdCluster) -> EtcdCluster:
     return etcd_shared
 
 

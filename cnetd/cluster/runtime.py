@@ -24,8 +24,8 @@ from cnetd.cluster.directory import NodeDirectory
 from cnetd.cluster.etcd import EtcdClient, EtcdOptions
 from cnetd.cluster.membership import Membership
 from cnetd.cluster.mirror import StatusMirror
-from cnetd.cluster.view import ClusterView
 from cnetd.cluster.peers import PeerCaller
+from cnetd.cluster.view import ClusterView
 from cnetd.config import ClusterSection, Config
 from cnetd.security.auth import is_loopback
 from cnetd.security.cluster_token import ClusterToken

@@ -20,6 +20,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from cnetd.background import wait_event
@@ -128,7 +129,8 @@ class TaskService:
         task_id: the id a cluster placement chose (the posting agent answers with it);
         creating it again returns the task already made, so a replayed placement runs once."""
         if task_id is not None:
-            existing = await self.db.read(lambda c: q.get_task(c, task_id))
+            # partial, not a lambda: the lambda would see task_id as str | None
+            existing = await self.db.read(partial(q.get_task, task_id=task_id))
             if existing is not None:
                 return existing
         else:

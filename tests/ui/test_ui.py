@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from tests.support.agent import AgentProcess
 from tests.support.cluster import cluster_agent, new_prefix, start_all
-from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixture)
+from tests.support.etcd import EtcdCluster
 from tests.support.waiting import wait_until
 from tests.ui.conftest import Browse
 
@@ -395,7 +395,7 @@ def test_stop_shows_stop_requested_at_once_and_stopped_after_the_grace(
 
 
 def test_nodes_page_lists_the_cluster_live(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]
 ) -> None:
     """Two agents of one cluster (a real etcd): the Nodes page lists both from etcd, with
     labels and free resources, and shows the other one offline, without a reload, once it
