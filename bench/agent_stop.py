@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cnetd.supervisor import cgroup  # noqa: E402
+from cnetd.supervisor import cgroup, cgroupfs  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 
@@ -109,7 +109,7 @@ def main() -> int:
             for n in range(len(agents)):
                 layout, _ = cgroup.probe(f"cnet-bench-stop-{os.getpid()}-{n}")
                 if layout is not None:
-                    cgroup.remove_dirs(list(layout.bases.values()))
+                    cgroupfs.remove_dirs(list(layout.bases.values()))
         shutil.rmtree(root, ignore_errors=True)
 
     base = sorted(rows[0][3])[len(rows[0][3]) // 2] if rows[0][3] else float("nan")

@@ -22,14 +22,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hand_checks_8526a92 import parse_deployment_task  # noqa: E402
-from hand_checks_8526a92 import parse_new_task as old_parse_new_task  # noqa: E402
+from hand_checks_8526a92 import parse_deployment_task
+from hand_checks_8526a92 import parse_new_task as old_parse_new_task
 
-from cnetd.bodies.decode import decode_body  # noqa: E402
-from cnetd.errors import Invalid  # noqa: E402
-from cnetd.limits import ResourceLimits  # noqa: E402
-from cnetd.ml.bodies import DeploymentBody  # noqa: E402
-from cnetd.tasks.request import parse_new_task  # noqa: E402
+from cnetd.bodies.decode import decode_body
+from cnetd.errors import Invalid
+from cnetd.limits import ResourceLimits
+from cnetd.ml.bodies import DeploymentBody
+from cnetd.tasks.request import parse_new_task
 
 DEFAULTS = ResourceLimits(1.0, 536870912, 1073741824, 0)
 SEED_DEPLOY = {  # the guide's linear regression body, verbatim

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -54,7 +53,11 @@ from cnetd.cluster.etcd import Compare, EtcdClient, EtcdError, EtcdOptions, Leas
 from cnetd.cluster.etcd_wire import Op  # noqa: E402
 from cnetd.cluster.placement import NoFit  # noqa: E402
 from cnetd.cluster.records import (  # noqa: E402
-    Assignment, NodeRecord, Resources, encode, node_key,
+    Assignment,
+    NodeRecord,
+    Resources,
+    encode,
+    node_key,
 )
 from cnetd.cluster.scheduler import Scheduler  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402

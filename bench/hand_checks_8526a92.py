@@ -146,7 +146,7 @@ def resources_field(
     for name in ("memory_limit", "disk_limit"):
         item = value.get(name, getattr(base, name))
         if item is not None:
-            if isinstance(item, bool) or isinstance(item, float) and not item.is_integer():
+            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
                 raise Invalid(f"{key}.{name}", f"must be a whole number of bytes or a size like \"512MB\", got {item!r}")
             try:
                 item = parse_size(int(item) if isinstance(item, float) else item, f"{key}.{name}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import timeit
+from functools import partial
 
 from cnetd.api.jsonbody import nesting_depth
 
@@ -54,10 +55,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'body':32s} {'KiB':>6s} {'depth':>7s} {'check ms':>9s} {'loads ms':>9s} {'ratio':>6s}")
     for name, raw in bodies().items():
-        check = seconds(lambda: nesting_depth(raw), args.repeat)
+        check = seconds(partial(nesting_depth, raw), args.repeat)
         _, outcome = loads_or_reason(raw)
         if outcome == "ok":
-            loads = seconds(lambda: json.loads(raw), args.repeat)
+            loads = seconds(partial(json.loads, raw), args.repeat)
             loads_text, ratio = f"{loads * 1000:9.1f}", f"{check / loads:6.2f}"
         else:
             loads_text, ratio = f"{outcome[:9]:>9s}", f"{'-':>6s}"

@@ -122,7 +122,8 @@ def main() -> int:
                 ("  + netlink sock_diag lookup", series(listener, args.connections, with_lookup(netlink))),
                 ("  + /proc/net/tcp lookup (fallback)", series(listener, args.connections, with_lookup(proc))),
             ]
-            table_lines = sum(1 for _ in open("/proc/net/tcp")) - 1
+            with open("/proc/net/tcp") as tcp:
+                table_lines = sum(1 for _ in tcp) - 1
         finally:
             for s in idle + accepted:
                 s.close()

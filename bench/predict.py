@@ -97,7 +97,9 @@ async def sequential(session: aiohttp.ClientSession, call: Call, n: int, offset:
     return times, errors
 
 
-async def concurrent(session: aiohttp.ClientSession, call: Call, seconds: float | None, total: int | None) -> tuple[int, float, int]:
+async def concurrent(
+    session: aiohttp.ClientSession, call: Call, seconds: float | None, total: int | None
+) -> tuple[int, float, int]:
     """(requests done, seconds, errors) with CONCURRENCY requests in flight, for `seconds`
     or for `total` requests."""
     done = errors = 0
@@ -150,17 +152,17 @@ async def measure_interleaved(paths: list[tuple[Row, Call]], requests: int, seco
     the machine does weighs on all of them alike."""
     pairs = [(row, call, *sessions()) for row, call in paths]
     try:
-        for row, call, one, many in pairs:  # warm up, and open the 64 connections
+        for _row, call, one, many in pairs:  # warm up, and open the 64 connections
             await sequential(one, call, 200)
             await concurrent(many, call, None, 4 * CONCURRENCY)
         times: dict[str, list[float]] = {row.label: [] for row, *_ in pairs}
         totals: dict[str, list[float]] = {row.label: [0, 0.0] for row, *_ in pairs}
         for r in range(rounds):
-            for row, call, one, many in pairs:
+            for row, call, one, _many in pairs:
                 batch, errors = await sequential(one, call, requests // rounds, r * requests)
                 times[row.label] += batch
                 row.errors += errors
-            for row, call, one, many in pairs:
+            for row, call, _one, many in pairs:
                 done, spent, errors = await concurrent(many, call, seconds / rounds, None)
                 totals[row.label][0] += done - errors
                 totals[row.label][1] += spent
@@ -177,7 +179,10 @@ async def measure_interleaved(paths: list[tuple[Row, Call]], requests: int, seco
 
 
 def table(rows: list[Row], floor: Row, tasks: Row) -> str:
-    head = f"{'path':<34} {'p50 ms':>9} {'p99 ms':>9} {'req/s c=64':>11} {'p50/floor':>10} {'rps/floor':>10} {'x faster than tasks':>20}"
+    head = (
+        f"{'path':<34} {'p50 ms':>9} {'p99 ms':>9} {'req/s c=64':>11} {'p50/floor':>10} {'rps/floor':>10} "
+        f"{'x faster than tasks':>20}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(

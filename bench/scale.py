@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cnetd.clock import parse_time  # noqa: E402
-from cnetd.supervisor import cgroup  # noqa: E402
+from cnetd.supervisor import cgroup, cgroupfs  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
 
 LISTED = 50  # tasks per list request, and finished tasks made for the idle row
@@ -108,7 +108,7 @@ def measure(agent: AgentProcess, label: str, running_ids: list[str], requests: i
     get_ms: list[float] = []
     ages: list[float] = []
     pick = running_ids or [t["id"] for t in agent.api.get(f"/api/tasks?limit={LISTED}").body]
-    for i in range(requests):
+    for _ in range(requests):
         elapsed, body = api.get(f"/api/tasks?limit={LISTED}")
         list_ms.append(elapsed)
         now = time.time()
@@ -166,11 +166,11 @@ def clean_up(agent: AgentProcess, group: str) -> None:
     tasks = [layout.task_dirs(e.name) for e in (os.scandir(primary) if primary.is_dir() else [])
              if e.is_dir(follow_symlinks=False)]
     for dirs in tasks:
-        cgroup.kill_cgroup(dirs)
+        cgroupfs.kill_cgroup(dirs)
     deadline = time.monotonic() + 60
-    while any(cgroup.exists(d) and not cgroup.is_empty(d) for d in tasks) and time.monotonic() < deadline:
+    while any(cgroupfs.exists(d) and not cgroupfs.is_empty(d) for d in tasks) and time.monotonic() < deadline:
         time.sleep(0.2)  # SIGKILLed processes take a moment to leave their cgroups
-    left = cgroup.remove_dirs(list(layout.bases.values()))
+    left = cgroupfs.remove_dirs(list(layout.bases.values()))
     if left:
         print(f"cgroups left behind: {left}", file=sys.stderr)
 

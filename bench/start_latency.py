@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cnetd.clock import parse_time  # noqa: E402
-from cnetd.supervisor import cgroup  # noqa: E402
+from cnetd.supervisor import cgroup, cgroupfs  # noqa: E402
 from tests.harness.fixtures import CAPABILITIES, Driver  # noqa: E402
 from tests.harness.systemd_ns import SystemdNamespace, available  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> int:
         for name in (group, "cnet"):  # the agent's cgroup backend uses the default group
             layout, _ = cgroup.probe(name)
             if layout is not None:
-                cgroup.remove_dirs(list(layout.bases.values()))
+                cgroupfs.remove_dirs(list(layout.bases.values()))
         shutil.rmtree(root, ignore_errors=True)
 
     summary: dict[str, Any] = {}

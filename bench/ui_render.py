@@ -105,7 +105,8 @@ async def main(tasks: int, requests: int) -> int:
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             agent = app[AGENT]
             log_dir = config.agent.state_dir / "logs"
-            model_id = await agent.tasks.db.write(lambda c: fill(c, tasks, agent.node_id, log_dir))  # the store, as the agent would have filled it
+            # the store, as the agent would have filled it
+            model_id = await agent.tasks.db.write(lambda c: fill(c, tasks, agent.node_id, log_dir))
             pages = [
                 ("dashboard  /", "/"),
                 ("model page /models/{id}", f"/models/{model_id}"),

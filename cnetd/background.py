@@ -38,6 +38,13 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     return True
 
 
+def resolve(future: asyncio.Future[None]) -> None:
+    """Set future's result unless it is done: for a reader callback that may fire again
+    before the waiter has run and removed it."""
+    if not future.done():
+        future.set_result(None)
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | asyncio.Future[Any] | None) -> None:
     """Cancel every task given (None is skipped) and wait until each has ended."""
     await cancel_all(tasks)

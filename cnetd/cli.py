@@ -12,10 +12,10 @@ import sys
 from cnetd import __version__
 from cnetd.bundle import restore_environment
 from cnetd.config import Config, ConfigError, load_config
+from cnetd.logsetup import setup_logging
 from cnetd.security.auth import is_loopback
 from cnetd.security.identity import Identities
 from cnetd.security.tls import server_context
-from cnetd.logsetup import setup_logging
 from cnetd.store.db import StoreError
 
 log = logging.getLogger("cnetd")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def utc_now() -> str:
-    return format_time(datetime.now(timezone.utc))
+    return format_time(datetime.now(UTC))
 
 
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> datetime:
@@ -18,4 +18,4 @@ def parse_time(text: str) -> datetime:
 
 
 def seconds_since(text: str) -> float:
-    return (datetime.now(timezone.utc) - parse_time(text)).total_seconds()
+    return (datetime.now(UTC) - parse_time(text)).total_seconds()

@@ -24,8 +24,8 @@ import weakref
 
 from aiohttp import web
 
-from cnetd.background import cancel_all
 from cnetd.agent import AGENT
+from cnetd.background import cancel_all
 from cnetd.sdnotify import Notifier
 
 log = logging.getLogger(__name__)

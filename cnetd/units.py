@@ -60,7 +60,7 @@ def _rounded_text(n: float, family: Family) -> str:
 
 def family_of(n: int | float) -> Family:
     """The family n evidently was written in (decimal when it is neither or both)."""
-    if isinstance(n, float) and not n.is_integer() or n <= 0:
+    if (isinstance(n, float) and not n.is_integer()) or n <= 0:
         return "decimal"
     decimal, binary = _exact_text(int(n), "decimal"), _exact_text(int(n), "binary")
     if binary is not None and (decimal is None or len(binary) < len(decimal)):

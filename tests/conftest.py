@@ -33,4 +33,5 @@ def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
 
 
 from tests.harness.fixtures import cgroup_group, systemd_ns  # noqa: E402,F401  (session fixtures)
+from tests.support.etcd import etcd_one, etcd_shared, etcd_three  # noqa: E402,F401  (real etcd members)
 from tests.support.no_skip import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401  (CI: no skips)

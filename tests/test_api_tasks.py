@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-
 from tests.support.agent import AgentProcess
 from tests.support.waiting import wait_until
 
@@ -56,7 +55,10 @@ def test_failed_task_says_why(agent: AgentProcess) -> None:
 
 
 def test_stop_gives_stopped_and_ends_the_process_group(agent: AgentProcess) -> None:
-    code = "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\nprint('ready', flush=True)\ntime.sleep(600)"
+    code = (
+        "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print('ready', flush=True)\ntime.sleep(600)"
+    )
     task = agent.api.post("/api/tasks", py_task("sleeper", code)).body
     agent.wait_status(task["id"], {"running"})
     wait_until(lambda: agent.api.get(f"/api/tasks/{task['id']}/logs").body == ["ready"], 10, "the task to print ready")
@@ -119,7 +121,8 @@ def test_progress_lines_update_the_task(agent: AgentProcess) -> None:
 
 
 def test_venv_python_comes_first_on_the_task_path(agent: AgentProcess) -> None:
-    task = agent.api.post("/api/tasks", {"name": "which", "command": "python3", "args": ["-c", "import sys; print(sys.prefix)"]}).body
+    which = {"name": "which", "command": "python3", "args": ["-c", "import sys; print(sys.prefix)"]}
+    task = agent.api.post("/api/tasks", which).body
     agent.wait_done(task["id"])
     assert agent.api.get(f"/api/tasks/{task['id']}/logs").body == [sys.prefix]
 

@@ -7,6 +7,7 @@ agent whose port is taken stops before it has started anything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -51,10 +52,8 @@ def marker() -> Iterator[str]:
     mark = f"cnet-lifecycle-{uuid.uuid4().hex}"
     yield mark
     for pid in processes_with(mark):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 async def agent_with_a_pending_task(tmp_path: Path, marker: str) -> tuple[Config, Path, str]:

@@ -18,7 +18,7 @@ from cnetd.cluster.etcd import EtcdClient, EtcdOptions
 from cnetd.cluster.placement import OnNode
 from cnetd.cluster.records import Assignment, Resources, assignment_key, assignments_prefix, encode
 from cnetd.cluster.scheduler import Scheduler
-from tests.support.etcd import EtcdCluster, etcd_one, etcd_shared, eventually  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster, eventually
 from tests.support.sim_node import SimNode
 
 pytestmark = pytest.mark.timeout(60)
@@ -208,7 +208,7 @@ async def test_the_watcher_carries_on_after_etcd_restarts(etcd_one: EtcdCluster)
             after = [new_id(), new_id()]
             for task_id in after:
                 # The first call may meet a pooled connection to the member's old process.
-                await eventually(lambda: assign(etcd, prefix, "n", assignment(task_id, node.registration)), 5,
+                await eventually(lambda t=task_id: assign(etcd, prefix, "n", assignment(t, node.registration)), 5,
                                  "a write to the restarted member")
             await created(creator, [first, *after], timeout=15)
         assert sorted(creator.calls) == sorted([first, *after])

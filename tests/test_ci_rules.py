@@ -1,6 +1,6 @@
 """CI's rules: no test may skip where CI is set, the systemd harness must boot where
-CNET_REQUIRE_SYSTEMD=1, and .ci/run installs what is missing, sets both and runs the
-README's test command."""
+CNET_REQUIRE_SYSTEMD=1, .ci/run installs what is missing, sets both and runs the README's
+test command, and that command (bin/test) runs ruff and mypy --strict before the suite."""
 
 from __future__ import annotations
 
@@ -190,3 +190,64 @@ def test_ci_run_installs_the_packages_the_tests_need_when_missing(tmp_path: Path
         "apt-get install -y -qq openssl etcd-server",
         "bin/test -rs CI=true CNET_REQUIRE_SYSTEMD=1",
     ]
+
+
+# --- bin/test: lint and types before the suite --------------------------------------------------
+
+
+def fake_test_checkout(tmp_path: Path, failing: str | None = None) -> tuple[Path, Path, dict[str, str]]:
+    """Copies of bin/test and .ci/run in a checkout whose bin/setup-venv does nothing and whose
+    .venv/bin/python records each `-m <tool> args` it is run with, failing for the tool named
+    by `failing`. Fakes, because the real ones would lint this checkout and run the whole
+    suite; dpkg-query says every package is installed, so .ci/run installs nothing."""
+    checkout, tools, calls = tmp_path / "checkout", tmp_path / "tools", tmp_path / "calls"
+    for d in (checkout / ".ci", checkout / "bin", checkout / ".venv" / "bin", tools):
+        d.mkdir(parents=True)
+    shutil.copy(REPO / ".ci" / "run", checkout / ".ci" / "run")
+    shutil.copy(REPO / "bin" / "test", checkout / "bin" / "test")
+    scripts = {
+        checkout / "bin" / "setup-venv": "#!/bin/sh\nexit 0\n",
+        checkout / ".venv" / "bin" / "python":
+            f'#!/bin/sh\necho "$*" >> {calls}\n[ "$2" = "{failing}" ] && {{ echo "{failing}: 1 problem"; exit 1; }}\nexit 0\n',
+        tools / "dpkg-query": "#!/bin/sh\nprintf installed\n",
+        tools / "apt-get": f'#!/bin/sh\necho "apt-get $*" >> {calls}\n',  # were chromium missing
+    }
+    for path, text in scripts.items():
+        path.write_text(text)
+        path.chmod(0o755)
+    return checkout, calls, {"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def python_calls(calls: Path) -> list[str]:
+    return [line for line in calls.read_text().splitlines() if line.startswith("-m ")]
+
+
+def test_bin_test_runs_ruff_and_mypy_strict_before_pytest(tmp_path: Path) -> None:
+    checkout, calls, env = fake_test_checkout(tmp_path)
+    proc = subprocess.run(["bash", str(checkout / "bin" / "test"), "-k", "x"], capture_output=True, text=True,
+                          timeout=60, env=env, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert python_calls(calls) == ["-m ruff check", "-m mypy --strict cnetd/", "-m pytest -k x"]
+
+
+@pytest.mark.parametrize(("failing", "ran", "says"), [
+    ("ruff", ["-m ruff check"], "bin/test: stopped: ruff check found the problems above"),
+    ("mypy", ["-m ruff check", "-m mypy --strict cnetd/"], "bin/test: stopped: mypy --strict cnetd/ found the type errors above"),
+])
+def test_bin_test_stops_at_the_first_failing_check_and_says_which(tmp_path: Path, failing: str, ran: list[str],
+                                                                   says: str) -> None:
+    checkout, calls, env = fake_test_checkout(tmp_path, failing)
+    proc = subprocess.run(["bash", str(checkout / "bin" / "test")], capture_output=True, text=True, timeout=60,
+                          env=env, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert python_calls(calls) == ran  # pytest never started
+    assert says in proc.stderr and f"{failing}: 1 problem" in proc.stdout
+
+
+def test_ci_run_therefore_lints_and_type_checks(tmp_path: Path) -> None:
+    """The real .ci/run and the real bin/test together: CI runs both checks, then the suite."""
+    checkout, calls, env = fake_test_checkout(tmp_path)
+    proc = subprocess.run(["bash", str(checkout / ".ci" / "run")], capture_output=True, text=True, timeout=60,
+                          env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert python_calls(calls) == ["-m ruff check", "-m mypy --strict cnetd/", "-m pytest -rs"]

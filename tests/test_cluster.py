@@ -23,9 +23,17 @@ import pytest
 from cnetd.cluster.etcd import EtcdClient, EtcdOptions
 from tests.support.agent import AgentProcess
 from tests.support.cluster import (
-    CLUSTER_TOKEN, TTL, api_token, cluster_agent, membership, new_prefix, nodes_of, start_all, wait_status,
+    CLUSTER_TOKEN,
+    TTL,
+    api_token,
+    cluster_agent,
+    membership,
+    new_prefix,
+    nodes_of,
+    start_all,
+    wait_status,
 )
-from tests.support.etcd import EtcdCluster, etcd_shared, etcd_three  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster
 from tests.support.http import Client
 from tests.support.waiting import wait_until
 
@@ -45,7 +53,7 @@ def status_of(agent: AgentProcess, task_id: str, via: str = "") -> str:
 
 
 def test_three_agents_follow_each_other_through_deaths_returns_and_etcd_outages(
-    etcd_three: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_three: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     a, b, c = (cluster_agent(agent_factory, etcd_three.endpoints, name, labels={"gpu": kind})
                for name, kind in (("a", "none"), ("b", "a100"), ("c", "none")))
@@ -127,7 +135,7 @@ def test_three_agents_follow_each_other_through_deaths_returns_and_etcd_outages(
     # --- etcd back: they join again by themselves, under new leases, with their records
     etcd_three.restart(*etcd_three.members)
     for viewer in (a, b):
-        wait_until(lambda: viewer.api.get("/api/health").body["cluster"] == "ok", 20, "the cluster to be ok again")
+        wait_until(lambda v=viewer: v.api.get("/api/health").body["cluster"] == "ok", 20, "the cluster to be ok again")
         for name in "abc":
             wait_status(viewer, name, "online", timeout=20)
     for agent in (a, b):
@@ -138,7 +146,7 @@ def test_three_agents_follow_each_other_through_deaths_returns_and_etcd_outages(
 
 
 def test_a_lease_revoked_behind_an_agents_back_is_registered_again(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     agent = cluster_agent(agent_factory, etcd_shared.endpoints, "solo", prefix=new_prefix()).start()
     wait_status(agent, "solo", "online")
@@ -157,7 +165,7 @@ def test_a_lease_revoked_behind_an_agents_back_is_registered_again(
 
 
 def test_the_cluster_token_is_required_and_checked(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix()
     a = cluster_agent(agent_factory, etcd_shared.endpoints, "a", prefix=prefix)
@@ -222,7 +230,7 @@ def test_a_single_node_has_no_cluster_and_never_touches_etcd(agent_factory: Call
 
 
 def test_pass_through_keeps_the_path_as_sent(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix()
     a, b = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix) for name in "ab")

@@ -16,7 +16,7 @@ from cnetd.cluster.mirror import StatusMirror
 from cnetd.cluster.records import TaskSummary, encode, task_key
 from cnetd.cluster.view import read_summaries, shown
 from cnetd.tasks.model import Status
-from tests.support.etcd import EtcdCluster, etcd_one, etcd_shared  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster
 from tests.support.inprocess import service_config, sleeper, status_is, task_service, until
 from tests.support.scripted_sandbox import ScriptedSandbox, World
 

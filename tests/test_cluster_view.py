@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.support.agent import AgentProcess
 from tests.support.cluster import TTL, cluster_agent, new_prefix, start_all, wait_status
-from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster
 from tests.support.waiting import wait_until
 
 PY = sys.executable
@@ -25,7 +25,7 @@ def listed(agent: AgentProcess, query: str = "node=all") -> dict[str, dict[str, 
 
 
 def test_any_agent_lists_every_nodes_tasks_and_reaches_the_one_that_has_a_task(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix()
     a, b = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix) for name in "ab")
@@ -62,7 +62,7 @@ def test_any_agent_lists_every_nodes_tasks_and_reaches_the_one_that_has_a_task(
 
 
 def test_a_task_on_a_node_that_died_is_shown_lost_on_the_others(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix()
     a, b = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix) for name in "ab")

@@ -16,12 +16,24 @@ import pytest
 from aiohttp import web
 
 from cnetd.cluster.etcd import (
-    Compare, Delete, EtcdAuthError, EtcdClient, EtcdOptions, EtcdOutcomeUnknown, EtcdUnavailable, Get,
-    LeaseLost, Put, PutResult, RangeResult, Watch, WatchCompacted, WatchEvent, prefix_range_end,
+    Compare,
+    Delete,
+    EtcdAuthError,
+    EtcdClient,
+    EtcdOptions,
+    EtcdOutcomeUnknown,
+    EtcdUnavailable,
+    Get,
+    LeaseLost,
+    Put,
+    PutResult,
+    RangeResult,
+    Watch,
+    WatchCompacted,
+    WatchEvent,
+    prefix_range_end,
 )
-from tests.support.etcd import (  # noqa: F401  (fixtures)
-    EtcdCluster, EtcdMember, TlsFiles, etcd_one, etcd_shared, etcd_three, eventually, make_tls_files,
-)
+from tests.support.etcd import EtcdCluster, EtcdMember, TlsFiles, eventually, make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,28 +293,26 @@ async def test_a_watch_from_a_compacted_revision_says_list_again(etcd_one: EtcdC
 
 async def test_a_watch_resumes_on_another_member_without_losing_or_repeating(etcd_three: EtcdCluster) -> None:
     members = followers_first(etcd_three)
-    async with client_for([m.client_url for m in members]) as etcd:
-        async with etcd.watch("/w/", prefix=True) as watch:
-            assert watch.endpoint == members[0].client_url
-            await etcd.put("/w/1", "one")
-            assert [e.kv.value for e in await next_events(watch, 1)] == [b"one"]
-            members[0].kill()
-            for n in (2, 3, 4):
-                await etcd.put(f"/w/{n}", str(n))  # while the watch's member is dead
-            events = await next_events(watch, 3)
-            assert [e.kv.value for e in events] == [b"2", b"3", b"4"]
-            assert watch.endpoint != members[0].client_url
+    async with client_for([m.client_url for m in members]) as etcd, etcd.watch("/w/", prefix=True) as watch:
+        assert watch.endpoint == members[0].client_url
+        await etcd.put("/w/1", "one")
+        assert [e.kv.value for e in await next_events(watch, 1)] == [b"one"]
+        members[0].kill()
+        for n in (2, 3, 4):
+            await etcd.put(f"/w/{n}", str(n))  # while the watch's member is dead
+        events = await next_events(watch, 3)
+        assert [e.kv.value for e in events] == [b"2", b"3", b"4"]
+        assert watch.endpoint != members[0].client_url
 
 
 async def test_a_watch_on_a_member_that_loses_its_leader_does_not_hang(etcd_three: EtcdCluster) -> None:
     """Without the gateway's hasleader metadata the stream stays open and silent forever."""
     members = followers_first(etcd_three)
-    async with client_for([members[0].client_url]) as etcd:
-        async with etcd.watch("/q") as watch:
-            members[1].kill()
-            members[2].kill()
-            with pytest.raises(EtcdUnavailable, match="no leader"):
-                await next_events(watch, 1, timeout=15)
+    async with client_for([members[0].client_url]) as etcd, etcd.watch("/q") as watch:
+        members[1].kill()
+        members[2].kill()
+        with pytest.raises(EtcdUnavailable, match="no leader"):
+            await next_events(watch, 1, timeout=15)
 
 
 # --- endpoints -----------------------------------------------------------------------------
@@ -420,7 +430,7 @@ async def test_an_endpoint_that_is_not_etcd_is_skipped_and_named(etcd_shared: Et
             await fooled.put(prefix, "x")
         assert f"{not_etcd[0]}: HTTP 200, not an etcd v3 JSON gateway answer: '<html>hello</html>'" in str(wrong.value)
         assert f"{not_etcd[1]}: HTTP 404, not an etcd v3 JSON gateway answer" in str(wrong.value)
-        with pytest.raises(EtcdUnavailable, match="etcd watch unavailable: .*<html>hello</html>"):
+        with pytest.raises(EtcdUnavailable, match=r"etcd watch unavailable: .*<html>hello</html>"):
             async with fooled.watch(prefix):
                 pass
     async with client_for([*not_etcd, *etcd_shared.endpoints]) as etcd:
@@ -451,13 +461,12 @@ async def flapping_watch() -> AsyncIterator[str]:
 
 
 async def test_a_watch_that_every_endpoint_drops_at_once_gives_up(flapping_watch: str) -> None:
-    async with client_for([flapping_watch]) as etcd:
-        async with etcd.watch("/k") as watch:
-            assert watch.next_revision == 8  # after the store's revision when it was created
-            with pytest.raises(EtcdUnavailable, match="dropped it as soon as it opened.*the stream ended"):
-                await next_events(watch, 1)
-            with pytest.raises(StopAsyncIteration):
-                await anext(watch)
+    async with client_for([flapping_watch]) as etcd, etcd.watch("/k") as watch:
+        assert watch.next_revision == 8  # after the store's revision when it was created
+        with pytest.raises(EtcdUnavailable, match=r"dropped it as soon as it opened.*the stream ended"):
+            await next_events(watch, 1)
+        with pytest.raises(StopAsyncIteration):
+            await anext(watch)
 
 
 # --- auth and TLS --------------------------------------------------------------------------
@@ -469,7 +478,7 @@ async def test_auth_logs_in_and_refuses_a_bad_password(etcd_one: EtcdCluster) ->
         with pytest.raises(EtcdAuthError, match="user name is empty"):
             await anonymous.get("/k")
     async with client_for(etcd_one.endpoints, username="root", password="guess-42") as intruder:
-        with pytest.raises(EtcdAuthError, match="authentication failed.*as user 'root'") as refused:
+        with pytest.raises(EtcdAuthError, match=r"authentication failed.*as user 'root'") as refused:
             await intruder.put("/k", "mine")
         assert "guess-42" not in str(refused.value) and "guess-42" not in repr(intruder.options)
         with pytest.raises(EtcdAuthError, match="authentication failed"):

@@ -8,6 +8,7 @@ protocol).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import select
@@ -328,7 +329,7 @@ def test_nn_train_progress(nn_train: subprocess.CompletedProcess[str]) -> None:
     lines = progress_lines(nn_train)
     assert [line["epoch"] for line in lines] == list(range(1, NN_EPOCHS + 1))
     values = [line["progress"] for line in lines]
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(values))
     assert values[-1] == 1.0 and all(0.0 < v <= 1.0 for v in values)
     assert all(line["epochs"] == NN_EPOCHS and isinstance(line["loss"], float) for line in lines)
 

@@ -92,7 +92,7 @@ async def quiet_for_a_while(clock: ManualClock, busy: Neighbour) -> None:
     (the neighbour too) is due again at once. Three passes of the neighbour mean that a whole
     pass began after the jump (the first may have begun before it, the second may still run)."""
     beat, now = ingester_module.QUIET_POLL, clock()
-    assert ingester_module.QUIET_AFTER < beat
+    assert beat > ingester_module.QUIET_AFTER
     clock.advance((now // beat + 2) * beat - now)
     await busy.passes(3)
 

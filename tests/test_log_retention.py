@@ -129,7 +129,7 @@ async def test_a_growing_file_gives_back_its_stored_head_and_keeps_its_offsets(d
 
 async def test_the_migration_fills_the_cursor_of_logs_trimmed_before_it(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "cnet.db", isolation_level=None)
-    for version, name, sql in migrations():
+    for version, _name, sql in migrations():
         if version < 6:
             conn.executescript(sql)
     # Trimmed the old way: lines 1..40 deleted, no marker.

@@ -8,6 +8,7 @@ when it cannot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from cnetd.cluster.etcd import EtcdClient, EtcdOptions
 from cnetd.cluster.membership import Membership
 from cnetd.cluster.records import NodeRecord, Resources
 from cnetd.errors import NotFound, Unavailable
-from tests.support.etcd import EtcdCluster, etcd_shared, eventually  # noqa: F401  (fixture)
+from tests.support.etcd import EtcdCluster, eventually
 
 TTL = 2
 prefixes = itertools.count()
@@ -35,7 +36,7 @@ def describer(node_id: str, url: str, free: list[float]) -> Callable[[], Awaitab
 
 
 @pytest.fixture
-async def etcd(etcd_shared: EtcdCluster) -> AsyncIterator[EtcdClient]:  # noqa: F811
+async def etcd(etcd_shared: EtcdCluster) -> AsyncIterator[EtcdClient]:
     async with EtcdClient(EtcdOptions(etcd_shared.endpoints, timeout=0.6)) as client:
         yield client
 
@@ -104,10 +105,8 @@ async def test_allocation_changes_rewrite_the_record_at_most_once_a_second(etcd:
                 await asyncio.sleep(0.025)
             await asyncio.sleep(2.5)
             collecting.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await collecting
-            except asyncio.CancelledError:
-                pass
         kv = await etcd.get(key)
         assert kv is not None and records.decode(kv.value, NodeRecord).free.cpu == pytest.approx(free[0])
         assert kv.create_revision == membership.node_revision  # rewritten, not created again

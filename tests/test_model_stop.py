@@ -125,7 +125,8 @@ def test_a_cross_site_post_cannot_stop_a_model(serving_agent: AgentProcess) -> N
     assert agent.api.get(f"/api/ml/models/{model_id}").body["serving"]["state"] == "serving"
     assert all(agent.api.get(f"/api/tasks/{t}").body["status"] == "running" for t in [model_id, *workers])
     # An id that is no model is the not-found page, and stops nothing.
-    task = agent.api.post("/api/tasks", {"name": "bystander", "command": "python3", "args": ["-c", "import time; time.sleep(600)"]})
+    bystander = {"name": "bystander", "command": "python3", "args": ["-c", "import time; time.sleep(600)"]}
+    task = agent.api.post("/api/tasks", bystander)
     assert task.status == 201, task.text
     assert post_form(agent, f"/models/{task.body['id']}/stop").status == 404
     assert post_form(agent, "/models/no-such-model/stop").status == 404

@@ -117,7 +117,8 @@ def test_binary_carries_its_files_and_no_ml_stack(binary: Path) -> None:
     if (REPO / "cnetd/ml/serving/worker.py").exists():
         wanted.add("cnetd/ml/serving/worker.py")
     assert wanted <= names, sorted(wanted - names)
-    heavy = sorted(n for n in names if n.split(".")[0].split("/")[0] in {"tensorflow", "keras", "sklearn", "numpy", "scipy", "pandas", "joblib"})
+    ml_packages = {"tensorflow", "keras", "sklearn", "numpy", "scipy", "pandas", "joblib"}
+    heavy = sorted(n for n in names if n.split(".")[0].split("/")[0] in ml_packages)
     assert heavy == []
     assert binary.stat().st_size < 40 * 1024 * 1024
 
@@ -403,7 +404,7 @@ class Service:
 
 
 @pytest.fixture
-def service(systemd_ns: SystemdNamespace, binary: Path, tmp_path: Path) -> Iterator[Service]:  # noqa: F811
+def service(systemd_ns: SystemdNamespace, binary: Path, tmp_path: Path) -> Iterator[Service]:
     masked = systemd_ns.run(["systemctl", "mask", "--runtime", *HOST_TARGETS], timeout=60)
     assert masked.returncode == 0, masked.stderr
     svc = Service(systemd_ns, binary, tmp_path / "svc")
@@ -546,7 +547,7 @@ def test_models_outlive_restart_crash_and_stop_of_the_service(service: Service) 
     assert (service.work / "models" / "survivor.bin").read_text() == "weights\n"
     lines = service.api.get(f"/api/tasks/{task_id}/logs?lines=1000").body
     expected = [json.dumps({"progress": round(i / 200, 3), "step": i}) for i in range(1, 201)]
-    assert lines == expected + [json.dumps({"status": "success", "steps": 200})]
+    assert lines == [*expected, json.dumps({"status": "success", "steps": 200})]
     total, distinct = service.db_rows("SELECT COUNT(*), COUNT(DISTINCT line) FROM log_lines WHERE task_id = ?", task_id)[0]
     assert total == distinct == 201
     events = [e["type"] for e in service.api.get(f"/api/tasks/{task_id}/events").body]

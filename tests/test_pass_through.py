@@ -18,6 +18,7 @@ import http.client
 import json
 import threading
 from collections.abc import Callable, Iterator
+
 import psutil
 import pytest
 from aiohttp import web
@@ -26,7 +27,7 @@ from cnetd.cluster import relay
 from cnetd.cluster.records import node_key
 from tests.support.agent import AgentProcess, free_port
 from tests.support.cluster import CLUSTER_TOKEN, cluster_agent, new_prefix, put_key, running_member, start_all, wait_status
-from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster
 
 BIG = 50 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -121,7 +122,7 @@ def stand_in() -> Iterator[StandInChild]:
 
 
 @pytest.fixture
-def etcd(etcd_shared: EtcdCluster) -> EtcdCluster:  # noqa: F811
+def etcd(etcd_shared: EtcdCluster) -> EtcdCluster:
     return etcd_shared
 
 
@@ -190,11 +191,11 @@ def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_
     raw_get(agent, "/api/nodes/hostile/api/json")  # warm up the client session before measuring
     before = rss(agent)
     # declared too big: a 502 before its body is read
-    status, headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/big")
+    status, _headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/big")
     assert status == 502, (status, body[:300])
     assert f"more than the {relay.MAX_ANSWER_BYTES} passed through" in json.loads(body)["error"]
     # not declared: streamed until the cap, then the connection is cut (never a complete answer)
-    status, headers, body, problem = raw_get(agent, "/api/nodes/hostile/api/big-chunked")
+    status, _headers, body, problem = raw_get(agent, "/api/nodes/hostile/api/big-chunked")
     assert status == 200 and problem is not None, (status, len(body), problem)
     assert relay.MAX_ANSWER_BYTES - CHUNK <= len(body) <= relay.MAX_ANSWER_BYTES
     grown = rss(agent) - before
@@ -206,7 +207,7 @@ def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_
 def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild, etcd: EtcdCluster) -> None:
     register(agent, stand_in, etcd)
     before = rss(agent)
-    status, headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/bomb")
+    status, _headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/bomb")
     assert status == 502 and "gzip-encoded body" in json.loads(body)["error"], (status, body[:300])
     assert rss(agent) - before < 30 * 1024 * 1024
     asked = [h for path, h in stand_in.seen if path.endswith("/bomb")]
@@ -258,10 +259,10 @@ def relay_app(child: StandInChild, limits: relay.Limits) -> web.Application:
     import aiohttp
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(child.url + relay.checked_path("/" + request.match_info["tail"]),
-                                   headers=relay.REQUEST_HEADERS, auto_decompress=False) as answer:
-                return await relay.relay(request, answer, "stand-in", limits)
+        url = child.url + relay.checked_path("/" + request.match_info["tail"])
+        async with aiohttp.ClientSession() as session, \
+                session.get(url, headers=relay.REQUEST_HEADERS, auto_decompress=False) as answer:
+            return await relay.relay(request, answer, "stand-in", limits)
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", forward)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from cnetd.cluster.placement import (
-    STRATEGIES, NoFit, OnNode, WithLabels, choose, demand_of, fits, lacks, parse_placement, score,
+    STRATEGIES,
+    NoFit,
+    OnNode,
+    WithLabels,
+    choose,
+    demand_of,
+    fits,
+    lacks,
+    parse_placement,
+    score,
 )
 from cnetd.cluster.records import NodeRecord, Resources
 
@@ -73,7 +82,7 @@ def test_a_bad_placement_says_what_is_wrong(value: object, problem: str) -> None
 @pytest.mark.parametrize("node_id", ["../other", "a/b", "node\x00x", "", ".hidden", "x" * 200])
 def test_an_attacker_cannot_aim_a_placement_at_another_key(node_id: str) -> None:
     # The node id becomes a segment of <prefix>/assignments/<node>/<task>.
-    with pytest.raises(ValueError, match="placement.node_id: .* is not a valid id"):
+    with pytest.raises(ValueError, match=r"placement\.node_id: .* is not a valid id"):
         parse_placement({"node_id": node_id})
 
 

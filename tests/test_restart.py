@@ -105,7 +105,8 @@ def test_a_task_that_vanished_without_an_exit_status_is_lost(agent_factory) -> N
 def test_pending_tasks_survive_a_restart_and_start(agent_factory) -> None:  # type: ignore[no-untyped-def]
     agent: AgentProcess = agent_factory({"tasks": {"max_concurrent": 1}}).start()
     gate = agent.workdir / "gate"
-    blocker = agent.api.post("/api/tasks", {"name": "blocker", "command": PY, "args": ["-c", f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)"]}).body
+    wait_for_gate = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)"
+    blocker = agent.api.post("/api/tasks", {"name": "blocker", "command": PY, "args": ["-c", wait_for_gate]}).body
     queued = agent.api.post("/api/tasks", {"name": "queued", "command": PY, "args": ["-c", "print('ran')"]}).body
     agent.wait_status(blocker["id"], {"running"})
     assert agent.api.get(f"/api/tasks/{queued['id']}").body["status"] == "pending"

@@ -108,7 +108,7 @@ def test_cleanup_orphans_destroys_every_task_not_kept(driver: Driver) -> None:
 
 
 @pytest.mark.systemd
-def test_auto_picks_systemd_where_it_runs(systemd_ns: SystemdNamespace) -> None:  # noqa: F811
+def test_auto_picks_systemd_where_it_runs(systemd_ns: SystemdNamespace) -> None:
     code = "from cnetd.supervisor.select import choose_sandbox; s, why = choose_sandbox('auto'); print(s.name); print(why)"
     out = systemd_ns.run([sys.executable, "-c", code], timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
@@ -117,7 +117,7 @@ def test_auto_picks_systemd_where_it_runs(systemd_ns: SystemdNamespace) -> None:
     assert why.startswith("auto: systemd is running (/run/systemd/private)")
 
 
-def test_auto_without_systemd_falls_back_to_cgroup(cgroup_group: str) -> None:  # noqa: F811
+def test_auto_without_systemd_falls_back_to_cgroup(cgroup_group: str) -> None:
     from cnetd.supervisor.select import choose_sandbox
 
     if systemd.probe()[0]:
@@ -133,7 +133,7 @@ def test_explicit_backend_that_cannot_work_is_an_error() -> None:
 
     if systemd.probe()[0]:
         pytest.skip("systemd runs here")
-    with pytest.raises(SandboxUnavailable, match="tasks.sandbox is systemd, but systemd is not running"):
+    with pytest.raises(SandboxUnavailable, match=r"tasks\.sandbox is systemd, but systemd is not running"):
         choose_sandbox("systemd")
     sandbox, why = choose_sandbox("none")
     assert sandbox.name == "none" and "NOT enforced" in why
@@ -143,7 +143,7 @@ def test_explicit_backend_that_cannot_work_is_an_error() -> None:
 
 
 def test_cgroup_mounts_take_the_last_mount_and_its_root(tmp_path: Path) -> None:
-    from cnetd.supervisor.cgroup import cgroup_mounts
+    from cnetd.supervisor.cgroupfs import cgroup_mounts
 
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(
@@ -166,7 +166,7 @@ def test_cgroup_mounts_take_the_last_mount_and_its_root(tmp_path: Path) -> None:
 
 
 def test_cgroup_dirs_of_self_are_real_directories() -> None:
-    from cnetd.supervisor.cgroup import cgroup_dirs_of
+    from cnetd.supervisor.cgroupfs import cgroup_dirs_of
 
     dirs = cgroup_dirs_of("self")
     assert dirs, "no cgroup hierarchy visible"

@@ -21,10 +21,16 @@ from cnetd.cluster.etcd import EtcdClient, EtcdOptions, EtcdUnavailable
 from cnetd.cluster.node_cache import NodeCache, NodeEntry
 from cnetd.cluster.placement import NoFit, OnNode, Placement, Strategy, WithLabels
 from cnetd.cluster.records import (
-    Assignment, PlacedTask, Resources, assignment_key, decode, placed_key, scheduler_key,
+    Assignment,
+    PlacedTask,
+    Resources,
+    assignment_key,
+    decode,
+    placed_key,
+    scheduler_key,
 )
 from cnetd.cluster.scheduler import Contended, NotLeader, Placed, Scheduler
-from tests.support.etcd import EtcdCluster, etcd_shared, etcd_three, eventually, free_ports  # noqa: F401  (fixtures)
+from tests.support.etcd import EtcdCluster, eventually, free_ports
 from tests.support.sim_node import GB, SimNode
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,7 +69,7 @@ async def agents(etcd: EtcdClient | Sequence[EtcdClient], prefix: str, names: Se
     clients = [etcd] * len(names) if isinstance(etcd, EtcdClient) else list(etcd)
     async with AsyncExitStack() as stack:
         made: list[Agent] = []
-        for name, etcd_client in zip(names, clients):
+        for name, etcd_client in zip(names, clients, strict=True):
             sim = SimNode(etcd_client, prefix, name, ttl=ttl, with_record=as_nodes, **node)  # type: ignore[arg-type]
             await sim.register()
             stack.push_async_callback(sim.close)
@@ -382,7 +388,7 @@ async def test_spread_places_on_the_node_with_most_left_and_binpack_on_the_one_w
 async def test_spread_counts_its_own_placements_until_the_node_record_shows_them(etcd: EtcdClient, prefix: str) -> None:
     two: tuple[tuple[str, dict[str, object]], ...] = (("a", {"cpu": 4, "memory": 8 * GB}),
                                                        ("b", {"cpu": 4, "memory": 8 * GB}))
-    async with scheduler_over(etcd, prefix, "spread", *two) as (agent, nodes):
+    async with scheduler_over(etcd, prefix, "spread", *two) as (agent, _nodes):
         # The nodes never rewrite their records here: only the scheduler's book tells them apart.
         assert [(await agent.place(new_id())).node_id for _ in range(4)] == ["a", "b", "a", "b"]
 
@@ -423,7 +429,9 @@ async def test_a_new_scheduler_counts_the_placements_its_predecessor_left_outsta
 
 
 async def test_no_fit_says_for_each_node_what_it_lacks(etcd: EtcdClient, prefix: str) -> None:
-    shapes: tuple[tuple[str, dict[str, object]], ...] = (("eu-1", {"cpu": 2, "labels": {"region": "eu"}}), ("us-1", {"cpu": 8, "labels": {"region": "us"}}))
+    shapes: tuple[tuple[str, dict[str, object]], ...] = (
+        ("eu-1", {"cpu": 2, "labels": {"region": "eu"}}), ("us-1", {"cpu": 8, "labels": {"region": "us"}}),
+    )
     async with scheduler_over(etcd, prefix, "spread", *shapes) as (agent, _):
         with pytest.raises(NoFit) as caught:
             await agent.place(new_id(), WithLabels({"region": "eu"}), demand=Resources(cpu=4))
@@ -490,11 +498,11 @@ async def test_a_follower_refuses_to_place_and_names_the_scheduler(etcd: EtcdCli
 async def test_an_attacker_cannot_aim_an_assignment_at_another_key(etcd: EtcdClient, prefix: str, task_id: str) -> None:
     async with agents(etcd, prefix, ["a"]) as (agent,):
         await the_leader([agent])
-        with pytest.raises(ValueError, match="task_id: .* is not a valid id"):
+        with pytest.raises(ValueError, match=r"task_id: .* is not a valid id"):
             await agent.place(task_id)
         with pytest.raises(ValueError, match="demand: expected amounts >= 0"):
             await agent.place(new_id(), demand=Resources(cpu=-8))
-        with pytest.raises(ValueError, match="body: .* bytes as an assignment, over the 1400000"):
+        with pytest.raises(ValueError, match=r"body: .* bytes as an assignment, over the 1400000"):
             await agent.scheduler.place(new_id(), "task", {"env": {"X": "x" * 1_500_000}}, ONE_CPU, "auto", "a")
         assert await keys_under(etcd, f"{prefix}/assignments/") == {}
 

@@ -177,7 +177,8 @@ def test_a_full_disk_gives_503_on_writes_keeps_reads_and_recovers(agent_factory)
         assert agent.api.get("/api/tasks").status == 200
         assert agent.api.get(f"/api/tasks/{first.body['id']}").status == 200
         filler.unlink()
-        wait_until(lambda: agent.api.post("/api/tasks", {"name": "after", "command": "true"}).status == 201, 10, "writes to work again")
+        after = {"name": "after", "command": "true"}
+        wait_until(lambda: agent.api.post("/api/tasks", after).status == 201, 10, "writes to work again")
     finally:
         agent.stop()
         subprocess.run(["umount", "-l", str(agent.state_dir)], check=False)

@@ -5,6 +5,7 @@ restart."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -200,7 +201,9 @@ def test_bad_input_gets_a_clear_4xx(served: dict[str, Any]) -> None:
     assert "not a number" in bad.body["error"]
     # One bad request in a batch fails alone: the others in that batch still succeed.
     with ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(lambda i: infer(agent, name, [1.0, 2.0], [1, 2]) if i == 7 else infer(agent, name, [float(i)], [1]), range(16)))
+        replies = list(pool.map(
+            lambda i: infer(agent, name, [1.0, 2.0], [1, 2]) if i == 7 else infer(agent, name, [float(i)], [1]), range(16),
+        ))
     assert [r.status for r in replies] == [200] * 7 + [400] + [200] * 8
 
     for body, field in [({"replicas": 0}, "replicas"), ({"max_batch_size": 1.5}, "max_batch_size"),
@@ -335,7 +338,7 @@ def test_neural_network_served_with_the_tasks_answer(served: dict[str, Any]) -> 
         pytest.skip("tensorflow-cpu is not installed in this venv")
     agent = served["agent"]
     body = copy.deepcopy(NETWORK_BODY)
-    body["args"] = body["args"][:3] + ["400", "8"]  # small and quick; the answer need not be good
+    body["args"] = [*body["args"][:3], "400", "8"]  # small and quick; the answer need not be good
     model = deploy_and_train(agent, body, timeout=180)
     by_task = agent.api.post(f"/api/ml/models/{model['id']}/predict?wait=true", {"input_data": [1.0, 2.0]})
     assert by_task.status == 200 and by_task.body["prediction_task_id"], by_task.text
@@ -393,10 +396,8 @@ def test_workers_outlive_an_agent_restart(agent_factory) -> None:  # type: ignor
 
     def load() -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 infer(agent, "linear-regression-model", [1.0] * 50, [50])
-            except OSError:
-                pass
 
     with ThreadPoolExecutor(8) as pool:
         for _ in range(8):

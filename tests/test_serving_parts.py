@@ -47,7 +47,9 @@ async def connect(path: Path, worker: subprocess.Popen[bytes], timeout: float = 
 
 
 @pytest.fixture
-async def worker(request: pytest.FixtureRequest, linear_model: Path, tmp_path: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], Path]]:
+async def worker(
+    request: pytest.FixtureRequest, linear_model: Path, tmp_path: Path,
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], Path]]:
     loader = getattr(request, "param", "script")
     # A long socket path: bound and reached through /proc/self/fd.
     run = tmp_path / ("d" * 60) / ("e" * 40)
@@ -165,7 +167,8 @@ def test_v2_tensors_become_instances() -> None:
 
 
 def test_v2_outputs_and_seed_inputs() -> None:
-    assert output_tensor("predictions", [1.5, 2.5]) == {"name": "predictions", "datatype": "FP64", "shape": [2], "data": [1.5, 2.5]}
+    expected = {"name": "predictions", "datatype": "FP64", "shape": [2], "data": [1.5, 2.5]}
+    assert output_tensor("predictions", [1.5, 2.5]) == expected
     assert output_tensor("p", [[1, 2], [3, 4]])["shape"] == [2, 2]
     assert output_tensor("p", [1, 0])["datatype"] == "INT64"
     assert output_tensor("p", ["cat", "dog"])["datatype"] == "BYTES"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import os
+import re
 import shutil
 import threading
 import time
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.support.agent import AgentProcess
-from tests.test_ml_api import LINEAR_BODY, deploy_and_train
 from tests.support.waiting import wait_until
+from tests.test_ml_api import LINEAR_BODY, deploy_and_train
 
 PURE_MODEL = Path(__file__).resolve().parent / "support" / "pure_model.py"
 MODEL_PATH = "models/pure.json"

@@ -13,6 +13,7 @@ These tests put the cancellation and the wake-up in the same turn on purpose: de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
@@ -51,10 +52,8 @@ async def test_wait_for_on_3_11_swallows_a_cancel_that_meets_the_event_and_wait_
     async def loop_with(how: str) -> str:
         while True:
             if how == "wait_for":
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), 3600)
-                except TimeoutError:
-                    pass
             else:
                 await wait_event(event, 3600)
             current = asyncio.current_task()
@@ -115,10 +114,8 @@ async def test_the_log_ingester_stops_when_woken_as_it_is_cancelled(tmp_path: Pa
 async def test_a_task_that_ignores_its_cancellation_is_cancelled_again_and_named(
         caplog: pytest.LogCaptureFixture) -> None:
     async def stubborn() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed once, as wait_for did
             await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass  # swallowed once, as wait_for did
         await asyncio.sleep(3600)
 
     task = asyncio.create_task(stubborn(), name="stubborn-loop")
@@ -134,10 +131,8 @@ async def test_the_owner_gives_up_on_a_task_that_never_ends_and_says_so(caplog: 
 
     async def immortal() -> None:
         while not release.is_set():
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass
 
     task = asyncio.create_task(immortal(), name="immortal-loop")
     await parked()

@@ -354,11 +354,13 @@ def test_models_cannot_reach_each_others_files_or_workers(make_agent: Callable[.
     # Another model's file in the shared root: neither readable nor replaceable.
     reply = agent.api.post("/api/ml/models", {"name": "squatter", "command": "python3",
                                               "script_path": "scripts/pure_model.py", "model_path": "models/in-root.json"})
-    assert reply.status == 400 and reply.body["details"]["field"] == "model_path" and "belongs to uid" in reply.body["error"], reply.text
+    assert reply.status == 400, reply.text
+    assert reply.body["details"]["field"] == "model_path" and "belongs to uid" in reply.body["error"], reply.text
     # The same model deployed again (same name) keeps its uid and may retrain its own file.
     again = deploy("shared-root", "models/in-root.json")
     assert again["status"] == "completed" and again["uid"] == shared["uid"]
-    answer = agent.api.post("/v2/models/victim/infer", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]})
+    inference = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
+    answer = agent.api.post("/v2/models/victim/infer", inference)
     assert answer.status == 200 and answer.body["outputs"][0]["data"] == pytest.approx([5.0]), answer.text
 
 
@@ -492,7 +494,7 @@ def test_what_a_task_cannot_reach_is_a_400_naming_the_field(make_agent: Callable
     for path, body, field, why in cases:
         reply = agent.api.post(path, body)
         assert reply.status == 400 and reply.body["details"]["field"] == field, (field, reply.text)
-        assert why in reply.body["error"] and " is drwx" in reply.body["error"] or why == "belongs to root", reply.body
+        assert (why in reply.body["error"] and " is drwx" in reply.body["error"]) or why == "belongs to root", reply.body
     assert agent.api.get("/api/tasks").body == []  # nothing half-created
 
 

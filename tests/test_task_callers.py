@@ -104,17 +104,17 @@ def test_a_real_task_cannot_use_the_api(make_agent: Callable[..., AgentProcess])
     agent's API to list tasks and to start one: both refused, nothing created."""
     agent = make_agent(AS_ROOT_WITH_TASK_UIDS).start()
     probe = (
-        "import json, urllib.request, urllib.error\n"
+        "import json, sys, urllib.request, urllib.error\n"
         "def call(method, body=None):\n"
-        "    req = urllib.request.Request(%r + '/api/tasks', method=method, data=body,\n"
+        "    req = urllib.request.Request(sys.argv[1] + '/api/tasks', method=method, data=body,\n"
         "                                 headers={'Content-Type': 'application/json'})\n"
         "    try:\n"
         "        return urllib.request.urlopen(req, timeout=10).status\n"
         "    except urllib.error.HTTPError as exc:\n"
         "        return exc.code\n"
         "print(json.dumps({'list': call('GET'), 'post': call('POST', b'{\"name\": \"x\", \"command\": \"true\"}')}))\n"
-    ) % agent.url
-    task = agent.api.post("/api/tasks", {"name": "probe", "command": "python3", "args": ["-c", probe]}).body
+    )
+    task = agent.api.post("/api/tasks", {"name": "probe", "command": "python3", "args": ["-c", probe, agent.url]}).body
     done = agent.wait_done(task["id"])
     assert done["status"] == "completed", agent.api.get(f"/api/tasks/{task['id']}/logs").text
     assert done["result"] == {"list": 403, "post": 403}
@@ -153,8 +153,8 @@ def test_over_tls_too(make_agent: Callable[..., AgentProcess], shared_root: Path
     cert.chmod(0o644)  # the task-uid client must read it to trust the agent
     tls = {"cert_file": str(cert), "key_file": str(key)}
     agent = make_agent({**AS_ROOT_WITH_TASK_UIDS, "agent": {"tls": tls}}, ca_file=cert).start()
-    code = CALL_API.replace("urllib.request.urlopen(req, timeout=30)",
-                            f"urllib.request.urlopen(req, timeout=30, context=__import__('ssl').create_default_context(cafile={str(cert)!r}))")
+    trusting = f"context=__import__('ssl').create_default_context(cafile={str(cert)!r})"
+    code = CALL_API.replace("urllib.request.urlopen(req, timeout=30)", f"urllib.request.urlopen(req, timeout=30, {trusting})")
     proc = as_task_uid(["/usr/bin/python3", "-c", code, agent.url, "", json.dumps(PROCESS)])
     assert proc.returncode == 0, proc.stderr
     assert [status for status, _ in json.loads(proc.stdout)] == [403, 403]
@@ -223,9 +223,8 @@ async def test_the_owner_is_looked_up_once_per_connection(tmp_path) -> None:  # 
                 async with session.get(f"http://127.0.0.1:{port}/") as resp:
                     assert resp.status == 200
         assert lookup.calls == 1
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/") as resp:
-                assert resp.status == 200
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as resp:
+            assert resp.status == 200
         assert lookup.calls == 2
     finally:
         await runner.cleanup()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cnetd.clock import parse_time
-from cnetd.supervisor.cgroup import CpuMeter
+from cnetd.supervisor.cgroupfs import CpuMeter
 from cnetd.tasks.usage import FRESH_AGE, IDLE_INTERVAL, SAMPLE_INTERVAL
 from tests.support.agent import AgentProcess
 from tests.support.waiting import wait_until

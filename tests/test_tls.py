@@ -54,7 +54,7 @@ def test_an_agent_with_tls_serves_https_only(agent_factory: Callable[..., AgentP
     plain.close()
 
     untrusting = Client(agent.url, ssl_context=ssl.create_default_context())  # the system's CAs only
-    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+    with pytest.raises(OSError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         untrusting.get("/api/health")
 
 

@@ -8,9 +8,10 @@ import sqlite3
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from cnetd.clock import utc_now
 from cnetd.api.jsonbody import decode_json
+from cnetd.clock import utc_now
 from cnetd.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _http_message(exc: web.HTTPException, request: web.Request) -> str:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except DomainError as exc:

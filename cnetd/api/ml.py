@@ -41,7 +41,8 @@ async def deploy_model(request: web.Request) -> web.StreamResponse:
     if node_id is not None:
         return await delegate_create(request, body, node_id, "/api/ml/models")
     model = await agent.models.deploy(body)
-    return json_response(model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record)), status=201)
+    described = model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record))
+    return json_response(described, status=201)
 
 
 async def get_model(request: web.Request) -> web.Response:

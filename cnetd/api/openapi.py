@@ -73,7 +73,10 @@ TASK: Schema = {
         "status": {"enum": [str(s) for s in Status]},
         "command": STRING,
         "args": {"type": "array", "items": STRING},
-        "env": {"type": "object", "additionalProperties": STRING, "description": "values of secret-looking names, and passwords and tokens inside URLs, are <redacted>"},
+        "env": {
+            "type": "object", "additionalProperties": STRING,
+            "description": "values of secret-looking names, and passwords and tokens inside URLs, are <redacted>",
+        },
         "working_dir": STRING,
         "resources": RESOURCES_OUT,
         "created_at": TIME,
@@ -90,8 +93,14 @@ TASK: Schema = {
         "unit": nullable(STRING),
         "sandbox": nullable(STRING),
         "run_as": nullable({"type": "string", "description": "the user its processes ran as (tasks.run_as)"}),
-        "uid": nullable({"type": "integer", "description": "the uid its processes run as: its own, its model's, or tasks.run_as (null: the agent's own user)"}),
-        "program": nullable({"type": "string", "description": "the command resolved to an absolute path at submit, with the agent's PATH: what runs"}),
+        "uid": nullable({
+            "type": "integer",
+            "description": "the uid its processes run as: its own, its model's, or tasks.run_as (null: the agent's own user)",
+        }),
+        "program": nullable({
+            "type": "string",
+            "description": "the command resolved to an absolute path at submit, with the agent's PATH: what runs",
+        }),
         "usage": nullable({"type": "object"}),
         "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },
@@ -205,8 +214,10 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
         "required": ["name", "shape", "datatype", "data"],
         "properties": {
             "name": STRING,
-            "shape": {"type": "array", "maxItems": MAX_DIMENSIONS, "items": {"type": "integer", "minimum": 0, "maximum": MAX_ELEMENTS},
-                      "description": f"at most {MAX_DIMENSIONS} dimensions of at most {MAX_ELEMENTS}; only the first (batch) may be 0"},
+            "shape": {
+                "type": "array", "maxItems": MAX_DIMENSIONS, "items": {"type": "integer", "minimum": 0, "maximum": MAX_ELEMENTS},
+                "description": f"at most {MAX_DIMENSIONS} dimensions of at most {MAX_ELEMENTS}; only the first (batch) may be 0",
+            },
             "datatype": STRING,
             "data": {"type": "array"},
             "parameters": {"type": "object"},
@@ -357,8 +368,12 @@ def build_document() -> Schema:
             {200: ("healthy", ref("Health"))}, ()), op_id="health")},
         "/api/node": {"get": operation("This node", responses({200: ("node", ref("Node"))}, ()), op_id="node")},
         "/api/resources": {"get": operation("Node totals", responses({200: ("totals", ref("Object"))}, ()), op_id="resources")},
-        "/api/resources/usage": {"get": operation("Node usage now", responses({200: ("usage", ref("Object"))}, ()), op_id="resourcesUsage")},
-        "/api/openapi.json": {"get": operation("This document", responses({200: ("OpenAPI 3.1", ref("Object"))}, ()), op_id="openapi")},
+        "/api/resources/usage": {
+            "get": operation("Node usage now", responses({200: ("usage", ref("Object"))}, ()), op_id="resourcesUsage"),
+        },
+        "/api/openapi.json": {
+            "get": operation("This document", responses({200: ("OpenAPI 3.1", ref("Object"))}, ()), op_id="openapi"),
+        },
         "/api/cluster/member": {"get": operation(
             "This node's membership of the cluster, for another agent: only with the cluster token in "
             "X-CNET-Cluster-Token (401 without it or with a wrong one; 404 on an agent with no cluster)",
@@ -390,7 +405,8 @@ def build_document() -> Schema:
                 {200: ("tasks", {"type": "array", "items": {"anyOf": [ref("Task"), ref("ClusterTask")]}})},
                 (400, 404, 503)), task_list_params, op_id="listTasks"),
             "post": operation("Start a process task", responses(
-                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 422, 502, 504)), None, declared_body("createTask"), op_id="createTask"),
+                {201: ("created (pending until a slot is free)", ref("Task"))}, (*WRITE_ERRORS, 422, 502, 504)),
+                None, declared_body("createTask"), op_id="createTask"),
         },
         "/api/tasks/{id}": {
             "get": operation("One task", responses({200: ("task", ref("Task"))}, (404,)), [ID_PARAM], op_id="getTask"),
@@ -408,7 +424,8 @@ def build_document() -> Schema:
                 {200: ("models", {"type": "array", "items": {"anyOf": [ref("Model"), ref("ClusterTask")]}})},
                 (400, 404, 503)), [NODE_QUERY], op_id="listModels"),
             "post": operation("Deploy a model (creates its training task)", responses(
-                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 422, 502, 504)), None, declared_body("deployModel"), op_id="deployModel"),
+                {201: ("deployed", ref("Model"))}, (*WRITE_ERRORS, 409, 422, 502, 504)),
+                None, declared_body("deployModel"), op_id="deployModel"),
         },
         "/api/ml/models/{id}": {
             "get": operation("One model", responses({200: ("model", ref("Model"))}, (404,)), [ID_PARAM], op_id="getModel"),
@@ -432,9 +449,15 @@ def build_document() -> Schema:
             "delete": operation("Stop serving the model", responses(
                 {200: ("not served", ref("Model"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="unserveModel"),
         },
-        "/v2": {"get": operation("V2 server metadata", responses({200: ("metadata", ref("Object"))}, (), v2=True), op_id="v2Server")},
-        "/v2/health/live": {"get": operation("V2 liveness", responses({200: ("live", ref("Object"))}, (), v2=True), op_id="v2Live")},
-        "/v2/health/ready": {"get": operation("V2 readiness", responses({200: ("ready", ref("Object"))}, (503,), v2=True), op_id="v2Ready")},
+        "/v2": {
+            "get": operation("V2 server metadata", responses({200: ("metadata", ref("Object"))}, (), v2=True), op_id="v2Server"),
+        },
+        "/v2/health/live": {
+            "get": operation("V2 liveness", responses({200: ("live", ref("Object"))}, (), v2=True), op_id="v2Live"),
+        },
+        "/v2/health/ready": {
+            "get": operation("V2 readiness", responses({200: ("ready", ref("Object"))}, (503,), v2=True), op_id="v2Ready"),
+        },
         **v2_model_paths("/v2/models/{name}", [], ""),
         **v2_model_paths("/v2/models/{name}/versions/{version}", [VERSION_PARAM], "Version"),
         "/metrics": {"get": {

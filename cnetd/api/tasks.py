@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from aiohttp import web
 
 from cnetd.agent import AGENT
@@ -17,10 +19,20 @@ STATUSES = tuple(str(s) for s in Status)
 KINDS = (*ML_KINDS, "run")
 
 
+class _Filters(TypedDict):
+    """The query's filters, as both TaskService.list and ClusterView.tasks take them."""
+
+    type_: str | None
+    kind: str | None
+    model_id: str | None
+    limit: int
+    offset: int
+
+
 async def list_tasks(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     status = choice_param(request, "status", STATUSES)
-    filters = {
+    filters: _Filters = {
         "type_": choice_param(request, "type", TASK_TYPES),
         "kind": choice_param(request, "kind", KINDS),
         "model_id": request.query.get("model_id") or None,

@@ -133,7 +133,7 @@ def _kind(annotation: Any) -> str:
     base, c = unwrap(annotation)
     if base is str:
         return "string"
-    if base is int or base is float and c.multiple_of == 1:
+    if base is int or (base is float and c.multiple_of == 1):
         return "whole number"
     if base is float:
         return "number"

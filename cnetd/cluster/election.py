@@ -29,8 +29,18 @@ from dataclasses import dataclass
 from cnetd.background import cancel_and_wait, wait_event
 from cnetd.clock import utc_now
 from cnetd.cluster.etcd import (
-    Compare, Delete, EtcdClient, EtcdError, EtcdOutcomeUnknown, EtcdRequestError, Get, KeyValue, Put,
-    RangeResult, Watch, WatchCompacted,
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdRequestError,
+    Get,
+    KeyValue,
+    Put,
+    RangeResult,
+    Watch,
+    WatchCompacted,
 )
 from cnetd.cluster.records import SchedulerRecord, decode, encode, scheduler_key
 

@@ -18,14 +18,37 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from cnetd.cluster.etcd_errors import (
-    EtcdAuthError, EtcdError, EtcdOutcomeUnknown, EtcdRequestError, EtcdUnavailable, LeaseLost,
+    EtcdAuthError,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdRequestError,
+    EtcdUnavailable,
+    LeaseLost,
     WatchCompacted,
 )
 from cnetd.cluster.etcd_transport import EtcdOptions, EtcdTransport, Json, request_error
 from cnetd.cluster.etcd_watch import Watch
 from cnetd.cluster.etcd_wire import (
-    Bytes, Compare, Delete, DeleteResult, Get, KeyValue, Lease, LeaseInfo, Op, Put, PutResult,
-    RangeResult, TxnResult, WatchBatch, WatchEvent, as_bytes, decode, number, prefix_range_end, txn_request,
+    Bytes,
+    Compare,
+    Delete,
+    DeleteResult,
+    Get,
+    KeyValue,
+    Lease,
+    LeaseInfo,
+    Op,
+    Put,
+    PutResult,
+    RangeResult,
+    TxnResult,
+    WatchBatch,
+    WatchEvent,
+    as_bytes,
+    decode,
+    number,
+    prefix_range_end,
+    txn_request,
     txn_result,
 )
 

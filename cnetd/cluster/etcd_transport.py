@@ -25,7 +25,10 @@ import aiohttp
 from yarl import URL
 
 from cnetd.cluster.etcd_errors import (
-    EtcdAuthError, EtcdOutcomeUnknown, EtcdRequestError, EtcdUnavailable,
+    EtcdAuthError,
+    EtcdOutcomeUnknown,
+    EtcdRequestError,
+    EtcdUnavailable,
 )
 
 Json = dict[str, Any]

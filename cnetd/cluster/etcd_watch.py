@@ -22,7 +22,11 @@ import aiohttp
 
 from cnetd.cluster.etcd_errors import EtcdUnavailable, WatchCompacted
 from cnetd.cluster.etcd_transport import (
-    TOKEN_PROBLEMS, EndpointFailed, EtcdTransport, Json, request_error,
+    TOKEN_PROBLEMS,
+    EndpointFailed,
+    EtcdTransport,
+    Json,
+    request_error,
 )
 from cnetd.cluster.etcd_wire import WatchBatch, WatchEvent, encode, number, revision_of
 

@@ -317,7 +317,7 @@ def txn_result(data: Json, success: Sequence[Op], failure: Sequence[Op]) -> TxnR
     answers = data.get("responses") or []
     if len(answers) != len(ops):
         raise ValueError(f"etcd txn: {len(answers)} responses for {len(ops)} operations")
-    responses = tuple(op.result(answer.get(op.txn_response) or {}) for op, answer in zip(ops, answers))
+    responses = tuple(op.result(answer.get(op.txn_response) or {}) for op, answer in zip(ops, answers, strict=True))
     return TxnResult(succeeded=succeeded, revision=revision_of(data), responses=responses)
 
 

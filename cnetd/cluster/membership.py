@@ -44,8 +44,16 @@ from cnetd.background import cancel_and_wait, wait_event
 from cnetd.clock import utc_now
 from cnetd.cluster import records
 from cnetd.cluster.etcd import (
-    Compare, Delete, EtcdClient, EtcdError, EtcdOutcomeUnknown, EtcdRequestError, EtcdUnavailable, Lease,
-    LeaseLost, Put,
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdRequestError,
+    EtcdUnavailable,
+    Lease,
+    LeaseLost,
+    Put,
 )
 from cnetd.cluster.records import NodeRecord
 

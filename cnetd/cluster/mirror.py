@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from cnetd.background import cancel_and_wait
 from cnetd.clock import utc_now
-from cnetd.cluster.etcd import Delete, EtcdClient, EtcdError, Op, Put
+from cnetd.cluster.etcd import Delete, EtcdClient, EtcdError, Put
+from cnetd.cluster.etcd_wire import Op
 from cnetd.cluster.records import TaskSummary, encode, node_tasks_prefix, task_key
 from cnetd.tasks.bus import TaskBus, TaskChange
 from cnetd.tasks.model import Task

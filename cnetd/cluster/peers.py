@@ -86,6 +86,6 @@ class PeerCaller:
             return await self.session.request(method, yarl.URL(url + path_qs, encoded=True), data=body,
                                               headers=out, timeout=timeout, allow_redirects=False,
                                               auto_decompress=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.directory.forget(node_id)  # read its address afresh next time
             raise Unavailable(f"node {node_id} ({url}) did not answer: {describe(exc)}", {"node_id": node_id}) from None

@@ -94,7 +94,8 @@ def _refusal(answer: aiohttp.ClientResponse, node_id: str, limits: Limits) -> st
     media = _media_type(answer)
     empty = answer.content_length == 0 or answer.status in (204, 304)
     if media not in PASSED_TYPES and not (empty and not media):
-        return f"node {node_id} answered with {media or 'no Content-Type'}; only {', '.join(sorted(PASSED_TYPES))} are passed through"
+        passed = ", ".join(sorted(PASSED_TYPES))
+        return f"node {node_id} answered with {media or 'no Content-Type'}; only {passed} are passed through"
     if answer.content_length is not None and answer.content_length > limits.max_bytes:
         return f"node {node_id} answered with {answer.content_length} bytes, more than the {limits.max_bytes} passed through"
     return None
@@ -129,9 +130,12 @@ async def relay(request: web.Request, answer: aiohttp.ClientResponse, node_id: s
             if not response.prepared:
                 await response.prepare(request)
             await response.write(chunk)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        failure: DomainError = TimedOut(f"node {node_id} did not complete its answer in time", {"node_id": node_id}) \
-            if isinstance(exc, asyncio.TimeoutError) else BadGateway(f"node {node_id} broke off its answer: {exc}", {"node_id": node_id})
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        failure: DomainError = (
+            TimedOut(f"node {node_id} did not complete its answer in time", {"node_id": node_id})
+            if isinstance(exc, asyncio.TimeoutError)
+            else BadGateway(f"node {node_id} broke off its answer: {exc}", {"node_id": node_id})
+        )
         return _give_up(request, response, answer, node_id, failure)
     except DomainError as exc:
         return _give_up(request, response, answer, node_id, exc)

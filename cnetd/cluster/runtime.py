@@ -26,10 +26,10 @@ from cnetd.cluster.election import Election, Leader
 from cnetd.cluster.etcd import EtcdClient, EtcdOptions, Lease
 from cnetd.cluster.membership import Membership
 from cnetd.cluster.mirror import StatusMirror
-from cnetd.cluster.view import ClusterView
 from cnetd.cluster.peers import PeerCaller
 from cnetd.cluster.placing import Placing
 from cnetd.cluster.scheduler import Scheduler
+from cnetd.cluster.view import ClusterView
 from cnetd.config import ClusterSection, Config
 from cnetd.security.auth import is_loopback
 from cnetd.security.cluster_token import ClusterToken

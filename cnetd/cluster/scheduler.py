@@ -35,19 +35,36 @@ import msgspec
 from cnetd.clock import utc_now
 from cnetd.cluster.election import Leader
 from cnetd.cluster.etcd import (
-    Compare, EtcdClient, EtcdOutcomeUnknown, EtcdRequestError, EtcdUnavailable, Get, KeyValue, Put, RangeResult,
+    Compare,
+    EtcdClient,
+    EtcdOutcomeUnknown,
+    EtcdRequestError,
+    EtcdUnavailable,
+    Get,
+    KeyValue,
+    Put,
+    RangeResult,
     prefix_range_end,
 )
 from cnetd.cluster.node_cache import NodeCache, NodeEntry
 from cnetd.cluster.placement import NoFit, Placement, Strategy, choose
 from cnetd.cluster.records import (
-    Assignment, NodeRecord, PlacedTask, Resources, assignment_key, check_key_part, decode, encode, node_key,
-    placed_key, scheduler_key,
+    Assignment,
+    NodeRecord,
+    PlacedTask,
+    Resources,
+    assignment_key,
+    check_key_part,
+    decode,
+    encode,
+    node_key,
+    placed_key,
+    scheduler_key,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Contended", "EtcdUnavailable", "Leadership", "NodeSource", "NoFit", "NotLeader", "Placed", "Scheduler"]
+__all__ = ["Contended", "EtcdUnavailable", "Leadership", "NoFit", "NodeSource", "NotLeader", "Placed", "Scheduler"]
 
 Kind = Literal["task", "model"]
 # etcd refuses a request over 1.5 MiB (--max-request-bytes); the txn carries the assignment

@@ -14,6 +14,7 @@ from typing import Any, get_args
 
 from cnetd.config.model import ConfigError
 
+
 def show(value: Any) -> str:
     """A short, one-line rendering of a bad value for an error message."""
     if value is None:
@@ -74,7 +75,7 @@ def parse_size(value: Any, where: str) -> int:
     Raises :class:`ConfigError` ``"<where>: <problem>"`` for anything else, negatives included.
     """
     if is_number(value):
-        if isinstance(value, float) and not value.is_integer() or value < 0:
+        if (isinstance(value, float) and not value.is_integer()) or value < 0:
             raise ConfigError(f"{where}: must be a whole number of bytes >= 0, got {show(value)}")
         return int(value)
     if isinstance(value, str):
@@ -160,7 +161,10 @@ def http_url(v: Any, where: str, empty_ok: bool = False) -> str:
     return text
 
 
-_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 
 
 def _is_ip(host: str) -> bool:

@@ -354,7 +354,7 @@ def _read_yaml(path: Path, label: str) -> Any:
     except OSError as e:
         raise ConfigError(f"{label}: cannot read: {e.strerror or e}") from None
     try:
-        return yaml.load(raw, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(raw, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

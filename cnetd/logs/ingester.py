@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from cnetd.background import cancel_and_wait, wait_event
@@ -127,7 +128,7 @@ class LogIngester:
         started = time.monotonic()
         tails = list(self._tails.items())
         sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in tails]) if tails else []
-        grown = [task_id for (task_id, tail), size in zip(tails, sizes) if not tail.loaded or size != tail.size]
+        grown = [task_id for (task_id, tail), size in zip(tails, sizes, strict=True) if not tail.loaded or size != tail.size]
         for done, task_id in enumerate(grown):
             if time.monotonic() - started > budget:
                 log.warning("stopped ingesting logs after %.0fs with %d of %d grown files left; "
@@ -178,7 +179,7 @@ class LogIngester:
             now = self._clock()
             due = [(t, tail) for t, tail in self._tails.items() if tail.check_at <= now]
             sizes = await asyncio.to_thread(_sizes, [tail.path for _, tail in due]) if due else []
-            for (task_id, tail), size in zip(due, sizes):
+            for (task_id, tail), size in zip(due, sizes, strict=True):
                 if self._tails.get(task_id) is not tail:
                     continue  # drained meanwhile
                 if not tail.loaded or size != tail.size:
@@ -214,7 +215,7 @@ class LogIngester:
                 if consumed == 0:
                     return
                 first_seq, end_offset = tail.next_seq, tail.offset + consumed
-                await self._db.write(lambda c: self._commit(c, task_id, first_seq, lines, end_offset))
+                await self._db.write(partial(self._commit, task_id=task_id, first_seq=first_seq, lines=lines, offset=end_offset))
                 tail.offset, tail.next_seq, tail.skipping = end_offset, first_seq + len(lines), skipping
                 await self._free_stored_head(task_id, tail)
                 if lines:

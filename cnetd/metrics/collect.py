@@ -24,7 +24,7 @@ async def render(agent: Agent) -> str:
     usages = await asyncio.gather(*(agent.tasks.usage_now(t) for t in running))
     out.declare("cnet_task_cpu_percent", "gauge", "CPU use of a running task since the previous sample (100 = one core).")
     out.declare("cnet_task_memory_bytes", "gauge", "Resident memory of a running task's processes.")
-    for task, usage in zip(running, usages):
+    for task, usage in zip(running, usages, strict=True):
         if usage is None:
             continue
         labels = {"task_id": task.id, "name": task.name, "kind": task.kind, "model_id": task.model_id or ""}

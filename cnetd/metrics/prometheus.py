@@ -16,7 +16,7 @@ Labels = Mapping[str, str]
 
 
 class Histogram:
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: Iterable[float]) -> None:
         self.bounds = tuple(bounds)
@@ -69,7 +69,7 @@ class Exposition:
 
     def histogram(self, name: str, labels: Labels, hist: Histogram) -> None:
         cumulative = 0
-        for bound, n in zip(hist.bounds, hist.counts):
+        for bound, n in zip(hist.bounds, hist.counts[:-1], strict=True):  # the last count is +Inf's, below
             cumulative += n
             self._lines.append(f"{name}_bucket{_labels({**labels, 'le': _number(bound)})} {cumulative}")
         self._lines.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {hist.count}")

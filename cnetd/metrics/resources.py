@@ -54,10 +54,14 @@ class ResourceSampler:
             }
         if self.settings.memory:
             vm = psutil.virtual_memory()
-            usage["memory"] = {"total": vm.total, "used": vm.total - vm.available, "available": vm.available, "percent": vm.percent}
+            usage["memory"] = {
+                "total": vm.total, "used": vm.total - vm.available, "available": vm.available, "percent": vm.percent,
+            }
         if self.settings.disk:
             du = psutil.disk_usage(str(self.disk_path))
-            usage["disk"] = {"path": str(self.disk_path), "total": du.total, "used": du.used, "free": du.free, "percent": du.percent}
+            usage["disk"] = {
+                "path": str(self.disk_path), "total": du.total, "used": du.used, "free": du.free, "percent": du.percent,
+            }
         if self.settings.network:
             net = psutil.net_io_counters()
             usage["network"] = {"bytes_sent": net.bytes_sent, "bytes_recv": net.bytes_recv}

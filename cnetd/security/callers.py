@@ -27,8 +27,8 @@ from cnetd.api.errors import error_response
 from cnetd.config import Config, ConfigError
 from cnetd.security.auth import Authenticator
 from cnetd.security.hosts import interface_addresses
-from cnetd.security.peer import UNAVAILABLE, PeerLookup
 from cnetd.security.identity import Identities
+from cnetd.security.peer import UNAVAILABLE, PeerLookup
 from cnetd.security.privilege import task_uid_predicate
 
 log = logging.getLogger(__name__)

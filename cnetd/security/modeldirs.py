@@ -40,11 +40,11 @@ def prepare_roots(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         root.mkdir(parents=True, exist_ok=True)
         st = os.stat(root)
-        if st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != ROOT_MODE:
-            if os.geteuid() == 0:
-                log.info("model root %s: setting root:root %o (was %s)", root, ROOT_MODE, stat.filemode(st.st_mode))
-                os.chown(root, 0, 0)
-                os.chmod(root, ROOT_MODE)
+        misowned = st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != ROOT_MODE
+        if misowned and os.geteuid() == 0:
+            log.info("model root %s: setting root:root %o (was %s)", root, ROOT_MODE, stat.filemode(st.st_mode))
+            os.chown(root, 0, 0)
+            os.chmod(root, ROOT_MODE)
         out.append(Path(os.path.realpath(root)))
     return out
 
@@ -84,7 +84,9 @@ def ensure_model_dir(directory: Path, roots: Sequence[Path], uid: int | None, gi
             except OSError as exc:
                 where = root.joinpath(*parts[: i + 1])
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ModelDirError(f"{where} is a symlink or not a directory; model directories must be real directories") from None
+                    raise ModelDirError(
+                        f"{where} is a symlink or not a directory; model directories must be real directories"
+                    ) from None
                 raise ModelDirError(f"{where}: {exc.strerror}") from None
             os.close(fd)
             fd = child

@@ -56,7 +56,7 @@ INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 _MSG = struct.Struct("=BBBB48sIIIII")
 ALL_STATES = 0xFFFFFFFF
 
-PROC_TABLES = {socket.AF_INET: Path("/proc/net/tcp"), socket.AF_INET6: Path("/proc/net/tcp6")}
+PROC_TABLES: dict[int, Path] = {socket.AF_INET: Path("/proc/net/tcp"), socket.AF_INET6: Path("/proc/net/tcp6")}
 TCP_TIME_WAIT = 6
 
 Address = tuple[str, int]

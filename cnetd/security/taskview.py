@@ -142,7 +142,8 @@ class TaskView:
         except OSError:
             return None
         if not allows(st, self.user, need):
-            return f"user '{self.user.name}' cannot use {path} ({'read' if need & READ else 'write' if need & WRITE else 'run'}): {describe(real, st)}"
+            use = "read" if need & READ else "write" if need & WRITE else "run"
+            return f"user '{self.user.name}' cannot use {path} ({use}): {describe(real, st)}"
         return None
 
 

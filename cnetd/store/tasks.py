@@ -11,11 +11,11 @@ from typing import Any
 from cnetd.limits import ResourceLimits
 from cnetd.tasks.model import Status, Task, TaskEvent
 
-TASK_COLUMNS = (
-    "id name type kind status command args env working_dir resources timeout created_at "
-    "started_at stopped_at exit_code reason unit log_file progress result model_id node_id "
-    "sandbox handle stop_requested usage run_as uid program"
-).split()
+TASK_COLUMNS = [
+    "id", "name", "type", "kind", "status", "command", "args", "env", "working_dir", "resources", "timeout", "created_at",
+    "started_at", "stopped_at", "exit_code", "reason", "unit", "log_file", "progress", "result", "model_id", "node_id",
+    "sandbox", "handle", "stop_requested", "usage", "run_as", "uid", "program",
+]
 JSON_COLUMNS = {"args", "env", "result", "usage"}
 # Columns a transition may change (never the identity or the request).
 MUTABLE = {
@@ -203,7 +203,9 @@ def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
 
 
 def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+    )
 
 
 def stop_is_requested(conn: sqlite3.Connection, task_id: str) -> bool:

@@ -17,14 +17,14 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cnetd.units import format_size
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # File times come from a coarse clock (a few ms behind time.time()), and started_at is
 # usually taken just after the spawn: files modified this long before `since` count too.
 SLACK_NS = 100_000_000
@@ -46,7 +46,7 @@ def since_ns(since: Since) -> int:
         since = datetime.fromisoformat(since.replace("Z", "+00:00"))
     if isinstance(since, datetime):
         if since.tzinfo is None:
-            since = since.replace(tzinfo=timezone.utc)
+            since = since.replace(tzinfo=UTC)
         return (since - EPOCH) // timedelta(microseconds=1) * 1000
     return round(since * 1e9)
 

@@ -93,7 +93,7 @@ class TaskPaths:
     """Where a task's files live under the state dir: its log, its run-dir files (exit code,
     start error, account files, launch spec) and its TMPDIR."""
 
-    RUN_SUFFIXES = (".exit", ".err", ".passwd", ".group", ".launch.json")
+    RUN_SUFFIXES: tuple[str, ...] = (".exit", ".err", ".passwd", ".group", ".launch.json")
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir

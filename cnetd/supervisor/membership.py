@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnetd.supervisor.base import Handle
-from cnetd.supervisor.cgroup import TRACK_ORDER, cgroup_dirs_of
+from cnetd.supervisor.cgroupfs import TRACK_ORDER, cgroup_dirs_of
 
 
 def _session_of(pid: int) -> int | None:

@@ -8,6 +8,7 @@ agent crash and are recovered by (pid, start time) afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -118,10 +119,8 @@ class SessionProcesses:
 
     def _signal_all(self, handle: Handle, sig: signal.Signals) -> None:
         for pid in self.members(handle):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def alive(self, handle: Handle) -> bool:
         return is_same_process(handle.pid, handle.pid_start)
@@ -195,6 +194,7 @@ class NoneSandbox:
             if task_id in keep or start is None:
                 continue
             log.warning("task %s: not reattached at start but its session (pid %d) still runs; killing it", task_id, pid)
-            await self._procs.kill(Handle(backend=self.name, pid=pid, pid_start=start, exit_path=str(exit_dir / f"{task_id}.exit")))
+            orphan = Handle(backend=self.name, pid=pid, pid_start=start, exit_path=str(exit_dir / f"{task_id}.exit"))
+            await self._procs.kill(orphan)
             removed.append(task_id)
         return removed

@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+from cnetd.background import resolve
 from cnetd.supervisor.base import ExitStatus
 
 # The shim runs the command as its child and records the exit code in a file, so the
@@ -86,7 +87,7 @@ async def wait_for_exit(pid: int, start: int, reap: bool = True) -> None:
             return
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        loop.add_reader(fd, resolve, done)
         try:
             await done
         finally:

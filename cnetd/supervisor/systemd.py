@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
-from cnetd.supervisor.cgroup import (
+from cnetd.supervisor.cgroupfs import (
     CpuMeter,
     Mount,
     cgroup_dirs_of,
@@ -194,7 +194,7 @@ class SystemdSandbox:
 
     def _guess_dirs(self, unit: str) -> dict[str, str]:
         """Where the scope's cgroups would be, assuming our mounts show systemd's root."""
-        path = "/".join(_slice_path(self.slice) + [unit])
+        path = "/".join([*_slice_path(self.slice), unit])
         keys = ("memory", "cpu", "pids", "systemd", "unified")
         return {k: str(m.point / path) for k, m in cgroup_mounts().items() if k in keys}
 
@@ -218,7 +218,7 @@ class SystemdSandbox:
         if dirs:
             running = exists(dirs) and not is_empty(dirs)
         else:
-            rc, out, _ = await self._systemctl_run("is-active", self._unit(handle))
+            _, out, _ = await self._systemctl_run("is-active", self._unit(handle))
             running = out.strip() == "active"
         return running and is_same_process(handle.pid, handle.pid_start)
 
@@ -238,13 +238,13 @@ class SystemdSandbox:
         await self._systemctl_run("reset-failed", unit)
 
     async def cleanup_orphans(self, keep: set[str], exit_dir: Path) -> list[str]:
-        rc, out, err = await self._systemctl_run(
+        _, out, _ = await self._systemctl_run(
             "list-units", "--all", "--plain", "--no-legend", "--no-pager", f"{UNIT_PREFIX}*.scope"
         )
         units = [line.split()[0] for line in out.splitlines() if line.strip()]
         if not units:
             return []
-        rc, out, err = await self._systemctl_run("show", "-p", "Id,Slice,ControlGroup", *units)
+        _, out, _ = await self._systemctl_run("show", "-p", "Id,Slice,ControlGroup", *units)
         removed = []
         for block in out.strip().split("\n\n"):
             props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
@@ -275,7 +275,7 @@ class SystemdSandbox:
             return 1, "", str(exc)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), SYSTEMCTL_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             log.error("systemctl %s: no answer within %.0fs", " ".join(args), SYSTEMCTL_TIMEOUT)

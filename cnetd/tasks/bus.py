@@ -4,6 +4,7 @@ bounded queue and a slow one is dropped with a warning rather than slowing the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -45,8 +46,6 @@ class TaskBus:
 
     def close(self) -> None:
         for queue in list(self._subscribers):
-            try:
+            with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
         self._subscribers.clear()

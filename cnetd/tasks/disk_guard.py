@@ -62,6 +62,6 @@ class DiskGuard:
             except Exception:
                 log.exception("measuring what tasks wrote failed")
                 continue
-            for guarded, written in zip(round_, used):
+            for guarded, written in zip(round_, used, strict=True):
                 if written > guarded.limit and not guarded.passed.done():
                     guarded.passed.set_result(written)

@@ -68,15 +68,15 @@ class ResourcesBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 
     cpu_limit: Annotated[float, Meta(
         gt=0, le=1024, description="cores", extra={"invalid": "must be a number of cores > 0 and at most 1024"},
-    )] | None | UnsetType = UNSET
-    memory_limit: Size | None | UnsetType = UNSET
-    disk_limit: Annotated[Size, Meta(description="bytes the task may write")] | None | UnsetType = UNSET
-    gpu_limit: Annotated[int, Meta(ge=0, extra={"invalid": "must be a whole number >= 0"})] | None | UnsetType = UNSET
+    )] | UnsetType | None = UNSET
+    memory_limit: Size | UnsetType | None = UNSET
+    disk_limit: Annotated[Size, Meta(description="bytes the task may write")] | UnsetType | None = UNSET
+    gpu_limit: Annotated[int, Meta(ge=0, extra={"invalid": "must be a whole number >= 0"})] | UnsetType | None = UNSET
     max_pids: Annotated[int, Meta(
         ge=1, le=PIDS_CEILING,
         description="processes and threads the task may have at once; at most tasks.max_pids, which is also the default",
         extra={"invalid": f"must be a whole number of processes from 1 to {PIDS_CEILING}"},
-    )] | None | UnsetType = UNSET
+    )] | UnsetType | None = UNSET
 
     def limits(self, base: ResourceLimits, key: str = "resources") -> ResourceLimits:
         """base with the limits this body sets (or removes)."""

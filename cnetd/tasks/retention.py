@@ -10,6 +10,7 @@ Never deleted: a task that has not ended; the deploy task of a model that exists
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -146,7 +148,7 @@ class Retention:
             ids = await self._db.read(lambda c: rq.expired_ids(c, up_to_seq, ended_before, self._batch_tasks))
             if not ids:
                 break
-            batch = await self._db.write(lambda c: rq.delete_tasks(c, ids, self._batch_rows))
+            batch = await self._db.write(partial(rq.delete_tasks, task_ids=ids, row_budget=self._batch_rows))
             total.task_ids += batch.task_ids
             total.log_lines += batch.log_lines
             total.events += batch.events
@@ -180,7 +182,7 @@ class Retention:
         ids = sorted(candidates)
         for start in range(0, len(ids), SWEEP_CHUNK):
             chunk = ids[start:start + SWEEP_CHUNK]
-            known = await self._db.read(lambda c: rq.existing_ids(c, chunk))
+            known = await self._db.read(partial(rq.existing_ids, task_ids=chunk))
             orphans += [path for task_id in chunk if task_id not in known for path in candidates[task_id]]
         return await asyncio.to_thread(_unlink_all, orphans)
 
@@ -246,10 +248,8 @@ class Retention:
     def _db_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
-            try:
+            with contextlib.suppress(OSError):
                 total += os.path.getsize(f"{self._db.path}{suffix}")
-            except OSError:
-                pass
         return total
 
 

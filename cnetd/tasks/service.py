@@ -12,12 +12,15 @@ stop, wait), over three parts with one job each:
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import logging
 import os
 import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from cnetd.background import wait_event
@@ -75,6 +78,7 @@ class TaskService:
     async def exists(self, task_id: str) -> bool:
         return await self.db.read(lambda c: q.get_task(c, task_id)) is not None
 
+    # Below this method a bare `list` in an annotation would name it: write builtins.list.
     async def list(self, **filters: Any) -> list[Task]:
         return [self._with_live_usage(t) for t in await self.db.read(lambda c: q.list_tasks(c, **filters))]
 
@@ -84,7 +88,7 @@ class TaskService:
             task.usage = live
         return task
 
-    def usage_history(self, task_id: str) -> list[Sample]:
+    def usage_history(self, task_id: str) -> builtins.list[Sample]:
         """The task's recent CPU and memory samples, oldest first (empty once forgotten)."""
         self._usage.look(task_id)  # a chart is open: a sample a second while it is
         return self._usage.samples(task_id)
@@ -105,14 +109,14 @@ class TaskService:
 
         return check
 
-    async def events(self, task_id: str) -> list[TaskEvent]:
+    async def events(self, task_id: str) -> builtins.list[TaskEvent]:
         await self.get(task_id)
         return await self.db.read(lambda c: q.list_events(c, task_id))
 
     async def counts(self) -> dict[str, int]:
         return await self.db.read(q.count_by_status)
 
-    def forget(self, task_ids: list[str]) -> None:
+    def forget(self, task_ids: builtins.list[str]) -> None:
         """Retention deleted these ended tasks: drop what is remembered of them."""
         self.states.forget(task_ids)
 
@@ -128,7 +132,8 @@ class TaskService:
         task_id: the id a cluster placement chose (the posting agent answers with it);
         creating it again returns the task already made, so a replayed placement runs once."""
         if task_id is not None:
-            existing = await self.db.read(lambda c: q.get_task(c, task_id))
+            # partial, not a lambda: the lambda would see task_id as str | None
+            existing = await self.db.read(partial(q.get_task, task_id=task_id))
             if existing is not None:
                 return existing
         else:
@@ -263,10 +268,8 @@ class TaskService:
         self.bus.close()
 
     async def _stop_on_exit(self, task_id: str) -> None:
-        try:
+        with contextlib.suppress(Conflict, NotFound):  # it ended meanwhile
             await self.stop(task_id, why="by the agent: it is stopping (tasks.stop_on_exit)")
-        except (Conflict, NotFound):
-            pass  # it ended meanwhile
 
     # ---- usage now (for /api/tasks/{id}/stats and /metrics) -------------------------------
 

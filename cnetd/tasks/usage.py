@@ -229,7 +229,7 @@ class UsageMonitor:
         targets = [(t, w) for t in task_ids if (w := self._watched.get(t)) is not None]
         results = await self._read([w for _, w in targets])
         now = time.monotonic()
-        for (task_id, watched), usage in zip(targets, results):
+        for (task_id, watched), usage in zip(targets, results, strict=True):
             # a task finished meanwhile has had its final sample: this one is older
             if self._watched.get(task_id) is not watched:
                 continue
@@ -252,10 +252,10 @@ class UsageMonitor:
                 log.warning("reading the usage of %d tasks took over %.0fs; skipped this round",
                             len(blocking), SAMPLE_TIMEOUT)
                 read = [None] * len(blocking)
-            for i, usage in zip(blocking, read):
+            for i, usage in zip(blocking, read, strict=True):
                 results[i] = usage
         if others:
-            for i, usage in zip(others, await asyncio.gather(*(_read_async(targets[i]) for i in others))):
+            for i, usage in zip(others, await asyncio.gather(*(_read_async(targets[i]) for i in others)), strict=True):
                 results[i] = usage
         return results
 

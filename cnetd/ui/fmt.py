@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cnetd.clock import parse_time
@@ -53,7 +53,7 @@ def when(text: str | None) -> str:
         moment = parse_time(text)
     except ValueError:
         return text
-    if moment.date() == datetime.now(timezone.utc).date():
+    if moment.date() == datetime.now(UTC).date():
         return moment.strftime("%H:%M:%S")
     return moment.strftime("%Y-%m-%d %H:%M")
 
@@ -64,7 +64,7 @@ def elapsed(start: str | None, end: str | None) -> str:
         return "—"
     try:
         begin = parse_time(start)
-        finish = parse_time(end) if end else datetime.now(timezone.utc)
+        finish = parse_time(end) if end else datetime.now(UTC)
     except ValueError:
         return "—"
     seconds = max(0.0, (finish - begin).total_seconds())

@@ -74,7 +74,7 @@ class _Stream:
         for waiter in done:
             if waiters[waiter] == "change":
                 change = waiter.result()
-                if change is None:
+                if not isinstance(change, TaskChange):  # None: the bus is closing
                     return "resubscribe"
                 return "progress" if change.kind == "progress" else "status"
         return "lines" if any(w.result() for w in done) else "idle"

@@ -49,7 +49,7 @@ def card_context(request: web.Request, model: Model, form: Form | None = None) -
         "model": model,
         "task": model.task,
         "state": state,
-        "active": bool(state) and state.get("state") in ACTIVE_STATES,
+        "active": bool(state and state.get("state") in ACTIVE_STATES),
         "serve_form": form or Form(values={"replicas": str((state or {}).get("replicas") or 1)}),
     }
 

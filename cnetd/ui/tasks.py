@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -105,10 +106,8 @@ async def stop_task(request: web.Request) -> web.Response:
     check_same_origin(request)
     agent = agent_of(request)
     task_id = request.match_info["id"]
-    try:
+    with contextlib.suppress(Conflict):  # it ended meanwhile: the summary below shows how
         await agent.tasks.stop(task_id, wait=False)
-    except Conflict:
-        pass  # it ended meanwhile: the summary below shows how
     task = await agent.tasks.get(task_id)
     model = await detail.find_model(agent, task)
     if not is_htmx(request):

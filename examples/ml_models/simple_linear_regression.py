@@ -239,9 +239,9 @@ def cmd_train(model_path: Path, args: list[str]) -> dict[str, Any]:
         raise UsageError("train takes <model_path> [n_samples]")
     n_samples = parse_positive_int(args[0], "n_samples", 2) if args else DEFAULT_SAMPLES
 
+    import joblib
     from sklearn.linear_model import LinearRegression
     from sklearn.metrics import mean_squared_error, r2_score
-    import joblib
 
     x, y = generate_data(n_samples)
     emit({"progress": 0.0, "stage": "data_generated", "n_samples": n_samples})

@@ -15,6 +15,7 @@ depends on the scenario. Every scenario leaves nothing running unless it says so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -198,10 +199,8 @@ async def stop_tree(sb: Sandbox, params: Params) -> dict[str, Any]:
     # A SIGKILLed process takes a moment to vanish; only "setsid" may outlive a backend
     # that cannot reach the whole tree.
     reachable = TREE_ROLES if sb.capabilities.kills_whole_tree else TREE_ROLES - {"setsid"}
-    try:
+    with contextlib.suppress(TimeoutError):
         await poll(lambda: not reachable & set(survivors_now()), 5, "the stopped tree to vanish")
-    except TimeoutError:
-        pass
     survivors = survivors_now()
     for role in survivors:  # leave nothing behind, whatever the backend could not reach
         os.kill(pids[role], signal.SIGKILL)

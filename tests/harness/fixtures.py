@@ -9,6 +9,7 @@ backend: on the host for none/cgroup, inside the namespace for systemd.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from cnetd.supervisor import cgroup
+from cnetd.supervisor import cgroup, cgroupfs
 from cnetd.supervisor.base import Capabilities
 from cnetd.supervisor.cgroup import CgroupSandbox
 from cnetd.supervisor.none import NoneSandbox
@@ -91,7 +92,7 @@ def cgroup_group() -> Iterator[str]:
     if layout is None:
         harness_unavailable(f"cgroup backend unavailable: {why}")
     yield name
-    left = cgroup.remove_dirs(list(layout.bases.values()))
+    left = cgroupfs.remove_dirs(list(layout.bases.values()))
     assert not left, f"cgroups left behind: {left}"
 
 
@@ -151,10 +152,8 @@ class Driver:
             time.sleep(0.05)
             left = self.leftovers()
         for pid in self.task_processes():  # leave the machine clean even when failing
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         assert not left, f"{self.backend}: left behind {left}"
 
 

@@ -12,6 +12,7 @@ systemd sees it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -115,7 +116,7 @@ def available() -> tuple[bool, str]:
     hierarchies = _cgroup_hierarchies()
     if not any(point.name == "systemd" for point in hierarchies):
         return False, "no cgroup v1 name=systemd hierarchy (the recipe is for v1/hybrid machines)"
-    for point, own in hierarchies.items():
+    for own in hierarchies.values():
         probe = own / f"{PREFIX}probe-{os.getpid()}"
         try:
             probe.mkdir()
@@ -128,10 +129,8 @@ def available() -> tuple[bool, str]:
 def _cgroup_pids(top: Path) -> list[int]:
     pids = []
     for current, _dirs, _files in os.walk(top):
-        try:
+        with contextlib.suppress(OSError):
             pids += [int(p) for p in (Path(current) / "cgroup.procs").read_text().split()]
-        except OSError:
-            pass
     return pids
 
 
@@ -177,10 +176,8 @@ def clean_stale(prefix: str = PREFIX) -> list[Path]:
                 continue  # its harness still runs
             top = Path(entry.path)
             for pid in _cgroup_pids(top):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             if not _remove_tree(top, 10):
                 removed.append(top)
     return removed
@@ -275,10 +272,8 @@ class SystemdNamespace:
     def stop(self) -> None:
         """Kill systemd (and so the whole namespace) and remove the sub-cgroups."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._unshare is not None:
             if self._unshare.poll() is None and self.pid is None:
                 os.killpg(self._unshare.pid, signal.SIGKILL)

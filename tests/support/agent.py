@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +10,6 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,9 +153,7 @@ class AgentProcess:
                 pid = int(json.loads(handle)["pid"])
             except (ValueError, KeyError, TypeError):  # a test damaged it on purpose
                 continue
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 

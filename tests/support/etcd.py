@@ -285,7 +285,7 @@ async def eventually(condition: Callable[[], Awaitable[T]], timeout: float, what
             if result:
                 return result
             last = result
-        except Exception as err:  # noqa: BLE001  (a failing call is just "not yet")
+        except Exception as err:  # a failing call is just "not yet"
             last = err
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
@@ -299,7 +299,7 @@ def _is_leader(member: EtcdMember) -> bool:
         return False
 
 
-# --- fixtures: import them into a test module ----------------------------------------------
+# --- fixtures: tests/conftest.py offers them to every test module ---------------------------
 
 
 @pytest.fixture(scope="session")

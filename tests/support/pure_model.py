@@ -17,7 +17,7 @@ def train(model_path: str) -> None:
     ys = [2 * x + 3 for x in xs]
     n = len(xs)
     mean_x, mean_y = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
     model = {"slope": slope, "intercept": mean_y - slope * mean_x}
     os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
     with open(model_path, "w") as f:

@@ -8,6 +8,7 @@ wrong and nothing left the agent. A CSP violation on any page fails the test tha
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,9 @@ from tests.ui import axe
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (bin/setup-venv ml,dev)")
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 FAILURES = REPO / "test-artifacts" / "ui-failures"  # what each page showed when a test failed
 TRACE = os.environ.get("CNET_UI_TRACE") == "1"  # also keep a Playwright trace of every failed test
@@ -84,11 +87,12 @@ CARET_STYLE_HASH = "sha256-LCYO6aZgIIKUnjcSr4gFsHQ6Y4vrxnN7Ev5la8a4W4Y="  # sha2
 PLAYWRIGHTS_OWN = (EMPTY_STYLE_HASH, CARET_STYLE_HASH)
 CSP_LISTENER = """
 document.addEventListener("securitypolicyviolation", function (e) {
-  if (e.violatedDirective === "style-src-attr" && (e.sample === "" || e.sample === "%s")) { return; }
+  if (e.violatedDirective === "style-src-attr" &&
+      (e.sample === "" || e.sample === """ + json.dumps(CARET_STYLE) + """)) { return; }
   window.__cnetCspViolation(e.violatedDirective + " blocked " + (e.blockedURI || "inline") +
     (e.sample ? " [" + e.sample + "]" : "") + " at " + e.sourceFile + ":" + e.lineNumber + " (" + location.pathname + ")");
 });
-""" % CARET_STYLE
+"""
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

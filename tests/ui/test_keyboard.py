@@ -33,20 +33,18 @@ DESCRIBE = """const describe = (e) => {
     (e.getAttribute("href") ? "[href=" + e.getAttribute("href") + "]" : "") + ' "' + text + '"';
 };"""
 
-TAB_STOPS = """(selector) => {
-  %s
+TAB_STOPS = "(selector) => {\n  " + DESCRIBE + """
   const all = [...document.querySelectorAll(selector)];
   const positive = all.filter((e) => e.tabIndex > 0).map(describe);
   const stops = all.filter((e) => e.tabIndex >= 0 && !e.disabled && !e.closest("[inert]") &&
     e.checkVisibility({visibilityProperty: true}));
   return {positive, stops: stops.map(describe)};
-}""" % DESCRIBE
+}"""
 
 # The focused element and its focus ring: the outline's style, width and contrast with the
 # colour behind it (the element's own background for an inset outline, else the first
 # ancestor with one), and whether it is on screen.
-FOCUSED = """() => {
-  %s
+FOCUSED = "() => {\n  " + DESCRIBE + """
   const e = document.activeElement;
   if (!e || e === document.body || e === document.documentElement) { return null; }
   const rgb = (c) => { const m = c.match(/[\\d.]+/g).map(Number);
@@ -65,7 +63,7 @@ FOCUSED = """() => {
   return {what: describe(e), style: s.outlineStyle, width: parseFloat(s.outlineWidth) || 0,
           contrast: Math.round((hi + 0.05) / (lo + 0.05) * 100) / 100,
           onScreen: box.bottom > 0 && box.top < innerHeight && box.right > 0 && box.left < innerWidth};
-}""" % DESCRIBE
+}"""
 
 
 def focused(page: Any) -> Any:

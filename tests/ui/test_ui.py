@@ -16,11 +16,13 @@ from playwright.sync_api import expect
 
 from tests.support.agent import AgentProcess
 from tests.support.cluster import cluster_agent, new_prefix, start_all
-from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixture)
+from tests.support.etcd import EtcdCluster
 from tests.support.waiting import wait_until
 from tests.ui.conftest import Browse
 
-PAGES = {"dashboard": ("/", "Dashboard"), "models": ("/models", "Models"), "tasks": ("/tasks", "Tasks"), "nodes": ("/nodes", "Nodes")}
+PAGES = {
+    "dashboard": ("/", "Dashboard"), "models": ("/models", "Models"), "tasks": ("/tasks", "Tasks"), "nodes": ("/nodes", "Nodes"),
+}
 TICKER = "import time; [print('tick', i, flush=True) or time.sleep(0.2) for i in range(100000)]"
 # How long to wait for what the agent pushes to an open page (SSE, polling) or for a
 # task's process to get going: generous, since a loaded 2-core CI box can stall for seconds.
@@ -350,7 +352,8 @@ def test_the_page_policy_holds_and_a_violation_is_caught(ui_agent: AgentProcess,
     b = browse(ui_agent)
     b.goto("/")
     b.page.evaluate("""() => {
-        document.body.insertAdjacentHTML('beforeend', '<img alt="" src="http://evil.example/x.png"><div id="inl" style="color: red"></div>');
+        document.body.insertAdjacentHTML('beforeend',
+            '<img alt="" src="http://evil.example/x.png">' + '<div id="inl" style="color: red"></div>');
         const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.appendChild(s);
     }""")
 
@@ -392,7 +395,7 @@ def test_stop_shows_stop_requested_at_once_and_stopped_after_the_grace(
 
 
 def test_nodes_page_lists_the_cluster_live(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]
 ) -> None:
     """Two agents of one cluster (a real etcd): the Nodes page lists both from etcd, with
     labels and free resources, and shows the other one offline, without a reload, once it

@@ -71,7 +71,7 @@ class Answer:
 class Link:
     """A ready worker as the dispatcher sees it."""
 
-    __slots__ = ("client", "task_id", "model_stamp")
+    __slots__ = ("client", "model_stamp", "task_id")
 
     def __init__(self, client: WorkerClient, task_id: str) -> None:
         self.client = client
@@ -80,7 +80,7 @@ class Link:
 
 
 class _Pending:
-    __slots__ = ("instances", "future", "dispatched")
+    __slots__ = ("dispatched", "future", "instances")
 
     def __init__(self, instances: list[Any], future: asyncio.Future[Answer]) -> None:
         self.instances = instances
@@ -128,7 +128,7 @@ class PredictionCache:
     def store(self, keys: list[str], predictions: list[Any], model_stamp: tuple[int, int] | None = None) -> None:
         if model_stamp is not None and model_stamp != self._stamp:
             return  # computed from another version of the file than the one there now
-        for key, value in zip(keys, predictions):
+        for key, value in zip(keys, predictions, strict=True):
             self._entries[key] = value
             self._entries.move_to_end(key)
         while len(self._entries) > self.size:
@@ -326,10 +326,7 @@ class Batcher:
         return batch
 
     def _send(self, link: Link, batch: list[_Pending]) -> None:
-        if len(batch) == 1:
-            instances = batch[0].instances
-        else:
-            instances = [item for pending in batch for item in pending.instances]
+        instances = batch[0].instances if len(batch) == 1 else [item for pending in batch for item in pending.instances]
         for pending in batch:
             pending.dispatched = True
         self.metrics.batch_size.observe(len(instances))

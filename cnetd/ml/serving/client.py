@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cnetd.background import resolve
+
 log = logging.getLogger(__name__)
 
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd
@@ -72,7 +74,7 @@ async def _recv_hello(sock: socket.socket) -> tuple[bytes, list[int]]:
                     chunk, got, _, _ = socket.recv_fds(sock, 65536, 4)
                 except BlockingIOError:
                     readable = loop.create_future()
-                    loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+                    loop.add_reader(sock.fileno(), resolve, readable)
                     try:
                         await readable
                     finally:
@@ -146,7 +148,8 @@ class WorkerClient(asyncio.Protocol):
                 if dir_fd is not None:
                     os.close(dir_fd)
             if peer_check is not None:
-                pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                pid, uid, _gid = struct.unpack("3i", creds)
                 problem = peer_check(pid, uid)
                 if problem is not None:
                     log.error("worker %s: refusing %s: %s", label, path, problem)
@@ -182,7 +185,7 @@ class WorkerClient(asyncio.Protocol):
                     os.close(fd)
                 transport, _ = await loop.create_unix_connection(lambda: client, sock=sock)
                 client._add(transport)
-                client._out = transport  # type: ignore[assignment]
+                client._out = transport
         except BaseException:
             if client is not None:
                 client.abort("setting up the channel failed")

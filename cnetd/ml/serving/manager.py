@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class ServingManager:
             try:
                 model = await self.catalog.get(record.id)
                 spec = ServingSpec.from_json(record.serving or {})
-                workers = await self.db.read(lambda c, i=record.id: sq.live_workers(c, i))
+                workers = await self.db.read(partial(sq.live_workers, model_id=record.id))
                 for extra in workers[spec.replicas:]:
                     await self.workers.stop(extra.id)
                 self._start(model, spec, adopt=workers[: spec.replicas])
@@ -195,7 +196,7 @@ class ServingManager:
         await self.db.write(lambda c: sq.set_serving(c, model_id, value))
 
     def _start(self, model: Model, spec: ServingSpec, adopt: list[Task] | None = None) -> Served:
-        name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
+        _name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
         batcher = Batcher(model.record.name, spec, self.catalog.model_file(model), metrics)
         served = Served(model=model, spec=spec, batcher=batcher, file_stamp=file_stamp(batcher.model_file))
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")

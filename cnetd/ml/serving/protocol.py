@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cnetd.errors import Invalid
 from cnetd.bodies.jsonvalue import json_type
+from cnetd.errors import Invalid
 
 INT_RANGES: dict[str, tuple[int, int]] = {
     "INT8": (-(2**7), 2**7 - 1),
@@ -133,7 +133,8 @@ def parse_infer_request(body: Any) -> InferRequest:
             raise Invalid("outputs", "must be an array of objects {name}")
         for i, output in enumerate(outputs):
             if output.get("name") != OUTPUT_NAME:
-                raise Invalid(f"outputs[{i}].name", f"unknown output {json.dumps(output.get('name'))[:100]} (this model has: {OUTPUT_NAME})")
+                shown = json.dumps(output.get("name"))[:100]
+                raise Invalid(f"outputs[{i}].name", f"unknown output {shown} (this model has: {OUTPUT_NAME})")
     return InferRequest(id=request_id, input_name=name, instances=instances, output_name=output_name)
 
 

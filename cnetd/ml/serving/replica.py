@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cnetd.background import cancel_and_wait
 from cnetd.clock import format_time, utc_now
@@ -149,7 +149,7 @@ class ReplicaRunner:
         replica.pid = hello.pid
         replica.loader = hello.loader
         replica.model_stamp = hello.model_stamp
-        moment = datetime.fromtimestamp(hello.loaded_at, timezone.utc) if hello.loaded_at is not None else None
+        moment = datetime.fromtimestamp(hello.loaded_at, UTC) if hello.loaded_at is not None else None
         replica.loaded_at = format_time(moment) if moment is not None else utc_now()
         replica.ready_since = time.monotonic()
         if hello.n_features is not None:

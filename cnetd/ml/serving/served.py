@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cnetd.clock import format_time
@@ -27,7 +27,7 @@ def stamp_json(stamp: Stamp | None) -> list[int] | None:
 
 
 def describe_stamp(stamp: Stamp) -> str:
-    modified = datetime.fromtimestamp(stamp[0] / 1e9, timezone.utc)
+    modified = datetime.fromtimestamp(stamp[0] / 1e9, UTC)
     return f"modified {format_time(modified)}, {stamp[1]} bytes"
 
 

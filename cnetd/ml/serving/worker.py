@@ -48,6 +48,7 @@ line per problem. SIGTERM ends the worker (and its script child) with exit code 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -57,8 +58,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; longer paths are bound through /proc/self/fd
@@ -216,10 +218,7 @@ class BuiltinPredictor:
         np = self._np
         _check_numbers(instances)
         shape = self.feature_shape
-        if shape == (1,):
-            rows = [[v] if not isinstance(v, list) else v for v in instances]
-        else:
-            rows = instances
+        rows = [v if isinstance(v, list) else [v] for v in instances] if shape == (1,) else instances
         try:
             x = np.asarray(rows, dtype=self._dtype)
         except ValueError:
@@ -291,10 +290,8 @@ def bind(path: str) -> socket.socket:
     dir_fd = os.open(directory, os.O_PATH)
     try:
         address = path if len(path.encode()) <= MAX_SOCKET_PATH else f"/proc/self/fd/{dir_fd}/{name}"
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
         old = os.umask(0o077)
         try:
             sock.bind(address)
@@ -389,10 +386,8 @@ def main(argv: list[str]) -> int:
     finally:
         if listener is not None:
             listener.close()
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(args.socket)
-            except OSError:
-                pass
         if predictor is not None:
             predictor.close()
 
