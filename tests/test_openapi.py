@@ -15,9 +15,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from cnetd.cluster.placing import PlaceRequest
 from cnetd.api.openapi import DOCUMENT
 from cnetd.api.routes import add_api_routes
+from cnetd.cluster.placing import PlaceRequest
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.spec import ServingSpecBody
 from cnetd.tasks.request import NewTaskBody

@@ -42,9 +42,13 @@ async def list_nodes(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     if agent.cluster is None:
         return json_response([{**await this_node(agent), "scheduler": False}])
-    leader = agent.cluster.election.leader
-    return json_response([{**entry.to_json(), "scheduler": leader is not None and entry.node_id == leader.node_id}
-                          for entry in await agent.cluster.directory.list()])
+    return json_response([node_json(agent, entry) for entry in await agent.cluster.directory.list()])
+
+
+def node_json(agent: Agent, entry: NodeEntry) -> dict[str, Any]:
+    """A node as the API shows it, with whether it is the elected scheduler."""
+    leader = None if agent.cluster is None else agent.cluster.election.leader
+    return {**entry.to_json(), "scheduler": leader is not None and entry.node_id == leader.node_id}
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -52,12 +56,12 @@ async def get_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node_id"]
     if agent.cluster is None:
         if node_id == agent.node_id:
-            return json_response(await this_node(agent))
+            return json_response({**await this_node(agent), "scheduler": False})
         raise NotFound(f"node {node_id} is not this node, and {NOT_IN_A_CLUSTER}", {"node_id": node_id})
     entry = await agent.cluster.directory.get(node_id)
     if entry is None:
         raise NotFound(f"node {node_id} is not in the cluster (GET /api/nodes lists its nodes)", {"node_id": node_id})
-    return json_response(entry.to_json())
+    return json_response(node_json(agent, entry))
 
 
 async def member(request: web.Request) -> web.Response:

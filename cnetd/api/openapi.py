@@ -14,9 +14,9 @@ import msgspec
 from aiohttp import web
 
 from cnetd import __version__
-from cnetd.cluster.placing import PlaceRequest
 from cnetd.api.serialize import json_response
 from cnetd.bodies.schema import body_components, public_name
+from cnetd.cluster.placing import PlaceRequest
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import ServingSpecBody

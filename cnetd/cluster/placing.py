@@ -28,7 +28,13 @@ from cnetd.cluster.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from cnetd.cluster.peers import PeerCaller
 from cnetd.cluster.placement import NoFit, OnNode, Placement, WithLabels, parse_placement
 from cnetd.cluster.records import (
-    Assignment, Refusal, Resources, check_key_part, decode, encode, refused_key,
+    Assignment,
+    Refusal,
+    Resources,
+    check_key_part,
+    decode,
+    encode,
+    refused_key,
 )
 from cnetd.cluster.scheduler import Contended, Placed, Scheduler
 from cnetd.cluster.scheduler import NotLeader as SchedulerNotLeader

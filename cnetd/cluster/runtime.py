@@ -18,7 +18,7 @@ from typing import Any
 
 import yarl
 
-from cnetd.background import cancel_and_wait, wait_event
+from cnetd.background import cancel_and_wait
 from cnetd.cluster.assignments import AssignmentWatcher
 from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.directory import NodeDirectory
@@ -31,9 +31,9 @@ from cnetd.cluster.placing import Placing
 from cnetd.cluster.scheduler import Scheduler
 from cnetd.cluster.view import ClusterView
 from cnetd.config import ClusterSection, Config
+from cnetd.ml.service import ModelService
 from cnetd.security.auth import is_loopback
 from cnetd.security.cluster_token import ClusterToken
-from cnetd.ml.service import ModelService
 from cnetd.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class ClusterNode:
         running = False
         try:
             while True:
-                await wait_event(self._leadership_flip)
+                await self._leadership_flip.wait()
                 self._leadership_flip.clear()
                 if self.election.is_leader and not running:
                     await self.scheduler.start()

@@ -12,7 +12,7 @@ import msgspec
 
 from cnetd.cluster.directory import ClusterUnavailable, NodeDirectory
 from cnetd.cluster.etcd import EtcdClient, EtcdError
-from cnetd.cluster.records import TaskSummary, decode, node_tasks_prefix, tasks_prefix
+from cnetd.cluster.records import PlacedTask, TaskSummary, decode, node_tasks_prefix, placed_key, tasks_prefix
 from cnetd.tasks.model import TERMINAL
 
 TERMINAL_NAMES = frozenset(str(s) for s in TERMINAL)
@@ -79,8 +79,15 @@ class ClusterView:
         return newest_first(rows)[offset : offset + limit]
 
     async def owner_of(self, task_id: str) -> str | None:
-        """The node whose mirror holds task_id, or None when no node has it."""
+        """The node that has task_id: where the scheduler placed it (one read, while the
+        placement is kept), else the node whose mirror holds it; None when no node has it."""
         try:
+            placed = await self._etcd.get(placed_key(self._prefix, task_id))
+            if placed is not None:
+                try:
+                    return decode(placed.value, PlacedTask).node_id
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    pass
             found = await self._etcd.range(tasks_prefix(self._prefix), prefix=True, keys_only=True)
         except EtcdError as exc:
             raise ClusterUnavailable(exc) from None
