@@ -3,8 +3,13 @@
     .venv/bin/python bench/cluster.py scale [--nodes 500] [--baseline-nodes 10] [--tasks 2000]
                                             [--in-flight 8] [--ttl 15] [--refresh 10] [--idle 10]
 
-(Placement latency through real agents and failover timing are still to come: they need
-the scheduler wired into the agents.)
+    .venv/bin/python bench/cluster.py placement [--tasks 40]
+
+placement: two real agents (a and c) on one etcd member, lease TTL 3 s. The same process
+task (`sleep 300`) is posted --tasks times to a without a placement (it runs on a) and
+--tasks times to a with {"node_id": "c"} (the scheduler places it, c creates it from its
+assignment, a answers once c has it); each time the clock runs from the POST until the
+task is running on its node. The ratio is what placing through etcd adds to a local start.
 
 scale: the etcd parts at scale without full agents, simulated nodes and the real scheduler.
 For each node count (the baseline first, then --nodes), on a fresh single etcd member:
@@ -397,6 +402,56 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{label:34} {fmt.format(baseline[key]):>12} {fmt.format(scaled[key]):>12} {ratio:7.2f}x")
 
 
+def time_until_running(api: Any, body: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    reply = api.post("/api/tasks", body)
+    if reply.status != 201:
+        raise RuntimeError(f"POST /api/tasks: {reply.status} {reply.text}")
+    task_id = reply.body["id"]
+    while api.get(f"/api/tasks/{task_id}").body["status"] != "running":  # a on c's: answered by c
+        if time.perf_counter() - started > 30:
+            raise RuntimeError(f"task {task_id} did not run within 30 s")
+        time.sleep(0.002)
+    return (time.perf_counter() - started) * 1000
+
+
+def run_placement(args: argparse.Namespace) -> None:
+    from tests.support.agent import AgentProcess
+    from tests.support.cluster import cluster_agent, nodes_of, start_all, wait_status
+    from tests.support.waiting import wait_until
+
+    with tempfile.TemporaryDirectory() as base, EtcdCluster(Path(base) / "etcd") as cluster:
+        made: list[AgentProcess] = []
+
+        def make(config: dict[str, Any], name: str) -> AgentProcess:
+            agent = AgentProcess(Path(base) / name, config)
+            made.append(agent)
+            return agent
+
+        extra = {"tasks": {"max_concurrent": 4 * args.tasks}}
+        a, c = (cluster_agent(make, cluster.endpoints, name, extra=extra) for name in "ac")
+        try:
+            start_all(a, c)
+            wait_status(a, "c", "online")
+            wait_until(lambda: any(n.get("scheduler") for n in nodes_of(a).values()), 20, "a scheduler")
+            sleeper = {"name": "bench", "command": "sleep", "args": ["300"]}
+            for _ in range(3):  # warm both paths
+                time_until_running(a.api, sleeper)
+                time_until_running(a.api, {**sleeper, "placement": {"node_id": "c"}})
+            local = [time_until_running(a.api, sleeper) for _ in range(args.tasks)]
+            placed = [time_until_running(a.api, {**sleeper, "placement": {"node_id": "c"}}) for _ in range(args.tasks)]
+        finally:
+            for agent in made:
+                agent.stop()
+                agent.kill_task_processes()
+    print(f"POST /api/tasks on a -> running, {args.tasks} tasks each, one at a time; one etcd member\n")
+    print(f"{'':36} {'p50 ms':>8} {'p95 ms':>8} {'vs local':>9}")
+    base_p50 = percentile(local, 50)
+    for label, values in (("local (runs on a)", local), ('placement {"node_id": "c"}', placed)):
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        print(f"{label:36} {p50:8.1f} {p95:8.1f} {p50 / base_p50:8.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parts = parser.add_subparsers(dest="part", required=True)
@@ -409,6 +464,8 @@ def main() -> int:
     scale.add_argument("--refresh", type=float, default=10.0, help="seconds between a node's periodic rewrites")
     scale.add_argument("--idle", type=float, default=10.0, help="seconds of steady state measured before placing")
     scale.add_argument("--verbose", action="store_true", help="requests by path, on stderr")
+    placement = parts.add_parser("placement", help="POST -> running through the scheduler vs locally, real agents")
+    placement.add_argument("--tasks", type=int, default=40)
     simulation = parts.add_parser("simulate")  # the child process of `scale`
     simulation.add_argument("--endpoint", required=True)
     simulation.add_argument("--nodes", type=int, required=True)
@@ -417,6 +474,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.part == "simulate":
         asyncio.run(simulate(args.endpoint, args.nodes, args.ttl, args.refresh))
+    elif args.part == "placement":
+        run_placement(args)
     else:
         asyncio.run(run(args))
     return 0
