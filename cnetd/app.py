@@ -19,6 +19,7 @@ from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
 from cnetd.cluster.describe import NodeDescriber
+from cnetd.cluster.failover import ModelFailover
 from cnetd.cluster.runtime import ClusterNode
 from cnetd.config import Config
 from cnetd.logs.ingester import LogIngester
@@ -181,6 +182,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
+    if cluster is not None:
+        cluster.failover = ModelFailover(cluster.peers, catalog, model_roots)
 
     app[INGESTER] = ingester
     def forget(task_ids: list[str]) -> None:

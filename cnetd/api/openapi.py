@@ -383,6 +383,17 @@ def build_document() -> Schema:
             "not the scheduler, 422 when no node fits)",
             responses({200: ("placed", ref("Object"))}, (400, 404, 409, 415, 422, 503)), None,
             declared_body("clusterPlace"), op_id="clusterPlace")},
+        "/api/cluster/artifacts/{model_id}": {"get": operation(
+            "The trained model file of a model this node has, for another agent of the cluster that is to serve "
+            "it too: only with the cluster token (401 otherwise; 404 on an agent with no cluster). Headers "
+            "X-CNET-Artifact-SHA256 and X-CNET-Artifact-Size say what the bytes are; 409 when the model has no "
+            "file here, or its file is not a regular file reached through real directories in the model roots",
+            {"200": {"description": "the file's bytes", "headers": {
+                "X-CNET-Artifact-SHA256": {"schema": STRING, "description": "sha256 of the bytes, hex"},
+                "X-CNET-Artifact-Size": {"schema": {"type": "integer"}, "description": "how many bytes"}},
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+             **responses({}, (400, 404, 409))},
+            [{"name": "model_id", "in": "path", "required": True, "schema": STRING}], op_id="clusterArtifact")},
         "/api/nodes": {"get": operation("Every node of the cluster, online first (a single node: itself)", responses(
             {200: ("nodes", {"type": "array", "items": ref("ClusterNode")})}, (503,)), op_id="listNodes")},
         "/api/nodes/{node_id}": {

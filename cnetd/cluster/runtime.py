@@ -24,6 +24,7 @@ from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.directory import NodeDirectory
 from cnetd.cluster.election import Election, Leader
 from cnetd.cluster.etcd import EtcdClient, EtcdOptions, Lease
+from cnetd.cluster.failover import ModelFailover
 from cnetd.cluster.membership import Membership
 from cnetd.cluster.mirror import StatusMirror
 from cnetd.cluster.peers import PeerCaller
@@ -82,6 +83,7 @@ class ClusterNode:
         self._leadership_flip = asyncio.Event()  # the election changed its mind
         self._watcher: asyncio.Task[None] | None = None
         self._scheduling: asyncio.Task[None] | None = None
+        self.failover: ModelFailover | None = None  # set by the composition root (it needs the ML parts)
 
     def _registered(self, _lease: Lease, _revision: int) -> None:
         """A (re)join: campaign on the new lease, take the assignments of the new registration,
@@ -122,6 +124,8 @@ class ClusterNode:
         await self.assignments.start()
         await self.election.start()
         self._scheduling = asyncio.create_task(self._schedule_while_leading(), name="cluster-scheduling")
+        if self.failover is not None:
+            await self.failover.start()
         self._watcher = asyncio.create_task(self._watch_allocation(), name="cluster-allocation")
         log.info("cluster: joining through etcd %s under %s as %s (%s), lease TTL %ds",
                  ", ".join(self.settings.etcd.endpoints), self.settings.prefix, self.identity.node_id, self.url,
@@ -135,6 +139,8 @@ class ClusterNode:
         await self.election.close()  # a successor takes over at once, not after our lease's TTL
         await cancel_and_wait(self._scheduling)
         await self.assignments.close()
+        if self.failover is not None:
+            await self.failover.stop()
         await self.mirror.stop()
         await self.membership.stop()
         await self.peers.stop()

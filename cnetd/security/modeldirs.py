@@ -65,6 +65,13 @@ def ensure_model_dir(directory: Path, roots: Sequence[Path], uid: int | None, gi
     """Make directory (absolute, normalised) ready for a model running as uid: every part
     below its root created or checked without following symlinks. Returns directory.
     uid None: tasks run as the agent's own user, nothing is chowned."""
+    os.close(open_model_dir(directory, roots, uid, gid))
+    return directory
+
+
+def open_model_dir(directory: Path, roots: Sequence[Path], uid: int | None, gid: int | None) -> int:
+    """ensure_model_dir, returning a file descriptor of the model's directory (the caller
+    closes it): what root writes there goes through this descriptor, never a path."""
     root = root_of(directory, roots)
     if root is None:
         raise ModelDirError(f"{directory} is outside the model roots ({', '.join(map(str, roots))}); see ml.model_roots")
@@ -100,9 +107,45 @@ def ensure_model_dir(directory: Path, roots: Sequence[Path], uid: int | None, gi
                 if st.st_uid == 0:
                     raise ModelDirError(f"{where} belongs to root and is not a model root: give the model a directory of its own")
                 raise ModelDirError(f"{where} belongs to another model's user ({_describe_owner(st)})")
-    finally:
+    except BaseException:
         os.close(fd)
-    return directory
+        raise
+    return fd
+
+
+def open_model_file(path: Path, roots: Sequence[Path]) -> int:
+    """A read-only descriptor of the regular file at path (absolute, normalised), reached
+    from its model root without following a symlink anywhere on the way (the file itself
+    included), so that a model whose user swapped its file or a directory for a symlink
+    cannot make root read something else. ModelDirError says why not."""
+    root = root_of(path.parent, roots)
+    if root is None:
+        raise ModelDirError(f"{path} is outside the model roots ({', '.join(map(str, roots))})")
+    parts = path.relative_to(root).parts
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(parts):
+            leaf = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if leaf else os.O_DIRECTORY)
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+            except OSError as exc:
+                where = root.joinpath(*parts[: i + 1])
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ModelDirError(f"{where} is a symlink or not a directory; a model file is reached "
+                                        "through real directories only") from None
+                if exc.errno == errno.ENOENT:
+                    raise FileNotFoundError(errno.ENOENT, "no such file", str(where)) from None
+                raise ModelDirError(f"{where}: {exc.strerror}") from None
+            os.close(fd)
+            fd = child
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelDirError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def file_owner_problem(path: Path, uid: int | None) -> str | None:
@@ -120,3 +163,98 @@ def file_owner_problem(path: Path, uid: int | None) -> str | None:
     if st.st_uid != uid:
         return f"{path} exists and belongs to uid {st.st_uid}, not to this model's user: it could not replace it"
     return None
+
+
+MODEL_FILE_MODE = 0o640
+FREE_SPACE_MARGIN = 64 * 1024 * 1024  # left free on the file system after a model file is written
+
+
+def check_file_name(name: str) -> str:
+    """A model file's name as one directory entry: no separator, no dot name, no NUL."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name or len(name.encode()) > 255:
+        raise ModelDirError(f"{name!r:.80} is not a file name")
+    return name
+
+
+class ModelFileWriter:
+    """Writes a model file into a model directory as root, the way a trained model lands
+    there: a temporary file created (O_EXCL, never following a symlink) through the
+    directory's descriptor, filled, synced, given to the model's user, and renamed over the
+    final name in one step, so that a reader sees the old file or the whole new one.
+
+        writer = ModelFileWriter(directory, "model.joblib", roots, uid, gid, size)
+        writer.open()          # walks to the directory (as open_model_dir), checks free space
+        writer.write(chunk)    # ...
+        writer.commit()        # or writer.abort(): nothing is left behind
+
+    The caller checks what it wrote (size, sha256) before commit."""
+
+    def __init__(self, directory: Path, name: str, roots: Sequence[Path], uid: int | None, gid: int | None,
+                 size: int) -> None:
+        self.directory = directory
+        self.name = check_file_name(name)
+        self.roots = roots
+        self.uid = uid
+        self.gid = gid if gid is not None else uid
+        self.size = size
+        self._dir_fd: int | None = None
+        self._fd: int | None = None
+        self._temp = f".{name[:200]}.{os.urandom(6).hex()}.part"
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.name
+
+    def open(self) -> None:
+        self._dir_fd = open_model_dir(self.directory, self.roots, self.uid, self.gid)
+        try:
+            vfs = os.fstatvfs(self._dir_fd)
+            free = vfs.f_bavail * vfs.f_frsize
+            if self.size + FREE_SPACE_MARGIN > free:
+                raise ModelDirError(f"{self.directory}: {self.size} bytes do not fit: {free} bytes free, "
+                                    f"{FREE_SPACE_MARGIN} of them kept free")
+            self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               0o600, dir_fd=self._dir_fd)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def commit(self) -> Path:
+        assert self._fd is not None and self._dir_fd is not None
+        try:
+            os.fsync(self._fd)
+            if self.uid is not None:
+                os.fchown(self._fd, self.uid, self.gid if self.gid is not None else self.uid)
+            os.fchmod(self._fd, MODEL_FILE_MODE)
+            os.close(self._fd)
+            self._fd = None
+            os.rename(self._temp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            os.fsync(self._dir_fd)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self._dir_fd)
+        self._dir_fd = None
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary file (if any) and let go of the directory."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._dir_fd is not None:
+            try:
+                os.unlink(self._temp, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove %s: %s", self.directory / self._temp, exc.strerror)
+            os.close(self._dir_fd)
+            self._dir_fd = None
