@@ -183,7 +183,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
-        cluster.failover = ModelFailover(cluster.peers, catalog, model_roots)
+        cluster.failover = ModelFailover(cluster, catalog, serving, model_roots)
 
     app[INGESTER] = ingester
     def forget(task_ids: list[str]) -> None:

@@ -17,6 +17,7 @@ from aiohttp import web
 from cnetd import __version__
 from cnetd.agent import AGENT, Agent
 from cnetd.api.jsonbody import decode_json
+from cnetd.api.v2_cluster import answer_elsewhere, held_nowhere
 from cnetd.errors import DomainError, NotFound
 from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
 from cnetd.ml.serving.served import Served
@@ -85,22 +86,27 @@ def _metadata(record: ModelRecord, served: Served | None, versions: list[str]) -
     }
 
 
-async def model_metadata(request: web.Request) -> web.Response:
+async def model_metadata(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
     known = await _known(agent, name, version)
     if isinstance(known, web.Response):
-        return known
+        return await answer_elsewhere(request, name, version) or await held_nowhere(request, name, version) or known
     records = await agent.models.named(known.name)
     return _json(_metadata(known, agent.serving.find(known.id), [r.id for r in records]))
 
 
-async def model_ready(request: web.Request) -> web.Response:
+async def model_ready(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
     served = agent.serving.find(name, version)
     if served is not None and served.ready_replicas > 0:
         return _json({"name": served.name, "ready": True})
+    elsewhere = await answer_elsewhere(request, name, version)
+    if elsewhere is not None:
+        return elsewhere
+    if served is None and (gone := await held_nowhere(request, name, version)) is not None:
+        return gone
     known = await _known(agent, name, version)
     if isinstance(known, web.Response):
         return known
@@ -108,11 +114,19 @@ async def model_ready(request: web.Request) -> web.Response:
     return _json({"name": known.name, "ready": False, "error": f"model {known.name} is not ready: {why}"}, 503)
 
 
-async def infer(request: web.Request) -> web.Response:
+async def infer(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
     served = agent.serving.find(name, version)
+    if served is None or served.ready_replicas == 0:
+        # Not here, or no worker ready here: in a cluster, a node with a ready replica answers.
+        elsewhere = await answer_elsewhere(request, name, version)
+        if elsewhere is not None:
+            return elsewhere
     if served is None:
+        gone = await held_nowhere(request, name, version)
+        if gone is not None:
+            return gone
         known = await _known(agent, name, version)
         return known if isinstance(known, web.Response) else _not_served(known)
     try:

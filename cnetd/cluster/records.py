@@ -12,12 +12,16 @@ one module holds the whole layout.
                                               task id is placed once, a retry finds where
     <prefix>/tasks/<node_id>/<task_id>        TaskSummary, mirrored by the owning node
     <prefix>/refused/<task_id>                Refusal: the target would not run what was placed on it
+    <prefix>/served/<model_name>              ServedModel, no lease: a served model's desired state
+                                              (its version, artifact, replicas per node, holders)
+    <prefix>/serving/<model_name>/<node_id>   ServingEndpoint, on the node's lease: this node has
+                                              ready replicas of the model (gone when the node dies)
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -112,6 +116,67 @@ class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: str = ""
 
 
+
+# What a model name may be in a key: the deploy body's name rule (no "/", cannot start with ".").
+MODEL_NAME_PATTERN = re.compile(r"[\w][\w .:@+-]{0,127}\Z")
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+NodeIdText = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")]
+ModelNameText = Annotated[str, msgspec.Meta(pattern=r"^[\w][\w .:@+-]{0,127}\Z")]
+ReplicaCount = Annotated[int, msgspec.Meta(ge=0, le=64)]
+ByteCount = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+ShortText = Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+class ModelSource(msgspec.Struct, frozen=True, kw_only=True):
+    """How the model is deployed where it was trained: what another node needs to run its
+    serving workers (checked there again, like a deploy body)."""
+
+    model_type: Annotated[str, msgspec.Meta(max_length=64)] = "custom"
+    model_path: ShortText
+    script_path: ShortText = ""
+    command: ShortText = "python3"
+    env: Annotated[dict[ShortText, ShortText], msgspec.Meta(max_length=256)] = {}
+    working_dir: ShortText = "."
+    cpu_limit: Annotated[float, msgspec.Meta(gt=0, le=4096)] | None = None
+    memory_limit: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
+    disk_limit: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
+    gpu_limit: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+
+
+class ServedModel(msgspec.Struct, frozen=True, kw_only=True):
+    """A served model's desired state, for the whole cluster: which version (model id and
+    artifact) is served under the name, how many replicas in all, which node runs how many
+    (placements) and which nodes have the artifact (holders). Written by the node that
+    serves it first (its origin) and by the node that places replicas; never on a lease."""
+
+    name: ModelNameText
+    model_id: NodeIdText
+    sha256: Sha256
+    size: ByteCount
+    state: Literal["serving", "stopped"] = "serving"
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # wanted in all, over every node
+    settings: dict[str, Any] = {}  # the serving settings (ServingSpec), replicas aside
+    placements: Annotated[dict[NodeIdText, ReplicaCount], msgspec.Meta(max_length=64)] = {}
+    holders: Annotated[list[NodeIdText], msgspec.Meta(max_length=64)] = []
+    origin: NodeIdText
+    source: ModelSource
+    created_at: str = ""  # the model's, to tell the newer of two versions of a name
+    updated_at: str = ""
+    updated_by: str = ""
+
+
+class ServingEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One node's ready replicas of a served model."""
+
+    name: ModelNameText
+    model_id: NodeIdText
+    node_id: NodeIdText
+    sha256: str = ""
+    ready_replicas: ReplicaCount = 0
+    replicas: ReplicaCount = 0  # wanted on this node
+    advertise_url: ShortText = ""
+    updated_at: str = ""
+
 def nodes_prefix(prefix: str) -> str:
     return f"{prefix}/nodes/"
 
@@ -159,6 +224,23 @@ def node_tasks_prefix(prefix: str, node_id: str) -> str:
 def task_key(prefix: str, node_id: str, task_id: str) -> str:
     return f"{prefix}/tasks/{node_id}/{task_id}"
 
+
+
+def served_prefix(prefix: str) -> str:
+    return f"{prefix}/served/"
+
+
+def served_key(prefix: str, name: str) -> str:
+    return f"{prefix}/served/{name}"
+
+
+def serving_prefix(prefix: str, name: str | None = None) -> str:
+    """Every node's endpoints, or those of one model name."""
+    return f"{prefix}/serving/" if name is None else f"{prefix}/serving/{name}/"
+
+
+def serving_key(prefix: str, name: str, node_id: str) -> str:
+    return f"{prefix}/serving/{name}/{node_id}"
 
 def encode(record: msgspec.Struct) -> bytes:
     return msgspec.json.encode(record)

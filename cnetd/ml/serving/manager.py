@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,21 @@ class ServingManager:
         self._served: dict[str, Served] = {}
         self._lock = asyncio.Lock()
         self._bus_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str, int | None], None]] = []
+
+    def on_change(self, listener: Callable[[str, int | None], None]) -> None:
+        """Call listener(model_id, replicas) after serving of a model was started, changed or
+        stopped by serve() or unserve() (unless told not to notify), or started once its
+        training completed: the cluster publishes the model's desired serving then.
+        replicas: the number the caller asked for, None when it did not say. Keep it short."""
+        self._listeners.append(listener)
+
+    def _notify(self, model_id: str, replicas: int | None = None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(model_id, replicas)
+            except Exception:  # a listener's mistake must not undo the serving change
+                log.exception("a serving change listener failed for %s", model_id)
 
     # ---- queries ----------------------------------------------------------------------
 
@@ -131,7 +147,9 @@ class ServingManager:
 
     # ---- serve / unserve ------------------------------------------------------------------
 
-    async def serve(self, model_id: str, body: Any) -> Model:
+    async def serve(self, model_id: str, body: Any, notify: bool = True) -> Model:
+        """Serve the model (or change its settings) on this node. notify: False for changes
+        the cluster itself makes (a node's share of replicas), which are not published back."""
         async with self._lock:
             model = await self.catalog.get(model_id)
             current = self._served.get(model_id)
@@ -155,10 +173,14 @@ class ServingManager:
                     f"model {model.record.name} has no model file to serve ({model.record.model_path}); {state}",
                     {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
                 )
-            return await self.catalog.get(model_id)
+        if notify:
+            asked = isinstance(body, dict) and body.get("replicas") is not None
+            self._notify(model_id, spec.replicas if asked else None)
+        return await self.catalog.get(model_id)
 
-    async def unserve(self, model_id: str) -> bool:
-        """Stop serving (workers end as `stopped`); False when it was not served."""
+    async def unserve(self, model_id: str, notify: bool = True, reason: str | None = None) -> bool:
+        """Stop serving (workers end as `stopped`); False when it was not served. reason:
+        why, when it is not the user's call (kept with the stored state)."""
         async with self._lock:
             model = await self.catalog.get(model_id)
             served = self._served.pop(model_id, None)
@@ -166,12 +188,14 @@ class ServingManager:
             if served is None and stored.get("state") not in ("serving", "awaiting_training"):
                 return False
             spec = served.spec if served else ServingSpec.from_json(stored)
-            await self._persist(model_id, "stopped", spec)
+            await self._persist(model_id, "stopped", spec, reason=reason)
             if served is not None:
                 await self._teardown(served, f"serving of model {model.record.name} was stopped", stop_workers=True)
             for task in await self.db.read(lambda c: sq.live_workers(c, model_id)):
                 await self.workers.stop(task.id)
-            return True
+        if notify:
+            self._notify(model_id)
+        return True
 
     async def wait_ready(self, model_id: str, timeout: float) -> bool:
         """Wait until every wanted replica is ready; False at the deadline."""
@@ -280,6 +304,7 @@ class ServingManager:
                 await self._persist(record.id, "serving", spec)
                 self._start(await self.catalog.get(record.id), spec)
                 log.info("model %s trained: serving it with %d replica(s)", record.name, spec.replicas)
+                self._notify(record.id, spec.replicas)
                 return
             if model.task.status == Status.COMPLETED:
                 reason = f"training completed without writing {model.record.model_path}"

@@ -1,0 +1,93 @@
+"""Served models' desired state in etcd: `<prefix>/served/<model_name>` (records.ServedModel),
+one record per name, never on a lease, so it outlives every node that serves the model.
+
+    desired = DesiredServing(etcd, "/cnet")
+    found = await desired.get("iris")                     # Versioned(record, mod_revision) | None
+    await desired.update("iris", lambda old: new_record)  # compare-and-swap, retried on a race
+
+Everything read back is treated as hostile: a value that does not decode into a
+ServedModel (msgspec checks names, ids, sha256, counts), or whose name is not the one its
+key says, is skipped with a warning, never acted upon. Writes compare the key's
+mod_revision with the one read, so two nodes deciding at once cannot lose either's change:
+the second finds the key moved, reads it again and decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from cnetd.cluster import records
+from cnetd.cluster.etcd import Compare, EtcdClient, KeyValue, Put
+from cnetd.cluster.records import MODEL_NAME_PATTERN, ServedModel
+
+log = logging.getLogger(__name__)
+
+UPDATE_ATTEMPTS = 8
+
+
+class ServedRaced(Exception):
+    """The record kept changing under an update (UPDATE_ATTEMPTS times in a row)."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    record: ServedModel
+    mod_revision: int
+
+
+def parse(kv: KeyValue, prefix: str) -> Versioned | None:
+    """The record of one served/ key, or None (logged) when it is not one we can trust."""
+    key = kv.key.decode(errors="replace")
+    name = key[len(records.served_prefix(prefix)):]
+    try:
+        record = records.decode(kv.value, ServedModel)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.warning("cluster: ignoring the served-model record at %s: %s", key[:200], exc)
+        return None
+    if record.name != name or not MODEL_NAME_PATTERN.match(name):
+        log.warning("cluster: ignoring the served-model record at %s: it names model %r", key[:200], record.name[:130])
+        return None
+    return Versioned(record, kv.mod_revision)
+
+
+class DesiredServing:
+    def __init__(self, etcd: EtcdClient, prefix: str) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+
+    async def get(self, name: str) -> Versioned | None:
+        if not MODEL_NAME_PATTERN.match(name):
+            return None
+        kv = await self.etcd.get(records.served_key(self.prefix, name))
+        return parse(kv, self.prefix) if kv is not None else None
+
+    async def list(self) -> list[Versioned]:
+        found = await self.etcd.range(records.served_prefix(self.prefix), prefix=True)
+        return [v for kv in found.kvs if (v := parse(kv, self.prefix)) is not None]
+
+    async def put_if(self, record: ServedModel, mod_revision: int) -> bool:
+        """Write record only if its key's mod_revision is still mod_revision (0: absent)."""
+        key = records.served_key(self.prefix, record.name)
+        compare = Compare.absent(key) if mod_revision == 0 else Compare.mod_revision(key, "==", mod_revision)
+        result = await self.etcd.txn([compare], [Put(key, records.encode(record))])
+        return result.succeeded
+
+    async def update(self, name: str, change: Callable[[ServedModel | None], ServedModel | None]) -> ServedModel | None:
+        """Read the record, let change() decide the new one (None: leave it as it is), and
+        write it if nobody wrote in between; read and decide again when someone did. An
+        undecodable record counts as absent (it is replaced). Returns what is stored now."""
+        for _ in range(UPDATE_ATTEMPTS):
+            kv = await self.etcd.get(records.served_key(self.prefix, name))
+            current = parse(kv, self.prefix) if kv is not None else None
+            new = change(current.record if current is not None else None)
+            if new is None:
+                return current.record if current is not None else None
+            if current is not None and new == current.record:
+                return new
+            if await self.put_if(new, kv.mod_revision if kv is not None else 0):
+                return new
+        raise ServedRaced(f"the served-model record of {name} kept changing; not updated")
