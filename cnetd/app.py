@@ -26,6 +26,7 @@ from cnetd.logs.ingester import LogIngester
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.catalog import ModelCatalog
+from cnetd.ml.copies import ModelCopies
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.node import NodeIdentity
@@ -183,7 +184,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
-        cluster.failover = ModelFailover(cluster, catalog, serving, model_roots)
+        cluster.failover = ModelFailover(cluster, catalog, serving, ModelCopies(tasks, catalog, launcher, confinement, config),
+                                         model_roots)
 
     app[INGESTER] = ingester
     def forget(task_ids: list[str]) -> None:

@@ -159,7 +159,7 @@ async def test_ids_with_paths_and_oversize_files_are_refused_before_any_request(
     puller: ArtifactPuller, root: Path, stand_in: tuple[str, list[str]],
 ) -> None:
     for node_id, model_id in (("evil", "../../etc/passwd"), ("evil", "a/b"), ("../evil", "good"), ("evil", "")):
-        with pytest.raises(ArtifactRefused, match="is not a (node|model) id"):
+        with pytest.raises(ArtifactRefused, match=r"is not a (node|model) id"):
             await puller.pull(node_id, model_id, Artifact(SHA, len(BYTES)), writer(root))
     small = ArtifactPuller(puller.peers, max_bytes=1000)
     with pytest.raises(ArtifactRefused, match="more than the 1000 bytes copied"):
@@ -231,9 +231,8 @@ def with_pure_script(agent: AgentProcess) -> AgentProcess:
 
 
 async def fetch(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url, headers=headers) as answer:
-            return answer.status, dict(answer.headers), await answer.read()
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as answer:
+        return answer.status, dict(answer.headers), await answer.read()
 
 
 async def test_an_agent_sends_a_trained_model_file_to_peers_only(

@@ -336,15 +336,20 @@ LOG_RESPONSES = {
 }
 
 
+ELSEWHERE = (". In a cluster, a model with no ready replica on this node is answered by a node that has one "
+             "(X-CNET-Node names it); 503 'unavailable: no live node holds model ...' when none does")
+
+
 def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[str, Schema]:
     params = [NAME_PARAM, *extra_params]
     return {
-        base: {"get": operation("V2 model metadata", responses(
-            {200: ("metadata", ref("V2ModelMetadata"))}, (404,), v2=True), params, op_id=f"v2ModelMetadata{suffix}")},
-        base + "/ready": {"get": operation("V2 model readiness", responses(
-            {200: ("ready", ref("Object"))}, (404, 503), v2=True), params, op_id=f"v2ModelReady{suffix}")},
-        base + "/infer": {"post": operation("V2 inference", responses(
-            {200: ("outputs", ref("V2InferResponse"))}, (400, 404, 409, 413, 415, 429, 503, 504), v2=True),
+        base: {"get": operation(f"V2 model metadata{ELSEWHERE}", responses(
+            {200: ("metadata", ref("V2ModelMetadata"))}, (404, 502, 503, 504), v2=True), params,
+            op_id=f"v2ModelMetadata{suffix}")},
+        base + "/ready": {"get": operation(f"V2 model readiness{ELSEWHERE}", responses(
+            {200: ("ready", ref("Object"))}, (404, 502, 503, 504), v2=True), params, op_id=f"v2ModelReady{suffix}")},
+        base + "/infer": {"post": operation(f"V2 inference{ELSEWHERE}", responses(
+            {200: ("outputs", ref("V2InferResponse"))}, (400, 404, 409, 413, 415, 429, 502, 503, 504), v2=True),
             params, body("V2InferRequest"), op_id=f"v2Infer{suffix}")},
     }
 

@@ -50,6 +50,10 @@ class ArtifactRefused(Exception):
     into place)."""
 
 
+class CannotWrite(ArtifactRefused):
+    """This node cannot write the file where it goes (its model directory, its free space)."""
+
+
 @dataclass(frozen=True)
 class Artifact:
     sha256: str  # hex, lower case
@@ -139,11 +143,12 @@ class ArtifactPuller:
         except ValueError as exc:
             raise ArtifactRefused(f"the wanted artifact: {exc}") from None
         if wanted.size > self.max_bytes:
-            raise ArtifactRefused(f"model {model_id} has {wanted.size} bytes, more than the {self.max_bytes} bytes copied between nodes")
+            raise ArtifactRefused(f"model {model_id} has {wanted.size} bytes, "
+                                  f"more than the {self.max_bytes} bytes copied between nodes")
         try:
             await asyncio.to_thread(writer.open)
         except (ModelDirError, OSError) as exc:
-            raise ArtifactRefused(f"cannot write {writer.path}: {exc}") from None
+            raise CannotWrite(f"cannot write {writer.path}: {exc}") from None
         try:
             async with asyncio.timeout(deadline_for(wanted.size)):
                 await self._receive(node_id, model_id, wanted, writer)
@@ -171,8 +176,8 @@ class ArtifactPuller:
             said_sha = answer.headers.get(SHA256_HEADER, "").strip().lower()
             said_size = answer.headers.get(SIZE_HEADER, "").strip()
             if said_sha != wanted.sha256:
-                raise ArtifactRefused(f"node {node_id} has another version of model {model_id}: sha256 {said_sha[:64] or 'not given'}, "
-                                      f"wanted {wanted.sha256}")
+                raise ArtifactRefused(f"node {node_id} has another version of model {model_id}: "
+                                      f"sha256 {said_sha[:64] or 'not given'}, wanted {wanted.sha256}")
             if said_size != str(wanted.size) or answer.content_length != wanted.size:
                 raise ArtifactRefused(f"node {node_id} announced {said_size[:20] or '?'} bytes "
                                       f"(Content-Length {answer.content_length}), wanted {wanted.size}")

@@ -158,6 +158,7 @@ class ServedModel(msgspec.Struct, frozen=True, kw_only=True):
     settings: dict[str, Any] = {}  # the serving settings (ServingSpec), replicas aside
     placements: Annotated[dict[NodeIdText, ReplicaCount], msgspec.Meta(max_length=64)] = {}
     holders: Annotated[list[NodeIdText], msgspec.Meta(max_length=64)] = []
+    refused: Annotated[dict[NodeIdText, ShortText], msgspec.Meta(max_length=64)] = {}  # node -> why it cannot hold it
     origin: NodeIdText
     source: ModelSource
     created_at: str = ""  # the model's, to tell the newer of two versions of a name

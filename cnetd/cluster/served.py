@@ -39,18 +39,18 @@ class Versioned:
     mod_revision: int
 
 
-def parse(kv: KeyValue, prefix: str) -> Versioned | None:
-    """The record of one served/ key, or None (logged) when it is not one we can trust."""
-    key = kv.key.decode(errors="replace")
-    name = key[len(records.served_prefix(prefix)):]
+MAX_WARNED = 1024
+
+
+def parse(kv: KeyValue, prefix: str) -> Versioned | str:
+    """The record of one served/ key, or why it is not one we can trust."""
+    name = kv.key.decode(errors="replace")[len(records.served_prefix(prefix)):]
     try:
         record = records.decode(kv.value, ServedModel)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        log.warning("cluster: ignoring the served-model record at %s: %s", key[:200], exc)
-        return None
+        return str(exc)
     if record.name != name or not MODEL_NAME_PATTERN.match(name):
-        log.warning("cluster: ignoring the served-model record at %s: it names model %r", key[:200], record.name[:130])
-        return None
+        return f"it names model {record.name[:130]!r}"
     return Versioned(record, kv.mod_revision)
 
 
@@ -58,16 +58,29 @@ class DesiredServing:
     def __init__(self, etcd: EtcdClient, prefix: str) -> None:
         self.etcd = etcd
         self.prefix = prefix
+        self._warned: set[tuple[bytes, int]] = set()  # (key, mod_revision) of bad records warned about
+
+    def _parse(self, kv: KeyValue) -> Versioned | None:
+        """parse(), warning once per version of a bad record rather than at every read."""
+        found = parse(kv, self.prefix)
+        if isinstance(found, Versioned):
+            return found
+        if (kv.key, kv.mod_revision) not in self._warned:
+            if len(self._warned) >= MAX_WARNED:
+                self._warned.clear()
+            self._warned.add((kv.key, kv.mod_revision))
+            log.warning("cluster: ignoring the served-model record at %s: %s", kv.key.decode(errors="replace")[:200], found)
+        return None
 
     async def get(self, name: str) -> Versioned | None:
         if not MODEL_NAME_PATTERN.match(name):
             return None
         kv = await self.etcd.get(records.served_key(self.prefix, name))
-        return parse(kv, self.prefix) if kv is not None else None
+        return self._parse(kv) if kv is not None else None
 
     async def list(self) -> list[Versioned]:
         found = await self.etcd.range(records.served_prefix(self.prefix), prefix=True)
-        return [v for kv in found.kvs if (v := parse(kv, self.prefix)) is not None]
+        return [v for kv in found.kvs if (v := self._parse(kv)) is not None]
 
     async def put_if(self, record: ServedModel, mod_revision: int) -> bool:
         """Write record only if its key's mod_revision is still mod_revision (0: absent)."""
@@ -82,7 +95,7 @@ class DesiredServing:
         undecodable record counts as absent (it is replaced). Returns what is stored now."""
         for _ in range(UPDATE_ATTEMPTS):
             kv = await self.etcd.get(records.served_key(self.prefix, name))
-            current = parse(kv, self.prefix) if kv is not None else None
+            current = self._parse(kv) if kv is not None else None
             new = change(current.record if current is not None else None)
             if new is None:
                 return current.record if current is not None else None
