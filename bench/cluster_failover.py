@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import statistics
 import sys
@@ -106,7 +107,7 @@ class Client:
         after = [o for o in self.outcomes if o[0] >= t0]
         errors = [o for o in after if o[1] != 200]
         answered = [o[0] for o in self.outcomes if o[1] == 200]
-        gaps = [b - a for a, b in zip(answered, answered[1:]) if b >= t0]
+        gaps = [b - a for a, b in itertools.pairwise(answered) if b >= t0]
         return {"calls": len(after), "errors": len(errors),
                 "window": errors[-1][0] - errors[0][0] if errors else 0.0, "gap": max(gaps, default=0.0)}
 

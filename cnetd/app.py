@@ -184,8 +184,10 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
-        cluster.failover = ModelFailover(cluster, catalog, serving, ModelCopies(tasks, catalog, launcher, confinement, config),
-                                         model_roots)
+        copies = ModelCopies(tasks, catalog, launcher, confinement, config)
+        cluster.failover = ModelFailover(cluster, catalog, serving, copies, model_roots)
+        election = cluster.election
+        cluster.failover.places = lambda: election.is_leader  # the scheduler places served replicas too
 
     app[INGESTER] = ingester
     def forget(task_ids: list[str]) -> None:

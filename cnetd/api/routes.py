@@ -17,7 +17,8 @@ def add_api_routes(app: web.Application) -> None:
 
     r.add_get("/api/cluster/member", cluster.member, name="cluster-member")  # other agents only (cluster token)
     r.add_post("/api/cluster/place", cluster.place, name="cluster-place")  # the scheduler, for other agents
-    r.add_get("/api/cluster/artifacts/{model_id}", artifacts.model_artifact, name="cluster-artifact")  # a model file, for other agents
+    # a model's trained file, for other agents (failover of served models)
+    r.add_get("/api/cluster/artifacts/{model_id}", artifacts.model_artifact, name="cluster-artifact")
     r.add_get("/api/nodes", cluster.list_nodes, name="nodes")
     r.add_get("/api/nodes/{node_id}", cluster.get_node, name="node-one")
     for method in ("GET", "POST", "DELETE"):

@@ -9,17 +9,20 @@ Built by the composition root when the config has a cluster section, held by Clu
     failover.desired     # DesiredServing: <prefix>/served/<name>, each served model's desired state
     failover.endpoints   # EndpointTable: which other nodes have ready replicas of a name (V2 forwarding)
     failover.placer      # ReplicaPlacer: decides where replicas go (plan_replicas) and writes it
-    failover.places      # None, or a callable saying whether this node places replicas now (the scheduler)
+    failover.places      # a callable saying whether this node places replicas now (the scheduler's
+                         # election); None: the lowest online node id does
 
-What each node does, about once a second (and at once after a change):
+What each node does, about once a second and at once after a change (the records are
+followed by a watch, ServedCache: an idle node sends etcd nothing for this):
 1. publishes the desired state of each model it serves when serving started, changed or
    stopped by a user's call or once training completed (publish_desired), or when a model it
    trained and serves has no record yet or its file changed;
 2. keeps its ready replicas listed as endpoints on its lease (EndpointPublisher);
-3. notes since when each node is offline; a node offline for longer than the grace (2 x the
-   lease TTL) is lost;
-4. if it is the node that places (the lowest online node id until the elected scheduler
-   sets `places`), lets ReplicaPlacer re-decide every served model's placements;
+3. if it is the node that places, notes since when each node is offline (a node offline for
+   longer than the grace, 2 x the lease TTL, is lost) and,
+4. as the node that places (the elected scheduler: the composition root sets `places`
+   to its election; without it, the lowest online node id), lets ReplicaPlacer re-decide
+   every served model's placements;
 5. makes its own serving match the placements that name it: a model placed here that it does
    not have is pulled from a node that has it (sha256 checked) and kept as a copy
    (ml.copies), then served with this node's share of the replicas; a model no longer placed
@@ -47,7 +50,7 @@ from cnetd.cluster.endpoints import EndpointPublisher, EndpointTable
 from cnetd.cluster.etcd import EtcdError
 from cnetd.cluster.records import MODEL_NAME_PATTERN, ModelSource, ServedModel
 from cnetd.cluster.replicas import NodeState, acting_node, plan_replicas
-from cnetd.cluster.served import DesiredServing, ServedRaced
+from cnetd.cluster.served import DesiredServing, ServedCache, ServedRaced, Versioned
 from cnetd.errors import DomainError
 from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.copies import ModelCopies, NotHere, is_copy
@@ -103,10 +106,12 @@ class ReplicaPlacer:
         self.desired = desired
         self.node_id = node_id
 
-    async def place_all(self, nodes: Sequence[NodeState], lost: set[str]) -> list[ServedModel]:
-        """The records written (an empty list: nothing needed a change)."""
+    async def place_all(self, nodes: Sequence[NodeState], lost: set[str],
+                        served: Sequence[Versioned] | None = None) -> list[ServedModel]:
+        """Decide every record again (those given, as followed; else as listed now) and write
+        what changed. The records written (an empty list: nothing needed a change)."""
         written = []
-        for current in await self.desired.list():
+        for current in served if served is not None else await self.desired.list():
             new = plan_replicas(current.record, nodes, lost)
             if new is None:
                 continue
@@ -131,11 +136,13 @@ class ModelFailover:
         self.serving = serving
         self.copies = copies
         self.model_roots = list(model_roots)
+        self._wake = asyncio.Event()
         self.grace = 2.0 * cluster.settings.lease_ttl if grace is None else grace
         prefix = cluster.settings.prefix
         self.artifacts = ArtifactFiles(self.model_roots)
         self.puller = ArtifactPuller(cluster.peers)
         self.desired = DesiredServing(cluster.etcd, prefix)
+        self.served = ServedCache(self.desired, on_change=self._wake_up)
         self.endpoints = EndpointTable(cluster.etcd, prefix, self.node_id)
         self.placer = ReplicaPlacer(self.desired, self.node_id)
         self.places: Callable[[], bool] | None = None  # set by the scheduler: True while it leads
@@ -145,7 +152,6 @@ class ModelFailover:
         self._offline_since: dict[str, float] = {}  # node id -> when this node first saw it offline
         self._pulls: dict[str, asyncio.Task[None]] = {}  # model id -> its copy being pulled
         self._pull_retry: dict[str, tuple[float, float]] = {}  # model id -> (not before, next pause)
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._warned: set[tuple[str, str]] = set()
@@ -154,11 +160,16 @@ class ModelFailover:
 
     async def start(self) -> None:
         await self.publisher.start()
+        await self.served.start()
         self._task = asyncio.create_task(self._run(), name="cluster-failover")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task, *self._pulls.values())
+        await self.served.stop()
         await self.publisher.stop()
+
+    def _wake_up(self) -> None:
+        self._wake.set()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -194,20 +205,26 @@ class ModelFailover:
                 del self._pending[model_id]
 
     async def tick(self) -> None:
-        """One look at the cluster: steps 3 to 5 of the module's list (and 1 for models
-        whose record is missing or stale)."""
-        nodes = [NodeState(e.node_id, e.status == "online", e.record.free, e.record.capacity)
-                 for e in await self.cluster.directory.list()]
-        lost = self.observe(nodes)
-        records = [v.record for v in await self.desired.list()]
+        """One look: steps 3 to 5 of the module's list (and 1 for models whose record is
+        missing or stale). Only the node that places reads the node directory; the others
+        read nothing from etcd here (the records are followed by a watch)."""
+        if not self.served.following:
+            return  # what etcd holds is not known now: change nothing
+        followed = list(self.served.records.values())
+        records = [v.record for v in followed]
         await self._publish_unpublished(records)
-        if self.acting(nodes):
-            written = {r.name: r for r in await self.placer.place_all(nodes, lost)}
-            records = [written.get(r.name, r) for r in records]
-        online = {n.node_id for n in nodes if n.online}
+        if self.places is not None and not self.places():
+            self._offline_since.clear()  # a placer that takes over starts its own clock
+        else:
+            nodes = [NodeState(e.node_id, e.status == "online", e.record.free, e.record.capacity)
+                     for e in await self.cluster.directory.list()]
+            lost = self.observe(nodes)
+            if self.places is not None or acting_node(nodes) == self.node_id:
+                written = {r.name: r for r in await self.placer.place_all(nodes, lost, followed)}
+                records = [written.get(r.name, r) for r in records]
         for record in records:
             try:
-                await self.reconcile(record, online)
+                await self.reconcile(record)
             except DomainError as exc:
                 problem = (record.model_id, exc.message)
                 if problem not in self._warned:  # once, not every second
@@ -227,12 +244,6 @@ class ModelFailover:
         for node_id in [n for n in self._offline_since if n not in known]:
             del self._offline_since[node_id]
         return {n for n, since in self._offline_since.items() if now - since >= self.grace}
-
-    def acting(self, nodes: Sequence[NodeState]) -> bool:
-        """Whether this node places replicas now."""
-        if self.places is not None:
-            return self.places()
-        return acting_node(nodes) == self.node_id
 
     # --- 1. what this node tells the cluster -----------------------------------------------
 
@@ -312,7 +323,7 @@ class ModelFailover:
 
     # --- 5. this node's serving, as the placements say ---------------------------------------
 
-    async def reconcile(self, record: ServedModel, online: set[str]) -> None:
+    async def reconcile(self, record: ServedModel) -> None:
         model_id = record.model_id
         if model_id in self._pending:
             return  # this node's own change goes to etcd first
@@ -327,7 +338,7 @@ class ModelFailover:
             return
         local = await self.catalog.find(model_id)
         if local is None or (is_copy(local) and not await self._holds(local, record)):
-            self._pull(record, online)  # a copy of another version serves on until the new file is in place
+            self._pull(record)  # a copy of another version serves on until the new file is in place
             if local is None:
                 return
         await self._serve_share(model_id, record, share, served)
@@ -344,7 +355,7 @@ class ModelFailover:
         log.info("cluster: serving model %s here with %d replica(s) (%s)", record.name, share, _placements(record))
         await self.serving.serve(model_id, {**record.settings, "replicas": share}, notify=False)
 
-    def _pull(self, record: ServedModel, online: set[str]) -> None:
+    def _pull(self, record: ServedModel) -> None:
         """Start fetching the model's file, unless a fetch runs or failed a moment ago."""
         running = self._pulls.get(record.model_id)
         if running is not None and not running.done():
@@ -352,14 +363,14 @@ class ModelFailover:
         not_before, _ = self._pull_retry.get(record.model_id, (0.0, PULL_RETRY_START))
         if time.monotonic() < not_before:
             return
-        sources = [h for h in record.holders if h != self.node_id and h in online]
-        self._pulls[record.model_id] = asyncio.create_task(self._fetch(record, sources),
-                                                           name=f"cluster-pull-{record.model_id}")
+        self._pulls[record.model_id] = asyncio.create_task(self._fetch(record), name=f"cluster-pull-{record.model_id}")
 
-    async def _fetch(self, record: ServedModel, sources: list[str]) -> None:
+    async def _fetch(self, record: ServedModel) -> None:
         try:
+            online = {e.node_id for e in await self.cluster.directory.list() if e.status == "online"}
+            sources = [h for h in record.holders if h != self.node_id and h in online]
             await self._fetch_once(record, sources)
-        except (EtcdError, ServedRaced) as exc:
+        except (EtcdError, ClusterUnavailable, ServedRaced) as exc:
             self._retry_later(record, f"etcd: {_one_line(exc)}")
         except Exception:
             log.exception("cluster: copying model %s failed", record.name)
