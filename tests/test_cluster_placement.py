@@ -44,9 +44,9 @@ def three(etcd: EtcdCluster, make: Callable[..., AgentProcess], **extra: Any) ->
 
 
 def test_work_posted_to_any_agent_runs_where_its_placement_says(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
+    etcd_three: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
-    a, b, c = three(etcd_shared, agent_factory)
+    a, b, c = three(etcd_three, agent_factory)
 
     on_c = a.api.post("/api/tasks", task({"node_id": "c"}))
     assert on_c.status == 201 and on_c.body["node_id"] == "c", on_c.text
@@ -76,6 +76,12 @@ def test_work_posted_to_any_agent_runs_where_its_placement_says(
     assert hostile.status == 400 and hostile.body["details"]["field"].startswith("placement"), hostile.text
     bad_body = a.api.post("/api/tasks", {"name": "x", "placement": "auto"})  # no command: a's own check
     assert bad_body.status == 400 and bad_body.body["details"]["field"] == "command", bad_body.text
+
+    # One etcd member of three dies (the raft leader): placements go on.
+    etcd_three.leader().kill()
+    after = wait_until(lambda: (r := b.api.post("/api/tasks", task({"node_id": "a"}))).status == 201 and r,
+                       TTL + SLACK, "a placement with one etcd member down")
+    assert after.body["node_id"] == "a"
 
 
 def test_work_the_chosen_node_refuses_comes_back_as_that_nodes_answer(
