@@ -91,6 +91,11 @@ def test_v2_through_any_agent_reaches_the_node_that_serves_until_none_holds_the_
     endpoint = wait_until(lambda: etcd_list(member, f"{prefix}/serving/pure/").get(f"{prefix}/serving/pure/c"), 10,
                           "c's serving endpoint")
     assert endpoint["model_id"] == model["id"] and endpoint["ready_replicas"] == 1 and endpoint["node_id"] == "c"
+    # The cluster view on a lists c's model, served.
+    listed = wait_until(lambda: next((m for m in a.api.get("/api/ml/models?node=all").body
+                                      if m["id"] == model["id"] and m["serving"] == "serving"), None), 10,
+                        "a to list c's model as serving")
+    assert listed["node_id"] == "c" and listed["status"] == "completed"
 
     # V2 through a: answered by c.
     reply = infer(a, "pure", 2.0)

@@ -69,7 +69,10 @@ class ClusterNode:
         self.membership = Membership(self.etcd, self.identity.node_id, cluster.prefix, cluster.lease_ttl, describe)
         self.peers = PeerCaller(self.identity.node_id, self.directory, self.token, config.ml.timeout)
         self.view = ClusterView(self.etcd, cluster.prefix, self.directory)
-        self.mirror = StatusMirror(self.etcd, cluster.prefix, self.identity.node_id, tasks)
+        serving = models.serving
+        self.mirror = StatusMirror(self.etcd, cluster.prefix, self.identity.node_id, tasks,
+                                   serving_state=lambda task_id: "serving" if serving.served(task_id) else None)
+        serving.on_change(lambda model_id, _replicas: self.mirror.changed(model_id))
         self.election = Election(self.etcd, cluster.prefix, self.identity.node_id, self.url,
                                  lease=lambda: self.membership.lease_id, on_change=self._leadership_changed)
         self.scheduler = Scheduler(self.etcd, cluster.prefix, self.identity.node_id, self.election, cluster.scheduler)
