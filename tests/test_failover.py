@@ -22,7 +22,7 @@ from typing import Any
 
 from tests.support.agent import AgentProcess
 from tests.support.cluster import TTL, cluster_agent, new_prefix, put_key, start_all, wait_status
-from tests.support.etcd import EtcdCluster, EtcdMember, etcd_shared  # noqa: F401  (fixture)
+from tests.support.etcd import EtcdCluster, EtcdMember
 from tests.support.http import Reply
 from tests.support.waiting import wait_until
 from tests.test_ml_api import LINEAR_BODY, deploy_and_train
@@ -68,7 +68,7 @@ def wait_serving(agent: AgentProcess, model_id: str, ready: int = 1, timeout: fl
 
 
 def test_v2_through_any_agent_reaches_the_node_that_serves_until_none_holds_the_model(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix("failover")
     member = etcd_shared.members[0]
@@ -177,7 +177,7 @@ def ready_nodes(member: EtcdMember, prefix: str, name: str) -> set[str]:
 
 
 def test_a_served_model_is_copied_and_survives_the_death_of_the_node_that_trained_it(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix("failover")
     member = etcd_shared.members[0]
@@ -241,7 +241,7 @@ def served_record(name: str, model_id: str, origin: str, **source: Any) -> dict[
 
 
 def test_desired_state_is_checked_like_a_deploy_and_followed_when_serving_stops_or_grows(
-    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
     prefix = new_prefix("failover")
     member = etcd_shared.members[0]
@@ -290,3 +290,29 @@ def test_desired_state_is_checked_like_a_deploy_and_followed_when_serving_stops_
     wait_serving(c, model["id"], ready=2)
     assert wait_serving(a, model["id"], ready=1)["replicas"] == 1
     assert placements(member, prefix, "pure")["replicas"] == 3
+
+
+def test_while_etcd_is_away_serving_goes_on_placements_are_503_and_all_recovers(
+    etcd_one: EtcdCluster, agent_factory: Callable[..., AgentProcess],
+) -> None:
+    solo = with_pure_script(cluster_agent(agent_factory, etcd_one.endpoints, "solo", prefix=new_prefix("away")))
+    solo.start()
+    model = deploy_and_train(solo, pure_body("pure", {"replicas": 1, "loader": "script"}))
+    wait_serving(solo, model["id"])
+    place = {"name": "placed", "command": "sleep", "args": ["60"], "placement": "auto"}
+    wait_until(lambda: solo.api.post("/api/tasks", place).status == 201, TTL + SLACK, "a first placement")
+
+    etcd_one.stop()
+    wait_until(lambda: solo.api.get("/api/health").body.get("cluster") == "degraded", 3 * TTL + SLACK,
+               "health to say degraded")
+    served = infer(solo, "pure", 2.0)
+    assert served.status == 200 and abs(served.body["outputs"][0]["data"][0] - 7.0) < 1e-6, served.text
+    refused = solo.api.post("/api/tasks", place)
+    assert refused.status == 503, refused.text
+    local = solo.api.post("/api/tasks", {"name": "local", "command": "sleep", "args": ["60"]})
+    assert local.status == 201, local.text  # work without a placement needs no etcd
+
+    etcd_one.restart(*etcd_one.members)
+    wait_until(lambda: solo.api.get("/api/health").body.get("cluster") == "ok", 3 * TTL + SLACK, "health to say ok")
+    wait_until(lambda: solo.api.post("/api/tasks", place).status == 201, 3 * TTL + SLACK, "placements again")
+    assert infer(solo, "pure", 3.0).status == 200
