@@ -52,6 +52,8 @@ def test_work_posted_to_any_agent_runs_where_its_placement_says(
     assert on_c.status == 201 and on_c.body["node_id"] == "c", on_c.text
     assert c.api.get(f"/api/tasks/{on_c.body['id']}").body["name"] == "placed"  # created in c's own store
     assert a.api.get(f"/api/tasks/{on_c.body['id']}").body["node_id"] == "c"  # and a reaches it there
+    wait_until(lambda: any(t["id"] == on_c.body["id"] and t["node_id"] == "c"
+                           for t in a.api.get("/api/tasks?node=all").body), 10, "a to list the task on c")
 
     in_x = b.api.post("/api/tasks", task({"labels": {"zone": "x"}}))
     assert in_x.status == 201 and in_x.body["node_id"] == "a", in_x.text
