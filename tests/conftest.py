@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cnetd.store.db import Database
 from tests.support.agent import AgentProcess
 
 
@@ -25,6 +26,15 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     for agent in made:
         agent.stop()
         agent.kill_task_processes()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A real SQLite store in the test's own directory, open for the test."""
+    database = Database(tmp_path / "cnet.db")
+    await database.open()
+    yield database
+    await database.close()
 
 
 @pytest.fixture

@@ -40,14 +40,6 @@ class ManualClock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "cnet.db")
-    await database.open()
-    yield database
-    await database.close()
-
-
-@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 

@@ -10,10 +10,8 @@ import re
 import sqlite3
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from cnetd.config import LogsSection
 from cnetd.logs.ingester import LogIngester
@@ -23,14 +21,6 @@ from tests.support.agent import AgentProcess
 
 PY = sys.executable
 TASK = "0b8f6a9e-3d1c-4c55-9a59-2f1e6c1d7a10"
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "cnet.db")
-    await database.open()
-    yield database
-    await database.close()
 
 
 def append(path: Path, lines: list[str]) -> None:

@@ -13,11 +13,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from cnetd.config import ResourcesSection, default_config
@@ -32,14 +30,6 @@ from cnetd.store.db import Database
 SLOW = "5d0f1c1e-0000-4000-8000-000000000001"
 FINE = "5d0f1c1e-0000-4000-8000-000000000002"
 BLOCKED_FOR = 2.0
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "cnet.db")
-    await database.open()
-    yield database
-    await database.close()
 
 
 def open_a_writer_after(fifo: Path, delay: float) -> threading.Thread:
