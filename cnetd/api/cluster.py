@@ -42,13 +42,7 @@ async def list_nodes(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     if agent.cluster is None:
         return json_response([{**await this_node(agent), "scheduler": False}])
-    return json_response([node_json(agent, entry) for entry in await agent.cluster.directory.list()])
-
-
-def node_json(agent: Agent, entry: NodeEntry) -> dict[str, Any]:
-    """A node as the API shows it, with whether it is the elected scheduler."""
-    leader = None if agent.cluster is None else agent.cluster.election.leader
-    return {**entry.to_json(), "scheduler": leader is not None and entry.node_id == leader.node_id}
+    return json_response(await agent.cluster.nodes_json())
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -61,7 +55,7 @@ async def get_node(request: web.Request) -> web.Response:
     entry = await agent.cluster.directory.get(node_id)
     if entry is None:
         raise NotFound(f"node {node_id} is not in the cluster (GET /api/nodes lists its nodes)", {"node_id": node_id})
-    return json_response(node_json(agent, entry))
+    return json_response(agent.cluster.node_json(entry))
 
 
 async def member(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ Authorization or cookies). The answer comes back under the relay's rules (cluste
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ import yarl
 
 from cnetd.cluster import relay
 from cnetd.cluster.directory import NodeDirectory
-from cnetd.errors import DomainError, Invalid, NotFound, Unavailable
+from cnetd.errors import BadGateway, DomainError, Invalid, NotFound, TimedOut, Unavailable
 from cnetd.security.cluster_token import ClusterToken
 
 # Calls may wait for a prediction (?wait=true), so they get the time a prediction task may
@@ -30,6 +31,7 @@ HOP_HEADER = "X-CNET-Forwarded-By"
 HOPS_HEADER = "X-CNET-Forwarded-By-Hops"
 MAX_HOPS = 8
 PASSED_HEADERS = ("Content-Type", "Accept", "Last-Event-ID")
+MAX_JSON_ANSWER = 4 * 1024 * 1024  # a task, its events or its log tail, read whole
 
 
 def describe(exc: BaseException) -> str:
@@ -89,3 +91,37 @@ class PeerCaller:
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.directory.forget(node_id)  # read its address afresh next time
             raise Unavailable(f"node {node_id} ({url}) did not answer: {describe(exc)}", {"node_id": node_id}) from None
+
+    async def json_call(self, node_id: str, method: str, path_qs: str, body: object = None, seconds: float = 10.0,
+                        max_bytes: int = MAX_JSON_ANSWER) -> tuple[int, object]:
+        """One call whose answer is JSON, read whole: (status, decoded body). For the UI,
+        which shows what another node has. path_qs must be a plain path (relay's rules):
+        ids in it are the caller's to quote. Unavailable when the node does not answer,
+        TimedOut after `seconds`, BadGateway when the answer is not JSON or too big."""
+        relay.checked_path(path_qs.split("?", 1)[0])
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data is not None else {})}
+        try:
+            async with asyncio.timeout(seconds):
+                answer = await self.call(node_id, method, path_qs, data, headers)
+                async with answer:
+                    if answer.content_length is not None and answer.content_length > max_bytes:
+                        raise BadGateway(f"node {node_id} answered with {answer.content_length} bytes, "
+                                         f"more than the {max_bytes} read", {"node_id": node_id})
+                    raw = await answer.content.read(max_bytes + 1)
+                    status = answer.status
+                    media = answer.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        except TimeoutError:
+            raise TimedOut(f"node {node_id} did not answer within {seconds:g}s", {"node_id": node_id}) from None
+        except aiohttp.ClientError as exc:
+            self.directory.forget(node_id)
+            raise Unavailable(f"node {node_id} broke off its answer: {describe(exc)}", {"node_id": node_id}) from None
+        if len(raw) > max_bytes:
+            raise BadGateway(f"node {node_id} sent more than the {max_bytes} bytes read", {"node_id": node_id})
+        if media != "application/json":
+            raise BadGateway(f"node {node_id} answered {status} with {media or 'no Content-Type'}, not JSON",
+                             {"node_id": node_id})
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            raise BadGateway(f"node {node_id} answered {status} with a body that is not JSON", {"node_id": node_id}) from None

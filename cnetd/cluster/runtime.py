@@ -21,7 +21,7 @@ import yarl
 from cnetd.background import cancel_and_wait
 from cnetd.cluster.assignments import AssignmentWatcher
 from cnetd.cluster.describe import NodeDescriber
-from cnetd.cluster.directory import NodeDirectory
+from cnetd.cluster.directory import NodeDirectory, NodeEntry
 from cnetd.cluster.election import Election, Leader
 from cnetd.cluster.etcd import EtcdClient, EtcdOptions, Lease
 from cnetd.cluster.failover import ModelFailover
@@ -170,6 +170,16 @@ class ClusterNode:
     @property
     def health(self) -> str:
         return "ok" if self.membership.online else "degraded"
+
+    def node_json(self, entry: NodeEntry) -> dict[str, Any]:
+        """A node as the API (and the UI) shows it, with whether it is the elected scheduler."""
+        leader = self.election.leader
+        return {**entry.to_json(), "scheduler": leader is not None and entry.node_id == leader.node_id}
+
+    async def nodes_json(self) -> list[dict[str, Any]]:
+        """Every node of the cluster, online first, as GET /api/nodes lists them (and the UI
+        shows them); raises ClusterUnavailable when etcd does not answer."""
+        return [self.node_json(entry) for entry in await self.directory.list()]
 
     def status_json(self) -> dict[str, Any]:
         """This node's membership, as /api/node shows it."""

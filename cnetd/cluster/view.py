@@ -12,7 +12,9 @@ import msgspec
 
 from cnetd.cluster.directory import ClusterUnavailable, NodeDirectory
 from cnetd.cluster.etcd import EtcdClient, EtcdError
-from cnetd.cluster.records import PlacedTask, TaskSummary, decode, node_tasks_prefix, placed_key, tasks_prefix
+from cnetd.cluster.records import (
+    PlacedTask, TaskSummary, decode, node_tasks_prefix, placed_key, task_key, tasks_prefix,
+)
 from cnetd.tasks.model import TERMINAL
 
 TERMINAL_NAMES = frozenset(str(s) for s in TERMINAL)
@@ -96,3 +98,22 @@ class ClusterView:
             if kv.key.endswith(suffix):
                 return kv.key[len(tasks_prefix(self._prefix)) : -len(suffix)].decode()
         return None
+
+    async def find(self, task_id: str, node_id: str | None = None) -> dict[str, Any] | None:
+        """One task as tasks() lists it (lost when its node is offline), or None when no node
+        mirrors it. node_id: where to look, when the caller knows."""
+        owner = node_id or await self.owner_of(task_id)
+        if owner is None:
+            return None
+        try:
+            kv = await self._etcd.get(task_key(self._prefix, owner, task_id))
+        except EtcdError as exc:
+            raise ClusterUnavailable(exc) from None
+        if kv is None:
+            return None
+        try:
+            summary = decode(kv.value, TaskSummary)
+        except msgspec.DecodeError:
+            return None
+        offline = {n.node_id: n.last_seen for n in await self._directory.list() if n.status != "online"}
+        return shown(summary, offline)

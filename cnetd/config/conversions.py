@@ -256,9 +256,14 @@ def path(v: Any, where: str) -> Path:
 
 
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?")
+LABEL_KEY_RULE = "1-63 letters, digits and _ . / -, starting and ending with a letter or digit"
 RESERVED_LABELS = {"region": "agent.region", "datacenter": "agent.datacenter"}
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 128
+
+
+def is_label_key(key: str) -> bool:
+    return _LABEL_KEY.fullmatch(key) is not None
 
 
 def labels(v: Any, where: str) -> dict[str, str]:
@@ -272,8 +277,7 @@ def labels(v: Any, where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in v.items():
         if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
-            raise ConfigError(f"{where}: label name {show(key)}: must be 1-63 letters, digits and _ . / -, "
-                              "starting and ending with a letter or digit")
+            raise ConfigError(f"{where}: label name {show(key)}: must be {LABEL_KEY_RULE}")
         if key in RESERVED_LABELS:
             raise ConfigError(f"{where}.{key}: set {RESERVED_LABELS[key]} instead (it is always a label)")
         if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE or any(ord(c) < 0x20 for c in value):
