@@ -56,11 +56,11 @@ async def activity_part(request: web.Request) -> web.Response:
 
 async def cluster_fragment(request: web.Request) -> tuple[Markup, bool]:
     agent = agent_of(request)
-    ctx: dict[str, Any] = {"cluster": None, "nodes": [], "problem": None}
+    ctx: dict[str, Any] = {"cluster": None, "nodes": [], "problem": None, "this_node": agent.node_id}
     if agent.cluster is not None:
         ctx["cluster"] = agent.cluster.status_json()
         try:
-            ctx["nodes"] = [entry.to_json() for entry in await agent.cluster.directory.list()]
+            ctx["nodes"] = await agent.cluster.nodes_json()
         except ClusterUnavailable as exc:
             ctx["problem"] = exc.message
     inner = renderer(request).string(request, "_cluster.html", ctx)

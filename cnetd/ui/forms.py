@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnetd.bodies.jsonvalue import lone_surrogate
+from cnetd.config.conversions import LABEL_KEY_RULE, MAX_LABEL_VALUE, MAX_LABELS, is_label_key
 from cnetd.errors import Invalid
 
 DEPLOY_FIELDS = (
@@ -22,6 +23,13 @@ DEPLOY_FIELDS = (
     "cpu_limit", "memory_limit", "disk_limit",
 )
 TASK_FIELDS = ("name", "command", "args", "working_dir", "env", "cpu_limit", "memory_limit", "disk_limit", "timeout")
+# Where the work runs (only offered in a cluster): the radio choice and the value of each choice.
+PLACEMENT_FIELDS = ("placement", "placement_node", "placement_labels")
+PLACEMENT_CHOICES = ("here", "auto", "node", "labels")
+# An API error's field (placement.node_id, placement.labels) -> the form field that shows it.
+# The more specific first: placement.labels.gpu is the labels field's, not the choice's.
+PLACEMENT_ERROR_FIELDS = {"placement.node_id": "placement_node", "placement.labels": "placement_labels",
+                          "placement": "placement"}
 LIMITS = ("cpu_limit", "memory_limit", "disk_limit")
 _INDEXED = re.compile(r"^(\w+)\[\d+\]$")
 
@@ -32,6 +40,7 @@ class Form:
 
     values: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)  # why no node fits, one line per node (a 422)
 
     @classmethod
     def from_post(cls, data: Mapping[str, Any], names: tuple[str, ...]) -> Form:
@@ -53,6 +62,9 @@ def form_field(api_field: str, names: tuple[str, ...]) -> str:
     """The form field an API error names: resources.cpu_limit -> cpu_limit,
     args[2] -> args, env.HOME -> env; "" when it belongs to no field."""
     candidate = api_field
+    placed = next((f for a, f in PLACEMENT_ERROR_FIELDS.items() if candidate == a or candidate.startswith(a + ".")), None)
+    if placed is not None and placed in names:
+        return placed
     if candidate.startswith("resources."):
         candidate = candidate.split(".", 1)[1]
     elif candidate.startswith("env."):
@@ -122,6 +134,53 @@ def _common(form: Form, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def label_pairs(text: str) -> dict[str, str]:
+    """"region=eu-west, gpu=a100" (commas or line ends between pairs) -> the labels a node must carry."""
+    pairs = [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
+    if not pairs:
+        raise Invalid("placement.labels", "enter at least one key=value pair, e.g. region=eu-west")
+    if len(pairs) > MAX_LABELS:
+        raise Invalid("placement.labels", f"at most {MAX_LABELS} pairs, got {len(pairs)}")
+    wanted: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or not key:
+            raise Invalid("placement.labels", f"expected key=value, got {pair!r} (e.g. region=eu-west)")
+        if not is_label_key(key):
+            raise Invalid("placement.labels", f"label name {key!r}: must be {LABEL_KEY_RULE}")
+        if not value or len(value) > MAX_LABEL_VALUE or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise Invalid("placement.labels", f"{key}: expected a value of 1-{MAX_LABEL_VALUE} printable characters")
+        if wanted.get(key, value) != value:
+            raise Invalid("placement.labels", f"{key} is asked for twice ({wanted[key]!r} and {value!r})")
+        wanted[key] = value
+    return wanted
+
+
+def placement(form: Form) -> Any | None:
+    """The request's "placement", from the form's choice: None for this node (the key is
+    left out, as an API caller would), "auto", {"node_id": ...} or {"labels": {...}}."""
+    chosen = form.get("placement").strip() or "here"
+    if chosen == "here":
+        return None
+    if chosen == "auto":
+        return "auto"
+    if chosen == "node":
+        node_id = form.get("placement_node").strip()
+        if not node_id:
+            raise Invalid("placement.node_id", "choose the node it should run on")
+        return {"node_id": node_id}
+    if chosen == "labels":
+        return {"labels": label_pairs(form.get("placement_labels"))}
+    raise Invalid("placement", f"must be one of {', '.join(PLACEMENT_CHOICES)}, got {chosen[:40]!r}")
+
+
+def _placed(form: Form, body: dict[str, Any]) -> dict[str, Any]:
+    where = placement(form)
+    if where is not None:
+        body["placement"] = where
+    return body
+
+
 def deploy_body(form: Form) -> dict[str, Any]:
     """The POST /api/ml/models body the form stands for; empty optional fields are left out."""
     body: dict[str, Any] = {"name": form.get("name").strip()}
@@ -129,7 +188,7 @@ def deploy_body(form: Form) -> dict[str, Any]:
         value = form.get(name).strip()
         if value:
             body[name] = value
-    return _common(form, body)
+    return _placed(form, _common(form, body))
 
 
 def task_body(form: Form) -> dict[str, Any]:
@@ -138,7 +197,7 @@ def task_body(form: Form) -> dict[str, Any]:
     timeout = form.get("timeout").strip()
     if timeout:
         body["timeout"] = float(timeout) if _is_number(timeout) else timeout
-    return _common(form, body)
+    return _placed(form, _common(form, body))
 
 
 def _is_number(text: str) -> bool:

@@ -13,6 +13,7 @@ from cnetd.ui import detail, serving
 from cnetd.ui.common import agent_of, renderer
 from cnetd.ui.forms import Form
 from cnetd.ui.live import usage_fragment
+from cnetd.ui.remote import Remote
 
 RECENT_PREDICTIONS = 10
 
@@ -44,5 +45,33 @@ async def detail_page(
         "nav": "models" if as_model else "tasks",
         "oob": False,
         **(extra or {}),
+    }
+    return renderer(request).response(request, "detail.html", ctx)
+
+
+async def remote_page(request: web.Request, found: Remote, as_model: bool) -> web.Response:
+    """The same page for a task (or model) another node has: read-only, as that node
+    answered when the page was made (no live stream, no usage chart, no predict form)."""
+    task = found.task
+    lines = found.lines
+    ctx = {
+        "task": task,
+        "stage": detail.stage(task),
+        "model": found.model,
+        "active": not task.status.terminal and not found.lost,
+        "show_progress": task.progress is not None,
+        "enforced": found.enforced,
+        "events": found.events,
+        "logs": detail.LogTail(lines, lines[-1][0] if lines else 0, 0, None),
+        "usage": None,
+        "serving_card": None,
+        "as_model": as_model,
+        "predict_form": Form(values={"input_data": ""}),
+        "outcome": None,
+        "warm": None,
+        "predictions": [],
+        "nav": "models" if as_model else "tasks",
+        "oob": False,
+        "remote": found,
     }
     return renderer(request).response(request, "detail.html", ctx)
