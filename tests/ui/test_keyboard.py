@@ -36,8 +36,15 @@ DESCRIBE = """const describe = (e) => {
 TAB_STOPS = "(selector) => {\n  " + DESCRIBE + """
   const all = [...document.querySelectorAll(selector)];
   const positive = all.filter((e) => e.tabIndex > 0).map(describe);
+  // A group of radios is one Tab stop: its checked radio, else its first (arrows move within it).
+  const radioStop = (e) => {
+    if (e.type !== "radio" || !e.name) { return true; }
+    const group = [...(e.form || document).querySelectorAll('input[type=radio][name="' + CSS.escape(e.name) + '"]')];
+    const checked = group.find((r) => r.checked);
+    return e === (checked || group[0]);
+  };
   const stops = all.filter((e) => e.tabIndex >= 0 && !e.disabled && !e.closest("[inert]") &&
-    e.checkVisibility({visibilityProperty: true}));
+    e.checkVisibility({visibilityProperty: true}) && radioStop(e));
   return {positive, stops: stops.map(describe)};
 }"""
 
