@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from cnetd.app import create_app
 from cnetd.cluster.records import node_key, task_key
-from cnetd.config import default_config
 from cnetd.errors import DomainError, Invalid
 from cnetd.ui.forms import DEPLOY_FIELDS, PLACEMENT_FIELDS, TASK_FIELDS, Form, form_field, label_pairs, task_body
 from cnetd.ui.placing import NoNodeFits, refusal, show
@@ -127,19 +123,16 @@ def test_each_error_shows_where_it_belongs() -> None:
 # --- a single node: nothing changes ---------------------------------------------------------
 
 
-async def test_a_single_node_shows_no_switch_no_placement_and_refuses_one_posted_by_hand() -> None:
-    with tempfile.TemporaryDirectory(prefix="cnet-ui-single-") as tmp:
-        app = create_app(default_config(Path(tmp), tasks={"sandbox": "none"}), Path(tmp))
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            for path in ("/tasks", "/tasks?node=all", "/models", "/models?node=all"):
-                page = await (await client.get(path)).text()
-                assert "Whole cluster" not in page and 'name="placement"' not in page, path
-                assert ">Node</th>" not in page and "whole cluster" not in page, path
-            answer = await client.post("/tasks", data={"name": "t", "command": "true", "placement": "auto"},
-                                       headers={"HX-Request": "true"})
-            assert answer.status == 200 and "HX-Redirect" not in answer.headers
-            assert "placement: this agent is not part of a cluster" in await answer.text()
-            assert (await (await client.get("/api/tasks")).json()) == []  # nothing was created
+def test_a_single_node_shows_no_switch_no_placement_and_refuses_one_posted_by_hand(agent: AgentProcess) -> None:
+    for path in ("/tasks", "/tasks?node=all", "/models", "/models?node=all"):
+        page = agent.api.get(path).text
+        assert "Whole cluster" not in page and 'name="placement"' not in page, path
+        assert ">Node</th>" not in page and "whole cluster" not in page, path
+    answer = agent.api.post("/tasks", raw=urlencode({"name": "t", "command": "true", "placement": "auto"}).encode(),
+                            headers={"Content-Type": "application/x-www-form-urlencoded", "HX-Request": "true"})
+    assert answer.status == 200 and "HX-Redirect" not in answer.headers
+    assert "placement: this agent is not part of a cluster" in answer.text
+    assert agent.api.get("/api/tasks").body == []  # nothing was created
 
 
 # --- a task another node has: that node is hostile ------------------------------------------

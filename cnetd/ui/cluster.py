@@ -15,6 +15,14 @@ from cnetd.cluster.records import NODE_ID_PATTERN
 from cnetd.ui.common import agent_of
 
 ALL = "all"
+# A cluster-wide list reads every node's summaries from etcd each time (about 45 ms for
+# 2,000: bench/ui_render.py --cluster), so its page polls less often than this node's list.
+CLUSTER_POLL = "5s"
+LOCAL_POLL = "2s"
+
+
+def poll_every(node: str) -> str:
+    return CLUSTER_POLL if node else LOCAL_POLL
 
 
 def node_choice(request: web.Request) -> str:

@@ -9,7 +9,7 @@ from aiohttp import web
 from cnetd.errors import Conflict, DomainError, Invalid, NotFound
 from cnetd.ml.service import WarmPrediction
 from cnetd.ui import detail, placing, presets, remote, serving
-from cnetd.ui.cluster import cluster_list, node_choice, placement_choices
+from cnetd.ui.cluster import cluster_list, node_choice, placement_choices, poll_every
 from cnetd.ui.common import agent_of, check_same_origin, page, paging, redirect, renderer
 from cnetd.ui.forms import DEPLOY_FIELDS, PLACEMENT_FIELDS, Form, body_to_form, deploy_body, input_data
 from cnetd.ui.pages import detail_page, recent_predictions, remote_page
@@ -49,7 +49,7 @@ async def _model_list(request: web.Request) -> tuple[Any, bool]:
     if at.page > 1:
         query["page"] = str(at.page)
     url = str(request.app.router["ui-models"].url_for().with_query(query))
-    return polled(request, inner, url, "model-list", "2s")
+    return polled(request, inner, url, "model-list", poll_every(node))
 
 
 async def _page(request: web.Request, model_list: Any, form: Form, status: int = 200) -> web.Response:

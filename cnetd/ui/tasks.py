@@ -10,7 +10,7 @@ from aiohttp import web
 from cnetd.errors import Conflict, DomainError, NotFound
 from cnetd.tasks.model import ML_KINDS, TASK_TYPES
 from cnetd.ui import detail, placing, remote
-from cnetd.ui.cluster import cluster_list, node_choice, placement_choices
+from cnetd.ui.cluster import cluster_list, node_choice, placement_choices, poll_every
 from cnetd.ui.common import (
     STATUSES,
     agent_of,
@@ -71,7 +71,7 @@ async def _task_list(request: web.Request) -> tuple[Any, bool, dict[str, str]]:
     if at.page > 1:
         query["page"] = str(at.page)
     url = str(request.app.router["ui-tasks"].url_for().with_query(query))
-    markup, unchanged = polled(request, inner, url, "task-list", "2s")
+    markup, unchanged = polled(request, inner, url, "task-list", poll_every(node))
     return markup, unchanged, {**filters, "node": node}
 
 
