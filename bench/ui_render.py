@@ -35,14 +35,14 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from cnetd.agent import AGENT  # noqa: E402
 from cnetd.app import create_app  # noqa: E402
 from cnetd.clock import utc_now  # noqa: E402
+from cnetd.cluster.etcd import Put  # noqa: E402
+from cnetd.cluster.records import NodeRecord, TaskSummary, encode, seen_key, task_key  # noqa: E402
 from cnetd.config import default_config  # noqa: E402
 from cnetd.limits import ResourceLimits  # noqa: E402
 from cnetd.store import logs as lq  # noqa: E402
 from cnetd.store import models as mq  # noqa: E402
 from cnetd.store import tasks as q  # noqa: E402
 from cnetd.store.models import ModelRecord  # noqa: E402
-from cnetd.cluster.etcd import Put  # noqa: E402
-from cnetd.cluster.records import NodeRecord, TaskSummary, encode, seen_key, task_key  # noqa: E402
 from cnetd.tasks.model import Status, Task  # noqa: E402
 from cnetd.tasks.states import event  # noqa: E402
 from tests.support.etcd import EtcdCluster  # noqa: E402

@@ -1,5 +1,5 @@
 """The UI's cluster parts without a browser: the placement choice -> the API body (and the
-API's answer -> the message beside the right field), a single node unchanged (no switch,
+placing service's errors -> the message beside the right field), a single node unchanged (no switch,
 no placement, no Node column, a placement posted by hand refused), and the page of a task
 another node has, with that node treated as hostile: its answer is escaped, an answer that
 is not a task (HTML, a bad status, too big) shows what the cluster view knows instead, and
@@ -19,10 +19,11 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp import web
 
+from cnetd.cluster.placing import NoNodeFits
 from cnetd.cluster.records import node_key, task_key
-from cnetd.errors import DomainError, Invalid
+from cnetd.errors import DomainError, Invalid, Unavailable
 from cnetd.ui.forms import DEPLOY_FIELDS, PLACEMENT_FIELDS, TASK_FIELDS, Form, form_field, label_pairs, task_body
-from cnetd.ui.placing import NoNodeFits, refusal, show
+from cnetd.ui.placing import show
 from cnetd.ui.remote import task_of
 from cnetd.ui.render import environment, templates_dir
 from tests.support.agent import AgentProcess
@@ -85,39 +86,29 @@ def test_the_apis_errors_land_beside_their_fields() -> None:
     assert form_field("placement", DEPLOY_FIELDS) == ""  # a form without the choice: the form's own error
 
 
-def test_the_apis_answers_become_the_forms_errors() -> None:
-    reasons = ["a: needs 4 cpu, has 1.5 free", "b: labels gpu=h100 do not match (has gpu=a100)"]
-    listed = refusal(422, {"error": "no node fits: " + "; ".join(reasons), "status": 422,
-                           "details": {"reasons": reasons}})
-    assert isinstance(listed, NoNodeFits) and listed.reasons == reasons
-    split = refusal(422, {"error": "no node fits: " + "; ".join(reasons), "status": 422, "details": {}})
-    assert isinstance(split, NoNodeFits) and split.reasons == reasons  # from the message alone
-    bad = refusal(400, {"error": "placement.labels: expected a non-empty object", "status": 400,
-                        "details": {"field": "placement.labels"}})
-    assert isinstance(bad, Invalid) and bad.field == "placement.labels"
-    assert form().fail(bad).errors == {"placement_labels": "placement.labels: expected a non-empty object"}
-    away = refusal(503, {"error": "etcd is unreachable", "status": 503, "details": {}})
-    assert type(away) is DomainError and away.status == 503 and away.message == "etcd is unreachable"
-    garbage = refusal(502, "<html>")
-    assert garbage.message == "the agent answered 502"
-
-
 def test_each_error_shows_where_it_belongs() -> None:
+    reasons = ["a: needs 4 cpu, has 1.5 free", "b: labels gpu=h100 do not match (has gpu=a100)"]
     fits = form(placement="auto")
-    show(fits, NoNodeFits("no node fits: a: needs 4 cpu", ["a: needs 4 cpu"], {}), placed=True)
-    assert fits.errors == {"placement": "no node fits: a: needs 4 cpu"} and fits.reasons == ["a: needs 4 cpu"]
+    show(fits, NoNodeFits(reasons), placed=True)
+    assert fits.errors == {"placement": "no node fits: " + "; ".join(reasons)} and fits.reasons == reasons
     away = form(placement="auto")
-    show(away, refusal(503, {"error": "placements are refused: etcd is away", "details": {}}), placed=True)
-    assert away.errors == {"placement": "placements are refused: etcd is away"}
+    show(away, Unavailable("cannot place work while etcd does not answer"), placed=True)
+    assert away.errors == {"placement": "cannot place work while etcd does not answer"}
+    named = form(placement="labels", placement_labels="gpu")
+    show(named, Invalid("placement.labels", "expected a non-empty object"), placed=True)
+    assert named.errors == {"placement_labels": "placement.labels: expected a non-empty object"}
+    refused = form(placement="node", placement_node="b")  # the node it went to refused it, naming a field
+    show(refused, DomainError("working_dir: /srv is outside the allowed roots", {"field": "working_dir"}), placed=True)
+    assert refused.errors == {"working_dir": "/srv is outside the allowed roots"}
     other = form(placement="auto")
-    show(other, refusal(400, {"error": "request body too large", "details": {}}), placed=True)
+    show(other, DomainError("request body too large"), placed=True)
     assert other.errors == {"": "request body too large"}
     here = form()
-    show(here, refusal(503, {"error": "too busy", "details": {}}), placed=False)
+    show(here, Unavailable("too busy"), placed=False)
     assert here.errors == {"": "too busy"}
-    named = form(placement="auto")
-    show(named, Invalid("resources.cpu_limit", "must be > 0"), placed=True)
-    assert named.errors == {"cpu_limit": "resources.cpu_limit: must be > 0"}
+    limits = form(placement="auto")
+    show(limits, Invalid("resources.cpu_limit", "must be > 0"), placed=True)
+    assert limits.errors == {"cpu_limit": "resources.cpu_limit: must be > 0"}
 
 
 # --- a single node: nothing changes ---------------------------------------------------------

@@ -13,7 +13,13 @@ import msgspec
 from cnetd.cluster.directory import ClusterUnavailable, NodeDirectory
 from cnetd.cluster.etcd import EtcdClient, EtcdError
 from cnetd.cluster.records import (
-    PlacedTask, TaskSummary, decode, node_tasks_prefix, placed_key, task_key, tasks_prefix,
+    PlacedTask,
+    TaskSummary,
+    decode,
+    node_tasks_prefix,
+    placed_key,
+    task_key,
+    tasks_prefix,
 )
 from cnetd.tasks.model import TERMINAL
 

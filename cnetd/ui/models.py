@@ -15,7 +15,6 @@ from cnetd.ui.forms import DEPLOY_FIELDS, PLACEMENT_FIELDS, Form, body_to_form, 
 from cnetd.ui.pages import detail_page, recent_predictions, remote_page
 from cnetd.ui.render import fragment_response, is_htmx, polled
 
-
 FIELDS = (*DEPLOY_FIELDS, *PLACEMENT_FIELDS)
 
 

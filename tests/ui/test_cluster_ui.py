@@ -6,28 +6,24 @@
   with the reason, its node offline, and its page says what the cluster view last knew.
 - The task and deploy forms get a placement choice: this node, auto, a node (the online
   ones), labels (refused with a message beside the field when a pair has no "=").
-- What a placement posts: the UI sends its own API the JSON body with "placement" and shows
-  the answer: a 422 "no node fits" beside the placement choice, one line per node; a 201
-  for a task another node runs leads to that task's page here.
+- Placed work goes through the cluster's placing, as the API's does: the scheduler's 422 "no
+  node fits" shows beside the placement choice, one line per node; work placed on another
+  node leads to its page here. The Nodes page marks the elected scheduler.
 axe-core finds nothing serious in any of these states.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-from aiohttp import web
 from playwright.sync_api import expect
 
 from tests.support.agent import AgentProcess
 from tests.support.cluster import TTL, cluster_agent, new_prefix, start_all, wait_status
 from tests.support.etcd import EtcdCluster, etcd_shared  # noqa: F401  (fixture)
-from tests.support.stand_in import StandIn
 from tests.support.waiting import wait_until
 from tests.ui.conftest import Browse
 from tests.ui.test_keyboard import assert_focus_visible, tab_through
@@ -59,7 +55,7 @@ def test_whole_cluster_lists_another_agents_task_its_page_and_then_lost(
     etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]  # noqa: F811
 ) -> None:
     viewer, other = pair(etcd_shared, agent_factory)
-    mine = viewer.api.post("/api/tasks", {"name": "mine", "command": PY, "args": ["-c", "pass"]}).body
+    viewer.api.post("/api/tasks", {"name": "mine", "command": PY, "args": ["-c", "pass"]})
     theirs = other.api.post("/api/tasks", {"name": "theirs", "command": PY, "args": SLEEPER}).body
     model = other.api.post("/api/ml/models", {
         "name": "their-model", "model_path": "models/theirs.joblib", "command": "true",
@@ -185,93 +181,65 @@ def test_placement_choice_offers_the_online_nodes_and_refuses_a_label_without_a_
     b.assert_clean()
 
 
-REASONS = ["other: labels gpu=h100 do not match (has gpu=a100)", "viewer: labels gpu=h100 do not match (has gpu=none)"]
+def scheduler_elected(agent: AgentProcess) -> bool:
+    reply = agent.api.get("/api/nodes")
+    return reply.status == 200 and any(node.get("scheduler") for node in reply.body)
 
 
-class PlacementApi:
-    """This agent's own API as the lead's placement will answer it, at the address the agent
-    advertises (the UI sends placed work there): a 422 with one reason per node for labels
-    gpu=h100, else a 201 naming what node `placed_on` has: the model `placed_model` (for a
-    deploy) or the task `placed_task`. A stand-in because placement is not wired into
-    POST /api/tasks on main yet; the bodies it got are the UI's side of that contract."""
-
-    def __init__(self) -> None:
-        self.server = StandIn(self.answer)
-        self.placed_task = ""
-        self.placed_model = ""
-        self.placed_on = ""
-
-    def bodies(self) -> list[tuple[str, Any]]:
-        return [(seen.raw_path, json.loads(seen.body)) for seen in self.server.seen if seen.method == "POST"]
-
-    async def answer(self, request: web.Request, raw: bytes) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in ("/api/tasks", "/api/ml/models"):
-            return web.json_response({"error": "not here", "status": 404, "details": {}}, status=404)
-        body = json.loads(raw)
-        if body.get("placement") == {"labels": {"gpu": "h100"}}:
-            return web.json_response({"error": "no node fits: " + "; ".join(REASONS), "status": 422,
-                                      "timestamp": "", "details": {"reasons": REASONS}}, status=422)
-        placed = self.placed_model if request.path == "/api/ml/models" else self.placed_task
-        return web.json_response({"id": placed, "node_id": self.placed_on, "name": body["name"]}, status=201)
-
-
-@pytest.fixture
-def placement_api() -> Iterator[PlacementApi]:
-    api = PlacementApi()
-    api.server.start()
-    yield api
-    api.server.stop()
-
-
-def test_placement_posts_its_body_and_shows_no_node_fits_beside_the_choice(
+def test_placed_work_runs_where_the_choice_says_and_no_node_fits_shows_beside_it(
     etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse],  # noqa: F811
-    placement_api: PlacementApi,
 ) -> None:
-    viewer, other = pair(etcd_shared, agent_factory, {"agent": {"advertise_url": placement_api.server.url}})
-    theirs = other.api.post("/api/tasks", {"name": "placed-elsewhere", "command": PY, "args": SLEEPER}).body
-    their_model = other.api.post("/api/ml/models", {
-        "name": "placed-model", "model_path": "models/placed.joblib", "command": "true",
-        "script_path": "examples/ml_models/simple_linear_regression.py", "args": ["x"]}).body
-    placement_api.placed_task, placement_api.placed_model, placement_api.placed_on = theirs["id"], their_model["id"], "other"
-
+    """The forms' placement through the real API's placing: the scheduler's 422 beside the
+    choice, one line per node; a node chosen by name or by labels runs the work, and the
+    browser lands on its page here, as that node shows it."""
+    viewer, other = pair(etcd_shared, agent_factory)
+    wait_until(lambda: scheduler_elected(viewer), 20, "a scheduler to be elected")
     b = browse(viewer)
     page = b.page
+    b.goto("/nodes")
+    expect(page.locator("#cluster .pill.leader")).to_have_count(1)
+    expect(page.locator("#cluster .pill.leader")).to_have_text("scheduler")
+
     b.goto("/tasks")
     page.locator("#task-name").fill("wants-h100")
     page.locator("#task-command").fill("true")
     page.get_by_label("Nodes with labels", exact=True).check()
     page.locator("#task-placement_labels").fill("gpu=h100")
     page.get_by_role("button", name="Start").click()
-    reasons = page.locator("#task-placement-error li")
-    expect(reasons).to_have_text(REASONS)
-    expect(page.locator("#task-placement-error")).to_contain_text("no node fits:")
+    error = page.locator("#task-placement-error")
+    expect(error).to_contain_text("no node fits:", timeout=LIVE)
+    reasons = error.locator("li")
+    expect(reasons).to_have_count(2)
+    expect(reasons.filter(has_text="other")).to_contain_text("gpu=a100")
+    expect(reasons.filter(has_text="viewer")).to_contain_text("gpu=none")
     chosen = page.locator("#task-placement-labels")
     expect(chosen).to_be_focused()  # the choice that got the answer, described by it
-    expect(chosen).to_have_accessible_description(re.compile(r"no node fits:.*other: labels gpu=h100"))
-    assert placement_api.bodies()[-1] == ("/api/tasks", {"name": "wants-h100", "type": "process", "command": "true",
-                                                      "placement": {"labels": {"gpu": "h100"}}})
+    expect(chosen).to_have_accessible_description(re.compile(r"no node fits:.*gpu=a100"))
+    expect(page.locator("#task-placement_labels")).to_have_value("gpu=h100")
     b.shot("placement-no-node-fits")
     b.check_a11y("placement-no-node-fits")
+    assert not [t for t in viewer.api.get("/api/tasks?node=all").body if t["name"] == "wants-h100"]
 
-    # auto, on the deploy form: the body is the API's, with "placement": "auto"; the 201
-    # names a task another node runs, whose page here the browser is sent to.
-    b.goto("/models")
-    page.get_by_role("link", name="Linear regression").click()
-    expect(page.locator("#deploy-name")).to_have_value("linear-regression-model")
-    page.get_by_label("Auto").check()
-    page.get_by_role("button", name="Deploy").click()
-    expect(page).to_have_url(viewer.url + f"/models/{their_model['id']}?node=other")
-    expect(page.locator("h1")).to_have_text("placed-model")
-    path, body = placement_api.bodies()[-1]
-    assert path == "/api/ml/models" and body["placement"] == "auto" and body["name"] == "linear-regression-model"
-
-    b.goto("/tasks")
+    # A node by name: it runs there, and its page here says so.
     page.locator("#task-name").fill("on-other")
-    page.locator("#task-command").fill("true")
     page.get_by_label("A node", exact=True).check()
     page.locator("#task-placement_node").select_option("other")
     page.get_by_role("button", name="Start").click()
-    expect(page).to_have_url(viewer.url + f"/tasks/{theirs['id']}?node=other")
+    expect(page).to_have_url(re.compile(r"/tasks/[0-9a-f-]{36}\?node=other$"), timeout=LIVE)
     expect(page.locator("#h-remote")).to_have_text("On node other")
-    assert placement_api.bodies()[-1][1]["placement"] == {"node_id": "other"}
+    task_id = page.url.rsplit("/", 1)[1].split("?")[0]
+    assert other.api.get(f"/api/tasks/{task_id}").body["name"] == "on-other"
+
+    # The deploy form, by labels: the model is deployed on the node that carries them.
+    b.goto("/models")
+    page.get_by_role("link", name="Linear regression").click()
+    expect(page.locator("#deploy-name")).to_have_value("linear-regression-model")
+    page.get_by_label("Nodes with labels", exact=True).check()
+    page.locator("#deploy-placement_labels").fill("gpu=a100")
+    page.get_by_role("button", name="Deploy").click()
+    expect(page).to_have_url(re.compile(r"/models/[0-9a-f-]{36}\?node=other$"), timeout=LIVE)
+    expect(page.locator("h1")).to_have_text("linear-regression-model")
+    expect(page.locator("#h-remote")).to_have_text("On node other")
+    model_id = page.url.rsplit("/", 1)[1].split("?")[0]
+    assert other.api.get(f"/api/ml/models/{model_id}").status == 200
     b.assert_clean()
