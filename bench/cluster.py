@@ -4,6 +4,7 @@
                                             [--in-flight 8] [--ttl 15] [--refresh 10] [--idle 10]
 
     .venv/bin/python bench/cluster.py placement [--tasks 40]
+    .venv/bin/python bench/cluster.py failover [--rounds 2] [--ttl 3]   (bench/cluster_failover.py)
 
 placement: two real agents (a and c) on one etcd member, lease TTL 3 s. The same process
 task (`sleep 300`) is posted --tasks times to a without a placement (it runs on a) and
@@ -39,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import random
+import runpy
 import sys
 import tempfile
 import time
@@ -453,6 +455,10 @@ def run_placement(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["failover"]:  # its own script, with its own options
+        sys.argv = [str(REPO / "bench" / "cluster_failover.py"), *sys.argv[2:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parts = parser.add_subparsers(dest="part", required=True)
     scale = parts.add_parser("scale", help="simulated nodes and the real scheduler, against a baseline")
@@ -466,6 +472,8 @@ def main() -> int:
     scale.add_argument("--verbose", action="store_true", help="requests by path, on stderr")
     placement = parts.add_parser("placement", help="POST -> running through the scheduler vs locally, real agents")
     placement.add_argument("--tasks", type=int, default=40)
+    parts.add_parser("failover", help="SIGKILL the node that trained a served model: bench/cluster_failover.py",
+                     add_help=False)
     simulation = parts.add_parser("simulate")  # the child process of `scale`
     simulation.add_argument("--endpoint", required=True)
     simulation.add_argument("--nodes", type=int, required=True)
