@@ -3,8 +3,12 @@ is created by a rejected request."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from cnetd.api.errors import error_response
+from cnetd.api.serialize import json_response
 from tests.support.agent import AgentProcess
 
 GOOD_TASK = {"name": "ok", "command": "true"}
@@ -135,3 +139,14 @@ def test_malformed_http_is_refused_with_one_warning_line(agent: AgentProcess) ->
 
     wait_until(lambda: "malformed HTTP request refused" in agent.log_text(), 5, "the warning line")
     assert "Traceback" not in agent.log_text()
+
+
+def test_an_answer_holding_a_lone_surrogate_is_still_valid_json_not_a_500() -> None:
+    """A hostile worker's error text or a name decoded from bad bytes may hold a lone
+    surrogate, which has no UTF-8 form: the answer escapes it instead of failing."""
+    error = error_response(502, "worker said \ud800")
+    assert error.status == 502 and error.content_type == "application/json" and error.charset == "utf-8"
+    assert error.body is not None and json.loads(bytes(error.body))["error"] == "worker said \ud800"
+    listed = json_response({"name": "caf\u00e9 \udcff"})
+    assert listed.body is not None and json.loads(bytes(listed.body)) == {"name": "caf\u00e9 \udcff"}
+    assert json_response({"name": "caf\u00e9"}).body == '{"name": "caf\u00e9"}'.encode()  # non-ASCII stays as itself

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from typing import Any
@@ -11,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cnetd.api.jsonbody import decode_json
+from cnetd.api.serialize import json_bytes
 from cnetd.clock import utc_now
 from cnetd.errors import DomainError
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def error_response(status: int, message: str, details: dict[str, Any] | None = None) -> web.Response:
     body = {"error": message, "status": status, "timestamp": utc_now(), "details": details or {}}
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    return web.Response(body=json_bytes(body), status=status, content_type="application/json", charset="utf-8")
 
 
 def _http_message(exc: web.HTTPException, request: web.Request) -> str:

@@ -66,5 +66,16 @@ def event_json(event: TaskEvent) -> dict[str, Any]:
     return {"id": event.id, "time": event.time, "type": event.type, "message": event.message}
 
 
+def json_bytes(data: Any) -> bytes:
+    """UTF-8 JSON, with non-ASCII text as itself. Text holding a lone surrogate (a hostile
+    worker's reply, a name decoded from bad bytes) has no UTF-8 form: such a document is
+    written with \\u escapes instead, which is still valid JSON, rather than failing the answer."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data).encode()
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    return web.Response(body=json_bytes(data), status=status, content_type="application/json", charset="utf-8")
