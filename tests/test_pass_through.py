@@ -16,7 +16,6 @@ import asyncio
 import gzip
 import http.client
 import json
-import threading
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -28,6 +27,7 @@ from cnetd.cluster.records import node_key
 from tests.support.agent import AgentProcess, free_port
 from tests.support.cluster import CLUSTER_TOKEN, cluster_agent, new_prefix, put_key, running_member, start_all, wait_status
 from tests.support.etcd import EtcdCluster
+from tests.support.stand_in import StandIn
 
 BIG = 50 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -36,87 +36,50 @@ BOMB_MEMBER = gzip.compress(b"\0" * (10 * 1024 * 1024), compresslevel=9)
 BOMB = BOMB_MEMBER * 100
 
 
-class StandInChild:
-    """An aiohttp server on its own thread and loop, answering like a hostile child."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.seen: list[tuple[str, dict[str, str]]] = []  # (raw path, headers) of every request
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> StandInChild:
-        self._thread.start()
-        assert self._ready.wait(10), "the stand-in child did not start"
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._serve())
-        self._loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._answer)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append((request.raw_path, dict(request.headers)))
-        name = request.path.rsplit("/", 1)[-1]
-        if name == "json":
-            return web.json_response({"ok": True})
-        if name == "text":
-            return web.Response(text="plain words")
-        if name == "page":
-            return web.Response(text="<script>alert(document.cookie)</script>", content_type="text/html")
-        if name == "svg":
-            return web.Response(text="<svg onload=alert(1)></svg>", content_type="image/svg+xml")
-        if name == "big":
-            return web.Response(body=b"[" + b"0," * ((BIG - 2) // 2) + b"0]", content_type="application/json")
-        if name == "big-chunked":
-            response = web.StreamResponse(headers={"Content-Type": "application/json"})
-            response.enable_chunked_encoding()
-            await response.prepare(request)
-            for _ in range(BIG // CHUNK):
-                await response.write(b" " * CHUNK)
-            await response.write_eof()
-            return response
-        if name == "bomb":
-            return web.Response(body=BOMB, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
-        if name == "events":
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            for i in range(3):
-                await response.write(f"event: log\ndata: line {i}\n\n".encode())
-            await response.write_eof()
-            return response
-        if name == "slow":
-            response = web.StreamResponse(headers={"Content-Type": "application/json"})
-            await response.prepare(request)
-            for _ in range(100):
-                await response.write(b" ")
-                await asyncio.sleep(0.1)
-            await response.write_eof()
-            return response
-        return web.json_response({"error": "no such thing"}, status=404)
+async def hostile_answer(request: web.Request, _body: bytes) -> web.StreamResponse:
+    """What the stand-in node answers, like a hostile child would, by the path's last part."""
+    name = request.path.rsplit("/", 1)[-1]
+    if name == "json":
+        return web.json_response({"ok": True})
+    if name == "text":
+        return web.Response(text="plain words")
+    if name == "page":
+        return web.Response(text="<script>alert(document.cookie)</script>", content_type="text/html")
+    if name == "svg":
+        return web.Response(text="<svg onload=alert(1)></svg>", content_type="image/svg+xml")
+    if name == "big":
+        return web.Response(body=b"[" + b"0," * ((BIG - 2) // 2) + b"0]", content_type="application/json")
+    if name == "big-chunked":
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(BIG // CHUNK):
+            await response.write(b" " * CHUNK)
+        await response.write_eof()
+        return response
+    if name == "bomb":
+        return web.Response(body=BOMB, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    if name == "events":
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(3):
+            await response.write(f"event: log\ndata: line {i}\n\n".encode())
+        await response.write_eof()
+        return response
+    if name == "slow":
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
+    return web.json_response({"error": "no such thing"}, status=404)
 
 
 @pytest.fixture
-def stand_in() -> Iterator[StandInChild]:
-    child = StandInChild().start()
+def stand_in() -> Iterator[StandIn]:
+    child = StandIn(hostile_answer).start()
     yield child
     child.stop()
 
@@ -132,7 +95,7 @@ def agent(etcd: EtcdCluster, agent_factory: Callable[..., AgentProcess]) -> Agen
     return cluster_agent(agent_factory, etcd.endpoints, "parent", prefix=new_prefix("pass-through")).start()
 
 
-def register(agent: AgentProcess, child: StandInChild, etcd: EtcdCluster, node_id: str = "hostile") -> None:
+def register(agent: AgentProcess, child: StandIn, etcd: EtcdCluster, node_id: str = "hostile") -> None:
     """The stand-in's node record, where the agent's cluster keeps its nodes (no lease: it
     stays online for as long as the test needs)."""
     record = {"node_id": node_id, "name": "stand-in", "advertise_url": child.url}
@@ -163,7 +126,7 @@ def rss(agent: AgentProcess) -> int:
     return int(psutil.Process(agent.proc.pid).memory_info().rss)
 
 
-def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stand_in: StandInChild,
+def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stand_in: StandIn,
                                                       etcd: EtcdCluster) -> None:
     register(agent, stand_in, etcd)
     for name, media in (("json", "application/json"), ("text", "text/plain"), ("events", "text/event-stream")):
@@ -174,7 +137,7 @@ def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stan
         assert headers["X-CNET-Node"] == "hostile"
     assert raw_get(agent, "/api/nodes/hostile/api/events")[2].count(b"event: log") == 3
     # What reached the node: the cluster token and the hop, never the caller's credentials.
-    _, sent = stand_in.seen[0]
+    sent = stand_in.seen[0].headers
     assert "Authorization" not in sent and "Cookie" not in sent, sent
     assert sent["X-CNET-Cluster-Token"] == CLUSTER_TOKEN and sent["X-CNET-Forwarded-By"] == "parent"
     for name, media in (("page", "text/html"), ("svg", "image/svg+xml")):
@@ -185,7 +148,7 @@ def test_only_json_events_and_text_come_back_sandboxed(agent: AgentProcess, stan
         assert b"alert" not in body
 
 
-def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_in: StandInChild,
+def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_in: StandIn,
                                                     etcd: EtcdCluster) -> None:
     register(agent, stand_in, etcd)
     raw_get(agent, "/api/nodes/hostile/api/json")  # warm up the client session before measuring
@@ -204,13 +167,13 @@ def test_a_50_mb_answer_is_refused_or_cut_never_held(agent: AgentProcess, stand_
     assert raw_get(agent, "/api/health")[0] == 200
 
 
-def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild, etcd: EtcdCluster) -> None:
+def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandIn, etcd: EtcdCluster) -> None:
     register(agent, stand_in, etcd)
     before = rss(agent)
     status, _headers, body, _ = raw_get(agent, "/api/nodes/hostile/api/bomb")
     assert status == 502 and "gzip-encoded body" in json.loads(body)["error"], (status, body[:300])
     assert rss(agent) - before < 30 * 1024 * 1024
-    asked = [h for path, h in stand_in.seen if path.endswith("/bomb")]
+    asked = [seen.headers for seen in stand_in.seen if seen.raw_path.endswith("/bomb")]
     assert asked and all(h.get("Accept-Encoding") == "identity" for h in asked), asked
 
 
@@ -231,7 +194,7 @@ def test_a_gzip_bomb_is_never_opened(agent: AgentProcess, stand_in: StandInChild
     "api//tasks",
 ])
 def test_dot_segments_and_encoded_separators_never_leave_the_parent(tail: str, agent: AgentProcess,
-                                                                     stand_in: StandInChild, etcd: EtcdCluster) -> None:
+                                                                     stand_in: StandIn, etcd: EtcdCluster) -> None:
     register(agent, stand_in, etcd)
     status, _, body, _ = raw_get(agent, f"/api/nodes/hostile/{tail}")
     assert status == 400 and json.loads(body)["error"].startswith("path refused for passing on"), (tail, status, body[:300])
@@ -254,7 +217,7 @@ def test_dot_segments_between_real_agents(etcd: EtcdCluster, agent_factory: Call
     assert odd.status == 404 and odd.body["error"] == "task x?status=running not found", odd.text
 
 
-def relay_app(child: StandInChild, limits: relay.Limits) -> web.Application:
+def relay_app(child: StandIn, limits: relay.Limits) -> web.Application:
     """The relay alone, in front of the stand-in, with small limits."""
     import aiohttp
 
@@ -269,7 +232,7 @@ def relay_app(child: StandInChild, limits: relay.Limits) -> web.Application:
     return app
 
 
-async def test_an_answer_must_complete_in_time(stand_in: StandInChild) -> None:
+async def test_an_answer_must_complete_in_time(stand_in: StandIn) -> None:
     """The total-time cap, with a 1 s limit against a child that trickles for 10 s."""
     import aiohttp
 

@@ -21,6 +21,7 @@ class Seen:
     method: str
     raw_path: str  # as sent, still percent-encoded, with its query
     body: bytes
+    headers: dict[str, str]
 
 
 class StandIn:
@@ -61,5 +62,5 @@ class StandIn:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Seen(request.method, request.raw_path, body))
+        self.seen.append(Seen(request.method, request.raw_path, body, dict(request.headers)))
         return await self.answer(request, body)
