@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import itertools
 import json
 import statistics
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from tests.support.agent import AgentProcess  # noqa: E402
 from tests.support.cluster import cluster_agent  # noqa: E402
 from tests.support.etcd import EtcdCluster, EtcdMember  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 NAME = "linear"
 BODY = {
@@ -55,15 +57,8 @@ BODY = {
 INFER = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [2.0]}]}
 
 
-def wait(condition: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+# Polled finely: the bench times the moments these conditions turn true.
+wait = functools.partial(wait_until, interval=0.02)
 
 
 def etcd_list(member: EtcdMember, key_prefix: str) -> dict[str, Any]:
