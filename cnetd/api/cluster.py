@@ -21,7 +21,7 @@ from cnetd.clock import utc_now
 from cnetd.cluster import relay
 from cnetd.cluster.directory import NodeEntry
 from cnetd.cluster.peers import PeerCaller
-from cnetd.cluster.placing import Kind, PlaceRequest, Where
+from cnetd.cluster.placing import Kind, PlaceRequest, Where, invalid_from
 from cnetd.cluster.records import NODE_ID_PATTERN
 from cnetd.errors import Invalid, NotFound
 from cnetd.security.cluster_token import is_peer
@@ -73,8 +73,7 @@ async def place(request: web.Request) -> web.Response:
         asked = msgspec.convert(await read_json(request), PlaceRequest)
         placement, demand = asked.checked()
     except (msgspec.ValidationError, ValueError) as exc:
-        field, _, message = str(exc).partition(": ")
-        raise Invalid(field if message else "body", message or str(exc)) from None
+        raise invalid_from(exc, "body") from None
     placed = await agent.cluster.placing.place_here(asked.task_id, asked.kind, asked.body, demand, placement,
                                                     asked.posted_by)
     return json_response(msgspec.to_builtins(placed))

@@ -88,9 +88,18 @@ def placement_of(body: dict[str, Any]) -> Placement:
     try:
         return parse_placement(body["placement"])
     except ValueError as exc:
-        text = str(exc)
-        field, _, message = text.partition(": ")
-        raise Invalid(field if field.startswith("placement") else "placement", message or text) from None
+        raise invalid_from(exc, "placement", field_prefix="placement") from None
+
+
+def invalid_from(exc: Exception, fallback: str, field_prefix: str = "") -> Invalid:
+    """A ValueError worded "<field>: <problem>" (placement, scheduler and msgspec checks word
+    theirs so) as the 400 naming that field; fallback names the field when the text names
+    none, or one that does not start with field_prefix."""
+    text = str(exc)
+    field, _, message = text.partition(": ")
+    if message and field.startswith(field_prefix):
+        return Invalid(field, message)
+    return Invalid(fallback, message or text)
 
 
 class Placing:
@@ -161,8 +170,7 @@ class Placing:
         except EtcdError as exc:
             raise Unavailable(f"cannot place work: etcd said {exc}") from None
         except ValueError as exc:
-            field, _, message = str(exc).partition(": ")
-            raise Invalid(field or "body", message or str(exc)) from None
+            raise invalid_from(exc, "body") from None
 
     async def _ask_leader(self, task_id: str, kind: Kind, body: dict[str, Any], demand: Resources,
                           placement: Placement) -> Placed | None:
