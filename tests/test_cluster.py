@@ -31,6 +31,7 @@ from tests.support.cluster import (
     new_prefix,
     nodes_of,
     start_all,
+    two_agents,
     wait_status,
 )
 from tests.support.etcd import EtcdCluster
@@ -232,10 +233,7 @@ def test_a_single_node_has_no_cluster_and_never_touches_etcd(agent_factory: Call
 def test_pass_through_keeps_the_path_as_sent(
     etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
-    prefix = new_prefix()
-    a, b = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix) for name in "ab")
-    start_all(a, b)
-    wait_status(a, "b", "online")
+    a, _b = two_agents(agent_factory, etcd_shared.endpoints)
     # An escaped "?" stays part of the id: b is asked for that task, not for a query.
     odd = a.api.get("/api/nodes/b/api/tasks/x%3Fstatus%3Drunning")
     assert odd.status == 404 and odd.body["error"] == "task x?status=running not found", odd.text

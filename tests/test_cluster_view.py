@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.agent import AgentProcess
-from tests.support.cluster import TTL, cluster_agent, new_prefix, start_all, wait_status
+from tests.support.cluster import TTL, two_agents, wait_status
 from tests.support.etcd import EtcdCluster
 from tests.support.waiting import wait_until
 
@@ -27,10 +27,7 @@ def listed(agent: AgentProcess, query: str = "node=all") -> dict[str, dict[str, 
 def test_any_agent_lists_every_nodes_tasks_and_reaches_the_one_that_has_a_task(
     etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
-    prefix = new_prefix()
-    a, b = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix) for name in "ab")
-    start_all(a, b)
-    wait_status(a, "b", "online")
+    a, b = two_agents(agent_factory, etcd_shared.endpoints)
     on_a = a.api.post("/api/tasks", {"name": "on-a", "command": PY, "args": ["-c", "pass"]}).body
     on_b = b.api.post("/api/tasks", {"name": "on-b", "command": PY, "args": SLEEPER}).body
 
@@ -64,9 +61,7 @@ def test_any_agent_lists_every_nodes_tasks_and_reaches_the_one_that_has_a_task(
 def test_a_task_on_a_node_that_died_is_shown_lost_on_the_others(
     etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],
 ) -> None:
-    prefix = new_prefix()
-    a, b = (cluster_agent(agent_factory, etcd_shared.endpoints, name, prefix=prefix) for name in "ab")
-    start_all(a, b)
+    a, b = two_agents(agent_factory, etcd_shared.endpoints)
     task = b.api.post("/api/tasks", {"name": "doomed", "command": PY, "args": SLEEPER}).body
     wait_until(lambda: listed(a).get(task["id"], {}).get("status") == "running", 15, "a to see b's task running")
 

@@ -57,6 +57,15 @@ def start_all(*agents: AgentProcess) -> None:
         agent.wait_ready()
 
 
+def two_agents(make: Callable[..., AgentProcess], endpoints: Sequence[str]) -> tuple[AgentProcess, AgentProcess]:
+    """Agents "a" and "b" of a cluster of their own (a new prefix), started, each seeing the other online."""
+    prefix = new_prefix()
+    a, b = (cluster_agent(make, endpoints, name, prefix=prefix) for name in "ab")
+    start_all(a, b)
+    wait_status(a, "b", "online")
+    return a, b
+
+
 def nodes_of(agent: AgentProcess) -> dict[str, dict[str, Any]]:
     reply = agent.api.get("/api/nodes")
     assert reply.status == 200, reply.text
