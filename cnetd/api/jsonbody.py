@@ -22,9 +22,10 @@ from cnetd.errors import DomainError, Invalid
 MAX_JSON_DEPTH = 64
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_PREFIXES = ("/api/", "/v2/")
-# The V2 binary tensor extension (application/octet-stream plus this header) is not
-# implemented yet: such a request gets the 415 too, with a message that says so.
+# The V2 binary tensor extension: application/octet-stream plus this header, on the infer
+# routes alone (a cross-site page cannot set this header without a CORS preflight).
 BINARY_HEADER = "Inference-Header-Content-Length"
+BINARY_ROUTES = frozenset({"v2-infer", "v2-infer-version"})
 
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
@@ -56,7 +57,9 @@ def media_problem(request: web.Request) -> str | None:
     if is_json_type(content_type):
         return None
     if content_type == "application/octet-stream" and BINARY_HEADER in request.headers:
-        return "the binary tensor extension (application/octet-stream) is not supported; send application/json"
+        if request.method == "POST" and request.match_info.route.name in BINARY_ROUTES:
+            return None
+        return f"Content-Type must be application/json, got {content_type} (binary tensor data is for V2 infer only)"
     return f"Content-Type must be application/json, got {content_type or 'none'}"
 
 

@@ -5,6 +5,10 @@ models share a name, the newest one answers for the bare name. Errors are {"erro
 404 unknown model or version, 409 a known model that is not being served (serve it first),
 503 served but no worker ready in time, 400 a bad tensor (or the worker's own message when
 it rejects the input), 429 a full queue, 504 a worker that did not answer in time.
+
+Infer also takes the binary tensor data extension (cnetd/ml/serving/binary.py): an
+application/octet-stream body with Inference-Header-Content-Length, and answers binary
+when an output asks for binary_data (or the request for binary_data_output).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from aiohttp import web
 
 from cnetd import __version__
 from cnetd.agent import AGENT, Agent
-from cnetd.api.jsonbody import decode_json
+from cnetd.api.jsonbody import BINARY_HEADER, decode_json
 from cnetd.api.v2_cluster import answer_elsewhere, held_nowhere
 from cnetd.errors import DomainError, NotFound
+from cnetd.ml.serving.binary import OCTET_STREAM, binary_body, encode_tensor, header_length
 from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
 from cnetd.ml.serving.served import Served
 from cnetd.store.models import ModelRecord
@@ -130,16 +135,26 @@ async def infer(request: web.Request) -> web.StreamResponse:
         known = await _known(agent, name, version)
         return known if isinstance(known, web.Response) else _not_served(known)
     try:
-        body = decode_json(await request.read())
-        parsed = parse_infer_request(body)
+        raw = await request.read()  # the app's body cap (413) holds for a binary body too
+        binary: memoryview | None = None
+        if request.content_type == OCTET_STREAM:  # the middleware let it through only with BINARY_HEADER
+            length = header_length(request.headers[BINARY_HEADER], len(raw))
+            body, binary = decode_json(raw[:length]), memoryview(raw)[length:]
+        else:
+            body = decode_json(raw)
+        parsed = parse_infer_request(body, binary)
         answer = await served.predict(parsed.instances)
     except DomainError as exc:
         return v2_error(exc.status, exc.message)
-    reply: dict[str, Any] = {
-        "model_name": served.name,
-        "model_version": served.id,
-        "outputs": [output_tensor(parsed.output_name, answer.predictions)],
-    }
+    output = output_tensor(parsed.output_name, answer.predictions)
+    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.id, "outputs": [output]}
     if parsed.id is not None:
         reply["id"] = parsed.id
-    return _json(reply)
+    if not parsed.binary_output:
+        return _json(reply)
+    data = encode_tensor(output.pop("data"), output["datatype"])
+    output["parameters"] = {"binary_data_size": len(data)}
+    payload, head = binary_body(reply, [data])
+    response = web.Response(body=payload, content_type=OCTET_STREAM)
+    response.headers[BINARY_HEADER] = str(head)
+    return response
