@@ -179,6 +179,8 @@ def test_binary_tensor_bodies_pass_only_on_the_infer_routes(served: AgentProcess
         if not path.endswith("/infer"):
             refused = served.api.request(method, path, raw=b"{}", headers=binary)
             assert refused.status == 415 and "binary tensor data is for V2 infer only" in refused.body["error"], refused.text
+            bare = served.api.request(method, path, raw=b"{}", headers={**binary, "Content-Type": ""})
+            assert bare.status == 415, (path, bare.text)
     plain = served.api.post(INFER, raw=b"\x00" * 16, headers={"Content-Type": "application/octet-stream"})
     assert plain.status == 415 and "must be application/json" in plain.body["error"], plain.text
 

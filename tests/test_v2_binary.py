@@ -141,8 +141,31 @@ def test_header_length_that_is_not_a_number_and_json_mode_binary_sizes(served: A
     assert as_json.status == 400 and "needs Content-Type application/octet-stream" in as_json.body["error"], as_json.text
 
 
+def test_the_server_says_it_has_the_extension(served: AgentProcess) -> None:
+    assert "binary_tensor_data" in served.api.get("/v2").body["extensions"]
+
+
 def test_a_binary_body_over_the_cap_is_a_413(served: AgentProcess) -> None:
     count = (1024 * 1024) // 8 + 1
     reply = post_binary(served, one_input("FP64", [count], count * 8), b"\x00" * (count * 8))
     assert reply.status == 413, reply.text[:300]
     assert served.api.get("/api/health", timeout=5).status == 200
+
+
+def test_the_official_client_in_its_default_binary_mode(served: AgentProcess) -> None:
+    np = pytest.importorskip("numpy")
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the dev extra")
+    url = served.api.base_url.removeprefix("http://")
+    client = httpclient.InferenceServerClient(url=url)
+    try:
+        assert client.is_server_live() and client.is_model_ready("pure")
+        x = np.array([[0.5], [1.0], [-2.0]], dtype=np.float64)
+        tensor = httpclient.InferInput("x", list(x.shape), "FP64")
+        tensor.set_data_from_numpy(x)  # binary_data=True by default
+        answer = client.infer("pure", [tensor], outputs=[httpclient.InferRequestedOutput("predictions")])
+        assert answer.get_output("predictions")["parameters"]["binary_data_size"] == 24  # it came back binary
+        assert answer.as_numpy("predictions").tolist() == pytest.approx([4.0, 5.0, -1.0])
+        json_out = client.infer("pure", [tensor], outputs=[httpclient.InferRequestedOutput("predictions", binary_data=False)])
+        assert json_out.get_output("predictions")["data"] == pytest.approx([4.0, 5.0, -1.0])
+    finally:
+        client.close()

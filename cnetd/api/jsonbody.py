@@ -22,8 +22,9 @@ from cnetd.errors import DomainError, Invalid
 MAX_JSON_DEPTH = 64
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_PREFIXES = ("/api/", "/v2/")
-# The V2 binary tensor extension: application/octet-stream plus this header, on the infer
-# routes alone (a cross-site page cannot set this header without a CORS preflight).
+# The V2 binary tensor extension: application/octet-stream (or no Content-Type) plus this
+# header, on the infer routes alone (a cross-site page cannot send a custom header without a
+# CORS preflight, which the agent does not answer).
 BINARY_HEADER = "Inference-Header-Content-Length"
 BINARY_ROUTES = frozenset({"v2-infer", "v2-infer-version"})
 
@@ -56,7 +57,8 @@ def media_problem(request: web.Request) -> str | None:
     content_type = request.content_type if declared is not None else ""
     if is_json_type(content_type):
         return None
-    if content_type == "application/octet-stream" and BINARY_HEADER in request.headers:
+    if content_type in ("application/octet-stream", "") and BINARY_HEADER in request.headers:
+        # No Content-Type at all is what the official Triton client sends with the header.
         if request.method == "POST" and request.match_info.route.name in BINARY_ROUTES:
             return None
         return f"Content-Type must be application/json, got {content_type} (binary tensor data is for V2 infer only)"

@@ -77,7 +77,7 @@ async def server_ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return _json({"name": "cnetd", "version": __version__, "extensions": []})
+    return _json({"name": "cnetd", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
 def _metadata(record: ModelRecord, served: Served | None, versions: list[str]) -> dict[str, Any]:
@@ -137,7 +137,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     try:
         raw = await request.read()  # the app's body cap (413) holds for a binary body too
         binary: memoryview | None = None
-        if request.content_type == OCTET_STREAM:  # the middleware let it through only with BINARY_HEADER
+        if request.content_type == OCTET_STREAM:  # (also when none is sent) the middleware let it through only with BINARY_HEADER
             length = header_length(request.headers[BINARY_HEADER], len(raw))
             body, binary = decode_json(raw[:length]), memoryview(raw)[length:]
         else:
