@@ -122,7 +122,7 @@ async def forward(request: web.Request, node_id: str, path: str, started: float)
     body = await request.read() if request.can_read_body else None
     answer = await peers.call(node_id, request.method, path_qs, body, request.headers)
     async with answer:
-        return await relay.relay(request, answer, node_id, peers.relay_limits, started)
+        return await relay.relay(request, answer, node_id, peers.relay_limits, started, relay.is_v2_infer(path))
 
 
 # Routes about one task or model, by id: in a cluster, a call for an id this node does not

@@ -17,16 +17,18 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.bodies.jsonvalue import lone_surrogate
+from cnetd.cluster.relay import is_v2_infer
 from cnetd.errors import DomainError, Invalid
 
 MAX_JSON_DEPTH = 64
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_PREFIXES = ("/api/", "/v2/")
 # The V2 binary tensor extension: application/octet-stream (or no Content-Type) plus this
-# header, on the infer routes alone (a cross-site page cannot send a custom header without a
-# CORS preflight, which the agent does not answer).
+# header, on the infer routes alone, also when passed through to a node (a cross-site page
+# cannot send a custom header without a CORS preflight, which the agent does not answer).
 BINARY_HEADER = "Inference-Header-Content-Length"
 BINARY_ROUTES = frozenset({"v2-infer", "v2-infer-version"})
+PASS_THROUGH_ROUTE = "node-through-post"
 
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
@@ -59,10 +61,20 @@ def media_problem(request: web.Request) -> str | None:
         return None
     if content_type in ("application/octet-stream", "") and BINARY_HEADER in request.headers:
         # No Content-Type at all is what the official Triton client sends with the header.
-        if request.method == "POST" and request.match_info.route.name in BINARY_ROUTES:
+        if takes_binary(request):
             return None
         return f"Content-Type must be application/json, got {content_type} (binary tensor data is for V2 infer only)"
     return f"Content-Type must be application/json, got {content_type or 'none'}"
+
+
+def takes_binary(request: web.Request) -> bool:
+    """A V2 infer, here or passed through to a node (/api/nodes/{id}/v2/models/.../infer)."""
+    if request.method != "POST":
+        return False
+    route = request.match_info.route.name
+    if route == PASS_THROUGH_ROUTE:
+        return is_v2_infer("/" + request.rel_url.raw_path.split("/", 4)[4])
+    return route in BINARY_ROUTES
 
 
 def json_only_middleware(respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:
