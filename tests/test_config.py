@@ -98,6 +98,8 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     assert cfg.ml.port_range == PortRange(9000, 9100)
     assert cfg.ml.resource_limits == ResourceLimits(1.0, 536870912, 1073741824, 0)
     assert cfg.ml.timeout == 30.0
+    assert cfg.serving.max_request_bytes == 64 * 1024 * 1024
+    assert load_text(tmp_path, "serving: {max_request_bytes: 8MiB}\n").serving.max_request_bytes == 8 * 1024 * 1024
 
 
 def test_comment_only_file_and_empty_sections_are_defaults(tmp_path: Path) -> None:
@@ -323,6 +325,9 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("ml: {resource_limits: {memory_limit: lots}}\n",
          "ml.resource_limits.memory_limit: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'lots'"),
         ("ml: {resource_limits: {disk_limit: 0}}\n", "ml.resource_limits.disk_limit: must be a size > 0, got 0"),
+        ("serving: {max_request_bytes: 0}\n", "serving.max_request_bytes: must be a size > 0, got 0"),
+        ("serving: {max_request_bytes: huge}\n",
+         "serving.max_request_bytes: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'huge'"),
         ("ml: {resource_limits: {gpu_limit: -1}}\n", "ml.resource_limits.gpu_limit: must be an integer >= 0, got -1"),
         ("ml: {model_path: ''}\n", "ml.model_path: must be a path, got ''"),
         ("discovery: {servers: ['ftp://p']}\n", "discovery.servers[0]: must be a URL like http://host:8080, got 'ftp://p'"),
@@ -444,7 +449,7 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert data["agent"]["heartbeat"] == 30.0
     assert data["ml"]["model_path"] == str(tmp_path / "models")
     assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
-    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "cluster"}
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "serving", "cluster"}
     assert data["cluster"] is None  # no cluster section: a single node
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)

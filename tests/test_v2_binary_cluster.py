@@ -76,6 +76,13 @@ def test_a_binary_infer_sent_to_the_node_without_the_model_is_answered_by_the_on
     versioned = post_binary(a, asked, tensors, path=f"/v2/models/pure/versions/{model['id']}/infer")
     assert parse_binary_answer(versioned)[0]["model_version"] == model["id"]
 
+    # A predict by id for b's model, sent to a, goes on to b with its body.
+    predict = f"/api/ml/models/{model['id']}/predict?wait=true"
+    predicted = wait_until(lambda: (r := a.api.post(predict, {"input_data": 2.0})).status != 404 and r, 15,
+                           "a to know that b has the model")
+    assert predicted.status == 200 and predicted.headers["X-CNET-Node"] == "b", predicted.text
+    assert predicted.body["prediction"] == pytest.approx(7.0)
+
     # The official client, in its default binary mode, through a.
     np = pytest.importorskip("numpy")
     httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the dev extra")

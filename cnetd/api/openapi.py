@@ -260,7 +260,8 @@ ERROR_TEXT = {
     403: "the caller is one of this agent's tasks (or a local socket whose owner cannot be told) and sent no valid token",
     404: "no such id",
     409: "the task has already ended, or the model has no model file yet",
-    413: "the body is larger than 1 MiB",
+    413: "the body is larger than 1 MiB (V2 infer and predict: serving.max_request_bytes, 64 MiB unless set; the "
+         "message names the bound)",
     415: "a body (or a Content-Type) that is not application/json, on any POST or DELETE (V2 infer also takes "
          "application/octet-stream with Inference-Header-Content-Length)",
     421: "the Host header does not name this agent (see agent.allowed_hosts)",

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cnetd import __version__
 from cnetd.agent import AGENT, Agent
+from cnetd.api.bodylimit import body_of
 from cnetd.api.jsonbody import BINARY_HEADER, decode_json
 from cnetd.api.v2_cluster import answer_elsewhere, held_nowhere
 from cnetd.errors import DomainError, NotFound
@@ -135,7 +136,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
         known = await _known(agent, name, version)
         return known if isinstance(known, web.Response) else _not_served(known)
     try:
-        raw = await request.read()  # the app's body cap (413) holds for a binary body too
+        raw = await body_of(request)  # read under serving.max_request_bytes (api/bodylimit.py)
         binary: memoryview | None = None
         if request.content_type == OCTET_STREAM:  # (also when none is sent) the middleware let it through only with BINARY_HEADER
             length = header_length(request.headers[BINARY_HEADER], len(raw))

@@ -23,6 +23,7 @@ import time
 from aiohttp import web
 
 from cnetd.agent import AGENT
+from cnetd.api.bodylimit import body_of
 from cnetd.api.jsonbody import BINARY_ROUTES
 from cnetd.cluster import relay
 from cnetd.cluster.etcd import EtcdError
@@ -60,7 +61,7 @@ async def answer_elsewhere(request: web.Request, name: str, version: str | None)
         return _error(400, exc.message)
     raw_query = request.rel_url.raw_query_string
     path_qs = path + (f"?{raw_query}" if raw_query else "")
-    body = await request.read() if request.can_read_body else None
+    body = await body_of(request) if request.body_exists else None
     tried: list[str] = []
     for i, endpoint in enumerate(endpoints):
         last = i == len(endpoints) - 1

@@ -107,6 +107,9 @@ _SPEC: dict[str, Spec] = {
         "token_file": to.optional(to.path),
         "metrics_public": to.boolean,
     },
+    "serving": {
+        "max_request_bytes": to.positive_size,
+    },
     "cluster": {
         "etcd": {
             "endpoints": to.etcd_endpoints,
@@ -312,6 +315,7 @@ def _assemble(
         logs=build("logs"),
         ml=ml,
         auth=auth,
+        serving=build("serving"),
         cluster=cluster,
         source=source,
         warnings=tuple(warnings),
