@@ -65,11 +65,11 @@ def binary_body(total: int) -> tuple[bytes, dict[str, str], int]:
     return body, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}, count
 
 
-def connect(agent: AgentProcess, path: str, headers: dict[str, str]) -> http.client.HTTPConnection:
+def connect(agent: AgentProcess, path: str, headers: dict[str, str], token: bool = True) -> http.client.HTTPConnection:
     """A POST whose headers are sent and whose body is the caller's to send, byte by byte."""
     conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
     conn.putrequest("POST", path, skip_accept_encoding=True)
-    for name, value in {**({"Authorization": f"Bearer {agent.api.token}"} if agent.api.token else {}), **headers}.items():
+    for name, value in {**({"Authorization": f"Bearer {TOKEN}"} if token else {}), **headers}.items():
         conn.putheader(name, value)
     conn.endheaders()
     return conn
@@ -168,3 +168,15 @@ def test_a_connection_cut_mid_body_leaves_nothing_half_done(served: AgentProcess
     assert batches_sent(served) == before + 1
     log = served.log_text()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def test_no_body_is_read_for_a_caller_without_a_token(served: AgentProcess) -> None:
+    """An attacker without a token cannot make the agent hold 2 MiB: the 401 comes while
+    10 bytes of the declared body have been sent (and a body over the bound is a 401 too,
+    not a 413 that would tell it the bound)."""
+    for length in (LIMIT, 100 * LIMIT):
+        conn = connect(served, INFER, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "2",
+                                       "Content-Length": str(length)}, token=False)
+        conn.send(b"{}" + b"\0" * 8)
+        status, _, body = answer(conn)
+        assert status == 401, (length, status, body)

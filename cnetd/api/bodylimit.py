@@ -4,9 +4,9 @@ every other route takes (aiohttp's client_max_size, which stays the bound there)
 
 Such a body is read here, once, before its handler runs, and kept for it (body_of):
 - a declared Content-Length over the bound is a 413 before a byte of the body is read;
-- otherwise (chunked, or a length that lies) the reading stops at the first byte past the
-  bound, a 413 too; never more than the bound is held (aiohttp's own read() would raise its
-  buffer to twice its client_max_size);
+- otherwise (chunked) the reading stops at the first byte past the bound, a 413 too: no
+  more than the bound is ever read (aiohttp's own read() would also raise its stream
+  buffer to twice its client_max_size first);
 - a 413 closes the connection after the answer (aiohttp reads and drops what the caller is
   still sending for a moment, so that the caller sees the answer);
 - a caller that goes away mid-body leaves nothing behind: the handler never runs (so
@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from cnetd.api.jsonbody import passed_through
 from cnetd.cluster.relay import is_v2_infer
 from cnetd.units import format_size
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 SETTING = "serving.max_request_bytes"
 INFERENCE_ROUTES = frozenset({"v2-infer", "v2-infer-version", "model-predict"})
-PASS_THROUGH_ROUTE = "node-through-post"
 PREDICT_PATH = re.compile(r"/api/ml/models/[^/?#]+/predict")
 READ_CHUNK = 1 << 20
 BODY = web.RequestKey("inference_body", bytes)
@@ -46,13 +46,10 @@ class BodyTooLarge(Exception):
 
 def is_inference(request: web.Request) -> bool:
     """A V2 infer or a predict, here or passed through to a node (/api/nodes/{id}/...)."""
-    if request.method != "POST":
-        return False
-    route = request.match_info.route.name
-    if route == PASS_THROUGH_ROUTE:
-        tail = "/" + request.rel_url.raw_path.split("/", 4)[4]
+    tail = passed_through(request)
+    if tail is not None:
         return is_v2_infer(tail) or PREDICT_PATH.fullmatch(tail) is not None
-    return route in INFERENCE_ROUTES
+    return request.method == "POST" and request.match_info.route.name in INFERENCE_ROUTES
 
 
 def _bound(limit: int) -> str:

@@ -67,14 +67,19 @@ def media_problem(request: web.Request) -> str | None:
     return f"Content-Type must be application/json, got {content_type or 'none'}"
 
 
+def passed_through(request: web.Request) -> str | None:
+    """For a POST to /api/nodes/{id}/{tail}: "/{tail}" as sent (raw, no query); else None."""
+    if request.method != "POST" or request.match_info.route.name != PASS_THROUGH_ROUTE:
+        return None
+    return "/" + request.rel_url.raw_path.split("/", 4)[4]
+
+
 def takes_binary(request: web.Request) -> bool:
     """A V2 infer, here or passed through to a node (/api/nodes/{id}/v2/models/.../infer)."""
-    if request.method != "POST":
-        return False
-    route = request.match_info.route.name
-    if route == PASS_THROUGH_ROUTE:
-        return is_v2_infer("/" + request.rel_url.raw_path.split("/", 4)[4])
-    return route in BINARY_ROUTES
+    tail = passed_through(request)
+    if tail is not None:
+        return is_v2_infer(tail)
+    return request.method == "POST" and request.match_info.route.name in BINARY_ROUTES
 
 
 def json_only_middleware(respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:
