@@ -77,12 +77,13 @@ async def hostile_answer(request: web.Request, _body: bytes) -> web.StreamRespon
             await asyncio.sleep(0.1)
         await response.write_eof()
         return response
-    if name in ("infer", "blob"):  # a V2 binary answer, honest or not (?header=)
+    if name in ("infer", "blob"):  # a V2 binary answer, honest or not (?header=), or of ?size= bytes
         header = request.query.get("header", str(len(BINARY_HEAD)))
         headers = {"Content-Type": "application/octet-stream"}
         if header != "none":
             headers["Inference-Header-Content-Length"] = header
-        return web.Response(body=BINARY_HEAD + BINARY_TENSOR, headers=headers)
+        tensor = b"\x01" * int(request.query["size"]) if "size" in request.query else BINARY_TENSOR
+        return web.Response(body=BINARY_HEAD + tensor, headers=headers)
     return web.json_response({"error": "no such thing"}, status=404)
 
 
@@ -298,6 +299,19 @@ def test_a_binary_infer_passes_through_byte_for_byte(agent: AgentProcess, stand_
         assert seen.raw_path == "/v2/models/m/infer" and seen.body == body
         assert seen.headers["Inference-Header-Content-Length"] == length
         assert seen.headers.get("Content-Type") == sent_type, seen.headers
+
+
+def test_a_binary_answer_may_be_as_large_as_an_inference_request(agent: AgentProcess, stand_in: StandIn,
+                                                                   etcd: EtcdCluster) -> None:
+    """A V2 infer's answer passes up to serving.max_request_bytes (64 MiB here), beyond the
+    16 MiB of every other answer, and is cut past it."""
+    register(agent, stand_in, etcd)
+    headers = {"Inference-Header-Content-Length": "2", "Content-Type": "application/octet-stream"}
+    size = relay.MAX_ANSWER_BYTES + CHUNK
+    status, _, raw = raw_post(agent, f"/api/nodes/hostile/v2/models/m/infer?size={size}", b"{}", headers)
+    assert status == 200 and len(raw) == len(BINARY_HEAD) + size, (status, len(raw))
+    status, _, raw = raw_post(agent, f"/api/nodes/hostile/v2/models/m/infer?size={64 * CHUNK}", b"{}", headers)
+    assert status == 502 and "passed through" in json.loads(raw)["error"], (status, raw[:300])
 
 
 @pytest.mark.parametrize(("path", "problem"), [

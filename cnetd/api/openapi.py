@@ -430,8 +430,9 @@ def build_document() -> Schema:
             method: operation(
                 f"{method.upper()} /{{tail}} on that node (tail starts with api/ or v2/): its answer, when it "
                 "is JSON, server-sent events or plain text of at most 16 MiB (nosniff, sandboxed), or for a V2 infer "
-                "binary tensor data (application/octet-stream with Inference-Header-Content-Length, both ways); a "
-                "path with dot segments or encoded separators is refused",
+                "binary tensor data (application/octet-stream with Inference-Header-Content-Length, both ways; up to "
+                "serving.max_request_bytes when that is more); a path with dot segments or encoded separators is "
+                "refused",
                 {"default": {"description": "the node's answer, whatever its status"},
                  **responses({}, (400, 404, 413, 415, 502, 503, 504))},
                 [NODE_PARAM, {"name": "tail", "in": "path", "required": True, "schema": STRING}],

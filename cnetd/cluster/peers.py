@@ -43,12 +43,13 @@ def describe(exc: BaseException) -> str:
 
 
 class PeerCaller:
-    def __init__(self, node_id: str, directory: NodeDirectory, token: ClusterToken, answer_seconds: float) -> None:
+    def __init__(self, node_id: str, directory: NodeDirectory, token: ClusterToken, answer_seconds: float,
+                 inference_bytes: int = relay.MAX_ANSWER_BYTES) -> None:
         self.node_id = node_id
         self.directory = directory
         self.token = token
         self.answer_seconds = answer_seconds + CALL_MARGIN_SECONDS
-        self.relay_limits = relay.Limits(seconds=self.answer_seconds)
+        self.relay_limits = relay.Limits(seconds=self.answer_seconds, inference_bytes=inference_bytes)
         self._session: aiohttp.ClientSession | None = None
 
     @property

@@ -8,8 +8,9 @@ The other node's answer is served on this agent's origin, so it is treated as ho
   this origin), always with nosniff and a sandboxing CSP; a V2 infer call also takes back
   application/octet-stream (the binary tensor data extension), and then only with a plain
   Inference-Header-Content-Length within the answer's length, which goes back with it;
-- the answer is streamed, never held whole: over MAX_ANSWER_BYTES it is a 502 when its
-  declared length says so, and the connection is cut when it says otherwise;
+- the answer is streamed, never held whole: over MAX_ANSWER_BYTES (a V2 infer's: over
+  serving.max_request_bytes, when that is larger) it is a 502 when its declared length
+  says so, and the connection is cut when it says otherwise;
 - an ordinary answer must be complete within its deadline (event streams, which are meant
   to last, only within their idle timeout);
 - bodies are never decompressed: the node is asked for identity, and an encoded answer is
@@ -23,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 import aiohttp
@@ -55,6 +56,12 @@ MAX_BINARY_HEADER_DIGITS = 12
 class Limits:
     max_bytes: int = MAX_ANSWER_BYTES
     seconds: float = 60.0  # an ordinary answer, start to end
+    # a V2 infer's answer (its tensors may be as large as the request's): at least max_bytes
+    inference_bytes: int = MAX_ANSWER_BYTES
+
+    def for_call(self, binary: bool) -> Limits:
+        """The limits of one call: a V2 infer's answer gets the larger byte bound."""
+        return replace(self, max_bytes=max(self.max_bytes, self.inference_bytes)) if binary else self
 
 
 def checked_path(raw: str) -> str:
@@ -135,6 +142,7 @@ async def relay(request: web.Request, answer: aiohttp.ClientResponse, node_id: s
     (and releases) `answer`. A refusal before anything was sent is a 502 (504 for time);
     after that, the caller's connection is cut. binary: the call was a V2 infer, whose
     answer may be binary tensor data."""
+    limits = limits.for_call(binary)
     refusal = _refusal(answer, node_id, limits, binary)
     if refusal is not None:
         answer.close()  # cut the node's connection: its body is not read
