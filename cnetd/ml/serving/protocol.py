@@ -176,7 +176,13 @@ def output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
     if all(isinstance(v, bool) for v in flat) and flat:
         datatype = "BOOL"
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in flat) and flat:
-        datatype = "INT64"
+        low, high = min(flat), max(flat)
+        if INT_RANGES["INT64"][0] <= low and high <= INT_RANGES["INT64"][1]:
+            datatype = "INT64"
+        elif low >= 0 and high <= INT_RANGES["UINT64"][1]:
+            datatype = "UINT64"  # (a UINT64 input echoed: above INT64's range)
+        else:
+            datatype, flat = "BYTES", [str(v) for v in flat]  # no V2 integer type holds it
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         datatype = "FP64"
     else:
