@@ -131,11 +131,28 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         _resource_sampler,
         _cluster,
         _scheduler,
+        _grpc,
     ])
     add_api_routes(app)
     add_login_routes(app)
     add_ui_routes(app)
     return app
+
+
+async def _grpc(app: web.Application) -> AsyncIterator[None]:
+    """The V2 gRPC service, when serving.grpc_port is set (imported only then: cnetd/grpcapi)."""
+    agent = app[AGENT]
+    port = agent.config.serving.grpc_port
+    if port is None:
+        yield
+        return
+    from cnetd.grpcapi import server
+
+    grpc_server = await server.start(agent, port)
+    try:
+        yield
+    finally:
+        await server.stop(grpc_server)
 
 
 async def _store(app: web.Application, config: Config) -> AsyncIterator[None]:

@@ -574,6 +574,16 @@ def test_auth_tokens_from_file_and_env_are_redacted_in_to_dict(tmp_path: Path) -
     assert "env-token-0123456789abcdef" in from_env.auth.tokens
 
 
+def test_grpc_port_is_off_unless_set_and_checked_like_a_port(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "").serving.grpc_port is None
+    assert load_text(tmp_path, "serving:\n  grpc_port: 8081\n").serving.grpc_port == 8081
+    label = str(tmp_path / "config.yaml")
+    for value in ("0", "70000", "ten", "true"):
+        assert error_of(tmp_path, f"serving:\n  grpc_port: {value}\n").startswith(f"{label}: serving.grpc_port: must be"), value
+    assert error_of(tmp_path, "agent:\n  port: 9000\nserving:\n  grpc_port: 9000\n") == (
+        f"{label}: serving.grpc_port: must differ from agent.port (9000): gRPC and HTTP each need a port of their own")
+
+
 def test_short_tokens_and_missing_token_files_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("auth:\n  tokens: [short]\n")

@@ -177,6 +177,7 @@ class ServingSection:
     # 224x224x3 FP32 images as binary tensors, and keeps one request's memory (its body, plus
     # a copy while it is joined) well within an agent's share of a node.
     max_request_bytes: int = 64 << 20
+    grpc_port: int | None = None  # the V2 gRPC service's port on agent.address; None: no gRPC
 
 
 @dataclass(frozen=True)
