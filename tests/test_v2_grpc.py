@@ -12,9 +12,11 @@ message names in protobuf's default pool (see cnetd/grpcapi/__init__.py)."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from cnetd.config import UidRange
 from tests.support.agent import AgentProcess, free_port
 from tests.support.waiting import wait_until
 from tests.test_ml_api import LINEAR_BODY, NETWORK_BODY, deploy_and_train
@@ -250,6 +253,52 @@ def test_the_right_token_is_let_in(guarded: AgentProcess) -> None:
         assert c.is_server_live(headers={"authorization": f"Bearer {TOKEN}"})
         error = refused(lambda: c.get_model_metadata("anything", headers={"authorization": f"bearer {TOKEN}"}))
         assert error.status() == "StatusCode.NOT_FOUND", error  # past the gate: the model is unknown
+
+
+TASK_CALL = """
+import sys
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+headers = {"authorization": "Bearer " + sys.argv[2]} if len(sys.argv) > 2 else None
+try:
+    with triton.InferenceServerClient(sys.argv[1]) as client:
+        print("live", client.is_server_live(headers=headers))
+except InferenceServerException as exc:
+    print(exc.status(), exc.message())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="task uids exist only when the agent runs as root; setpriv (util-linux) is needed")
+def test_a_task_uid_cannot_call_without_a_token(served: AgentProcess) -> None:
+    """The attacker: a process under a uid of tasks.uid_range (as a task runs) calls the
+    token-less agent over gRPC from this host; it is refused as over HTTP (403)."""
+    task_uid = UidRange().start + 77
+    proc = subprocess.run(["setpriv", f"--reuid={task_uid}", f"--regid={task_uid}", "--clear-groups",
+                           sys.executable, "-c", TASK_CALL, grpc_url(served)],
+                          capture_output=True, text=True, timeout=60, cwd="/", stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("StatusCode.PERMISSION_DENIED tasks may not use this agent's API without a token "
+                                  f"(this connection comes from uid {task_uid}"), proc.stdout
+    with triton.InferenceServerClient(grpc_url(served)) as c:
+        assert c.is_server_live()  # root, on the same address: let in
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI is needed to make a certificate")
+def test_with_agent_tls_grpc_serves_the_same_certificate(tmp_path: Path) -> None:
+    from tests.test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    agent = AgentProcess(tmp_path / "tls", {"agent": {"tls": {"cert_file": str(cert), "key_file": str(key)}},
+                                           "serving": {"grpc_port": free_port()}}, ca_file=cert).start()
+    try:
+        with triton.InferenceServerClient(grpc_url(agent), ssl=True, root_certificates=str(cert)) as secure:
+            assert secure.is_server_live()
+        with grpc.insecure_channel(grpc_url(agent)) as channel, pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # no clear-text gRPC beside it
+    finally:
+        agent.stop()
 
 
 def exits_with(agent: AgentProcess) -> tuple[int, str]:
