@@ -214,7 +214,7 @@ def main() -> None:
             if a.error is not None:
                 print(f"{key:<26} refused: {a.error}")
                 continue
-            ratio = f"{a.rps / f.rps:.2f}" if key.startswith("big") else f"{a.p50 / f.p50:.2f}"
+            ratio = f"{a.rps / f.rps:.3f}" if key.startswith("big") else f"{a.p50 / f.p50:.2f}"
             cpu = f"{a.cpu / len(a.times) * 1000:.2f}" if key.startswith("big") else ""
             print(f"{key:<26} {a.rps:>8.1f} {ms(a.p50):>8} {f.rps:>12.1f} {ms(f.p50):>10} {ratio:>8} {cpu:>17}")
         print("\nx floor: req/s against the floor's for the 1 MB rows (higher is better), p50 against the floor's "
