@@ -39,6 +39,7 @@ from tests.test_ml_api import LINEAR_BODY, NETWORK_BODY, deploy_and_train
 PY = sys.executable
 ECHO_MODEL = Path(__file__).with_name("support") / "echo_model.py"
 TOKEN = "grpc-test-token-0123456789"
+LIMIT = 6 << 20  # serving.max_request_bytes of the agent under test: above grpcio's 4 MiB default
 NUMPY_TYPES = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
                "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "FP16": np.float16,
                "FP32": np.float32, "FP64": np.float64}
@@ -58,7 +59,8 @@ def deploy_echo(agent: AgentProcess, name: str, env: dict[str, str] | None = Non
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """One agent with gRPC on, serving the example linear model and two echo models."""
-    agent = AgentProcess(tmp_path_factory.mktemp("v2grpc"), {"serving": {"grpc_port": free_port()}}).start()
+    agent = AgentProcess(tmp_path_factory.mktemp("v2grpc"),
+                         {"serving": {"grpc_port": free_port(), "max_request_bytes": LIMIT}}).start()
     try:
         scripts = agent.workdir / "scripts"
         scripts.mkdir()
@@ -206,6 +208,19 @@ def test_typed_contents_and_raw_counts(stub: pb_grpc.GRPCInferenceServiceStub) -
         stub.ModelInfer(two_raws, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("raw_input_contents: has 2 entries for 1 inputs"), caught.value.details()
+
+
+def test_messages_follow_max_request_bytes(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """Past grpcio's own 4 MiB default up to serving.max_request_bytes (this one is then read,
+    and refused for its size against its shape); over it, refused before it is read."""
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(infer_request("UINT8", [3], b"\x00" * (5 << 20)), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(f"raw_input_contents[0] (input 'pixels'): is {5 << 20} bytes")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(infer_request("UINT8", [3], b"\x00" * (LIMIT + 1)), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live
 
 
 def test_unknown_and_unserved_models(served: AgentProcess, stub: pb_grpc.GRPCInferenceServiceStub) -> None:

@@ -2,8 +2,9 @@
 agent.address:serving.grpc_port, started after the serving manager and stopped before it.
 
 A port that cannot be bound stops the start (ListenError names it), like the HTTP port.
-With agent.tls, gRPC serves the same certificate. Messages (each way) are capped at
-MAX_MESSAGE_BYTES; a bigger one gets RESOURCE_EXHAUSTED from grpcio itself."""
+With agent.tls, gRPC serves the same certificate. Messages are capped at
+serving.max_request_bytes, as V2 bodies over HTTP, each way (an echoing model answers what
+it was sent); a bigger one gets RESOURCE_EXHAUSTED from grpcio itself, before it is read."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from cnetd.server import ListenError
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 << 20  # a 4M-value FP32 tensor; the HTTP body cap is cnetd.app.MAX_BODY_BYTES
 STOP_GRACE = 2.0  # seconds calls in flight get at shutdown
 
 
@@ -39,8 +39,9 @@ async def start(agent: Agent, port: int) -> aio.Server:
     config = agent.config
     address = config.agent.address
     gate = Gate(Authenticator(config.auth.tokens, config.auth.metrics_public), TaskCallerGuard(config), address, port)
-    server = aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    limit = config.serving.max_request_bytes
+    server = aio.server(options=[("grpc.max_receive_message_length", limit),
+                                 ("grpc.max_send_message_length", limit),
                                  ("grpc.so_reuseport", 0)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(agent, gate), server)
     target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
