@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
+from cnetd.api.bodylimit import body_limit_middleware
 from cnetd.api.cluster import owner_middleware
 from cnetd.api.errors import error_for, error_middleware
 from cnetd.api.jsonbody import json_only_middleware
@@ -50,7 +51,7 @@ from cnetd.ui.routes import add_ui_routes
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # every route's but inference's (cnetd/api/bodylimit.py)
 STORE = web.AppKey("store", Database)
 RETENTION = web.AppKey("retention", Retention)
 INGESTER = web.AppKey("ingester", LogIngester)
@@ -107,6 +108,9 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         cluster_token_middleware(None if config.cluster is None else ClusterToken(config.cluster.token)),
         auth_middleware(authenticator),
         json_only_middleware(error_for),
+        # V2 infer and predict bodies, up to serving.max_request_bytes (others: MAX_BODY_BYTES),
+        # read only once the caller is known; before the owner relay, which sends them on
+        body_limit_middleware(config.serving.max_request_bytes, error_for),
         owner_middleware,  # in a cluster, a task or model that lives on another node is answered there
     ]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
@@ -127,11 +131,28 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         _resource_sampler,
         _cluster,
         _scheduler,
+        _grpc,
     ])
     add_api_routes(app)
     add_login_routes(app)
     add_ui_routes(app)
     return app
+
+
+async def _grpc(app: web.Application) -> AsyncIterator[None]:
+    """The V2 gRPC service, when serving.grpc_port is set (imported only then: cnetd/grpcapi)."""
+    agent = app[AGENT]
+    port = agent.config.serving.grpc_port
+    if port is None:
+        yield
+        return
+    from cnetd.grpcapi import server
+
+    grpc_server = await server.start(agent, port)
+    try:
+        yield
+    finally:
+        await server.stop(grpc_server)
 
 
 async def _store(app: web.Application, config: Config) -> AsyncIterator[None]:

@@ -6,14 +6,16 @@
 # It makes its own build venv (build/venv) holding only the agent's runtime dependencies and
 # PyInstaller (the `build` extra of pyproject.toml), at the versions pinned in constraints.txt
 # (the lock, as for bin/setup-venv), so nothing from a development venv
-# (TensorFlow, scikit-learn, numpy) can leak into the binary. Everything it writes or caches
+# (TensorFlow, scikit-learn) can leak into the binary; numpy is a runtime dependency (the V2
+# binary tensor codec) and goes in. Everything it writes or caches
 # stays in the checkout: build/ (venv, pip cache, PyInstaller's cache and work dir) and dist/.
 # A second build with unchanged inputs reuses the venv and takes well under a minute.
 #
 # Environment:
 #   PYTHON=/path/to/python3.11   interpreter for the build venv (default: the first Python
 #                                >= 3.11 on PATH with a shared libpython, which PyInstaller needs)
-#   CNET_BUILD_STRIP=0           keep the symbols of bundled libraries (default: stripped)
+#   CNET_BUILD_STRIP=0           keep the symbols of bundled libraries (default: stripped, all
+#                                but the wheels' vendored *.libs/, see the spec)
 #   DIST=dir                     where cnet-agent is written (default: dist/)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -98,6 +98,8 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     assert cfg.ml.port_range == PortRange(9000, 9100)
     assert cfg.ml.resource_limits == ResourceLimits(1.0, 536870912, 1073741824, 0)
     assert cfg.ml.timeout == 30.0
+    assert cfg.serving.max_request_bytes == 64 * 1024 * 1024
+    assert load_text(tmp_path, "serving: {max_request_bytes: 8MiB}\n").serving.max_request_bytes == 8 * 1024 * 1024
 
 
 def test_comment_only_file_and_empty_sections_are_defaults(tmp_path: Path) -> None:
@@ -323,6 +325,9 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
         ("ml: {resource_limits: {memory_limit: lots}}\n",
          "ml.resource_limits.memory_limit: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'lots'"),
         ("ml: {resource_limits: {disk_limit: 0}}\n", "ml.resource_limits.disk_limit: must be a size > 0, got 0"),
+        ("serving: {max_request_bytes: 0}\n", "serving.max_request_bytes: must be a size > 0, got 0"),
+        ("serving: {max_request_bytes: huge}\n",
+         "serving.max_request_bytes: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'huge'"),
         ("ml: {resource_limits: {gpu_limit: -1}}\n", "ml.resource_limits.gpu_limit: must be an integer >= 0, got -1"),
         ("ml: {model_path: ''}\n", "ml.model_path: must be a path, got ''"),
         ("discovery: {servers: ['ftp://p']}\n", "discovery.servers[0]: must be a URL like http://host:8080, got 'ftp://p'"),
@@ -444,7 +449,7 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert data["agent"]["heartbeat"] == 30.0
     assert data["ml"]["model_path"] == str(tmp_path / "models")
     assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
-    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "cluster"}
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "serving", "cluster"}
     assert data["cluster"] is None  # no cluster section: a single node
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
@@ -567,6 +572,16 @@ def test_auth_tokens_from_file_and_env_are_redacted_in_to_dict(tmp_path: Path) -
     assert "0123456789" not in repr(config.auth)
     from_env = load_config(path, environ={"CNET_AUTH_TOKEN": "env-token-0123456789abcdef"})
     assert "env-token-0123456789abcdef" in from_env.auth.tokens
+
+
+def test_grpc_port_is_off_unless_set_and_checked_like_a_port(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "").serving.grpc_port is None
+    assert load_text(tmp_path, "serving:\n  grpc_port: 8081\n").serving.grpc_port == 8081
+    label = str(tmp_path / "config.yaml")
+    for value in ("0", "70000", "ten", "true"):
+        assert error_of(tmp_path, f"serving:\n  grpc_port: {value}\n").startswith(f"{label}: serving.grpc_port: must be"), value
+    assert error_of(tmp_path, "agent:\n  port: 9000\nserving:\n  grpc_port: 9000\n") == (
+        f"{label}: serving.grpc_port: must differ from agent.port (9000): gRPC and HTTP each need a port of their own")
 
 
 def test_short_tokens_and_missing_token_files_are_errors(tmp_path: Path) -> None:

@@ -97,8 +97,9 @@ def test_version_and_check_config(binary: Path, tmp_path: Path) -> None:
 
 
 def test_binary_carries_its_files_and_no_ml_stack(binary: Path) -> None:
-    """Templates, static files, migrations and the serving worker are inside; TensorFlow,
-    scikit-learn and numpy (which only models use, with their own python) are not."""
+    """Templates, static files, migrations, the serving worker and numpy (the V2 binary
+    tensor codec's) are inside; TensorFlow and scikit-learn (which only models use, with
+    their own python) are not."""
     lister = (
         "import sys\n"
         "from PyInstaller.archive.readers import CArchiveReader, ZlibArchiveReader\n"
@@ -112,12 +113,14 @@ def test_binary_carries_its_files_and_no_ml_stack(binary: Path) -> None:
     listing = run([str(REPO / "build" / "venv" / "bin" / "python"), "-c", lister, str(binary)])
     assert listing.returncode == 0, listing.stderr
     names = set(listing.stdout.split())
-    wanted = {"cnetd/store/migrations/0001_initial.sql", "cnetd.cli", "cnetd.app"}
+    wanted = {"cnetd/store/migrations/0001_initial.sql", "cnetd.cli", "cnetd.app",
+              "cnetd.grpcapi.server", "cnetd.grpcapi.grpc_predict_v2_pb2", "grpc", "google.protobuf"}
     wanted |= {f"templates/{p.relative_to(REPO / 'templates')}" for p in (REPO / "templates").rglob("*") if p.is_file()}
     if (REPO / "cnetd/ml/serving/worker.py").exists():
         wanted.add("cnetd/ml/serving/worker.py")
     assert wanted <= names, sorted(wanted - names)
-    ml_packages = {"tensorflow", "keras", "sklearn", "numpy", "scipy", "pandas", "joblib"}
+    assert "numpy" in {n.split(".")[0].split("/")[0] for n in names}
+    ml_packages = {"tensorflow", "keras", "sklearn", "scipy", "pandas", "joblib"}
     heavy = sorted(n for n in names if n.split(".")[0].split("/")[0] in ml_packages)
     assert heavy == []
     assert binary.stat().st_size < 40 * 1024 * 1024
@@ -127,7 +130,8 @@ def test_binary_carries_its_files_and_no_ml_stack(binary: Path) -> None:
 def test_binary_serves_the_api_and_ui_and_trains_a_model(binary: Path, agent_factory: Callable[..., AgentProcess],
                                                          tmp_path: Path) -> None:
     # The binary runs models with the python the command names, found on PATH: .venv first.
-    roots = {"ml": {"allowed_roots": [str(tmp_path / "agent"), str(REPO / "examples"), VENV_ROOT]}}
+    roots = {"ml": {"allowed_roots": [str(tmp_path / "agent"), str(REPO / "examples"), VENV_ROOT]},
+             "serving": {"grpc_port": free_port()}}
     agent = agent_factory(roots, command=[str(binary)], env={"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     agent.start()
     health = agent.api.get("/api/health")
@@ -156,6 +160,17 @@ def test_binary_serves_the_api_and_ui_and_trains_a_model(binary: Path, agent_fac
     predicted = agent.api.post(f"/api/ml/models/{model['id']}/predict?wait=true", {"input_data": 5.5})
     assert predicted.status == 200, predicted.text
     assert predicted.body["served_by"] and abs(predicted.body["prediction"] - 14.0) < 0.2
+
+    # V2 over gRPC from the binary (grpcio and protobuf are bundled), with the official client.
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    with triton.InferenceServerClient(f"127.0.0.1:{agent.config['serving']['grpc_port']}") as grpc_client:
+        assert grpc_client.is_server_live()
+        x = triton.InferInput("x", [1, 1], "FP64")
+        x.set_data_from_numpy(np.array([[5.5]]))
+        answer = grpc_client.infer("linear-regression-model", [x]).as_numpy("predictions")
+        assert answer.tolist() == [predicted.body["prediction"]]
 
     # Task processes get the environment the binary was started with, not the bundle's.
     probe = "import os; print(sorted(k for k in os.environ if k.startswith(('LD_LIBRARY_PATH', '_PYI', '_MEI'))))"

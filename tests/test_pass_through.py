@@ -16,6 +16,7 @@ import asyncio
 import gzip
 import http.client
 import json
+import struct
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -34,6 +35,8 @@ CHUNK = 1024 * 1024
 # 1 GiB of zeros as 100 gzip members of 10 MiB each: about 1 MB on the wire.
 BOMB_MEMBER = gzip.compress(b"\0" * (10 * 1024 * 1024), compresslevel=9)
 BOMB = BOMB_MEMBER * 100
+BINARY_HEAD = b'{"outputs":[{"name":"y","datatype":"UINT8","shape":[3],"parameters":{"binary_data_size":3}}]}'
+BINARY_TENSOR = b"\x01\x02\x03"
 
 
 async def hostile_answer(request: web.Request, _body: bytes) -> web.StreamResponse:
@@ -74,6 +77,13 @@ async def hostile_answer(request: web.Request, _body: bytes) -> web.StreamRespon
             await asyncio.sleep(0.1)
         await response.write_eof()
         return response
+    if name in ("infer", "blob"):  # a V2 binary answer, honest or not (?header=), or of ?size= bytes
+        header = request.query.get("header", str(len(BINARY_HEAD)))
+        headers = {"Content-Type": "application/octet-stream"}
+        if header != "none":
+            headers["Inference-Header-Content-Length"] = header
+        tensor = b"\x01" * int(request.query["size"]) if "size" in request.query else BINARY_TENSOR
+        return web.Response(body=BINARY_HEAD + tensor, headers=headers)
     return web.json_response({"error": "no such thing"}, status=404)
 
 
@@ -117,6 +127,17 @@ def raw_get(agent: AgentProcess, path: str, timeout: float = 30) -> tuple[int, d
         except (http.client.IncompleteRead, ConnectionError) as exc:
             problem = type(exc).__name__
         return response.status, dict(response.getheaders()), body, problem
+    finally:
+        conn.close()
+
+
+def raw_post(agent: AgentProcess, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """POST with exactly these headers (and the agent's token): http.client adds no Content-Type."""
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {agent.api.token}", **headers})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
 
@@ -258,3 +279,66 @@ async def test_an_answer_must_complete_in_time(stand_in: StandIn) -> None:
             assert outcome == "cut", outcome  # its first byte was sent at once: cut, not completed
     finally:
         await runner.cleanup()
+
+
+def test_a_binary_infer_passes_through_byte_for_byte(agent: AgentProcess, stand_in: StandIn, etcd: EtcdCluster) -> None:
+    """The body, its Content-Type or the lack of one, and Inference-Header-Content-Length reach
+    the node as sent; its binary answer comes back with its header, sandboxed like any other."""
+    register(agent, stand_in, etcd)
+    body = b'{"inputs":[{"name":"x","datatype":"BYTES","shape":[1],"parameters":{"binary_data_size":6}}]}' \
+           + struct.pack("<I", 2) + b"\x00\xff"
+    length = str(len(body) - 6)
+    for sent_type in (None, "application/octet-stream"):
+        headers = {"Inference-Header-Content-Length": length, **({"Content-Type": sent_type} if sent_type else {})}
+        status, answer, raw = raw_post(agent, "/api/nodes/hostile/v2/models/m/infer", body, headers)
+        assert status == 200 and raw == BINARY_HEAD + BINARY_TENSOR, (status, raw[:300])
+        assert answer["Content-Type"] == "application/octet-stream", answer
+        assert answer["Inference-Header-Content-Length"] == str(len(BINARY_HEAD))
+        assert answer["X-Content-Type-Options"] == "nosniff" and "sandbox" in answer["Content-Security-Policy"]
+        seen = stand_in.seen[-1]
+        assert seen.raw_path == "/v2/models/m/infer" and seen.body == body
+        assert seen.headers["Inference-Header-Content-Length"] == length
+        assert seen.headers.get("Content-Type") == sent_type, seen.headers
+
+
+def test_a_binary_answer_may_be_as_large_as_an_inference_request(agent: AgentProcess, stand_in: StandIn,
+                                                                   etcd: EtcdCluster) -> None:
+    """A V2 infer's answer passes up to serving.max_request_bytes (64 MiB here), beyond the
+    16 MiB of every other answer, and is cut past it."""
+    register(agent, stand_in, etcd)
+    headers = {"Inference-Header-Content-Length": "2", "Content-Type": "application/octet-stream"}
+    size = relay.MAX_ANSWER_BYTES + CHUNK
+    status, _, raw = raw_post(agent, f"/api/nodes/hostile/v2/models/m/infer?size={size}", b"{}", headers)
+    assert status == 200 and len(raw) == len(BINARY_HEAD) + size, (status, len(raw))
+    status, _, raw = raw_post(agent, f"/api/nodes/hostile/v2/models/m/infer?size={64 * CHUNK}", b"{}", headers)
+    assert status == 502 and "passed through" in json.loads(raw)["error"], (status, raw[:300])
+
+
+@pytest.mark.parametrize(("path", "problem"), [
+    ("/api/nodes/hostile/api/blob", "answered with application/octet-stream; only application/json"),
+    ("/api/nodes/hostile/v2/models/m/infer?header=none", "without Inference-Header-Content-Length"),
+    ("/api/nodes/hostile/v2/models/m/infer?header=12abc", "'12abc', not a number of bytes"),
+    ("/api/nodes/hostile/v2/models/m/infer?header=-1", "'-1', not a number of bytes"),
+    ("/api/nodes/hostile/v2/models/m/infer?header=100000", "100000, past the end of its"),
+])
+def test_a_binary_answer_only_for_an_infer_and_only_with_a_true_header(path: str, problem: str, agent: AgentProcess,
+                                                                       stand_in: StandIn, etcd: EtcdCluster) -> None:
+    """A hostile node's octet-stream: refused (502) off the infer routes, and on them without a
+    plain Inference-Header-Content-Length inside its body; none of its bytes come back."""
+    register(agent, stand_in, etcd)
+    headers = {"Inference-Header-Content-Length": "2", "Content-Type": "application/octet-stream"}
+    status, answer, raw = raw_post(agent, path, b"{}", headers) if "/v2/" in path else raw_get(agent, path)[:3]
+    assert status == 502 and answer["Content-Type"].startswith("application/json"), (status, raw[:300])
+    assert problem in json.loads(raw)["error"] and BINARY_TENSOR not in raw
+    assert "Inference-Header-Content-Length" not in answer
+
+
+def test_a_binary_body_is_refused_off_the_infer_routes_before_it_leaves(agent: AgentProcess, stand_in: StandIn,
+                                                                       etcd: EtcdCluster) -> None:
+    register(agent, stand_in, etcd)
+    headers = {"Inference-Header-Content-Length": "2", "Content-Type": "application/octet-stream"}
+    for path in ("/api/nodes/hostile/api/tasks", "/api/nodes/hostile/v2/models/m/ready",
+                 "/api/nodes/hostile/v2/models/m/infer/x", "/api/nodes/hostile/v2/models/m/versions/1/2/infer"):
+        status, _, raw = raw_post(agent, path, b"{}\x00\x01", headers)
+        assert status == 415 and b"binary tensor data is for V2 infer only" in raw, (path, status, raw[:300])
+    assert stand_in.seen == []

@@ -171,10 +171,16 @@ def test_bodies_a_cross_site_page_could_send_are_refused_on_every_unsafe_route(s
     assert agent.api.get(f"/api/ml/models/{agent.model_id}").body["serving"]["state"] == "serving"  # type: ignore[attr-defined]
 
 
-def test_binary_tensor_extension_is_not_there_yet(served: AgentProcess) -> None:
-    reply = served.api.post(INFER, raw=b"\x00" * 16, headers={"Content-Type": "application/octet-stream",
-                                                               "Inference-Header-Content-Length": "0"})
-    assert reply.status == 415 and "binary tensor extension" in reply.body["error"], reply.text
+def test_binary_tensor_bodies_pass_only_on_the_infer_routes(served: AgentProcess) -> None:
+    binary = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "2"}
+    reply = served.api.post(INFER, raw=b"{}", headers=binary)
+    assert reply.status == 400 and reply.body["error"].startswith("inputs:"), reply.text  # past the 415: parsed
+    for method, path in unsafe_routes(served):
+        if not path.endswith("/infer"):
+            refused = served.api.request(method, path, raw=b"{}", headers=binary)
+            assert refused.status == 415 and "binary tensor data is for V2 infer only" in refused.body["error"], refused.text
+            bare = served.api.request(method, path, raw=b"{}", headers={**binary, "Content-Type": ""})
+            assert bare.status == 415, (path, bare.text)
     plain = served.api.post(INFER, raw=b"\x00" * 16, headers={"Content-Type": "application/octet-stream"})
     assert plain.status == 415 and "must be application/json" in plain.body["error"], plain.text
 

@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
+from cnetd.api.bodylimit import body_of
 from cnetd.api.errors import read_json
 from cnetd.api.serialize import json_response
 from cnetd.clock import utc_now
@@ -119,10 +120,10 @@ async def forward(request: web.Request, node_id: str, path: str, started: float)
     peers = peers_of(request.app[AGENT], node_id)
     raw_query = request.rel_url.raw_query_string
     path_qs = path + (f"?{raw_query}" if raw_query else "")
-    body = await request.read() if request.can_read_body else None
+    body = await body_of(request) if request.body_exists else None
     answer = await peers.call(node_id, request.method, path_qs, body, request.headers)
     async with answer:
-        return await relay.relay(request, answer, node_id, peers.relay_limits, started)
+        return await relay.relay(request, answer, node_id, peers.relay_limits, started, relay.is_v2_infer(path))
 
 
 # Routes about one task or model, by id: in a cluster, a call for an id this node does not

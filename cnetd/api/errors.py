@@ -9,10 +9,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cnetd.api.bodylimit import body_of
 from cnetd.api.jsonbody import decode_json
 from cnetd.api.serialize import json_bytes
 from cnetd.clock import utc_now
 from cnetd.errors import DomainError
+from cnetd.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def _http_message(exc: web.HTTPException, request: web.Request) -> str:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return f"method {request.method} not allowed on {request.path} (allowed: {allowed})"
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return "request body too large"
+        return f"request body too large: this route takes at most {format_size(request.client_max_size)}"
     return exc.reason
 
 
@@ -60,7 +62,7 @@ def _wants_json(request: web.Request) -> bool:
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or a 4xx saying what is wrong with it. That it is JSON at
     all (Content-Type) was checked before the handler ran (jsonbody.json_only_middleware)."""
-    return decode_json(await request.read())
+    return decode_json(await body_of(request))
 
 
 def error_for(request: web.Request, status: int, message: str) -> web.Response:

@@ -17,14 +17,18 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.bodies.jsonvalue import lone_surrogate
+from cnetd.cluster.relay import is_v2_infer
 from cnetd.errors import DomainError, Invalid
 
 MAX_JSON_DEPTH = 64
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_PREFIXES = ("/api/", "/v2/")
-# The V2 binary tensor extension (application/octet-stream plus this header) is not
-# implemented yet: such a request gets the 415 too, with a message that says so.
+# The V2 binary tensor extension: application/octet-stream (or no Content-Type) plus this
+# header, on the infer routes alone, also when passed through to a node (a cross-site page
+# cannot send a custom header without a CORS preflight, which the agent does not answer).
 BINARY_HEADER = "Inference-Header-Content-Length"
+BINARY_ROUTES = frozenset({"v2-infer", "v2-infer-version"})
+PASS_THROUGH_ROUTE = "node-through-post"
 
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
@@ -55,9 +59,27 @@ def media_problem(request: web.Request) -> str | None:
     content_type = request.content_type if declared is not None else ""
     if is_json_type(content_type):
         return None
-    if content_type == "application/octet-stream" and BINARY_HEADER in request.headers:
-        return "the binary tensor extension (application/octet-stream) is not supported; send application/json"
+    if content_type in ("application/octet-stream", "") and BINARY_HEADER in request.headers:
+        # No Content-Type at all is what the official Triton client sends with the header.
+        if takes_binary(request):
+            return None
+        return f"Content-Type must be application/json, got {content_type} (binary tensor data is for V2 infer only)"
     return f"Content-Type must be application/json, got {content_type or 'none'}"
+
+
+def passed_through(request: web.Request) -> str | None:
+    """For a POST to /api/nodes/{id}/{tail}: "/{tail}" as sent (raw, no query); else None."""
+    if request.method != "POST" or request.match_info.route.name != PASS_THROUGH_ROUTE:
+        return None
+    return "/" + request.rel_url.raw_path.split("/", 4)[4]
+
+
+def takes_binary(request: web.Request) -> bool:
+    """A V2 infer, here or passed through to a node (/api/nodes/{id}/v2/models/.../infer)."""
+    tail = passed_through(request)
+    if tail is not None:
+        return is_v2_infer(tail)
+    return request.method == "POST" and request.match_info.route.name in BINARY_ROUTES
 
 
 def json_only_middleware(respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:

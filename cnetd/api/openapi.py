@@ -260,8 +260,10 @@ ERROR_TEXT = {
     403: "the caller is one of this agent's tasks (or a local socket whose owner cannot be told) and sent no valid token",
     404: "no such id",
     409: "the task has already ended, or the model has no model file yet",
-    413: "the body is larger than 1 MiB",
-    415: "a body (or a Content-Type) that is not application/json, on any POST or DELETE",
+    413: "the body is larger than 1 MiB (V2 infer and predict: serving.max_request_bytes, 64 MiB unless set; the "
+         "message names the bound)",
+    415: "a body (or a Content-Type) that is not application/json, on any POST or DELETE (V2 infer also takes "
+         "application/octet-stream with Inference-Header-Content-Length)",
     421: "the Host header does not name this agent (see agent.allowed_hosts)",
     422: "the model's script rejected the input; for placed work: no node of the cluster fits (details.reasons: a line per node)",
     429: "the model's request queue is full",
@@ -340,6 +342,27 @@ ELSEWHERE = (". In a cluster, a model with no ready replica on this node is answ
              "(X-CNET-Node names it); 503 'unavailable: no live node holds model ...' when none does")
 
 
+# The V2 binary tensor data extension: a JSON header (V2InferRequest / V2InferResponse) of
+# Inference-Header-Content-Length bytes, then each tensor's raw bytes (parameters.binary_data_size).
+V2_BINARY = {"application/octet-stream": {"schema": {
+    "type": "string", "format": "binary",
+    "description": "Inference-Header-Content-Length bytes of JSON header, then the tensors' little-endian bytes "
+                   "in order (parameters.binary_data_size each; BYTES elements have 4-byte length prefixes)"}}}
+V2_BINARY_HEADER = {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "with Content-Type application/octet-stream: the JSON header's length in bytes"}
+
+
+def v2_infer_operation(params: list[Schema], suffix: str) -> Schema:
+    answers = responses({200: ("outputs (binary when an output asks for binary_data, or the request for "
+                               "binary_data_output)", ref("V2InferResponse"))},
+                        (400, 404, 409, 413, 415, 429, 502, 503, 504), v2=True)
+    answers["200"]["content"].update(V2_BINARY)
+    request_body = body("V2InferRequest")
+    request_body["content"].update(V2_BINARY)
+    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER], request_body, op_id=f"v2Infer{suffix}")
+
+
 def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[str, Schema]:
     params = [NAME_PARAM, *extra_params]
     return {
@@ -348,9 +371,7 @@ def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[s
             op_id=f"v2ModelMetadata{suffix}")},
         base + "/ready": {"get": operation(f"V2 model readiness{ELSEWHERE}", responses(
             {200: ("ready", ref("Object"))}, (404, 502, 503, 504), v2=True), params, op_id=f"v2ModelReady{suffix}")},
-        base + "/infer": {"post": operation(f"V2 inference{ELSEWHERE}", responses(
-            {200: ("outputs", ref("V2InferResponse"))}, (400, 404, 409, 413, 415, 429, 502, 503, 504), v2=True),
-            params, body("V2InferRequest"), op_id=f"v2Infer{suffix}")},
+        base + "/infer": {"post": v2_infer_operation(params, suffix)},
     }
 
 
@@ -408,8 +429,10 @@ def build_document() -> Schema:
         "/api/nodes/{node_id}/{tail}": {
             method: operation(
                 f"{method.upper()} /{{tail}} on that node (tail starts with api/ or v2/): its answer, when it "
-                "is JSON, server-sent events or plain text of at most 16 MiB (nosniff, sandboxed); a path with dot "
-                "segments or encoded separators is refused",
+                "is JSON, server-sent events or plain text of at most 16 MiB (nosniff, sandboxed), or for a V2 infer "
+                "binary tensor data (application/octet-stream with Inference-Header-Content-Length, both ways; up to "
+                "serving.max_request_bytes when that is more); a path with dot segments or encoded separators is "
+                "refused",
                 {"default": {"description": "the node's answer, whatever its status"},
                  **responses({}, (400, 404, 413, 415, 502, 503, 504))},
                 [NODE_PARAM, {"name": "tail", "in": "path", "required": True, "schema": STRING}],

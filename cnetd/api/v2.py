@@ -5,6 +5,10 @@ models share a name, the newest one answers for the bare name. Errors are {"erro
 404 unknown model or version, 409 a known model that is not being served (serve it first),
 503 served but no worker ready in time, 400 a bad tensor (or the worker's own message when
 it rejects the input), 429 a full queue, 504 a worker that did not answer in time.
+
+Infer also takes the binary tensor data extension (cnetd/ml/serving/binary.py): an
+application/octet-stream body with Inference-Header-Content-Length, and answers binary
+when an output asks for binary_data (or the request for binary_data_output).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-from cnetd import __version__
 from cnetd.agent import AGENT, Agent
-from cnetd.api.jsonbody import decode_json
+from cnetd.api.bodylimit import body_of
+from cnetd.api.jsonbody import BINARY_HEADER, decode_json
 from cnetd.api.v2_cluster import answer_elsewhere, held_nowhere
 from cnetd.errors import DomainError, NotFound
-from cnetd.ml.serving.protocol import OUTPUT_NAME, output_tensor, parse_infer_request
-from cnetd.ml.serving.served import Served
+from cnetd.ml.serving import v2calls
+from cnetd.ml.serving.binary import OCTET_STREAM, binary_body, encode_tensor, header_length
+from cnetd.ml.serving.protocol import parse_infer_request
 from cnetd.store.models import ModelRecord
 
 RETRY_AFTER = {429: "1", 503: "1"}
@@ -40,17 +45,14 @@ def v2_error(status: int, message: str) -> web.Response:
 async def _known(agent: Agent, name: str, version: str | None) -> ModelRecord | web.Response:
     """The model a name (and version) addresses, or the 404 saying what is unknown."""
     try:
-        return await agent.models.addressed(name, version)
+        return await v2calls.known(agent, name, version)
     except NotFound as exc:
         return v2_error(404, exc.message)
 
 
 def _not_served(record: ModelRecord) -> web.Response:
-    state = (record.serving or {}).get("state")
-    hint = f"POST /api/ml/models/{record.id}/serve to start it"
-    if state == "awaiting_training":
-        return v2_error(503, f"model {record.name} is not served yet: it is served once its training completes")
-    return v2_error(409, f"model {record.name} is not being served; {hint}")
+    error = v2calls.not_served(record)
+    return v2_error(error.status, error.message)
 
 
 def _address(request: web.Request) -> tuple[str, str | None]:
@@ -62,28 +64,14 @@ async def server_live(request: web.Request) -> web.Response:
 
 
 async def server_ready(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    waiting = [s.name for s in agent.serving.all_served() if s.ready_replicas == 0]
-    if not agent.config.ml.enabled:
-        return _json({"ready": False, "error": "ML support is disabled on this node"}, 503)
-    if waiting:
-        return _json({"ready": False, "error": f"no ready worker for: {', '.join(sorted(waiting))}"}, 503)
+    why = v2calls.not_ready_reason(request.app[AGENT])
+    if why is not None:
+        return _json({"ready": False, "error": why}, 503)
     return _json({"ready": True})
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return _json({"name": "cnetd", "version": __version__, "extensions": []})
-
-
-def _metadata(record: ModelRecord, served: Served | None, versions: list[str]) -> dict[str, Any]:
-    n = served.n_features if served is not None else None
-    return {
-        "name": record.name,
-        "versions": versions,
-        "platform": f"cnetd/{record.model_type}",
-        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, n if n is not None else -1]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}],
-    }
+    return _json(v2calls.server_metadata())
 
 
 async def model_metadata(request: web.Request) -> web.StreamResponse:
@@ -92,8 +80,7 @@ async def model_metadata(request: web.Request) -> web.StreamResponse:
     known = await _known(agent, name, version)
     if isinstance(known, web.Response):
         return await answer_elsewhere(request, name, version) or await held_nowhere(request, name, version) or known
-    records = await agent.models.named(known.name)
-    return _json(_metadata(known, agent.serving.find(known.id), [r.id for r in records]))
+    return _json(await v2calls.model_metadata(agent, known))
 
 
 async def model_ready(request: web.Request) -> web.StreamResponse:
@@ -107,11 +94,13 @@ async def model_ready(request: web.Request) -> web.StreamResponse:
         return elsewhere
     if served is None and (gone := await held_nowhere(request, name, version)) is not None:
         return gone
-    known = await _known(agent, name, version)
-    if isinstance(known, web.Response):
-        return known
-    why = "no worker is ready yet" if served is not None else "it is not being served"
-    return _json({"name": known.name, "ready": False, "error": f"model {known.name} is not ready: {why}"}, 503)
+    try:
+        readiness = await v2calls.model_readiness(agent, name, version)
+    except NotFound as exc:
+        return v2_error(404, exc.message)
+    if readiness.ready:
+        return _json({"name": readiness.name, "ready": True})
+    return _json({"name": readiness.name, "ready": False, "error": readiness.why}, 503)
 
 
 async def infer(request: web.Request) -> web.StreamResponse:
@@ -130,16 +119,23 @@ async def infer(request: web.Request) -> web.StreamResponse:
         known = await _known(agent, name, version)
         return known if isinstance(known, web.Response) else _not_served(known)
     try:
-        body = decode_json(await request.read())
-        parsed = parse_infer_request(body)
-        answer = await served.predict(parsed.instances)
+        raw = await body_of(request)  # read under serving.max_request_bytes (api/bodylimit.py)
+        binary: memoryview | None = None
+        if request.content_type == OCTET_STREAM:  # (also when none is sent) the middleware let it through only with BINARY_HEADER
+            length = header_length(request.headers[BINARY_HEADER], len(raw))
+            body, binary = decode_json(raw[:length]), memoryview(raw)[length:]
+        else:
+            body = decode_json(raw)
+        parsed = parse_infer_request(body, binary)
+        reply = await v2calls.infer(served, parsed)
     except DomainError as exc:
         return v2_error(exc.status, exc.message)
-    reply: dict[str, Any] = {
-        "model_name": served.name,
-        "model_version": served.id,
-        "outputs": [output_tensor(parsed.output_name, answer.predictions)],
-    }
-    if parsed.id is not None:
-        reply["id"] = parsed.id
-    return _json(reply)
+    if not parsed.binary_output:
+        return _json(reply)
+    (output,) = reply["outputs"]
+    data = encode_tensor(output.pop("data"), output["datatype"])
+    output["parameters"] = {"binary_data_size": len(data)}
+    payload, head = binary_body(reply, [data])
+    response = web.Response(body=payload, content_type=OCTET_STREAM)
+    response.headers[BINARY_HEADER] = str(head)
+    return response

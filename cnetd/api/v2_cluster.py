@@ -5,8 +5,10 @@ being answered while some replica of the model is alive anywhere.
 Nodes are tried in the EndpointTable's order (never-failed ones taking turns, then the
 longest-ago failed); one that cannot be reached, or that answers 404, 409, 502 or 503 (it
 lost the model or its workers meanwhile) while another is left, is marked failed and the
-next is tried (an inference changes nothing, so sending it again is safe). The answer comes
-back under the relay's rules (JSON only, capped, X-CNET-Node naming the node). A call
+next is tried (an inference changes nothing, so sending it again is safe). The request goes
+on as it came (body bytes, Content-Type or none, Inference-Header-Content-Length); the
+answer comes back under the relay's rules (JSON, or binary tensor data for an infer;
+capped; X-CNET-Node naming the node). A call
 another agent passed on (it carries the cluster token) is answered here or not at all, so
 nothing is passed around in a loop.
 
@@ -21,6 +23,8 @@ import time
 from aiohttp import web
 
 from cnetd.agent import AGENT
+from cnetd.api.bodylimit import body_of
+from cnetd.api.jsonbody import BINARY_ROUTES
 from cnetd.cluster import relay
 from cnetd.cluster.etcd import EtcdError
 from cnetd.errors import DomainError
@@ -57,7 +61,7 @@ async def answer_elsewhere(request: web.Request, name: str, version: str | None)
         return _error(400, exc.message)
     raw_query = request.rel_url.raw_query_string
     path_qs = path + (f"?{raw_query}" if raw_query else "")
-    body = await request.read() if request.can_read_body else None
+    body = await body_of(request) if request.body_exists else None
     tried: list[str] = []
     for i, endpoint in enumerate(endpoints):
         last = i == len(endpoints) - 1
@@ -75,7 +79,8 @@ async def answer_elsewhere(request: web.Request, name: str, version: str | None)
         if answer.status < 500:
             table.answered(endpoint.node_id)
         async with answer:
-            return await relay.relay(request, answer, endpoint.node_id, cluster.peers.relay_limits, started)
+            binary = request.match_info.route.name in BINARY_ROUTES
+            return await relay.relay(request, answer, endpoint.node_id, cluster.peers.relay_limits, started, binary)
     return _error(503, f"unavailable: no node holding model {name} answered ({'; '.join(tried)})")
 
 

@@ -4,8 +4,9 @@
 The node's address comes from etcd (NodeDirectory.resolve: its advertise_url), never from
 the caller. The call carries the cluster token (X-CNET-Cluster-Token), which the other
 agent checks instead of an API token, and the hop headers that stop a loop; of the
-caller's headers only Content-Type, Accept and Last-Event-ID go on (never its
-Authorization or cookies). The answer comes back under the relay's rules (cluster.relay).
+caller's headers only Content-Type (or its absence), Accept, Last-Event-ID and V2's
+Inference-Header-Content-Length go on (never its Authorization or cookies); the body goes
+on byte for byte. The answer comes back under the relay's rules (cluster.relay).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yarl
 from cnetd.cluster import relay
 from cnetd.cluster.directory import NodeDirectory
 from cnetd.errors import BadGateway, DomainError, Invalid, NotFound, TimedOut, Unavailable
+from cnetd.ml.serving.binary import HEADER as BINARY_HEADER
 from cnetd.security.cluster_token import ClusterToken
 
 # Calls may wait for a prediction (?wait=true), so they get the time a prediction task may
@@ -30,7 +32,7 @@ CONNECT_SECONDS = 5.0
 HOP_HEADER = "X-CNET-Forwarded-By"
 HOPS_HEADER = "X-CNET-Forwarded-By-Hops"
 MAX_HOPS = 8
-PASSED_HEADERS = ("Content-Type", "Accept", "Last-Event-ID")
+PASSED_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", BINARY_HEADER)
 MAX_JSON_ANSWER = 4 * 1024 * 1024  # a task, its events or its log tail, read whole
 
 
@@ -41,12 +43,13 @@ def describe(exc: BaseException) -> str:
 
 
 class PeerCaller:
-    def __init__(self, node_id: str, directory: NodeDirectory, token: ClusterToken, answer_seconds: float) -> None:
+    def __init__(self, node_id: str, directory: NodeDirectory, token: ClusterToken, answer_seconds: float,
+                 inference_bytes: int = relay.MAX_ANSWER_BYTES) -> None:
         self.node_id = node_id
         self.directory = directory
         self.token = token
         self.answer_seconds = answer_seconds + CALL_MARGIN_SECONDS
-        self.relay_limits = relay.Limits(seconds=self.answer_seconds)
+        self.relay_limits = relay.Limits(seconds=self.answer_seconds, inference_bytes=inference_bytes)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -85,9 +88,11 @@ class PeerCaller:
                 out[name] = headers[name]
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_SECONDS, sock_read=self.answer_seconds)
         try:
+            # skip_auto_headers: no Content-Type of aiohttp's making for a body sent without one
+            # (the Triton client's binary requests), so the node sees the request as sent here.
             return await self.session.request(method, yarl.URL(url + path_qs, encoded=True), data=body,
                                               headers=out, timeout=timeout, allow_redirects=False,
-                                              auto_decompress=False)
+                                              auto_decompress=False, skip_auto_headers=("Content-Type",))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.directory.forget(node_id)  # read its address afresh next time
             raise Unavailable(f"node {node_id} ({url}) did not answer: {describe(exc)}", {"node_id": node_id}) from None

@@ -67,7 +67,8 @@ class ClusterNode:
         self.token = ClusterToken(cluster.token)
         self.directory = NodeDirectory(self.etcd, cluster.prefix)
         self.membership = Membership(self.etcd, self.identity.node_id, cluster.prefix, cluster.lease_ttl, describe)
-        self.peers = PeerCaller(self.identity.node_id, self.directory, self.token, config.ml.timeout)
+        self.peers = PeerCaller(self.identity.node_id, self.directory, self.token, config.ml.timeout,
+                                config.serving.max_request_bytes)  # a V2 infer's answer may be as large as its request
         self.view = ClusterView(self.etcd, cluster.prefix, self.directory)
         serving = models.serving
         self.mirror = StatusMirror(self.etcd, cluster.prefix, self.identity.node_id, tasks,

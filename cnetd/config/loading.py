@@ -107,6 +107,10 @@ _SPEC: dict[str, Spec] = {
         "token_file": to.optional(to.path),
         "metrics_public": to.boolean,
     },
+    "serving": {
+        "max_request_bytes": to.positive_size,
+        "grpc_port": to.optional(to.integer(1, 65535)),
+    },
     "cluster": {
         "etcd": {
             "endpoints": to.etcd_endpoints,
@@ -300,6 +304,10 @@ def _assemble(
         if len(token) < 16:
             raise ConfigError(f"{label}: auth.tokens: each token must be at least 16 characters (a short token is guessable)")
     discovery = build("discovery")
+    serving = build("serving")
+    if serving.grpc_port is not None and serving.grpc_port == agent.port:
+        raise ConfigError(f"{label}: serving.grpc_port: must differ from agent.port ({agent.port}): "
+                          "gRPC and HTTP each need a port of their own")
     cluster = fixed.get("cluster")
     if cluster is None and values.get("cluster"):  # no section, or an empty one: a single node
         cluster = assemble_cluster(build("cluster"), agent.node_id, resolve, label)
@@ -312,6 +320,7 @@ def _assemble(
         logs=build("logs"),
         ml=ml,
         auth=auth,
+        serving=serving,
         cluster=cluster,
         source=source,
         warnings=tuple(warnings),

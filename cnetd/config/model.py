@@ -172,6 +172,15 @@ class MLSection:
 
 
 @dataclass(frozen=True)
+class ServingSection:
+    # The largest V2 infer or predict request body, in bytes: 64 MiB holds a batch of 64
+    # 224x224x3 FP32 images as binary tensors, and keeps one request's memory (its body, plus
+    # a copy while it is joined) well within an agent's share of a node.
+    max_request_bytes: int = 64 << 20
+    grpc_port: int | None = None  # the V2 gRPC service's port on agent.address; None: no gRPC
+
+
+@dataclass(frozen=True)
 class AuthSection:
     tokens: tuple[str, ...] = field(default=(), repr=False)
     token_file: Path | None = None
@@ -187,6 +196,7 @@ SECTION_CLASSES: dict[str, type] = {
     "logs": LogsSection,
     "ml": MLSection,
     "auth": AuthSection,
+    "serving": ServingSection,
     "cluster": ClusterSection,
 }
 
@@ -213,6 +223,7 @@ class Config:
     ml: MLSection
     auth: AuthSection = AuthSection()
     logs: LogsSection = LogsSection()
+    serving: ServingSection = ServingSection()
     cluster: ClusterSection | None = None  # None: a single node, nothing about etcd touched
     source: Path | None = None
     warnings: tuple[str, ...] = ()

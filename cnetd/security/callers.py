@@ -88,6 +88,11 @@ class TaskCallerGuard:
             self._callers[transport] = known
         return known
 
+    async def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Caller:
+        """The caller at the client end of the connection peer -> local (for the gRPC
+        service, whose connections are not aiohttp transports)."""
+        return await self._identify(peer, local)
+
     async def _identify(self, peer: tuple[str, int] | None, local: tuple[str, int] | None) -> Caller:
         if not peer or not local or not isinstance(peer, tuple):
             return Caller(unknown="the connection has no TCP addresses")

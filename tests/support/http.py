@@ -16,6 +16,7 @@ class Reply:
     body: Any
     text: str
     headers: dict[str, str]
+    raw: bytes = b""
 
 
 class Client:
@@ -56,4 +57,4 @@ def _reply(status: int, payload: bytes, headers: dict[str, str]) -> Reply:
         body = json.loads(text) if text else None
     except ValueError:
         body = None
-    return Reply(status=status, body=body, text=text, headers=headers)
+    return Reply(status=status, body=body, text=text, headers=headers, raw=payload)

@@ -11,6 +11,7 @@ from typing import Any
 
 from cnetd.bodies.jsonvalue import json_type
 from cnetd.errors import Invalid
+from cnetd.ml.serving.binary import HEADER, OCTET_STREAM, binary_size, decode_tensor, split_inputs
 
 INT_RANGES: dict[str, tuple[int, int]] = {
     "INT8": (-(2**7), 2**7 - 1),
@@ -36,6 +37,7 @@ class InferRequest:
     input_name: str
     instances: list[Any]
     output_name: str
+    binary_output: bool = False
 
 
 def _flatten(data: Any, out: list[Any]) -> None:
@@ -87,7 +89,20 @@ def _check_values(values: list[Any], datatype: str, where: str) -> None:
             raise Invalid(f"{where}.data[{i}]", f"not a finite number: {value}")
 
 
-def parse_infer_request(body: Any) -> InferRequest:
+def _flag(holder: Mapping[str, Any], key: str, where: str) -> bool:
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return False
+    if not isinstance(parameters, Mapping):
+        raise Invalid(f"{where}.parameters", f"must be an object, got {json_type(parameters)}")
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise Invalid(f"{where}.parameters.{key}", f"must be true or false, got {json_type(value)}")
+    return value
+
+
+def parse_infer_request(body: Any, binary: memoryview | None = None) -> InferRequest:
+    """`binary` is the bytes after the header of a binary-extension request (None for JSON)."""
     if not isinstance(body, Mapping):
         raise Invalid("body", f"must be a JSON object, got {json_type(body)}")
     request_id = body.get("id")
@@ -96,6 +111,7 @@ def parse_infer_request(body: Any) -> InferRequest:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise Invalid("inputs", "is required: a non-empty array of tensors {name, shape, datatype, data}")
+    slices = split_inputs(inputs, binary) if binary is not None else [None] * len(inputs)
     if len(inputs) != 1:
         raise Invalid("inputs", f"this model takes one input tensor, got {len(inputs)}")
     tensor = inputs[0]
@@ -111,22 +127,26 @@ def parse_infer_request(body: Any) -> InferRequest:
         raise Invalid(f"{where}.datatype", f"must be one of {', '.join(ALL_TYPES)}, got {json.dumps(datatype)[:100]}")
     if datatype not in NUMERIC_TYPES:
         raise Invalid(f"{where}.datatype", f"{datatype} is not supported: this model takes numbers ({', '.join(NUMERIC_TYPES)})")
-    parameters = tensor.get("parameters")
-    if isinstance(parameters, Mapping) and "binary_data_size" in parameters:
-        raise Invalid(f"{where}.parameters", "binary tensor data is not supported; send the values in \"data\"")
-    data = tensor.get("data")
-    if not isinstance(data, list):
-        raise Invalid(f"{where}.data", f"is required: an array of numbers (flat or nested), got {json_type(data)}")
+    if binary is None and binary_size(tensor, where) is not None:
+        raise Invalid(f"{where}.parameters.binary_data_size",
+                      f"binary tensor data needs Content-Type {OCTET_STREAM} and the {HEADER} header")
     count = math.prod(shape)  # exact: each dimension is at most MAX_ELEMENTS, and there are few
     if count > MAX_ELEMENTS:
         raise Invalid(f"{where}.shape", f"{shape} holds {count} values, more than {MAX_ELEMENTS}")
     flat: list[Any] = []
-    _flatten(data, flat)  # no bigger than the body, which is capped
+    if slices[0] is not None:
+        flat = decode_tensor(slices[0], datatype, shape, where).reshape(-1).tolist()
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise Invalid(f"{where}.data", f"is required: an array of numbers (flat or nested), got {json_type(data)}")
+        _flatten(data, flat)  # no bigger than the body, which is capped
     if len(flat) != count:
         raise Invalid(f"{where}.shape", f"{shape} holds {count} values but data has {len(flat)}")
     _check_values(flat, datatype, where)
     instances = [flat[0]] if not shape else _nest(flat, shape)
     output_name = OUTPUT_NAME
+    binary_output = _flag(body, "binary_data_output", "body")
     outputs = body.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
@@ -135,7 +155,9 @@ def parse_infer_request(body: Any) -> InferRequest:
             if output.get("name") != OUTPUT_NAME:
                 shown = json.dumps(output.get("name"))[:100]
                 raise Invalid(f"outputs[{i}].name", f"unknown output {shown} (this model has: {OUTPUT_NAME})")
-    return InferRequest(id=request_id, input_name=name, instances=instances, output_name=output_name)
+            binary_output = _flag(output, "binary_data", f"outputs[{i}]") or binary_output
+    return InferRequest(id=request_id, input_name=name, instances=instances, output_name=output_name,
+                        binary_output=binary_output)
 
 
 def _shape_of(value: Any) -> list[int]:
@@ -154,7 +176,13 @@ def output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
     if all(isinstance(v, bool) for v in flat) and flat:
         datatype = "BOOL"
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in flat) and flat:
-        datatype = "INT64"
+        low, high = min(flat), max(flat)
+        if INT_RANGES["INT64"][0] <= low and high <= INT_RANGES["INT64"][1]:
+            datatype = "INT64"
+        elif low >= 0 and high <= INT_RANGES["UINT64"][1]:
+            datatype = "UINT64"  # (a UINT64 input echoed: above INT64's range)
+        else:
+            datatype, flat = "BYTES", [str(v) for v in flat]  # no V2 integer type holds it
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         datatype = "FP64"
     else:

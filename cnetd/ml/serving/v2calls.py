@@ -1,0 +1,100 @@
+"""The Open Inference Protocol (KServe V2) calls, apart from their transport: what the HTTP
+routes (cnetd/api/v2.py) and the gRPC service (cnetd/grpcapi/) both answer, so that model
+lookup, readiness and dispatch to the serving manager live in one place. Errors are
+DomainErrors with the HTTP status the HTTP routes answer; the gRPC service maps them to
+status codes. Calling another node of a cluster is the HTTP routes' business (they relay
+the HTTP request); here a call is answered from this node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cnetd import __version__
+from cnetd.errors import Conflict, Unavailable
+from cnetd.ml.serving.protocol import OUTPUT_NAME, InferRequest, output_tensor
+from cnetd.ml.serving.served import Served
+from cnetd.store.models import ModelRecord
+
+if TYPE_CHECKING:
+    from cnetd.agent import Agent
+
+SERVER_NAME = "cnetd"
+EXTENSIONS = ("binary_tensor_data",)
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def not_ready_reason(agent: Agent) -> str | None:
+    """Why the server is not ready to infer (None: it is)."""
+    if not agent.config.ml.enabled:
+        return "ML support is disabled on this node"
+    waiting = [s.name for s in agent.serving.all_served() if s.ready_replicas == 0]
+    if waiting:
+        return f"no ready worker for: {', '.join(sorted(waiting))}"
+    return None
+
+
+async def known(agent: Agent, name: str, version: str | None) -> ModelRecord:
+    """The model a name (and version) addresses; NotFound saying what is unknown."""
+    return await agent.models.addressed(name, version)
+
+
+def not_served(record: ModelRecord) -> Conflict | Unavailable:
+    """The error for a known model that is not served here."""
+    if (record.serving or {}).get("state") == "awaiting_training":
+        return Unavailable(f"model {record.name} is not served yet: it is served once its training completes")
+    return Conflict(f"model {record.name} is not being served; POST /api/ml/models/{record.id}/serve to start it")
+
+
+async def model_metadata(agent: Agent, record: ModelRecord) -> dict[str, Any]:
+    served = agent.serving.find(record.id)
+    n = served.n_features if served is not None else None
+    versions = [r.id for r in await agent.models.named(record.name)]
+    return {
+        "name": record.name,
+        "versions": versions,
+        "platform": f"cnetd/{record.model_type}",
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, n if n is not None else -1]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}],
+    }
+
+
+@dataclass(frozen=True)
+class Readiness:
+    name: str
+    ready: bool
+    why: str | None = None
+
+
+async def model_readiness(agent: Agent, name: str, version: str | None) -> Readiness:
+    """Whether the model is ready here; NotFound for an unknown one."""
+    served = agent.serving.find(name, version)
+    if served is not None and served.ready_replicas > 0:
+        return Readiness(served.name, True)
+    record = await known(agent, name, version)
+    why = "no worker is ready yet" if served is not None else "it is not being served"
+    return Readiness(record.name, False, f"model {record.name} is not ready: {why}")
+
+
+async def served_here(agent: Agent, name: str, version: str | None) -> Served:
+    """The served model that answers an inference here: NotFound for an unknown model,
+    Conflict (409) for one that is not served, Unavailable for one awaiting its training."""
+    served = agent.serving.find(name, version)
+    if served is None:
+        raise not_served(await known(agent, name, version))
+    return served
+
+
+async def infer(served: Served, parsed: InferRequest) -> dict[str, Any]:
+    """The V2 answer to a parsed request: {model_name, model_version, [id], outputs} with
+    the output tensor's values as a flat "data" list (each transport encodes it its way)."""
+    answer = await served.predict(parsed.instances)
+    output = output_tensor(parsed.output_name, answer.predictions)
+    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.id, "outputs": [output]}
+    if parsed.id is not None:
+        reply["id"] = parsed.id
+    return reply
+
