@@ -26,11 +26,12 @@ it connects again. On a connection the worker first sends a hello line:
 ("model_stamp": [mtime_ns, size] of the model file as it was when loading began; "loaded_at":
 the wall-clock time the model was loaded, in seconds since the epoch.)
 
-channel "socket" (built-in loader): requests and answers then flow on the connection,
-newline-delimited JSON, answers in request order:
+channel "socket" (built-in loader): requests and answers then flow on the connection as
+length-prefixed frames (see "frames" below), answers in request order:
 
-    agent  -> worker: {"id": <int>, "instances": [<sample>, ...]}
-    worker -> agent:  {"id": <int>, "predictions": [...]} | {"id": <int>, "error": "..."}
+    agent  -> worker: ARRAY "instances" (the samples along the first dimension, raw bytes)
+                      | JSON "instances" (a list of samples: what is not one numeric array)
+    worker -> agent:  ARRAY "predictions" | JSON "predictions" (not numbers) | ERROR "<message>"
 
 channel "pipes" (script loader): the hello carries (SCM_RIGHTS) the write end of the
 script's stdin and the read end of its stdout, and the agent speaks the same lines to the
