@@ -376,7 +376,24 @@ class BuiltinPredictor:
         if isinstance(n, int):
             self.feature_shape = (n,)
         self._dtype = "float64"
-        return model.predict  # type: ignore[no-any-return]
+        predict: Callable[[Any], Any] = model.predict
+        sklearn = sys.modules.get("sklearn")
+        set_config = getattr(sklearn, "set_config", None)
+        if not callable(set_config):
+            return predict
+        # Every sample was checked finite before it gets here, so scikit-learn need not check
+        # again (about a fifth of a small prediction). Its settings are per thread: set them in
+        # each thread that predicts.
+        local = threading.local()
+
+        def forward(x: Any) -> Any:
+            if not getattr(local, "configured", False):
+                with contextlib.suppress(Exception):  # an old or odd scikit-learn: predict as it is
+                    set_config(assume_finite=True)
+                local.configured = True
+            return predict(x)
+
+        return forward
 
     def _load_keras(self, path: Path) -> Callable[[Any], Any]:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
