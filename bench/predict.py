@@ -10,9 +10,9 @@ then one round of 64 at once. Then the model is served and the two warm paths an
 take turns, --rounds times: each its share of --requests sequential requests (p50/p99 at
 concurrency 1), then each its share of --seconds with 64 requests always in flight
 (requests/s at concurrency 64). Taking turns matters on a shared machine: whatever else
-runs weighs on every path alike. Goals: warm V2 p50 within 1.5x of the floor, its
-throughput at least 0.7x the floor's, and at least 300x faster (p50) than a process per
-prediction.
+runs weighs on every path alike. Goals: warm V2 p50 within 1.25x of the floor and its p99
+within 1.5x (issue 14), its throughput at least 0.7x the floor's, and at least 300x faster
+(p50) than a process per prediction.
 """
 
 from __future__ import annotations
@@ -180,14 +180,14 @@ async def measure_interleaved(paths: list[tuple[Row, Call]], requests: int, seco
 
 def table(rows: list[Row], floor: Row, tasks: Row) -> str:
     head = (
-        f"{'path':<34} {'p50 ms':>9} {'p99 ms':>9} {'req/s c=64':>11} {'p50/floor':>10} {'rps/floor':>10} "
+        f"{'path':<34} {'p50 ms':>9} {'p99 ms':>9} {'req/s c=64':>11} {'p50/floor':>10} {'p99/floor':>10} {'rps/floor':>10} "
         f"{'x faster than tasks':>20}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.label:<34} {r.p50 * 1000:>9.3f} {r.p99 * 1000:>9.3f} {r.rps:>11.1f} {r.p50 / floor.p50:>10.2f} "
-            f"{r.rps / floor.rps:>10.2f} {tasks.p50 / r.p50:>20.0f}"
+            f"{r.p99 / floor.p99:>10.2f} {r.rps / floor.rps:>10.2f} {tasks.p50 / r.p50:>20.0f}"
         )
     return "\n".join(lines)
 
@@ -230,7 +230,10 @@ async def run(args: argparse.Namespace) -> None:
         print(f"agent {agent.url} ({agent.api.get('/api/health').body['sandbox']['backend']} sandbox), "
               f"{os.cpu_count()} CPUs; model {model_id}", flush=True)
 
-        tasks = await measure_tasks(predict_call(agent.url, model_id), args.task_samples)
+        if args.task_samples > 0:
+            tasks = await measure_tasks(predict_call(agent.url, model_id), args.task_samples)
+        else:  # --task-samples 0: the warm paths alone (64 tasks at once load a shared machine for seconds)
+            tasks = Row("prediction tasks (not measured)")
         serving = {"replicas": args.replicas, "max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms,
                    "loader": args.loader}
         served = agent.api.post(f"/api/ml/models/{model_id}/serve?wait=true", serving)
@@ -247,10 +250,12 @@ async def run(args: argparse.Namespace) -> None:
         print(table(rows, floor, tasks))
         print()
         goals = [
-            ("warm V2 p50 within 1.5x of the floor", v2.p50 / floor.p50 <= 1.5, f"{v2.p50 / floor.p50:.2f}x"),
+            ("warm V2 p50 within 1.25x of the floor", v2.p50 / floor.p50 <= 1.25, f"{v2.p50 / floor.p50:.2f}x"),
+            ("warm V2 p99 within 1.5x of the floor", v2.p99 / floor.p99 <= 1.5, f"{v2.p99 / floor.p99:.2f}x"),
             ("warm V2 req/s at c=64 >= 0.7x the floor", v2.rps / floor.rps >= 0.7, f"{v2.rps / floor.rps:.2f}x"),
-            ("warm V2 >= 300x faster than a task (p50)", tasks.p50 / v2.p50 >= 300, f"{tasks.p50 / v2.p50:.0f}x"),
         ]
+        if args.task_samples > 0:
+            goals.append(("warm V2 >= 300x faster than a task (p50)", tasks.p50 / v2.p50 >= 300, f"{tasks.p50 / v2.p50:.0f}x"))
         for text, ok, value in goals:
             print(f"{'PASS' if ok else 'MISS'}  {text}: {value}")
         if any(r.errors for r in rows):
@@ -269,7 +274,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests per warm path (c=1)")
     parser.add_argument("--seconds", type=float, default=6.0, help="time at c=64 per warm path, all rounds together")
     parser.add_argument("--rounds", type=int, default=10, help="turns the warm paths and the floor take")
-    parser.add_argument("--task-samples", type=int, default=10, help="sequential prediction tasks (c=1)")
+    parser.add_argument("--task-samples", type=int, default=10,
+                        help="sequential prediction tasks (c=1); 0 measures no prediction tasks")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2)

@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cnetd.errors import Invalid
 from cnetd.metrics.prometheus import Exposition, Histogram
-from cnetd.ml.serving.client import WorkerClient, WorkerLost, WorkerRejected
+from cnetd.ml.serving.client import Values, WorkerClient, WorkerLost, WorkerRejected
 from cnetd.ml.serving.manager import WORKER_SCRIPT
 from cnetd.ml.serving.protocol import instances_from_input_data, output_tensor, parse_infer_request
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
@@ -66,12 +67,15 @@ async def worker(
     proc.wait()
 
 
-async def ask(client: WorkerClient, instances: list[Any]) -> list[Any]:
+async def ask(client: WorkerClient, instances: Values) -> list[Any]:
+    """The predictions as JSON values (the socket channel answers numbers as an array)."""
     future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
 
-    def done(predictions: list[Any] | None, error: Exception | None) -> None:
+    def done(predictions: Values | None, error: Exception | None) -> None:
         if error is not None:
             future.set_exception(error)
+        elif isinstance(predictions, np.ndarray):
+            future.set_result(predictions.tolist())
         else:
             future.set_result(predictions or [])
 

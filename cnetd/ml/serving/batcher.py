@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnetd.background import wait_event
 from cnetd.errors import BadGateway, DomainError, TimedOut, TooMany, Unavailable
 from cnetd.metrics.prometheus import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
-from cnetd.ml.serving.client import ProtocolError, WorkerClient, WorkerLost, WorkerRejected
+from cnetd.ml.serving.client import ProtocolError, Values, WorkerClient, WorkerLost, WorkerRejected
 from cnetd.ml.serving.spec import ServingSpec
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,23 @@ class ModelMetrics:
 
 @dataclass(frozen=True)
 class Answer:
-    predictions: list[Any]
+    values: Values  # one prediction per instance: a list, or an array (a slice of the batch's)
     worker: str  # the task id of the worker that answered, or "cache"
     model_stamp: tuple[int, int] | None = None  # of the model file the worker loaded
+
+    @property
+    def predictions(self) -> list[Any]:
+        """The predictions as JSON values, as the worker's JSON answer had them."""
+        values = self.values
+        return values.tolist() if isinstance(values, np.ndarray) else values
+
+
+def batch_key(instances: Values) -> tuple[str, tuple[int, ...]] | None:
+    """Requests with the same key can be sent as one batch: lists with lists, arrays with
+    arrays of the same dtype and sample shape (concatenated along the batch dimension)."""
+    if isinstance(instances, np.ndarray):
+        return instances.dtype.str, instances.shape[1:]
+    return None
 
 
 class Link:
@@ -80,10 +96,11 @@ class Link:
 
 
 class _Pending:
-    __slots__ = ("dispatched", "future", "instances")
+    __slots__ = ("dispatched", "future", "instances", "key")
 
-    def __init__(self, instances: list[Any], future: asyncio.Future[Answer]) -> None:
+    def __init__(self, instances: Values, future: asyncio.Future[Answer]) -> None:
         self.instances = instances
+        self.key = batch_key(instances)
         self.future = future
         self.dispatched = False
 
@@ -104,7 +121,7 @@ class PredictionCache:
     def __init__(self, size: int, model_file: Path) -> None:
         self.size = size
         self.model_file = model_file
-        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._entries: OrderedDict[str | bytes, Any] = OrderedDict()
         self._stamp = file_stamp(model_file)
 
     def _check_file(self) -> None:
@@ -113,9 +130,14 @@ class PredictionCache:
             self._entries.clear()
             self._stamp = stamp
 
-    def lookup(self, instances: list[Any]) -> tuple[list[str], list[Any] | None]:
+    def lookup(self, instances: Values) -> tuple[list[str | bytes], list[Any] | None]:
         self._check_file()
-        keys = [json.dumps(i, separators=(",", ":")) for i in instances]
+        keys: list[str | bytes]
+        if isinstance(instances, np.ndarray):
+            kind = f"{instances.dtype.str}{instances.shape[1:]}".encode()
+            keys = [kind + row.tobytes() for row in instances]
+        else:
+            keys = [json.dumps(i, separators=(",", ":")) for i in instances]
         found = []
         for key in keys:
             if key not in self._entries:
@@ -125,7 +147,7 @@ class PredictionCache:
             self._entries.move_to_end(key)
         return keys, found
 
-    def store(self, keys: list[str], predictions: list[Any], model_stamp: tuple[int, int] | None = None) -> None:
+    def store(self, keys: list[str | bytes], predictions: list[Any], model_stamp: tuple[int, int] | None = None) -> None:
         if model_stamp is not None and model_stamp != self._stamp:
             return  # computed from another version of the file than the one there now
         for key, value in zip(keys, predictions, strict=True):
@@ -184,7 +206,9 @@ class Batcher:
 
     # ---- requests ------------------------------------------------------------------
 
-    async def predict(self, instances: list[Any]) -> Answer:
+    async def predict(self, instances: Values) -> Answer:
+        """instances: a list of samples, or an array of them along its first dimension (sent
+        to a socket-channel worker as raw bytes)."""
         started = time.monotonic()
         try:
             answer = await self._predict(instances)
@@ -194,10 +218,10 @@ class Batcher:
         self.metrics.record(200, time.monotonic() - started)
         return answer
 
-    async def _predict(self, instances: list[Any]) -> Answer:
+    async def _predict(self, instances: Values) -> Answer:
         if self._closed is not None:
             raise Unavailable(self._closed)
-        keys: list[str] | None = None
+        keys: list[str | bytes] | None = None
         if self.cache is not None:
             keys, cached = self.cache.lookup(instances)
             if cached is not None:
@@ -226,7 +250,7 @@ class Batcher:
         finally:
             timer.cancel()
         if keys is not None and self.cache is not None and answer.worker != "cache":
-            self.cache.store(keys, answer.predictions, answer.model_stamp)
+            self.cache.store(keys, answer.predictions, answer.model_stamp)  # (JSON values: kept apart from the batch's buffer)
         return answer
 
     def _expire(self, pending: _Pending) -> None:
@@ -317,7 +341,7 @@ class Batcher:
                 self._queue.popleft()
                 self._queued_instances -= len(head.instances)
                 continue
-            if batch and size + len(head.instances) > limit:
+            if batch and (size + len(head.instances) > limit or head.key != batch[0].key):
                 break
             self._queue.popleft()
             self._queued_instances -= len(head.instances)
@@ -326,13 +350,19 @@ class Batcher:
         return batch
 
     def _send(self, link: Link, batch: list[_Pending]) -> None:
-        instances = batch[0].instances if len(batch) == 1 else [item for pending in batch for item in pending.instances]
+        instances: Values
+        if len(batch) == 1:
+            instances = batch[0].instances
+        elif batch[0].key is not None:
+            instances = np.concatenate([pending.instances for pending in batch])
+        else:
+            instances = [item for pending in batch for item in pending.instances]
         for pending in batch:
             pending.dispatched = True
         self.metrics.batch_size.observe(len(instances))
         link.client.send(instances, lambda predictions, error: self._on_answer(link, batch, predictions, error))
 
-    def _on_answer(self, link: Link, batch: list[_Pending], predictions: list[Any] | None, exc: Exception | None) -> None:
+    def _on_answer(self, link: Link, batch: list[_Pending], predictions: Values | None, exc: Exception | None) -> None:
         if self._queue:
             self._wake.set()  # the worker has room again for what waits
         if predictions is not None:

@@ -1,8 +1,14 @@
-"""The agent's end of a worker: newline JSON, several batches in flight, answers in
-request order. The worker's Unix socket is the worker's, so the agent can die and connect
-again (see worker.py for the protocol).
+"""The agent's end of a worker: several batches in flight, answers in request order. The
+worker's Unix socket is the worker's, so the agent can die and connect again (see worker.py
+for the protocol).
 
-Channel "socket" (built-in loader): requests and answers on the connection. Channel
+Channel "socket" (built-in loader): requests and answers on the connection as
+length-prefixed frames (worker.py's codec): an array of samples goes as its raw bytes and
+the predictions come back the same way, read straight into their own buffer (a
+BufferedProtocol); samples that are not one numeric array go as a JSON frame. What the
+worker writes is hostile: every frame is checked before anything is built from it, a frame
+that breaks the stream drops the channel (the batches in flight fail as a bad answer), and
+a well-formed answer that cannot be read fails only its own batch. Channel
 "pipes" (the script's serve): the hello hands over the script's stdin and stdout, and the
 agent speaks to the script directly, one process hop instead of two; the connection then
 only tells the agent when the worker is gone. When an agent before this one used the
@@ -27,16 +33,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cnetd.background import resolve
+from cnetd.ml.serving.worker import (
+    FRAME_ARRAY,
+    FRAME_ERROR,
+    FRAME_JSON,
+    PREFIX,
+    SMALL_FRAME,
+    FrameError,
+    FrameHead,
+    decode_payload,
+    encode_values,
+    head_length,
+    parse_head,
+    parse_prefix,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd
 MAX_LINE = 64 * 1024 * 1024
+MAX_ANSWER = 64 * 1024 * 1024  # the largest answer frame taken from a worker
+MAX_ERROR = 4000  # characters of a worker's error message passed on
+READ_BUFFER = 256 * 1024  # frames up to about this size are read into one reused buffer
 HELLO_TIMEOUT = 10.0
 SYNC_RETRIES = 3
 
-Done = Callable[[list[Any] | None, Exception | None], None]
+Values = list[Any] | np.ndarray[Any, Any]  # samples or predictions: a list, or one array along the batch dimension
+Done = Callable[[Values | None, Exception | None], None]
 PeerCheck = Callable[[int, int], str | None]  # (pid, uid) of the listener -> None, or why it is not the worker
 
 
@@ -106,6 +132,81 @@ class _WatchEnd(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._lose(f"{self.what} closed" + (f": {exc}" if exc else ""))
+
+
+class _FrameReader(asyncio.BufferedProtocol):
+    """Frames from a worker's connection: heads and small payloads are read into one reused
+    buffer; a bigger payload is read straight into a buffer of its own, which the answer's
+    array then views."""
+
+    def __init__(self, client: WorkerClient, max_payload: int = MAX_ANSWER) -> None:
+        self.client = client
+        self.max_payload = max_payload
+        self._buffer = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._filled = 0
+        self._head: FrameHead | None = None  # the frame whose payload is being read into _payload
+        self._payload: bytearray | None = None
+        self._payload_filled = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._payload is not None:
+            return memoryview(self._payload)[self._payload_filled:]
+        return self._view[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.client.closed.is_set():
+            return  # read before the channel was dropped: no one waits for it any more
+        try:
+            if self._payload is not None:
+                self._payload_filled += nbytes
+                if self._payload_filled < len(self._payload):
+                    return
+                head, payload = self._head, self._payload
+                self._head, self._payload = None, None
+                assert head is not None
+                self.client._frame(head, payload)
+                return
+            self._filled += nbytes
+            self._parse()
+        except FrameError as exc:
+            log.error("worker %s broke the protocol: %s", self.client.label, exc)
+            self.client.abort(f"a frame that is not the protocol: {exc}", ProtocolError)
+
+    def _parse(self) -> None:
+        view, start = self._view, 0
+        while not self.client.closed.is_set():
+            available = self._filled - start
+            if available < PREFIX.size:
+                break
+            _kind, _code, ndim, name_len, _id, size = parse_prefix(view[start:start + PREFIX.size], self.max_payload)
+            length = head_length(ndim, name_len)
+            if available < length:
+                break
+            head = parse_head(view[start:start + length], self.max_payload)
+            start += length
+            have = min(self._filled - start, size)
+            if have == size:
+                payload = bytes(view[start:start + size])
+                start += size
+                self.client._frame(head, payload)
+                continue
+            self._head, self._payload = head, bytearray(size)
+            self._payload[:have] = view[start:start + have]
+            self._payload_filled = have
+            start += have
+            break
+        rest = self._filled - start
+        if start and rest:
+            self._buffer[:rest] = self._buffer[start:self._filled]  # same length: no resize while the loop holds a view
+        self._filled = rest
+
+    def eof_received(self) -> bool | None:
+        self.client._lose("the worker closed its end")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lose(f"connection failed: {exc}" if exc else "the worker closed its end")
 
 
 class WorkerClient(asyncio.Protocol):
@@ -183,7 +284,7 @@ class WorkerClient(asyncio.Protocol):
             else:
                 for fd in fds:
                     os.close(fd)
-                transport, _ = await loop.create_unix_connection(lambda: client, sock=sock)
+                transport, _ = await loop.create_unix_connection(lambda: _FrameReader(client), sock=sock)
                 client._add(transport)
                 client._out = transport
         except BaseException:
@@ -220,16 +321,52 @@ class WorkerClient(asyncio.Protocol):
         """Seconds the oldest unanswered batch has waited, None when there is none."""
         return time.monotonic() - self._pending[0][2] if self._pending else None
 
-    def send(self, instances: list[Any], done: Done) -> None:
-        """Send one batch; `done(predictions, None)` or `done(None, error)` is called once,
-        straight from data_received, with WorkerRejected, WorkerLost or ProtocolError."""
+    def send(self, instances: Values, done: Done) -> None:
+        """Send one batch (a list of samples, or an array of them along its first
+        dimension); `done(predictions, None)` or `done(None, error)` is called once, straight
+        from the read callback, with WorkerRejected, WorkerLost or ProtocolError. On the
+        socket channel predictions are an array when the model answered numbers."""
         if self.closed.is_set() or self._out is None:
             done(None, WorkerLost(self.lost_reason or "connection closed"))
             return
         self._next_id += 1
-        self._pending.append((self._next_id, done, time.monotonic()))
+        request_id = self._next_id & 0xFFFFFFFF  # the frame's id field; answers come in order anyway
+        self._pending.append((request_id, done, time.monotonic()))
         self._idle.clear()
-        self._out.write(json.dumps({"id": self._next_id, "instances": instances}).encode() + b"\n")
+        if self.hello.channel == "pipes":  # the script's serve speaks JSON lines
+            listed = instances.tolist() if isinstance(instances, np.ndarray) else instances
+            self._out.write(json.dumps({"id": request_id, "instances": listed}).encode() + b"\n")
+            return
+        buffers = encode_values(request_id, "instances", instances)
+        if len(buffers) == 1 or memoryview(buffers[1]).nbytes <= SMALL_FRAME:
+            self._out.write(b"".join(buffers))  # one write: one wake-up of the worker
+        else:
+            for buffer in buffers:
+                self._out.write(buffer)
+
+    def _frame(self, head: FrameHead, payload: bytes | bytearray) -> None:
+        """One answer frame from the socket channel (its head already checked)."""
+        if not self._pending:
+            raise FrameError(f"an answer to no request (id {head.request_id})")
+        request_id, done, _ = self._pending[0]
+        if head.request_id != request_id:
+            raise FrameError(f"expected the answer to request {request_id}, got one to {head.request_id}")
+        self._pending.popleft()
+        try:
+            try:
+                value = decode_payload(head, payload)
+            except FrameError as exc:
+                done(None, ProtocolError(f"an answer that cannot be read: {exc}"))
+                return
+            if head.kind == FRAME_ERROR:
+                done(None, WorkerRejected(value if len(value) <= MAX_ERROR else value[:MAX_ERROR] + "..."))
+            elif (head.kind == FRAME_ARRAY and value.ndim >= 1) or (head.kind == FRAME_JSON and isinstance(value, list)):
+                done(value, None)
+            else:
+                done(None, ProtocolError(f"an answer that is not a list of predictions ({describe(head)})"))
+        finally:
+            if not self._pending:  # (done may have sent again: a batch retried one by one)
+                self._idle.set()
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
 
@@ -292,7 +429,7 @@ class WorkerClient(asyncio.Protocol):
             if not self._pending:  # (done may have sent again: a batch retried one by one)
                 self._idle.set()
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, error: type[Exception] = WorkerLost) -> None:
         if self.closed.is_set():
             return
         self.lost_reason = reason
@@ -302,12 +439,13 @@ class WorkerClient(asyncio.Protocol):
             self._synced.exception()  # retrieved: connect() may no longer be waiting
         while self._pending:
             _, done, _ = self._pending.popleft()
-            done(None, WorkerLost(reason))
+            done(None, error(reason))
         self._idle.set()
 
-    def abort(self, reason: str) -> None:
-        """Drop the channel now; everything in flight fails with WorkerLost(reason)."""
-        self._lose(reason)
+    def abort(self, reason: str, error: type[Exception] = WorkerLost) -> None:
+        """Drop the channel now; everything in flight fails with error(reason) (WorkerLost,
+        or ProtocolError when the worker broke the protocol)."""
+        self._lose(reason, error)
         transports, self._transports = self._transports, []
         for transport in transports:
             # A read pipe has no abort(); its close() drops what was not read anyway.
@@ -317,6 +455,13 @@ class WorkerClient(asyncio.Protocol):
         """Let go of the worker at once: whatever was not yet written is dropped."""
         self.abort("the agent closed the connection")
         await asyncio.sleep(0)  # the transports close their descriptors on the next turn
+
+
+def describe(head: FrameHead) -> str:
+    kinds = {FRAME_ARRAY: "array", FRAME_JSON: "JSON", FRAME_ERROR: "error"}
+    if head.kind == FRAME_ARRAY:
+        return f"an array of shape {list(head.shape)}"
+    return f"a {kinds.get(head.kind, '?')} frame"
 
 
 def _parse_hello(line: bytes) -> Hello:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cnetd.bodies.jsonvalue import json_type
 from cnetd.errors import Invalid
 from cnetd.ml.serving.binary import HEADER, OCTET_STREAM, binary_size, decode_tensor, split_inputs
@@ -35,7 +37,7 @@ MAX_DIMENSIONS = 8
 class InferRequest:
     id: str | None
     input_name: str
-    instances: list[Any]
+    instances: list[Any] | np.ndarray[Any, Any]  # an array (a view of the body) for binary input
     output_name: str
     binary_output: bool = False
 
@@ -89,6 +91,18 @@ def _check_values(values: list[Any], datatype: str, where: str) -> None:
             raise Invalid(f"{where}.data[{i}]", f"not a finite number: {value}")
 
 
+def _check_finite(array: np.ndarray[Any, Any], datatype: str, where: str) -> None:
+    """What _check_values says of a decoded binary tensor: its floats must be finite (its
+    integers are in range by their width)."""
+    if array.dtype.kind != "f" or not array.size:
+        return
+    flat = array.reshape(-1)
+    finite = np.isfinite(flat)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise Invalid(f"{where}.data[{i}]", f"not a finite number: {float(flat[i])}")
+
+
 def _flag(holder: Mapping[str, Any], key: str, where: str) -> bool:
     parameters = holder.get("parameters")
     if parameters is None:
@@ -133,18 +147,22 @@ def parse_infer_request(body: Any, binary: memoryview | None = None) -> InferReq
     count = math.prod(shape)  # exact: each dimension is at most MAX_ELEMENTS, and there are few
     if count > MAX_ELEMENTS:
         raise Invalid(f"{where}.shape", f"{shape} holds {count} values, more than {MAX_ELEMENTS}")
-    flat: list[Any] = []
+    instances: list[Any] | np.ndarray[Any, Any]
     if slices[0] is not None:
-        flat = decode_tensor(slices[0], datatype, shape, where).reshape(-1).tolist()
+        # Binary: the samples stay one array (a view of the body) all the way to the worker.
+        array = decode_tensor(slices[0], datatype, shape, where)
+        _check_finite(array, datatype, where)
+        instances = array.reshape(1) if not shape else array
     else:
         data = tensor.get("data")
         if not isinstance(data, list):
             raise Invalid(f"{where}.data", f"is required: an array of numbers (flat or nested), got {json_type(data)}")
+        flat: list[Any] = []
         _flatten(data, flat)  # no bigger than the body, which is capped
-    if len(flat) != count:
-        raise Invalid(f"{where}.shape", f"{shape} holds {count} values but data has {len(flat)}")
-    _check_values(flat, datatype, where)
-    instances = [flat[0]] if not shape else _nest(flat, shape)
+        if len(flat) != count:
+            raise Invalid(f"{where}.shape", f"{shape} holds {count} values but data has {len(flat)}")
+        _check_values(flat, datatype, where)
+        instances = [flat[0]] if not shape else _nest(flat, shape)
     output_name = OUTPUT_NAME
     binary_output = _flag(body, "binary_data_output", "body")
     outputs = body.get("outputs")

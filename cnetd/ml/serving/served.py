@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from cnetd.clock import format_time
 from cnetd.ml.catalog import Model
 from cnetd.ml.serving.batcher import Answer, Batcher
@@ -102,5 +104,6 @@ class Served:
     def ready_replicas(self) -> int:
         return sum(1 for r in self.replicas if r.state == "ready")
 
-    async def predict(self, instances: list[Any]) -> Answer:
+    async def predict(self, instances: list[Any] | np.ndarray[Any, Any]) -> Answer:
+        """instances: a list of samples, or one array of them along its first dimension."""
         return await self.batcher.predict(instances)

@@ -26,11 +26,12 @@ it connects again. On a connection the worker first sends a hello line:
 ("model_stamp": [mtime_ns, size] of the model file as it was when loading began; "loaded_at":
 the wall-clock time the model was loaded, in seconds since the epoch.)
 
-channel "socket" (built-in loader): requests and answers then flow on the connection,
-newline-delimited JSON, answers in request order:
+channel "socket" (built-in loader): requests and answers then flow on the connection as
+length-prefixed frames (see "frames" below), answers in request order:
 
-    agent  -> worker: {"id": <int>, "instances": [<sample>, ...]}
-    worker -> agent:  {"id": <int>, "predictions": [...]} | {"id": <int>, "error": "..."}
+    agent  -> worker: ARRAY "instances" (the samples along the first dimension, raw bytes)
+                      | JSON "instances" (a list of samples: what is not one numeric array)
+    worker -> agent:  ARRAY "predictions" | JSON "predictions" (not numbers) | ERROR "<message>"
 
 channel "pipes" (script loader): the hello carries (SCM_RIGHTS) the write end of the
 script's stdin and the read end of its stdout, and the agent speaks the same lines to the
@@ -54,11 +55,13 @@ import math
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,194 @@ class LoadError(Exception):
 def log(**fields: Any) -> None:
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- frames
+#
+# Channel "socket" after the hello: length-prefixed frames both ways, no JSON for tensors.
+# A frame is PREFIX (kind, datatype code, number of dimensions, name length, request id,
+# payload length), then the name (UTF-8), one little-endian u64 per dimension, then the
+# payload: for ARRAY the array's raw little-endian bytes (C order), for JSON a JSON value
+# (a list of instances or predictions that are not one numeric array: ragged, strings...),
+# for ERROR the message in UTF-8. Both ends check every field against the bytes there
+# before anything is built from it: what comes from the other end may be hostile.
+
+FRAME_ARRAY, FRAME_JSON, FRAME_ERROR = 1, 2, 3
+FRAME_KINDS = (FRAME_ARRAY, FRAME_JSON, FRAME_ERROR)
+PREFIX = struct.Struct("<BBBBIQ")
+MAX_PAYLOAD = 256 * 1024 * 1024  # what one frame may carry (a 10M-element FP64 tensor is 80 MB)
+MAX_NAME = 64
+MAX_DIMS = 8
+SMALL_FRAME = 64 * 1024  # a payload up to this size is written together with its head
+# V2 datatype -> (code on the wire, numpy dtype string)
+DATATYPES: dict[str, tuple[int, str]] = {
+    "BOOL": (1, "|b1"), "INT8": (2, "|i1"), "INT16": (3, "<i2"), "INT32": (4, "<i4"), "INT64": (5, "<i8"),
+    "UINT8": (6, "|u1"), "UINT16": (7, "<u2"), "UINT32": (8, "<u4"), "UINT64": (9, "<u8"),
+    "FP16": (10, "<f2"), "FP32": (11, "<f4"), "FP64": (12, "<f8"),
+}
+DATATYPE_OF_CODE = {code: name for name, (code, _) in DATATYPES.items()}
+_DTYPE_TO_DATATYPE = {dtype: name for name, (_, dtype) in DATATYPES.items()}
+
+
+class FrameError(Exception):
+    """A frame that is not the protocol; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class FrameHead:
+    kind: int
+    datatype: str | None  # ARRAY only
+    shape: tuple[int, ...]  # ARRAY only
+    name: str
+    request_id: int
+    size: int  # payload bytes
+    length: int  # bytes of prefix + name + dimensions
+
+
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
+
+
+def datatype_of(array: Any) -> str | None:
+    """The V2 datatype an array goes as (little-endian), None when it has none (strings,
+    objects, complex numbers...): then it goes as JSON."""
+    dtype = array.dtype
+    if dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big"):
+        dtype = dtype.newbyteorder("<")
+    return _DTYPE_TO_DATATYPE.get(dtype.str)
+
+
+def encode_frame(kind: int, request_id: int, payload: Any = b"", name: str = "",
+                 datatype: str | None = None, shape: tuple[int, ...] = ()) -> list[Any]:
+    """The frame as buffers to write one after the other (the payload is not copied)."""
+    raw_name = name.encode()
+    code = DATATYPES[datatype][0] if datatype is not None else 0
+    size = memoryview(payload).nbytes
+    head = PREFIX.pack(kind, code, len(shape), len(raw_name), request_id & 0xFFFFFFFF, size) + raw_name
+    if shape:
+        head += struct.pack(f"<{len(shape)}Q", *shape)
+    return [head, payload] if size else [head]
+
+
+def encode_array(request_id: int, name: str, array: Any) -> list[Any]:
+    """An array (numeric or BOOL) as an ARRAY frame; the bytes are the array's own when it is
+    already little-endian and contiguous."""
+    np = _numpy()
+    datatype = datatype_of(array)
+    if datatype is None:
+        raise FrameError(f"{array.dtype} has no V2 datatype")
+    array = np.ascontiguousarray(array, dtype=np.dtype(DATATYPES[datatype][1]))
+    return encode_frame(FRAME_ARRAY, request_id, array.reshape(-1).view("u1").data if array.size else b"",
+                        name, datatype, tuple(array.shape))
+
+
+def encode_values(request_id: int, name: str, values: Any) -> list[Any]:
+    """An array as an ARRAY frame when it has a V2 datatype; anything else as JSON."""
+    if hasattr(values, "dtype") and hasattr(values, "shape") and datatype_of(values) is not None:
+        return encode_array(request_id, name, values)
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    return encode_frame(FRAME_JSON, request_id, json.dumps(values).encode(), name)
+
+
+def parse_prefix(data: Any, max_payload: int = MAX_PAYLOAD) -> tuple[int, int, int, int, int, int]:
+    """The fixed prefix, checked: (kind, code, ndim, name length, request id, payload size)."""
+    kind, code, ndim, name_len, request_id, size = PREFIX.unpack_from(data)
+    if kind not in FRAME_KINDS:
+        raise FrameError(f"unknown frame kind {kind}")
+    if size > max_payload:
+        raise FrameError(f"a frame of {size} bytes, more than {max_payload}")
+    if name_len > MAX_NAME:
+        raise FrameError(f"a tensor name of {name_len} bytes, more than {MAX_NAME}")
+    if ndim > MAX_DIMS:
+        raise FrameError(f"{ndim} dimensions, more than {MAX_DIMS}")
+    if kind == FRAME_ARRAY:
+        if code not in DATATYPE_OF_CODE:
+            raise FrameError(f"unknown datatype code {code}")
+    elif code or ndim:
+        raise FrameError("a datatype or shape on a frame that is not an array")
+    return kind, code, ndim, name_len, request_id, size
+
+
+def head_length(ndim: int, name_len: int) -> int:
+    return PREFIX.size + name_len + 8 * ndim
+
+
+def parse_head(data: Any, max_payload: int = MAX_PAYLOAD) -> FrameHead:
+    """The whole head (prefix, name, dimensions) from `data`, which holds at least
+    head_length() bytes; the shape is checked against the payload size."""
+    kind, code, ndim, name_len, request_id, size = parse_prefix(data, max_payload)
+    offset = PREFIX.size
+    try:
+        name = bytes(data[offset:offset + name_len]).decode()
+    except UnicodeDecodeError:
+        raise FrameError("a tensor name that is not UTF-8") from None
+    offset += name_len
+    shape = struct.unpack_from(f"<{ndim}Q", data, offset) if ndim else ()
+    datatype = None
+    if kind == FRAME_ARRAY:
+        datatype = DATATYPE_OF_CODE[code]
+        itemsize = int(DATATYPES[datatype][1][2:])
+        count = 1
+        for d in shape:
+            if d > max_payload:  # (beside a 0 any other dimension fits no bytes: bounded all the same)
+                raise FrameError(f"shape {list(shape)} has a dimension over {max_payload}")
+            count *= d
+        if count * itemsize != size:
+            raise FrameError(f"shape {list(shape)} of {datatype} takes {count * itemsize} bytes, the frame has {size}")
+    return FrameHead(kind, datatype, tuple(shape), name, request_id, size, offset + 8 * ndim)
+
+
+def decode_payload(head: FrameHead, payload: Any) -> Any:
+    """ARRAY: a numpy array over the payload (no copy; BOOL bytes must be 0 or 1);
+    JSON: the value; ERROR: the message."""
+    if head.kind == FRAME_ERROR:
+        return bytes(payload).decode("utf-8", "replace")
+    if head.kind == FRAME_JSON:
+        try:
+            return json.loads(bytes(payload))
+        except (ValueError, RecursionError) as exc:
+            raise FrameError(f"a JSON frame that is not JSON: {exc}") from None
+    np = _numpy()
+    assert head.datatype is not None
+    if head.datatype == "BOOL":
+        raw = np.frombuffer(payload, dtype=np.uint8)
+        if raw.size and int(raw.max()) > 1:
+            raise FrameError("BOOL bytes must each be 0 or 1")
+    return np.frombuffer(payload, dtype=np.dtype(DATATYPES[head.datatype][1])).reshape(head.shape)
+
+
+def _read_exact(stream: Any, size: int) -> bytearray | None:
+    """`size` bytes from a buffered reader; None at a clean end before the first byte."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = stream.readinto(view[got:])
+        if not n:
+            if got == 0:
+                return None
+            raise FrameError(f"the connection ended {size - got} bytes short of a frame")
+        got += n
+    return buffer
+
+
+def read_frame(stream: Any, max_payload: int = MAX_PAYLOAD) -> tuple[FrameHead, bytearray] | None:
+    """The next frame from a buffered reader (None at a clean end)."""
+    prefix = _read_exact(stream, PREFIX.size)
+    if prefix is None:
+        return None
+    _kind, _code, ndim, name_len, _id, size = parse_prefix(prefix, max_payload)
+    rest = _read_exact(stream, name_len + 8 * ndim) if name_len or ndim else bytearray()
+    if rest is None:
+        raise FrameError("the connection ended inside a frame's head")
+    head = parse_head(prefix + rest, max_payload)
+    payload = _read_exact(stream, size) if size else bytearray()
+    if payload is None:
+        raise FrameError("the connection ended before a frame's payload")
+    return head, payload
 
 
 # --------------------------------------------------------------------------- predictors
@@ -185,7 +376,24 @@ class BuiltinPredictor:
         if isinstance(n, int):
             self.feature_shape = (n,)
         self._dtype = "float64"
-        return model.predict  # type: ignore[no-any-return]
+        predict: Callable[[Any], Any] = model.predict
+        sklearn = sys.modules.get("sklearn")
+        set_config = getattr(sklearn, "set_config", None)
+        if not callable(set_config):
+            return predict
+        # Every sample was checked finite before it gets here, so scikit-learn need not check
+        # again (about a fifth of a small prediction). Its settings are per thread: set them in
+        # each thread that predicts.
+        local = threading.local()
+
+        def forward(x: Any) -> Any:
+            if not getattr(local, "configured", False):
+                with contextlib.suppress(Exception):  # an old or odd scikit-learn: predict as it is
+                    set_config(assume_finite=True)
+                local.configured = True
+            return predict(x)
+
+        return forward
 
     def _load_keras(self, path: Path) -> Callable[[Any], Any]:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -223,7 +431,22 @@ class BuiltinPredictor:
             x = np.asarray(rows, dtype=self._dtype)
         except ValueError:
             raise InputError("samples must all have the same shape") from None
-        if x.ndim == 1:
+        return self._shaped(x)
+
+    def _array_matrix(self, x: Any) -> Any:
+        """An ARRAY frame's samples (already one regular array) with the same checks as a list's."""
+        np = self._np
+        if x.dtype.kind not in "iuf":
+            raise InputError(f"not a number: {json.dumps(x.reshape(-1)[0].item()) if x.size else x.dtype}")
+        if x.dtype.kind == "f" and x.size:
+            finite = np.isfinite(x)
+            if not finite.all():
+                raise InputError(f"not a finite number: {float(x[~finite][0])}")
+        return self._shaped(x.astype(self._dtype, copy=False))
+
+    def _shaped(self, x: Any) -> Any:
+        shape = self.feature_shape
+        if x.ndim <= 1:
             x = x.reshape(-1, 1)
         if shape is not None and tuple(x.shape[1:]) != shape:
             if len(shape) == 1:
@@ -232,10 +455,12 @@ class BuiltinPredictor:
             raise InputError(f"expected samples of shape {list(shape)}, got {list(x.shape[1:])}")
         return x
 
-    def predict(self, instances: list[Any]) -> list[Any]:
-        if not instances:
+    def predict(self, instances: Any) -> Any:
+        """Predictions for a list of samples or one array of them: an array (one row per
+        sample), or [] for no samples."""
+        if len(instances) == 0:
             return []
-        x = self._matrix(instances)
+        x = self._matrix(instances) if isinstance(instances, list) else self._array_matrix(instances)
         with self._lock:
             try:
                 y = self._np.asarray(self._forward(x))
@@ -245,24 +470,30 @@ class BuiltinPredictor:
                 raise InputError(f"prediction failed: {type(exc).__name__}: {exc}") from None
         if y.ndim == 2 and y.shape[1] == 1:
             y = y.reshape(-1)
-        return y.tolist()  # type: ignore[no-any-return]
+        return y
 
-    def answer_line(self, line: bytes) -> bytes:
-        request_id: Any = None
+    def answer_frame(self, head: FrameHead, payload: bytearray) -> list[Any]:
+        """The answer to one request frame: an ARRAY frame of predictions when they are
+        numbers, else a JSON frame, or an ERROR frame saying what is wrong with the input."""
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise InputError("request must be a JSON object")
-            request_id = request.get("id")
-            instances = request.get("instances")
-            if not isinstance(instances, list):
-                raise InputError('request needs an "instances" list')
-            reply: dict[str, Any] = {"id": request_id, "predictions": self.predict(instances)}
-        except ValueError as exc:
-            reply = {"id": request_id, "error": f"request is not valid JSON: {exc}"}
-        except InputError as exc:
-            reply = {"id": request_id, "error": str(exc)}
-        return (json.dumps(reply) + "\n").encode()
+            if head.kind == FRAME_ARRAY:
+                predictions = self.predict(decode_payload(head, payload))
+            elif head.kind == FRAME_JSON:
+                try:
+                    instances = decode_payload(head, payload)
+                except FrameError as exc:
+                    raise InputError(f"request is not valid JSON: {exc}") from None
+                if not isinstance(instances, list):
+                    raise InputError('request needs an "instances" list')
+                predictions = self.predict(instances)
+            else:
+                raise InputError("expected a request, got an error frame")
+            try:
+                return encode_values(head.request_id, "predictions", predictions)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"prediction failed: the predictions cannot be sent: {exc}") from None
+        except (InputError, FrameError) as exc:
+            return encode_frame(FRAME_ERROR, head.request_id, str(exc).encode("utf-8", "replace"), "error")
 
     def close(self) -> None:
         pass
@@ -303,6 +534,16 @@ def bind(path: str) -> socket.socket:
     return sock
 
 
+def send_frame(conn: socket.socket, buffers: list[Any]) -> None:
+    """One frame: small ones in one write (one wake-up on the other side), a big payload
+    from its own buffer."""
+    if len(buffers) == 1 or memoryview(buffers[1]).nbytes <= SMALL_FRAME:
+        conn.sendall(b"".join(buffers))
+    else:
+        for buffer in buffers:
+            conn.sendall(buffer)
+
+
 def file_stamp(path: str) -> list[int] | None:
     """[mtime_ns, size] of the model file, None when it is not there."""
     try:
@@ -341,11 +582,13 @@ class Worker:
                 return
             conn.sendall(hello)
             assert isinstance(self.predictor, BuiltinPredictor)
-            for line in conn.makefile("rb"):
-                if line.strip():
-                    with self.lock:
-                        reply = self.predictor.answer_line(line)
-                    conn.sendall(reply)
+            stream = conn.makefile("rb")
+            while (frame := read_frame(stream)) is not None:
+                with self.lock:
+                    reply = self.predictor.answer_frame(*frame)
+                send_frame(conn, reply)
+        except FrameError as exc:
+            log(status="error", error=f"the agent sent a frame that is not the protocol: {exc}")
         except OSError:
             pass  # the agent went away; it connects again when it is back
         finally:
