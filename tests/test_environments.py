@@ -102,7 +102,7 @@ def test_two_models_pinned_to_different_versions_each_see_their_own(env_agent: A
         st = path.lstat()
         if os.geteuid() == 0:
             assert st.st_uid == 0, path
-        assert not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 == 0 or stat.S_ISLNK(st.st_mode), path
+        assert (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022 == 0) or stat.S_ISLNK(st.st_mode), path
 
     # The same spec again (spelt differently): no second build, it starts at once.
     builds = len(env_tasks(agent))
