@@ -146,39 +146,119 @@ def test_a_missing_package_fails_the_deploy_naming_it_and_nothing_is_reused(env_
     assert len(env_tasks(agent)) == 2
 
 
-def test_an_agent_restarted_during_a_build_finishes_it(agent_factory) -> None:  # type: ignore[no-untyped-def]
-    agent: AgentProcess = agent_factory()
-    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
-    agent.start()
-    model = agent.api.post("/api/ml/models", deploy_body("restart", {"requirements": ["six==1.15.0"], "inherit": False}))
-    assert model.status == 201, model.text
-    build = env_tasks(agent)[0]
-    agent.wait_status(build["id"], {"running"}, 60)
+BACKEND = """\
+import os, time, zipfile, base64, hashlib
+GATE = {gate!r}
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    open(os.path.join(os.environ["TMPDIR"], "cnet-slow-started"), "w").close()
+    while not os.path.exists(GATE):
+        time.sleep(0.05)
+    name = "cnet_slow-0.1-py3-none-any.whl"
+    files = {{
+        "cnet_slow.py": "VERSION = '0.1'\\n",
+        "cnet_slow-0.1.dist-info/METADATA": "Metadata-Version: 2.1\\nName: cnet-slow\\nVersion: 0.1\\n",
+        "cnet_slow-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+            record.append(f"{{path}},sha256={{digest}},{{len(text)}}")
+        record.append("cnet_slow-0.1.dist-info/RECORD,,")
+        z.writestr("cnet_slow-0.1.dist-info/RECORD", "\\n".join(record) + "\\n")
+    return name
+"""
+
+
+def slow_package(workdir: Path) -> tuple[Path, Path]:
+    """A find-links directory with cnet-slow 0.1, an sdist whose in-tree build backend
+    waits for the gate file (so a build is certainly under way when the test acts), and
+    that gate. Offline: the backend needs nothing from an index."""
+    import io
+    import tarfile
+
+    links, gate = workdir / "links", workdir / "gate"
+    links.mkdir()
+    links.chmod(0o755)
+    files = {
+        "cnet_slow-0.1/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        "cnet_slow-0.1/backend.py": BACKEND.format(gate=str(gate)),
+    }
+    with tarfile.open(links / "cnet_slow-0.1.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    (links / "cnet_slow-0.1.tar.gz").chmod(0o644)
+    return links, gate
+
+
+def slow_agent(agent_factory, installer: str = "auto") -> tuple[AgentProcess, Path]:  # type: ignore[no-untyped-def]
+    agent: AgentProcess = agent_factory(config={"ml": {"environments": {"installer": installer}}})
+    (agent.workdir / "sixmodel.py").write_text(SCRIPT.replace("import six", "import six, cnet_slow"))
+    links, gate = slow_package(agent.workdir)
+    agent.env = {"PIP_FIND_LINKS": f"{os.environ.get('PIP_FIND_LINKS', '')} {links}".strip()}
+    return agent.start(), gate
+
+
+def build_started(agent: AgentProcess) -> dict[str, Any]:
+    builds = env_tasks(agent)
+    assert len(builds) == 1, builds
+    marker = agent.state_dir / "tmp" / builds[0]["id"] / "cnet-slow-started"
+    wait_until(marker.exists, 120, "the build to reach the slow package's backend")
+    return builds[0]
+
+
+def test_an_agent_restarted_during_a_build_follows_it_to_its_end(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    agent, gate = slow_agent(agent_factory)
+    spec = {"requirements": ["six==1.15.0", "cnet-slow==0.1"], "inherit": False}
+    model = agent.api.post("/api/ml/models", deploy_body("restart", spec))
+    assert model.status == 201 and model.body["status"] == "preparing", model.text
+    build = build_started(agent)
     agent.kill()  # SIGKILL while the build runs: it runs on without the agent
+    gate.touch()
     agent.start()
     done = agent.wait_done(model.body["id"], 300)
     assert done["status"] == "completed" and done["result"]["six"] == "1.15.0", (done, agent.log_text()[-3000:])
-    # either the build that ran on was followed to its end, or it was started again cleanly
     builds = env_tasks(agent)
+    assert [b["id"] for b in builds] == [build["id"]], "the build that ran on was followed, not started again"
     assert builds[0]["status"] == "completed"
+    events = [e["type"] for e in agent.api.get(f"/api/tasks/{model.body['id']}/events").body]
+    assert events[:3] == ["created", "preparing", "environment_ready"], events
     assert agent.api.get(f"/api/environments/{model.body['environment']}").body["status"] == "ready"
 
 
-def test_an_agent_killed_before_a_build_could_start_builds_it_at_the_next_start(agent_factory) -> None:  # type: ignore[no-untyped-def]
-    """The build's task lost (failed as lost by recovery): started again, the deploy waits on."""
-    agent: AgentProcess = agent_factory()
-    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
-    agent.start()
-    model = agent.api.post("/api/ml/models", deploy_body("lost", {"requirements": ["six==1.16.0"], "inherit": False}))
-    build = env_tasks(agent)[0]
-    agent.wait_status(build["id"], {"running"}, 60)
+def test_a_build_lost_while_the_agent_was_down_is_started_again(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """Its processes vanish while no agent is there: recovery fails the build as lost, the
+    environment's half-built directory is wiped by a new build, and the deploy waits on."""
+    agent, gate = slow_agent(agent_factory, installer="pip")
+    spec = {"requirements": ["six==1.16.0", "cnet-slow==0.1"], "inherit": False}
+    model = agent.api.post("/api/ml/models", deploy_body("lost", spec))
+    build_started(agent)
     agent.kill()
-    agent.kill_task_processes()  # the build's processes vanish while the agent is down
+    agent.kill_task_processes()
+    gate.touch()
     agent.start()
     done = agent.wait_done(model.body["id"], 300)
-    assert done["status"] == "completed" and done["result"]["six"] == "1.16.0", done
-    builds = env_tasks(agent)
-    assert len(builds) == 2 and builds[1]["reason"].startswith("lost"), builds
+    assert done["status"] == "completed" and done["result"]["six"] == "1.16.0", (done, agent.log_text()[-3000:])
+    builds = sorted(env_tasks(agent), key=lambda b: b["created_at"])
+    assert len(builds) == 2 and builds[0]["reason"].startswith("lost"), builds
+    assert builds[1]["status"] == "completed"
+    assert agent.api.get(f"/api/environments/{model.body['environment']}").body["installer"] == "pip"
+
+
+def test_stopping_a_build_fails_the_deploys_waiting_for_it(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    agent, _gate = slow_agent(agent_factory)
+    spec = {"requirements": ["cnet-slow==0.1"], "inherit": False}
+    model = agent.api.post("/api/ml/models", deploy_body("stopped", spec))
+    build = build_started(agent)
+    assert agent.api.delete(f"/api/tasks/{build['id']}").status == 200
+    done = agent.wait_done(model.body["id"], 60)
+    assert done["status"] == "failed" and "stopped" in done["reason"], done
+    assert not (agent.state_dir / "envs" / model.body["environment"]).exists()
 
 
 # ---- an attacker's requests ------------------------------------------------------------------
