@@ -125,6 +125,7 @@ class Environments:
         self._base: str | None = None
         self._handling: set[asyncio.Task[None]] = set()
         self._retention: asyncio.Task[None] | None = None
+        self._known: dict[str, EnvironmentRecord] = {}  # the rows as last written, for the UI's summary
         tasks.states.on_end(self._task_ended)
         tasks.environments = self
 
@@ -236,6 +237,7 @@ class Environments:
             installer=installer, last_used=now,
         )
         await self.db.write(lambda c: eq.put(c, record))
+        self._known[key] = record
         self._builds[task.id] = key
         log.info("building environment %s (%s) in task %s", key, ", ".join(spec.requirements), task.id)
         return task
@@ -292,6 +294,7 @@ class Environments:
             seconds = result.get("seconds") if isinstance(result.get("seconds"), (int, float)) else None
             await self.db.write(lambda c: eq.update(c, key, status="ready", ready_at=utc_now(), size_bytes=size,
                                                     build_seconds=seconds, reason=None))
+            await self._refresh(key)
             log.info("environment %s is ready (%d MB)", key, size // 1_000_000)
             await self._release(key, None)
             return
@@ -305,6 +308,7 @@ class Environments:
     async def _failed(self, key: str, record: EnvironmentRecord, why: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.root / key, True)
         await self.db.write(lambda c: eq.update(c, key, status="failed", reason=why))
+        await self._refresh(key)
         log.warning("environment %s could not be built: %s", key, why)
         await self._release(key, why)
 
@@ -325,10 +329,24 @@ class Environments:
 
     # ---- agent start and stop ------------------------------------------------------------------
 
+    async def _refresh(self, key: str) -> None:
+        record = await self.db.read(lambda c: eq.get(c, key))
+        if record is not None:
+            self._known[key] = record
+
+    def summary(self, key: str | None) -> dict[str, Any] | None:
+        """What a task's page shows of its environment (from memory: the page's summary is
+        rendered without waiting on the store)."""
+        record = self._known.get(key) if key else None
+        if record is None:
+            return None
+        return _json(record, [])
+
     async def start(self) -> None:
         """After recovery: builds under way are followed again (a build task outlives the
         agent like any task), ended ones settled, waiting tasks of settled keys released."""
         self.root.mkdir(mode=0o711, exist_ok=True)
+        self._known = {r.key: r for r in await self.db.read(eq.list_all)}
         for record in await self.db.read(lambda c: eq.with_status(c, "building")):
             if record.build_task_id is not None:
                 self._builds[record.build_task_id] = record.key
@@ -375,6 +393,7 @@ class Environments:
                     continue
                 await asyncio.to_thread(shutil.rmtree, self.root / key, True)
                 await self.db.write(partial(eq.update, key=key, status="removed", size_bytes=None))
+                await self._refresh(key)
                 removed.append(key)
                 log.info("removed environment %s: unused since %s (ml.environments.max_idle)", key, record.last_used)
         return removed
