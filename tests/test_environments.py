@@ -351,3 +351,136 @@ def test_a_task_cannot_write_into_an_environment(env_agent: AgentProcess) -> Non
     assert status == "ready"
     assert json.loads((agent.state_dir / "envs" / key / ".cnet-ready").read_text())["key"] == key
     wait_until(lambda: agent.api.get(f"/api/environments/{key}").body["tasks"] == [], 30, "no task uses it")
+
+
+def test_retention_removes_idle_environments_but_never_one_in_use(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    agent: AgentProcess = agent_factory(config={"ml": {"environments": {"max_idle": "2s"}}})
+    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
+    agent.start()
+    idle_spec = {"requirements": ["six==1.15.0"], "inherit": False}
+    busy_spec = {"requirements": ["six==1.16.0"], "inherit": False}
+    idle = agent.api.post("/api/ml/models", deploy_body("idle", idle_spec))
+    assert agent.wait_done(idle.body["id"], 300)["status"] == "completed"
+    busy = agent.api.post("/api/tasks", {"name": "busy", "command": "python3", "timeout": "5m",
+                                         "args": ["-c", "import six, time; time.sleep(600)"], "environment": busy_spec})
+    assert busy.status == 201, busy.text
+    agent.wait_status(busy.body["id"], {"running"}, 300)
+    idle_dir = agent.state_dir / "envs" / idle.body["environment"]
+    busy_dir = agent.state_dir / "envs" / busy.body["environment"]
+
+    wait_until(lambda: not idle_dir.exists(), 30, "retention to remove the idle environment")
+    assert agent.api.get(f"/api/environments/{idle.body['environment']}").body["status"] == "removed"
+    assert (busy_dir / ".cnet-ready").exists(), "the one a running task uses stays"
+    assert agent.api.get(f"/api/environments/{busy.body['environment']}").body["tasks"] == [busy.body["id"]]
+
+    # a prediction of the model whose environment went builds it again, then runs in it
+    reply = agent.api.post(f"/api/ml/models/{idle.body['id']}/predict?wait=true", {"input_data": 1})
+    assert reply.status == 200 and reply.body["prediction"] == "1.15.0", reply.text
+    assert agent.api.delete(f"/api/tasks/{busy.body['id']}").status == 200
+
+
+EVIL_BACKEND = """\
+import json, os, stat, zipfile
+ENV, OTHER = {env!r}, {other!r}
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    tried = {{}}
+    for name, attempt in (
+        ("other env", lambda: open(os.path.join(OTHER, "six.py"), "a").write("import os; os._exit(9)")),
+        ("envs root", lambda: open(os.path.join(os.path.dirname(ENV), "planted"), "w").write("x")),
+    ):
+        try:
+            attempt()
+            tried[name] = "written"
+        except OSError as exc:
+            tried[name] = type(exc).__name__
+    os.makedirs(ENV, exist_ok=True)
+    setuid = os.path.join(ENV, "setuid-shell")
+    with open(setuid, "w") as f:
+        f.write("#!/bin/sh\\n")
+    os.chmod(setuid, 0o6777)
+    print("TRIED " + json.dumps(tried), flush=True)
+    raise RuntimeError("no wheel: what it did to the environment is the test")
+"""
+
+
+def evil_package(workdir: Path, env: Path, other: Path) -> Path:
+    import io
+    import tarfile
+
+    links = workdir / "links"
+    links.mkdir()
+    links.chmod(0o755)
+    backend = EVIL_BACKEND.format(env=str(env), other=str(other))
+    files = {
+        "cnet_evil-0.1/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        "cnet_evil-0.1/backend.py": backend,
+    }
+    with tarfile.open(links / "cnet_evil-0.1.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    (links / "cnet_evil-0.1.tar.gz").chmod(0o644)
+    return links
+
+
+def test_a_hostile_build_cannot_touch_other_environments_nor_leave_set_id_or_special_files(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A requirement's build runs arbitrary code (an sdist's backend) as the build's uid: it
+    tries to change another environment and the envs root and leaves a setuid file in its
+    own, then fails: the others stay as they were and nothing of it is left. What a build
+    that succeeds leaves goes through seal(): nothing set-id or writable stays, and a FIFO
+    or a file of another uid refuses the whole environment."""
+    from cnetd.ml.envs.spec import EnvSpec, agent_python
+
+    agent: AgentProcess = agent_factory(config={"ml": {"environments": {"installer": "pip"}}})
+    (agent.workdir / "sixmodel.py").write_text(SCRIPT)
+    python, interpreter = agent_python()
+    key = EnvSpec(("cnet-evil==0.1", "six==1.16.0"), False, python, interpreter).key
+    envs = agent.state_dir / "envs"
+    victim_spec = {"requirements": ["six==1.15.0"], "inherit": False}
+    victim_key = EnvSpec(("six==1.15.0",), False, python, interpreter).key
+    links = evil_package(agent.workdir, envs / key, envs / victim_key)
+    agent.env = {"PIP_FIND_LINKS": f"{os.environ.get('PIP_FIND_LINKS', '')} {links}".strip()}
+    agent.start()
+    victim = agent.api.post("/api/ml/models", deploy_body("victim", victim_spec))
+    assert victim.body["environment"] == victim_key
+    assert agent.wait_done(victim.body["id"], 300)["status"] == "completed"
+    six_before = (envs / victim_key / "lib").rglob("six.py").__next__().read_bytes()
+
+    evil = agent.api.post("/api/ml/models", deploy_body("evil", {"requirements": ["six==1.16.0", "cnet-evil==0.1"],
+                                                                 "inherit": False}))
+    assert evil.body["environment"] == key, "the test's key is the agent's"
+    done = agent.wait_done(evil.body["id"], 300)
+    assert done["status"] == "failed" and ("cnet-evil" in done["reason"] or "cnet_evil" in done["reason"]), done
+    build = next(b for b in env_tasks(agent) if b["environment"] == key)
+    log = "\n".join(agent.api.get(f"/api/tasks/{build['id']}/logs?lines=1000").body)
+    tried = json.loads(log.split("TRIED ", 1)[1].splitlines()[0])  # its backend ran, and failed at both
+    assert set(tried) == {"other env", "envs root"} and "written" not in tried.values(), tried
+    assert (envs / victim_key / "lib").rglob("six.py").__next__().read_bytes() == six_before
+    assert not (envs / "planted").exists()
+    assert not (envs / key).exists(), "a failed build leaves nothing"
+
+    # A build that succeeds goes through seal() with whatever its code left: seal it directly.
+    from cnetd.ml.envs.service import SealError, seal
+
+    left = agent.workdir / "left"
+    (left / "bin").mkdir(parents=True)
+    (left / "bin" / "setuid-shell").write_text("#!/bin/sh\n")
+    os.chmod(left / "bin" / "setuid-shell", 0o6777)
+    (left / "data.txt").write_text("x")
+    os.chmod(left / "data.txt", 0o666)
+    (left / "link").symlink_to("/etc/shadow")
+    assert seal(left, None) > 0
+    assert stat.S_IMODE((left / "bin" / "setuid-shell").stat().st_mode) == 0o755
+    assert stat.S_IMODE((left / "data.txt").stat().st_mode) == 0o644
+    assert (left / "link").is_symlink()
+    os.mkfifo(left / "pipe")
+    with pytest.raises(SealError, match="not a file"):
+        seal(left, None)
+    os.unlink(left / "pipe")
+    if os.geteuid() == 0:
+        os.chown(left / "data.txt", 4242, 4242)
+        with pytest.raises(SealError, match="uid 4242"):
+            seal(left, 1234)

@@ -51,6 +51,9 @@ NOT_FOUND = (
     re.compile(r"(\S+) was not found in the (?:package registry|provided package locations)"),  # uv
 )
 
+FAILED_BUILD = re.compile(r"Failed to (?:build|download|prepare distributions for) `?([^`\s]+)")  # uv
+WORKING_ON = re.compile(r"(?:Collecting|Processing|Building wheel for|Downloading|Obtaining) (\S+)")  # pip
+
 
 def emit(**fields: object) -> None:
     sys.stdout.write(json.dumps(fields) + "\n")
@@ -180,8 +183,12 @@ def failure_reason(output: str, env: dict[str, str]) -> str:
         if match:
             return f"package {match.group(1).rstrip('.,')!r} was not found ({indexes_searched(env)})"
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["the installer failed without output"])[-1][:1000]
+    failed = [m.group(1) for m in map(FAILED_BUILD.search, lines) if m]
+    working_on = [m.group(1) for m in map(WORKING_ON.match, lines) if m]
+    errors = [line for line in lines if line.startswith(("ERROR", "error:", "×")) or "Error" in line]
+    why = (errors or lines or ["the installer failed without output"])[-1].lstrip("× ")[:800]
+    package = (failed or working_on or [None])[-1]
+    return f"{package}: {why}" if package and package not in why else why
 
 
 def parse(args: list[str]) -> tuple[dict[str, str], bool, list[str]]:
