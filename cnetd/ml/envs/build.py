@@ -52,6 +52,7 @@ NOT_FOUND = (
 )
 
 FAILED_BUILD = re.compile(r"Failed to (?:build|download|prepare distributions for) `?([^`\s]+)")  # uv
+CROSS = "\u00d7"  # the mark uv and pip put before an error
 WORKING_ON = re.compile(r"(?:Collecting|Processing|Building wheel for|Downloading|Obtaining) (\S+)")  # pip
 
 
@@ -185,8 +186,8 @@ def failure_reason(output: str, env: dict[str, str]) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     failed = [m.group(1) for m in map(FAILED_BUILD.search, lines) if m]
     working_on = [m.group(1) for m in map(WORKING_ON.match, lines) if m]
-    errors = [line for line in lines if line.startswith(("ERROR", "error:", "×")) or "Error" in line]
-    why = (errors or lines or ["the installer failed without output"])[-1].lstrip("× ")[:800]
+    errors = [line for line in lines if line.startswith(("ERROR", "error:", CROSS)) or "Error" in line]
+    why = (errors or lines or ["the installer failed without output"])[-1].lstrip(CROSS + " ")[:800]
     package = (failed or working_on or [None])[-1]
     return f"{package}: {why}" if package and package not in why else why
 
