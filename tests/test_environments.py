@@ -484,3 +484,34 @@ def test_a_hostile_build_cannot_touch_other_environments_nor_leave_set_id_or_spe
         os.chown(left / "data.txt", 4242, 4242)
         with pytest.raises(SealError, match="uid 4242"):
             seal(left, 1234)
+
+
+@pytest.mark.slow
+def test_a_keras_2_script_trains_predicts_and_serves_in_a_tf_keras_environment(agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """examples/ml_models/keras2_legacy.py, a script written for Keras 2, fails to load its own
+    .h5 under the agent's Keras 3; with tf-keras over the agent's environment it runs as is."""
+    agent: AgentProcess = agent_factory().start()
+    body = {
+        "name": "keras2", "model_path": "models/keras2/model.h5", "script_path": "examples/ml_models/keras2_legacy.py",
+        "command": "python3", "args": ["examples/ml_models/keras2_legacy.py", "train", "models/keras2/model.h5", "200", "3"],
+        "env": {"TF_USE_LEGACY_KERAS": "1"}, "environment": {"requirements": ["tf-keras~=2.21"]},
+        "resources": {"memory_limit": "2GB", "cpu_limit": 2}, "timeout": "10m",
+    }
+    model = agent.api.post("/api/ml/models", body)
+    assert model.status == 201 and model.body["status"] == "preparing", model.text
+    done = agent.wait_done(model.body["id"], 600)
+    assert done["status"] == "completed", (done["reason"], agent.api.get(f"/api/tasks/{done['id']}/logs?lines=50").body[-3:])
+    assert done["result"]["keras"].startswith("2."), done["result"]
+    env = agent.api.get(f"/api/environments/{model.body['environment']}").body
+    assert env["status"] == "ready" and env["inherit"] is True
+    assert env["size_bytes"] < 100_000_000, "only tf-keras is installed: tensorflow is the agent's"
+
+    reply = agent.api.post(f"/api/ml/models/{model.body['id']}/predict?wait=true", {"input_data": 0.5})
+    assert reply.status == 200 and isinstance(reply.body["prediction"], float), reply.text
+    assert reply.body["result"]["keras"].startswith("2.")
+
+    served = agent.api.post(f"/api/ml/models/{model.body['id']}/serve?wait=true", {"replicas": 1, "loader": "script"})
+    assert served.status == 200, served.text
+    warm = agent.api.post(f"/api/ml/models/{model.body['id']}/predict?wait=true", {"input_data": 0.5})
+    assert warm.status == 200 and warm.body["prediction_task_id"] is None, warm.text
+    assert abs(warm.body["prediction"] - reply.body["prediction"]) < 1e-4
