@@ -515,3 +515,34 @@ def test_a_keras_2_script_trains_predicts_and_serves_in_a_tf_keras_environment(a
     warm = agent.api.post(f"/api/ml/models/{model.body['id']}/predict?wait=true", {"input_data": 0.5})
     assert warm.status == 200 and warm.body["prediction_task_id"] is None, warm.text
     assert abs(warm.body["prediction"] - reply.body["prediction"]) < 1e-4
+
+
+@pytest.mark.parametrize(("environment", "field", "words"), [
+    ({"requirements": ["six"], "index_url": "http://evil.example/simple"}, "environment.index_url", "unknown field"),
+    ({"requirements": ["six"], "python": "3.11; rm -rf /"}, "environment.python", 'Python version like "3.11"'),
+    ({"requirements": "six"}, "environment.requirements", "array"),
+    ({"requirements": ["x" * 201]}, "environment.requirements[0]", "200"),
+    ({"requirements": ["six"] * 201}, "environment.requirements", "200"),
+    ({"requirements": ["six"], "inherit": "yes"}, "environment.inherit", "true or false"),
+])
+def test_the_environment_body_is_declared(environment: dict[str, Any], field: str, words: str) -> None:
+    """Checked before anything else: the same for a task and a deploy body."""
+    from cnetd.errors import Invalid
+    from cnetd.tasks.request import parse_new_task
+
+    with pytest.raises(Invalid) as caught:
+        parse_new_task({"name": "t", "command": "python3", "environment": environment})
+    assert caught.value.field == field and words in caught.value.message, caught.value.message
+
+
+def test_requirements_are_normalised_so_one_spec_has_one_key() -> None:
+    from cnetd.ml.envs.spec import EnvSpec, normalise_requirement, requirements_from_text
+
+    assert normalise_requirement("f", " Tf_Keras ~= 2.21 ") == "tf-keras~=2.21"
+    assert normalise_requirement("f", "SIX>=1.0 , <2") == normalise_requirement("f", "six<2,>=1.0") == "six<2,>=1.0"
+    assert normalise_requirement("f", "six[B,a] ; python_version >= '3.8'") == "six[a,b]; python_version >= '3.8'"
+    assert requirements_from_text("f", "# c\nsix==1.16.0 # pinned\n\n") == ["six==1.16.0"]
+    one = EnvSpec(("six==1.16.0",), False, "3.11", "/usr/bin/python3.11")
+    assert one.key == EnvSpec(("six==1.16.0",), False, "3.11", "/usr/bin/python3.11").key
+    assert one.key != EnvSpec(("six==1.16.0",), True, "3.11", "/usr/bin/python3.11").key
+    assert one.key != EnvSpec(("six==1.16.0",), False, "3.12", "/usr/bin/python3.12").key
