@@ -254,7 +254,12 @@ def test_stopping_a_build_fails_the_deploys_waiting_for_it(agent_factory) -> Non
     agent, _gate = slow_agent(agent_factory)
     spec = {"requirements": ["cnet-slow==0.1"], "inherit": False}
     model = agent.api.post("/api/ml/models", deploy_body("stopped", spec))
+    other = agent.api.post("/api/ml/models", deploy_body("stopped-early", spec))
     build = build_started(agent)
+    # a deploy stopped while it waits for the build is stopped at once; the build goes on
+    stopped = agent.api.delete(f"/api/ml/models/{other.body['id']}")
+    assert stopped.status == 200 and stopped.body["status"] == "stopped", stopped.text
+    assert agent.api.get(f"/api/tasks/{build['id']}").body["status"] == "running"
     assert agent.api.delete(f"/api/tasks/{build['id']}").status == 200
     done = agent.wait_done(model.body["id"], 60)
     assert done["status"] == "failed" and "stopped" in done["reason"], done

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cnetd.background import cancel_all
-from cnetd.bundle import stable_copy
+from cnetd.bundle import is_frozen, stable_copy
 from cnetd.clock import seconds_since, utc_now
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound
@@ -133,6 +133,9 @@ class Environments:
 
     async def spec_of(self, body: EnvironmentBody, working_dir: str, owner: str) -> EnvSpec:
         """The request's environment, checked: Invalid naming the field otherwise."""
+        if is_frozen():
+            raise Invalid(FIELD, "Python environments need an agent that runs from its virtualenv "
+                                 "(the one-file binary has no pip or uv to build them with)")
         if self.confinement.allowed_commands:
             raise Invalid(FIELD, "may not be used while tasks.allowed_commands is in force "
                                  "(an environment changes which code an allowed program loads)")
@@ -193,9 +196,7 @@ class Environments:
             record = await self.db.read(lambda c: eq.get(c, key))
             if record is None:
                 raise Conflict(f"environment {key} is no longer known; deploy the model again")
-            spec = EnvSpec(tuple(record.spec["requirements"]), bool(record.spec["inherit"]), str(record.spec["python"]),
-                           record.interpreter, str(record.spec.get("base", "")))
-            ready = await self._ready_or_building(key, spec)
+            ready = await self._ready_or_building(key, _spec_of(record))
             return await create(key, ready)
 
     async def _ready_or_building(self, key: str, spec: EnvSpec) -> bool:
@@ -271,17 +272,16 @@ class Environments:
     async def _settle(self, key: str, task_id: str) -> None:
         record = await self.db.read(lambda c: eq.get(c, key))
         task = await self.db.read(lambda c: _task(c, task_id))
-        if record is None or record.status != "building" or record.build_task_id != task_id or task is None:
+        if record is None or record.status != "building" or record.build_task_id != task_id:
             return
-        if not task.status.terminal:
+        if task is not None and not task.status.terminal:
             return
         self._builds.pop(task_id, None)
         directory = self.root / key
-        if task.status == Status.FAILED and (task.reason or "").startswith("lost"):
-            log.warning("the build of environment %s was lost (%s); building it again", key, task.reason)
-            spec = EnvSpec(tuple(record.spec["requirements"]), bool(record.spec["inherit"]), str(record.spec["python"]),
-                           record.interpreter, str(record.spec.get("base", "")))
-            await self._start_build(key, spec, record)
+        if task is None or (task.status == Status.FAILED and (task.reason or "").startswith("lost")):
+            why = "its task is gone" if task is None else task.reason
+            log.warning("the build of environment %s was lost (%s); building it again", key, why)
+            await self._start_build(key, _spec_of(record), record)
             return
         if task.status == Status.COMPLETED:
             try:
@@ -422,6 +422,13 @@ class Environments:
 
 def _task(conn: sqlite3.Connection, task_id: str) -> Task | None:
     return get_task(conn, task_id)
+
+
+def _spec_of(record: EnvironmentRecord) -> EnvSpec:
+    """The spec a row was built from (to build it again under the same key)."""
+    spec = record.spec
+    return EnvSpec(tuple(spec["requirements"]), bool(spec["inherit"]), str(spec["python"]), record.interpreter,
+                   str(spec.get("base", "")))
 
 
 def _write_marker(directory: Path, record: EnvironmentRecord) -> None:
