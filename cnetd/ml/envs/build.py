@@ -166,7 +166,10 @@ def remove_stubs(site_dir: str) -> None:
 def run_installer(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run it with its output going to this task's log as it comes; returns the exit code
     and the output (for the reason of a failure)."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        return 127, f"ERROR: cannot run the installer {argv[0]}: {exc.strerror}"
     assert proc.stdout is not None
     seen: list[str] = []
     for raw in proc.stdout:
@@ -216,8 +219,12 @@ def main(args: list[str]) -> int:
     started = time.monotonic()
     env = dict(os.environ)
     emit(progress=0.05, step="venv", target=target, python=python, installer=installer)
-    subprocess.run([python, "-m", "venv", "--without-pip", target], check=True, stdin=subprocess.DEVNULL)
-    site_dir = site_packages(target)
+    try:
+        subprocess.run([python, "-m", "venv", "--without-pip", target], check=True, stdin=subprocess.DEVNULL)
+        site_dir = site_packages(target)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        emit(error=f"{python} -m venv {target} failed: {exc}", installer=installer)
+        return 1
     stubs = 0
     if inherit:
         with open(os.path.join(site_dir, "_cnet_inherit.pth"), "w") as f:

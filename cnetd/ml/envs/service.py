@@ -231,6 +231,7 @@ class Environments:
             working_dir=str(self.root / key), resources=limits, timeout=self.settings.build_timeout,
             type="process", kind="env", environment=key, internal=True,
         ))
+        self._builds[task.id] = key  # before any await: its end is settled (under the key's lock) from now on
         now = utc_now()
         record = EnvironmentRecord(
             key=key, spec={**spec.to_json(), "base": spec.base}, interpreter=spec.interpreter, status="building",
@@ -239,7 +240,6 @@ class Environments:
         )
         await self.db.write(lambda c: eq.put(c, record))
         self._known[key] = record
-        self._builds[task.id] = key
         log.info("building environment %s (%s) in task %s", key, ", ".join(spec.requirements), task.id)
         return task
 
