@@ -326,7 +326,14 @@ def test_a_requirements_file_is_confined_and_its_options_refused(env_agent: Agen
     assert inline.body["environment"] == reply.body["environment"], "the file's content is the spec"
 
 
-def test_a_python_that_is_not_installed_is_a_400(env_agent: AgentProcess) -> None:
+def test_a_python_that_is_not_installed_or_not_runnable_by_tasks_is_a_400(env_agent: AgentProcess) -> None:
+    """3.2 exists nowhere; here 3.12 is a pyenv one in root's home (tasks cannot reach it)
+    or not installed at all: a 400 naming environment.python either way, and no build."""
+    reply = env_agent.api.post("/api/ml/models", deploy_body("p", {"requirements": ["six"], "python": "3.12",
+                                                                   "inherit": False}))
+    if reply.status != 201:
+        assert reply.status == 400 and "environment.python" in reply.body["error"], reply.text
+        assert env_tasks(env_agent) == []
     reply = env_agent.api.post("/api/ml/models", deploy_body("p", {"requirements": ["six"], "python": "3.2", "inherit": False}))
     assert reply.status == 400 and "environment.python" in reply.body["error"], reply.text
     reply = env_agent.api.post("/api/ml/models", deploy_body("p", {"requirements": ["six"], "python": "3.2"}))

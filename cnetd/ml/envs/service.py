@@ -57,7 +57,7 @@ from cnetd.ml.envs.spec import (
     requirements_from_text,
 )
 from cnetd.security.confine import Confinement
-from cnetd.security.privilege import READ
+from cnetd.security.privilege import EXECUTE, READ
 from cnetd.store import environments as eq
 from cnetd.store.environments import EnvironmentRecord
 from cnetd.store.tasks import get_task
@@ -155,7 +155,13 @@ class Environments:
                                                  f"(Python {version}); set inherit: false")
             found = await asyncio.to_thread(find_python, body.python, default_task_path())
             if found is None:
-                raise Invalid(f"{FIELD}.python", f"Python {body.python} is not installed on this node")
+                raise Invalid(f"{FIELD}.python", f"Python {body.python} is not installed on this node (no "
+                                                 f"python{body.python} on the agent's PATH, /usr/local/bin or /usr/bin "
+                                                 "that runs as that version)")
+            user = await self.tasks.user_for_owner(owner)
+            problem = self.launcher.path_problem(user, Path(found), EXECUTE)
+            if problem is not None:  # e.g. a pyenv Python in root's home
+                raise Invalid(f"{FIELD}.python", f"Python {body.python} ({found}) cannot be run by tasks: {problem}")
             version, interpreter = body.python, found
         base = ""
         if body.inherit:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,10 +176,23 @@ def agent_python() -> tuple[str, str]:
 
 
 def find_python(version: str, search_path: str) -> str | None:
-    """The real path of python<version> on the node (the agent's PATH, then the usual places)."""
+    """The real interpreter behind python<version> on the node (the agent's PATH, then the
+    usual places), asked for its own sys.executable, so that a shim (pyenv) names what it
+    runs; None when there is none of that version."""
     path = os.pathsep.join([search_path, "/usr/local/bin", "/usr/bin"])
     found = shutil.which(f"python{version}", path=path)
-    return os.path.realpath(found) if found else None
+    if found is None:
+        return None
+    probe = "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"
+    try:
+        done = subprocess.run([found, "-I", "-c", probe], capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL, env={"PATH": path})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.split()
+    if done.returncode != 0 or len(lines) != 2 or lines[1] != version:
+        return None
+    return os.path.realpath(lines[0])
 
 
 def base_fingerprint() -> str:
