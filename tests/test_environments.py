@@ -348,13 +348,17 @@ def test_a_task_cannot_write_into_an_environment(env_agent: AgentProcess) -> Non
     assert agent.wait_done(model.body["id"], 300)["status"] == "completed"
     key = model.body["environment"]
     code = ("import six, os, json\n"
-            "try:\n    open(six.__file__, 'a').write('import os; os._exit(9)')\n    print(json.dumps({'wrote': True}))\n"
-            "except OSError as e:\n    print(json.dumps({'wrote': False, 'error': str(e)}))\n")
+            "first = os.environ['PATH'].split(':')[0]\n"
+            "try:\n    open(six.__file__, 'a').write('import os; os._exit(9)')\n"
+            "    print(json.dumps({'wrote': True, 'path': first}))\n"
+            "except OSError as e:\n    print(json.dumps({'wrote': False, 'error': str(e), 'path': first}))\n")
     attacker = agent.api.post("/api/tasks", {"name": "attacker", "command": "python3", "args": ["-c", code],
                                              "environment": spec})
     assert attacker.status == 201 and attacker.body["environment"] == key, attacker.text
     done = agent.wait_done(attacker.body["id"], 120)
-    assert done["result"] == {"wrote": False, "error": done["result"]["error"]}, done
+    assert done["result"]["wrote"] is False and ("Permission denied" in done["result"]["error"]
+                                                or "Read-only" in done["result"]["error"]), done
+    assert done["result"]["path"] == str(agent.state_dir / "envs" / key / "bin"), "its bin/ first on PATH"
     db = sqlite3.connect(agent.state_dir / "cnet.db")
     try:
         (status,) = db.execute("SELECT status FROM environments WHERE key = ?", (key,)).fetchone()

@@ -104,7 +104,8 @@ TASK: Schema = {
         "environment": nullable({
             "type": "string",
             "description": "the key of the Python environment it runs in (GET /api/environments/{key}); for a task of "
-                           "kind env, the one it builds. While it is built the task is `preparing`",
+                           "kind env, the one it builds. While it is built the task is `preparing`; the task runs with its "
+                           "bin/ first on PATH, and a command without a slash is looked up there first when it starts",
         }),
         "usage": nullable({"type": "object"}),
         "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
