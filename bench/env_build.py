@@ -13,8 +13,13 @@ goes with it). Rows:
     (no build: it starts at once), next to
   - no environment: the same task without one (what a task costs anyway).
 The build's own figure (build.py's "seconds": venv + install) and the environment's size
-on disk (sealed, each inode once) are printed too. The agents and their directories are
-removed at the end.
+on disk (sealed, each inode once) are printed too.
+
+Then build.py alone (no agent, as this user), twice per installer with one download cache:
+cold (empty cache) and cached (the same packages already in it). The agent does not share a
+cache between builds (each build's code runs as its own uid, and a shared cache would let one
+build plant what another installs), so its builds are the cold ones; the cached rows say what
+a trusted, shared cache would buy. The agents and all directories are removed at the end.
 """
 
 from __future__ import annotations
@@ -73,6 +78,32 @@ def one_run(root: Path, installer: str, environment: dict[str, Any]) -> dict[str
         agent.kill_task_processes()
 
 
+def direct_build(root: Path, installer: str, environment: dict[str, Any], cache: Path) -> float:
+    """build.py as the agent runs it, with the pip settings the agent would pass, and cache
+    as its download cache; seconds it took."""
+    import os
+    import subprocess
+
+    from cnetd.ml.envs.index import build_variables, pip_settings
+    from cnetd.ml.envs.spec import agent_python
+
+    target = root / f"env-{installer}-{time.monotonic_ns()}"
+    target.mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cache), "TMPDIR": str(cache),
+           "PIP_CACHE_DIR": str(cache / "pip"), **build_variables(pip_settings(os.environ), os.environ)}
+    argv = [sys.executable, str(REPO / "cnetd/ml/envs/build.py"), "--target", str(target), "--python", agent_python()[1],
+            "--installer", installer]
+    if installer == "uv":
+        argv += ["--uv", str(Path(sys.prefix) / "bin" / "uv")]
+    if environment["inherit"]:
+        argv.append("--inherit")
+    t0 = time.monotonic()
+    subprocess.run([*argv, "--", *environment["requirements"]], env=env, check=True, capture_output=True)
+    took = time.monotonic() - t0
+    shutil.rmtree(target)
+    return took
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -82,11 +113,17 @@ def main() -> int:
     environment = {"requirements": args.requirement or ["tf-keras~=2.21"], "inherit": not args.standalone}
     root = Path(tempfile.mkdtemp(prefix="cnet-bench-env-", dir=REPO))
     results: dict[str, list[dict[str, float]]] = {"pip": [], "uv": []}
+    direct: dict[tuple[str, str], list[float]] = {}
     try:
-        for _ in range(args.runs):
+        for run in range(args.runs):
             for installer in ("pip", "uv"):  # alternated, so drift on a shared machine hits both
                 results[installer].append(one_run(root, installer, environment))
                 shutil.rmtree(root / f"agent-{installer}", ignore_errors=True)
+                cache = root / f"cache-{installer}-{run}"
+                cache.mkdir()
+                direct.setdefault((installer, "empty"), []).append(direct_build(root, installer, environment, cache))
+                direct.setdefault((installer, "warm"), []).append(direct_build(root, installer, environment, cache))
+                shutil.rmtree(cache)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -105,6 +142,9 @@ def main() -> int:
         print(f"{'cached, built with ' + installer + ' (POST to end)':<40}{cached:>10.2f}{cached / base:>8.2f}")
     bare = statistics.median(r["bare"] for rs in results.values() for r in rs)
     print(f"{'no environment (POST to end)':<40}{bare:>10.2f}{bare / base:>8.2f}")
+    for (installer, cache), times in sorted(direct.items()):
+        took = statistics.median(times)
+        print(f"{'build.py alone, ' + installer + ', ' + cache + ' cache':<40}{took:>10.2f}{took / base:>8.2f}")
     return 0
 
 
