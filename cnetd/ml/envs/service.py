@@ -219,7 +219,9 @@ class Environments:
         return False
 
     async def _start_build(self, key: str, spec: EnvSpec, previous: EnvironmentRecord | None) -> Task:
-        """A build task for key (the launcher gives it a fresh, empty directory)."""
+        """A build task for key (the launcher gives it a fresh, empty directory; what an earlier
+        try left is removed here first, off the event loop)."""
+        await asyncio.to_thread(shutil.rmtree, self.root / key, True)
         installer, uv = self._installer()
         if self._pip_env is None:
             settings = await asyncio.to_thread(pip_settings, self._agent_env)
