@@ -15,6 +15,7 @@ from cnetd.cluster.runtime import ClusterNode
 from cnetd.config import Config
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
+from cnetd.ml.envs.service import Environments
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import ServingManager
 from cnetd.node import NodeIdentity
@@ -36,6 +37,7 @@ class Agent:
     models: ModelService
     resources: ResourceSampler
     serving: ServingManager
+    environments: Environments
     cluster: ClusterNode | None  # None: a single node (no cluster section)
     describe: NodeDescriber  # this node as its record in the cluster says it
     sandbox_reason: str

@@ -28,6 +28,7 @@ from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.catalog import ModelCatalog
 from cnetd.ml.copies import ModelCopies
+from cnetd.ml.envs.service import Environments
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.node import NodeIdentity
@@ -126,6 +127,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         lambda a: _parts(a, config, base),
         _log_ingester,
         _task_supervision,
+        _environments,
         _retention,
         _serving,
         _resource_sampler,
@@ -194,6 +196,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     confinement = Confinement(allowed_roots, config.tasks.allowed_commands, model_roots, default_task_path(),
                               state_dir=state_dir)
     tasks = TaskService(db, launcher, ingester, config, node_id, confinement)
+    environments = Environments(tasks, launcher, confinement, config, dict(os.environ))
     ingester.on_lines = tasks.on_log_lines
     resources = ResourceSampler(config.resources, state_dir)
     catalog = ModelCatalog(db, tasks, launcher)
@@ -220,6 +223,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     app[AGENT] = Agent(
         config=config, base_dir=base_dir, identity=identity, launcher=launcher,
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
+        environments=environments,
         cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
     )
     yield
@@ -244,6 +248,11 @@ async def _task_supervision(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await tasks.shutdown()  # tasks keep running unless tasks.stop_on_exit
+
+
+async def _environments(app: web.Application) -> AsyncIterator[None]:
+    async with app[AGENT].environments.running():  # after recovery: builds that outlived the agent are followed
+        yield
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:

@@ -246,3 +246,16 @@ def test_a_task_whose_saved_handle_cannot_be_read_is_failed_and_killed_while_oth
     reply = sandboxed.api.delete(f"/api/tasks/{tasks['intact']}")  # still ours: it stops
     assert reply.status == 200 and reply.body["status"] == "stopped", reply.text
     wait_until(lambda: not processes_with(marker), 15, "every process to be gone")
+
+
+def test_a_task_in_its_own_python_environment(sandboxed: AgentProcess) -> None:
+    """The environment's build (a task of kind env) and the task that runs in it, both in
+    the backend's sandbox: the task imports the version its environment pinned."""
+    code = "import json, six; print(json.dumps({'six': six.__version__}))"
+    task = sandboxed.api.post("/api/tasks", {"name": "in-env", "command": "python3", "args": ["-c", code],
+                                             "environment": {"requirements": ["six==1.15.0"], "inherit": False}})
+    assert task.status == 201 and task.body["status"] == "preparing", task.text
+    done = sandboxed.wait_done(task.body["id"], timeout=300)
+    assert done["status"] == "completed" and done["result"] == {"six": "1.15.0"}, done
+    build = sandboxed.api.get("/api/tasks?kind=env").body[0]
+    assert build["status"] == "completed" and build["sandbox"] == sandboxed.config["tasks"]["sandbox"], build

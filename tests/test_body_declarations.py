@@ -80,7 +80,7 @@ def deployment(body: Any) -> Any:
     ({"name": "<script>"}, "name", "must be 1-128 characters"),
     ({"name": "x" * 129}, "name", "must be 1-128 characters"),
     ({"colour": "red"}, "colour",
-     "unknown field (allowed: args, command, env, name, node_id, placement, resources, timeout, type, working_dir)"),
+     "unknown field (allowed: args, command, env, environment, name, node_id, placement, resources, timeout, type, working_dir)"),
 ])
 def test_task_body_refusals_name_the_field(patch: dict[str, Any], field: str, words: str) -> None:
     body = {k: v for k, v in {**TASK, **patch}.items() if v is not None or k == "type"}
@@ -151,7 +151,7 @@ def test_deploy_defaults_and_what_null_means_in_resources() -> None:
     ({"serving": {"loader": "docker"}}, "serving.loader", "must be one of auto, script, builtin, got 'docker'"),
     ({"serving": {"colour": 1}}, "serving.colour", "unknown field (allowed: cache_size, loader"),
     ({"serving": [1]}, "serving", "must be a JSON object, got array"),
-    ({"input_data": 1}, "input_data", "unknown field (allowed: args, command, env, model_path, model_type, name"),
+    ({"input_data": 1}, "input_data", "unknown field (allowed: args, command, env, environment, model_path, model_type, name"),
 ])
 def test_deploy_body_refusals_name_the_field(patch: dict[str, Any], field: str, words: str) -> None:
     body = {k: v for k, v in {**LINEAR_BODY, **patch}.items() if v is not None or k == "serving"}

@@ -481,6 +481,7 @@ HELD_AS = {
     "cluster": {"settings"},
     "logs": {"limits"},
     "tasks.retention": {"settings"},
+    "ml.environments": {"settings"},
 }
 # Read as a whole: each leaf is the default of the deploy's resources field of that name.
 READ_WHOLE = {"ml.resource_limits"}

@@ -20,7 +20,7 @@ from cnetd.cluster.placing import PlaceRequest
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import ServingSpecBody
-from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
+from cnetd.tasks.model import TASK_KINDS, TASK_TYPES, Status
 from cnetd.tasks.request import NewTaskBody
 
 Schema = dict[str, Any]
@@ -69,7 +69,7 @@ TASK: Schema = {
         "id": STRING,
         "name": STRING,
         "type": {"enum": list(TASK_TYPES)},
-        "kind": {"enum": [*ML_KINDS, "run"]},
+        "kind": {"enum": list(TASK_KINDS)},
         "status": {"enum": [str(s) for s in Status]},
         "command": STRING,
         "args": {"type": "array", "items": STRING},
@@ -101,12 +101,42 @@ TASK: Schema = {
             "type": "string",
             "description": "the command resolved to an absolute path at submit, with the agent's PATH: what runs",
         }),
+        "environment": nullable({
+            "type": "string",
+            "description": "the key of the Python environment it runs in (GET /api/environments/{key}); for a task of "
+                           "kind env, the one it builds. While it is built the task is `preparing`; the task runs with its "
+                           "bin/ first on PATH, and a command without a slash is looked up there first when it starts",
+        }),
         "usage": nullable({"type": "object"}),
         "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },
 }
 
+ENVIRONMENT: Schema = {
+    "type": "object",
+    "required": ["key", "status", "requirements", "inherit", "python", "interpreter", "installer", "build_task_id",
+                 "reason", "created_at", "ready_at", "last_used", "size_bytes", "build_seconds", "tasks"],
+    "properties": {
+        "key": {"type": "string", "description": "hash of the normalised spec and the interpreter"},
+        "status": {"enum": ["building", "ready", "failed", "removed"]},
+        "requirements": {"type": "array", "items": STRING},
+        "inherit": {"type": "boolean"},
+        "python": STRING,
+        "interpreter": STRING,
+        "installer": nullable({"enum": ["uv", "pip"]}),
+        "build_task_id": nullable({"type": "string", "description": "its (last) build, a task of kind env"}),
+        "reason": nullable({"type": "string", "description": "why its build failed"}),
+        "created_at": TIME,
+        "ready_at": nullable(TIME),
+        "last_used": nullable(TIME),
+        "size_bytes": nullable({"type": "integer"}),
+        "build_seconds": nullable({"type": "number"}),
+        "tasks": {"type": "array", "items": STRING, "description": "tasks using it that have not ended"},
+    },
+}
+
 RESPONSE_SCHEMAS: dict[str, Schema] = {
+    "EnvironmentRecord": ENVIRONMENT,
     "Error": {
         "type": "object",
         "required": ["error", "status", "timestamp", "details"],
@@ -383,7 +413,7 @@ def build_document() -> Schema:
     task_list_params = [
         query("status", {"enum": [str(s) for s in Status]}, "only tasks in this status"),
         query("type", {"enum": list(TASK_TYPES)}, "only tasks of this type"),
-        query("kind", {"enum": [*ML_KINDS, "run"]}, "only tasks of this kind"),
+        query("kind", {"enum": list(TASK_KINDS)}, "only tasks of this kind"),
         query("model_id", STRING, "only the tasks of this model"),
         query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "at most this many (default 1000)"),
         query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "skip this many"),
@@ -458,6 +488,13 @@ def build_document() -> Schema:
             {200: ("events", {"type": "array", "items": ref("Event")})}, (404,)), [ID_PARAM], op_id="taskEvents")},
         "/api/tasks/{id}/stats": {"get": operation("A task's CPU and memory now", responses(
             {200: ("usage", ref("Object"))}, (404,)), [ID_PARAM], op_id="taskStats")},
+        "/api/environments": {"get": operation(
+            "Every Python environment of this node (built once per spec, shared by the tasks that ask for it), "
+            "newest first", responses({200: ("environments", {"type": "array", "items": ref("EnvironmentRecord")})}, ()),
+            op_id="listEnvironments")},
+        "/api/environments/{key}": {"get": operation("One Python environment", responses(
+            {200: ("environment", ref("EnvironmentRecord"))}, (404,)),
+            [{"name": "key", "in": "path", "required": True, "schema": STRING}], op_id="getEnvironment")},
         "/api/ml/models": {
             "get": operation("Every model", responses(
                 {200: ("models", {"type": "array", "items": {"anyOf": [ref("Model"), ref("ClusterTask")]}})},

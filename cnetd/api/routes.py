@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cnetd.api import artifacts, cluster, metrics, ml, openapi, serving, system, tasks, v2
+from cnetd.api import artifacts, cluster, environments, metrics, ml, openapi, serving, system, tasks, v2
 
 
 def add_api_routes(app: web.Application) -> None:
@@ -31,6 +31,9 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get("/api/tasks/{id}/logs", tasks.task_logs, name="task-logs")
     r.add_get("/api/tasks/{id}/events", tasks.task_events, name="task-events")
     r.add_get("/api/tasks/{id}/stats", tasks.task_stats, name="task-stats")
+
+    r.add_get("/api/environments", environments.list_environments, name="environments")
+    r.add_get("/api/environments/{key}", environments.get_environment, name="environment")
 
     r.add_get("/api/ml/models", ml.list_models, name="models")
     r.add_post("/api/ml/models", ml.deploy_model, name="models-deploy")

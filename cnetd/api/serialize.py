@@ -41,6 +41,7 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "run_as": task.run_as,
         "uid": task.uid,
         "program": task.program,
+        "environment": task.environment,
         "usage": task.usage,
     }
     if enforcement is not None:

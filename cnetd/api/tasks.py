@@ -12,11 +12,11 @@ from cnetd.api.errors import read_json
 from cnetd.api.logs import logs_response
 from cnetd.api.params import choice_param, int_param
 from cnetd.api.serialize import event_json, json_response, task_json
-from cnetd.tasks.model import ML_KINDS, TASK_TYPES, Status
+from cnetd.tasks.model import TASK_KINDS, TASK_TYPES, Status
 from cnetd.tasks.request import parse_new_task
 
 STATUSES = tuple(str(s) for s in Status)
-KINDS = (*ML_KINDS, "run")
+KINDS = TASK_KINDS
 
 
 class _Filters(TypedDict):

@@ -23,6 +23,7 @@ from cnetd.config.model import (
     SECTION_CLASSES,
     Config,
     ConfigError,
+    InstallerKind,
     LogFormat,
     LogLevel,
     SandboxKind,
@@ -101,6 +102,12 @@ _SPEC: dict[str, Spec] = {
         "timeout": to.duration(),
         "allowed_roots": lambda v, where: tuple(to.path(p, f"{where}[{i}]") for i, p in enumerate(_list(v, where))),
         "model_roots": lambda v, where: tuple(to.path(p, f"{where}[{i}]") for i, p in enumerate(_list(v, where))),
+        "environments": {
+            "max_idle": to.duration(allow_off=True),
+            "installer": to.choice(InstallerKind),
+            "build_timeout": to.duration(),
+            "build_memory_limit": to.optional(to.positive_size),
+        },
     },
     "auth": {
         "tokens": to.strings,

@@ -157,6 +157,19 @@ class PortRange:
     end: int = 9100
 
 
+InstallerKind = Literal["auto", "uv", "pip"]
+
+
+@dataclass(frozen=True)
+class EnvironmentsSection:
+    """Per-model Python environments (cnetd.ml.envs)."""
+
+    max_idle: float | None = 14 * 86400.0  # seconds unused before retention removes one; None: kept
+    installer: InstallerKind = "auto"  # auto: uv when the agent has it, else pip
+    build_timeout: float = 1800.0
+    build_memory_limit: int | None = 4 << 30
+
+
 @dataclass(frozen=True)
 class MLSection:
     enabled: bool = True
@@ -169,6 +182,7 @@ class MLSection:
     timeout: float = 30.0
     allowed_roots: tuple[Path, ...] = ()  # empty: the agent's working directory
     model_roots: tuple[Path, ...] = ()  # empty: <working directory>/models and model_path
+    environments: EnvironmentsSection = EnvironmentsSection()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from msgspec import Meta
 
 from cnetd.bodies.describe import NO_NUL
 from cnetd.limits import ResourceLimits
+from cnetd.ml.envs.spec import EnvironmentBody
 from cnetd.ml.serving.spec import ServingSpec, ServingSpecBody
 from cnetd.security.identity import model_owner
 from cnetd.tasks.fields import (
@@ -66,6 +67,7 @@ class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     serving: ServingSpecBody | None = None
     node_id: NodeId | None = None
     placement: PlacementField | None = None
+    environment: EnvironmentBody | None = None
 
     def to_deployment(self, default_limits: ResourceLimits) -> Deployment:
         """What this body deploys; the paths are checked against the file system later."""
@@ -85,6 +87,7 @@ class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
             type="ml_model",
             kind=kind_from_args(args),
             identity_owner=model_owner(self.name),
+            environment_request=self.environment,
         )
         serving = None if self.serving is None else self.serving.apply()
         return Deployment(task=task, model_type=model_type, model_path=model_path, script_path=script_path,

@@ -184,6 +184,7 @@ class ModelService:
             kind="predict",
             model_id=model_id,
             identity_owner=model_owner(model.record.name),
+            environment=base.environment,
         )
         task = await self.tasks.create(new)
         if not wait:

@@ -80,11 +80,13 @@ class Isolation:
         return sorted(p for p in paths if not is_frozen() or p != Path(sys.prefix))
 
     def view(self, user: TaskUser, writable: Sequence[Path], tmp_dir: Path | None,
-             shm_size: int | None = None, accounts: tuple[Path, Path] | None = None) -> TaskView:
+             shm_size: int | None = None, accounts: tuple[Path, Path] | None = None,
+             agent_files: Sequence[Path] = ()) -> TaskView:
+        """agent_files: more of the agent's own directories the task reads (its environment)."""
         builder = (
             ViewBuilder(user, self.state_dir, self.inaccessible)
             .readable([*self.allowed_roots, *self.python_paths()])
-            .agent_files([self.lib_dir])
+            .agent_files([self.lib_dir, *agent_files])
             .writable(writable)
             .hidden(self.model_roots)
             .masked(self.secret_files)

@@ -14,7 +14,7 @@ from cnetd.tasks.model import Status, Task, TaskEvent
 TASK_COLUMNS = [
     "id", "name", "type", "kind", "status", "command", "args", "env", "working_dir", "resources", "timeout", "created_at",
     "started_at", "stopped_at", "exit_code", "reason", "unit", "log_file", "progress", "result", "model_id", "node_id",
-    "sandbox", "handle", "stop_requested", "usage", "run_as", "uid", "program",
+    "sandbox", "handle", "stop_requested", "usage", "run_as", "uid", "program", "environment",
 ]
 JSON_COLUMNS = {"args", "env", "result", "usage"}
 # Columns a transition may change (never the identity or the request).

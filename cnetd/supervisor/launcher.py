@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -30,6 +31,9 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 # nothing else is (never CNET_*, a token, or anything else the agent was configured with).
 INHERITED = frozenset({"LANG", "LANGUAGE", "TZ"})
 TASK_UMASK = 0o027  # a model's files are its own (its group is its own too)
+BUILD_UMASK = 0o022  # an environment's files are for every task that runs in it
+ENV_KEY = re.compile(r"^[0-9a-f]{24}$")
+ENV_READY_MARKER = ".cnet-ready"  # written by the agent once it has sealed a build (cnetd.ml.envs)
 
 
 def agent_python_bin() -> str | None:
@@ -100,7 +104,8 @@ class TaskPaths:
         self.logs_dir = state_dir / "logs"
         self.run_dir = state_dir / "run"
         self.tmp_root = state_dir / "tmp"
-        for directory in (self.logs_dir, self.run_dir, self.tmp_root):
+        self.envs_root = state_dir / "envs"  # Python environments (cnetd.ml.envs), one dir per key
+        for directory in (self.logs_dir, self.run_dir, self.tmp_root, self.envs_root):
             directory.mkdir(parents=True, exist_ok=True)
 
     def tmp_dir(self, task_id: str) -> Path:
@@ -156,6 +161,7 @@ class Launcher(TaskPaths):
         os.chmod(self.logs_dir, 0o700)
         os.chmod(self.run_dir, 0o711)
         os.chmod(self.tmp_root, 0o711)
+        os.chmod(self.envs_root, 0o711)
         os.chmod(state_dir, 0o711)
         self._agent_env = dict(agent_env)
         self._backends: dict[str, Sandbox] = {sandbox.name: sandbox}
@@ -251,10 +257,46 @@ class Launcher(TaskPaths):
         directory = Path(os.path.realpath(Path(task.args[index]).parent))
         return directory if directory.parent == Path(os.path.realpath(self.run_dir)) else None
 
+    def environment_dir(self, key: str) -> Path:
+        if not ENV_KEY.match(key):
+            raise SpawnError(f"spawn failed: {key!r} is not an environment key")
+        return self.envs_root / key
+
+    def _fresh_build_dir(self, task: Task) -> Path:
+        """An environment build's directory: empty and its user's, whatever an earlier try of
+        the same key left there (nothing half-built is ever built upon)."""
+        directory = self.environment_dir(task.environment or "")
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o755)
+        if task.uid is not None and os.geteuid() == 0:
+            user = self.user_for(task)
+            os.chown(directory, task.uid, user.gid if user is not None else task.uid)
+        return directory
+
+    def _environment(self, task: Task, cwd: Path) -> tuple[Path, str] | None:
+        """The ready environment a task runs in, and its program found with the environment's
+        bin/ first (a command with a slash is the one checked at submit)."""
+        if task.environment is None or task.kind == "env":
+            return None
+        directory = self.environment_dir(task.environment)
+        if not (directory / ENV_READY_MARKER).is_file():
+            raise SpawnError(f"spawn failed: its environment {task.environment} is not built")
+        program = task.program or resolve_program(task.command, cwd)
+        if "/" not in task.command:
+            found = shutil.which(task.command, path=f"{directory / 'bin'}:{default_task_path()}")
+            if found is None:
+                raise SpawnError(f"spawn failed: {task.command}: not found in its environment or on PATH")
+            program = found
+        return directory, program
+
     def spec_for(self, task: Task) -> LaunchSpec:
-        cwd = self._confined_working_dir(task)
+        building = self._fresh_build_dir(task) if task.kind == "env" else None
+        cwd = building or self._confined_working_dir(task)
         user = self.user_for(task)
         program = task.program or resolve_program(task.command, cwd)
+        environment = self._environment(task, cwd)
+        if environment is not None:
+            program = environment[1]
         model_dir = self.model_dir(task, cwd)
         tmp = self.tmp_dir(task.id)
         own: dict[str, str] = {}
@@ -265,6 +307,9 @@ class Launcher(TaskPaths):
         else:
             tmp.mkdir(mode=0o700, exist_ok=True)
         own["TMPDIR"] = str(tmp)
+        if environment is not None:
+            env_bin = str(environment[0] / "bin")
+            own.update(VIRTUAL_ENV=str(environment[0]), PATH=f"{env_bin}:{default_task_path(self._agent_env)}")
         env = task_environment(self._agent_env, task.env, own)
         spec_path = self.run_dir / f"{task.id}.launch.json"
         namespace = None
@@ -272,9 +317,12 @@ class Launcher(TaskPaths):
             accounts = None
             if self.identities.mode == "dynamic":
                 accounts = write_account_files(user, Path(own["HOME"]), self.run_dir, task.id)
-            writable = [p for p in (model_dir, tmp, Path(own["HOME"]), self._worker_socket_dir(task)) if p is not None]
+            writable = [p for p in (model_dir, tmp, Path(own["HOME"]), self._worker_socket_dir(task), building)
+                        if p is not None]
             shm = task.resources.memory_limit
-            namespace = self.isolation.view(user, writable, tmp, shm_size=shm, accounts=accounts).ops()
+            readable = [environment[0]] if environment is not None else []
+            namespace = self.isolation.view(user, writable, tmp, shm_size=shm, accounts=accounts,
+                                            agent_files=readable).ops()
         error_path = self.error_path(task.id)
         error_path.unlink(missing_ok=True)
         self.isolation.write_spec(spec_path, {
@@ -285,7 +333,7 @@ class Launcher(TaskPaths):
             "cwd": str(cwd),
             "identity": None if user is None else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
             "namespace": namespace,
-            "umask": TASK_UMASK if user is not None else 0o022,
+            "umask": (BUILD_UMASK if building else TASK_UMASK) if user is not None else 0o022,
             "error_file": str(error_path),
         })
         exit_path = self.exit_path(task.id)

@@ -9,12 +9,15 @@ from typing import Any, Literal
 from cnetd.limits import ResourceLimits
 
 TaskType = Literal["process", "ml_model"]
-TaskKind = Literal["train", "predict", "evaluate", "serve", "run"]
+TaskKind = Literal["train", "predict", "evaluate", "serve", "run", "env"]
 TASK_TYPES: tuple[str, ...] = ("process", "ml_model")
 ML_KINDS: tuple[str, ...] = ("train", "predict", "evaluate", "serve")
+# "env": the build of a Python environment (cnetd.ml.envs), made by the agent, never by a request
+TASK_KINDS: tuple[str, ...] = (*ML_KINDS, "run", "env")
 
 
 class Status(StrEnum):
+    PREPARING = "preparing"  # waits for its Python environment to be built
     PENDING = "pending"
     STARTING = "starting"
     RUNNING = "running"
@@ -62,6 +65,7 @@ class Task:
     run_as: str | None = None  # the user its processes ran as, set when it starts
     uid: int | None = None  # the uid its processes run as (None: the agent's own user)
     program: str | None = None  # command resolved to an absolute path at submit
+    environment: str | None = None  # the key of the Python environment it runs in (cnetd.ml.envs)
     seq: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ from msgspec import Meta
 from cnetd.bodies.decode import decode_body
 from cnetd.errors import Invalid
 from cnetd.limits import ResourceLimits
+from cnetd.ml.envs.spec import EnvironmentBody
 from cnetd.tasks.fields import (
     Args,
     Duration,
@@ -42,6 +43,9 @@ class NewTask:
     kind: str = "run"
     model_id: str | None = None
     identity_owner: str | None = None  # whose uid it runs under; None: a uid of its own
+    environment_request: EnvironmentBody | None = None  # the environment the request asks for
+    environment: str | None = None  # the key of its environment (a model's later tasks: its deploy's)
+    internal: bool = False  # made by the agent (an environment build): its command and paths are the agent's
 
 
 class NewTaskBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -59,6 +63,7 @@ class NewTaskBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     timeout: Duration | None = None
     node_id: NodeId | None = None
     placement: PlacementField | None = None
+    environment: EnvironmentBody | None = None
 
     def to_new_task(self) -> NewTask:
         return NewTask(
@@ -69,6 +74,7 @@ class NewTaskBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
             working_dir=short_components("working_dir", "." if self.working_dir is None else self.working_dir),
             resources=resource_limits(self.resources, ResourceLimits()),
             timeout=seconds("timeout", self.timeout),
+            environment_request=self.environment,
         )
 
 

@@ -14,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cnetd.background import wait_event
 from cnetd.clock import utc_now
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound, Unavailable
 from cnetd.logs.ingester import LogIngester
+from cnetd.ml.envs.spec import EnvironmentBody, EnvSpec
 from cnetd.security.confine import Confinement
 from cnetd.security.identity import task_owner
 from cnetd.security.privilege import TaskUser
@@ -47,6 +49,17 @@ from cnetd.tasks.transitions import TaskStates
 from cnetd.tasks.usage import Sample, UsageMonitor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EnvironmentGate(Protocol):
+    """Where tasks that run in a Python environment are created (cnetd.ml.envs.service)."""
+
+    async def spec_of(self, body: EnvironmentBody, working_dir: str, owner: str) -> EnvSpec: ...
+
+    async def create_in(self, spec: EnvSpec, create: Callable[[str, bool], Awaitable[T]]) -> T: ...
+
+    async def create_in_key(self, key: str, create: Callable[[str, bool], Awaitable[T]]) -> T: ...
 
 
 class TaskService:
@@ -65,6 +78,7 @@ class TaskService:
         self.runner = TaskRunner(db, self.states, launcher, ingester, config, self._usage)
         self.recovery = Recovery(db, self.states, self.runner, launcher)
         self.on_log_lines = self.runner.on_log_lines  # the ingester's hook: progress lines
+        self.environments: EnvironmentGate | None = None  # set by cnetd.ml.envs.Environments
 
     # ---- queries -------------------------------------------------------------
 
@@ -139,6 +153,26 @@ class TaskService:
         else:
             task_id = str(uuid.uuid4())
         owner = new.identity_owner or task_owner(task_id)
+        program = new.command if new.internal else await self._checked_program(new, owner)
+        gate = self.environments
+        if new.internal or (new.environment_request is None and new.environment is None):
+            return await self._insert(new, program, task_id, also)
+        if gate is None:
+            raise Invalid("environment", "Python environments are not available on this node")
+        chosen = dataclasses.replace(new, environment_request=None)
+
+        async def insert(key: str, ready: bool) -> Task:
+            return await self._insert(dataclasses.replace(chosen, environment=key), program, task_id, also,
+                                      preparing=not ready)
+
+        if new.environment_request is not None:
+            spec = await gate.spec_of(new.environment_request, new.working_dir, owner)
+            return await gate.create_in(spec, insert)
+        assert new.environment is not None
+        return await gate.create_in_key(new.environment, insert)
+
+    async def _checked_program(self, new: NewTask, owner: str) -> str:
+        """The request's paths, variables and command checked; the program it will run."""
         self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
         self.confinement.check_env(new.env)
         check_max_pids(new.resources, self.config.tasks.max_pids)
@@ -149,13 +183,18 @@ class TaskService:
             field = "working_dir" if str(exc).startswith("working_dir") else "command"
             raise Invalid(field, str(exc).split(": ", 1)[-1] if field == "working_dir" else str(exc)) from None
         self.confinement.check_command(new.command, program)
+        return program
+
+    async def _insert(self, new: NewTask, program: str, task_id: str,
+                      also: Callable[[sqlite3.Connection, Task], None] | None, preparing: bool = False) -> Task:
+        owner = new.identity_owner or task_owner(task_id)
         timeout = new.timeout if new.timeout is not None else self.config.tasks.timeout
         task = Task(
             id=task_id,
             name=new.name,
             type=new.type,
             kind=new.kind,
-            status=Status.PENDING,
+            status=Status.PREPARING if preparing else Status.PENDING,
             command=new.command,
             args=list(new.args),
             env=dict(new.env),
@@ -168,12 +207,15 @@ class TaskService:
             model_id=new.model_id,
             sandbox=self.launcher.sandbox.name,
             program=program,
+            environment=new.environment,
         )
 
         def write(conn: sqlite3.Connection) -> None:
             task.uid = self.launcher.identities.allocate(conn, owner)
             q.insert_task(conn, task)
             q.insert_event(conn, event(task_id, "created", f"{task.type} task '{task.name}' created"))
+            if preparing:
+                q.insert_event(conn, event(task_id, "preparing", f"waiting for its environment {task.environment} to be built"))
             if also is not None:
                 also(conn, task)
 
@@ -214,7 +256,7 @@ class TaskService:
         as its handle is saved); an ended one is a Conflict."""
         async with self.states.lock(task_id):
             task = await self._stored(task_id)
-            if task.status == Status.PENDING:
+            if task.status in (Status.PENDING, Status.PREPARING):
                 outcome = await self.states.end(task, Status.STOPPED, "stopped", f"stopped {why} before it started",
                                                 stopped_at=utc_now())
                 if outcome.applied:

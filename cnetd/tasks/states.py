@@ -11,6 +11,7 @@ from cnetd.clock import utc_now
 from cnetd.tasks.model import Status, TaskEvent
 
 ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.PREPARING: frozenset({Status.PENDING, Status.STOPPED, Status.FAILED}),
     Status.PENDING: frozenset({Status.STARTING, Status.STOPPED, Status.FAILED}),
     Status.STARTING: frozenset({Status.RUNNING, Status.FAILED}),
     Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.STOPPED}),

@@ -49,6 +49,7 @@ def summary_context(agent: Agent, task: Task, model: Model | None) -> dict[str, 
         "active": active,
         "show_progress": show_progress,
         "enforced": agent.enforcement(task.sandbox),
+        "python_env": agent.environments.summary(task.environment),
         "remote": None,  # a task another node has (pages.remote_page)
     }
 

@@ -61,6 +61,7 @@ async def remote_page(request: web.Request, found: Remote, as_model: bool) -> we
         "active": not task.status.terminal and not found.lost,
         "show_progress": task.progress is not None,
         "enforced": found.enforced,
+        "python_env": None,  # another node's environments are that node's to show
         "events": found.events,
         "logs": detail.LogTail(lines, lines[-1][0] if lines else 0, 0, None),
         "usage": None,

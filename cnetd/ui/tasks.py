@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from cnetd.errors import Conflict, DomainError, NotFound
-from cnetd.tasks.model import ML_KINDS, TASK_TYPES
+from cnetd.tasks.model import TASK_KINDS, TASK_TYPES
 from cnetd.ui import detail, placing, remote
 from cnetd.ui.cluster import cluster_list, node_choice, placement_choices, poll_every
 from cnetd.ui.common import (
@@ -25,7 +25,7 @@ from cnetd.ui.forms import PLACEMENT_FIELDS, TASK_FIELDS, Form, task_body
 from cnetd.ui.pages import detail_page, remote_page
 from cnetd.ui.render import fragment_response, is_htmx, polled
 
-KINDS = (*ML_KINDS, "run")
+KINDS = TASK_KINDS
 FIELDS = (*TASK_FIELDS, *PLACEMENT_FIELDS)
 
 

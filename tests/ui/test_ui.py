@@ -424,3 +424,31 @@ def test_nodes_page_lists_the_cluster_live(
     b.goto("/")
     expect(b.page.locator("dt:text-is('Cluster') + dd")).to_have_text("ok")
     b.assert_clean()
+
+
+def test_a_model_page_shows_its_python_environment_and_links_its_build_log(
+    agent_factory: Callable[..., AgentProcess], browse: Callable[..., Browse]
+) -> None:
+    agent = agent_factory()
+    (agent.workdir / "six_model.py").write_text(
+        "import json, sys, six\nopen(sys.argv[2], 'w').write(six.__version__)\nprint(json.dumps({'six': six.__version__}))\n")
+    agent.start()
+    body = {"name": "six-model", "model_path": "models/six/model.txt", "script_path": "six_model.py",
+            "command": "python3", "args": ["six_model.py", "train", "models/six/model.txt"],
+            "environment": {"requirements": ["six==1.16.0"], "inherit": False}}
+    model = agent.api.post("/api/ml/models", body)
+    assert model.status == 201, model.text
+    b = browse(agent)
+    page = b.page
+    b.goto(f"/models/{model.body['id']}")
+    expect(status_of(b)).to_have_text("completed", timeout=120_000)
+    facts = page.locator(".python-env")
+    expect(facts).to_contain_text("six==1.16.0")
+    expect(facts).to_contain_text("ready")
+    b.check_a11y("model-with-environment")
+    page.locator(".python-env").get_by_role("link", name="build log").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}$"))
+    expect(page.locator("#log-lines")).to_contain_text("six")
+    expect(page.locator("#result")).to_contain_text('"step": "done"')
+    b.check_a11y("environment-build")
+    b.assert_clean()

@@ -94,6 +94,7 @@ class WorkerTasks:
             kind="serve",
             model_id=record.id,
             identity_owner=owner,
+            environment=base.environment,  # the model's Python environment (cnetd.ml.envs)
         ))
 
     async def connect(self, task_id: str, socket: str | None, label: str) -> WorkerClient | None:
