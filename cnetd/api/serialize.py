@@ -42,6 +42,7 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "uid": task.uid,
         "program": task.program,
         "usage": task.usage,
+        "gpus": task.gpus,
     }
     if enforcement is not None:
         data["limits_enforced"] = enforcement

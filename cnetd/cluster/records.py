@@ -141,6 +141,7 @@ class ModelSource(msgspec.Struct, frozen=True, kw_only=True):
     memory_limit: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
     disk_limit: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
     gpu_limit: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+    gpu_memory: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
 
 
 class ServedModel(msgspec.Struct, frozen=True, kw_only=True):

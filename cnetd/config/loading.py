@@ -96,6 +96,7 @@ _SPEC: dict[str, Spec] = {
             "memory_limit": to.optional(to.positive_size),
             "disk_limit": to.optional(to.positive_size),
             "gpu_limit": to.optional(to.integer(0)),
+            "gpu_memory": to.optional(to.positive_size),
             "max_pids": to.optional(to.integer(1, PIDS_CEILING)),
         },
         "timeout": to.duration(),
@@ -106,6 +107,12 @@ _SPEC: dict[str, Spec] = {
         "tokens": to.strings,
         "token_file": to.optional(to.path),
         "metrics_public": to.boolean,
+    },
+    "gpus": {
+        "enabled": to.boolean,
+        "refresh": to.duration(),
+        "device_dir": to.path,
+        "simulate_file": to.optional(to.path),
     },
     "cluster": {
         "etcd": {
@@ -146,6 +153,7 @@ _ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CNET_SANDBOX": ("tasks", "sandbox", str),
     "CNET_AUTH_TOKEN": ("auth", "tokens", lambda t: [t]),
     "CNET_DISCOVERY_TOKEN": ("discovery", "token", str),
+    "CNET_GPU_SIMULATE_FILE": ("gpus", "simulate_file", str),
 }
 
 
@@ -300,6 +308,9 @@ def _assemble(
         if len(token) < 16:
             raise ConfigError(f"{label}: auth.tokens: each token must be at least 16 characters (a short token is guessable)")
     discovery = build("discovery")
+    gpus = build("gpus")
+    gpus = dataclasses.replace(gpus, device_dir=resolve(gpus.device_dir),
+                               simulate_file=None if gpus.simulate_file is None else resolve(gpus.simulate_file))
     cluster = fixed.get("cluster")
     if cluster is None and values.get("cluster"):  # no section, or an empty one: a single node
         cluster = assemble_cluster(build("cluster"), agent.node_id, resolve, label)
@@ -312,6 +323,7 @@ def _assemble(
         logs=build("logs"),
         ml=ml,
         auth=auth,
+        gpus=gpus,
         cluster=cluster,
         source=source,
         warnings=tuple(warnings),

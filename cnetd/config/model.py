@@ -172,6 +172,16 @@ class MLSection:
 
 
 @dataclass(frozen=True)
+class GpusSection:
+    """NVIDIA GPUs: discovery with NVML, assignment to tasks, device isolation."""
+
+    enabled: bool = True  # False: NVML is never touched and the node has 0 GPUs
+    refresh: float = 5.0  # seconds between NVML readings (memory, utilisation, per-process use)
+    device_dir: Path = Path("/dev")  # where nvidia<N>, nvidiactl and nvidia-uvm are
+    simulate_file: Path | None = None  # tests only: a JSON description of GPUs read instead of NVML
+
+
+@dataclass(frozen=True)
 class AuthSection:
     tokens: tuple[str, ...] = field(default=(), repr=False)
     token_file: Path | None = None
@@ -187,6 +197,7 @@ SECTION_CLASSES: dict[str, type] = {
     "logs": LogsSection,
     "ml": MLSection,
     "auth": AuthSection,
+    "gpus": GpusSection,
     "cluster": ClusterSection,
 }
 
@@ -213,6 +224,7 @@ class Config:
     ml: MLSection
     auth: AuthSection = AuthSection()
     logs: LogsSection = LogsSection()
+    gpus: GpusSection = GpusSection()
     cluster: ClusterSection | None = None  # None: a single node, nothing about etcd touched
     source: Path | None = None
     warnings: tuple[str, ...] = ()

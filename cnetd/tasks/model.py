@@ -63,6 +63,7 @@ class Task:
     uid: int | None = None  # the uid its processes run as (None: the agent's own user)
     program: str | None = None  # command resolved to an absolute path at submit
     seq: int | None = None
+    gpus: list[str] = field(default_factory=list)  # uuids of the GPUs it was given (read, never written)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,180 @@
+"""GPUs: discovery, assignment by UUID, waiting, release, restart survival, sharing by
+memory and its enforcement, through the real agent (a child process, real SQLite, real
+HTTP). NVML itself cannot run here (no GPU, no driver): the agent reads the GPUs from the
+JSON file of its test double (tests/support/fake_gpus.py, cnetd/gpus/simulated.py), named
+by the operator's gpus.simulate_file. The real NvmlReader is run too, for what it does on a
+machine without a driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnetd.gpus.reader import NvmlReader
+from tests.support.agent import AgentProcess
+from tests.support.fake_gpus import GIB, FakeGpus
+from tests.support.waiting import wait_until
+
+SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in ("
+            "'CUDA_VISIBLE_DEVICES', 'CUDA_DEVICE_ORDER', 'TF_FORCE_GPU_ALLOW_GROWTH', "
+            "'CNET_GPU_MEMORY_LIMIT', 'CNET_GPU_MEMORY_FRACTION')}))")
+
+
+def gpu_agent(agent_factory: Callable[..., AgentProcess], tmp_path: Path, count: int = 2,
+              name: str = "agent") -> tuple[AgentProcess, FakeGpus]:
+    fake = FakeGpus(tmp_path / f"{name}-gpus.json", count)
+    agent = agent_factory({"gpus": {"simulate_file": str(fake.path), "refresh": "0.2s"}}, name=name)
+    return agent.start(), fake
+
+
+def task(agent: AgentProcess, resources: dict[str, Any], code: str = "import time; time.sleep(60)",
+         env: dict[str, str] | None = None, expect: int = 201) -> dict[str, Any]:
+    reply = agent.api.post("/api/tasks", {"name": "gpu", "command": "python3", "args": ["-c", code],
+                                          "env": env or {}, "resources": resources})
+    assert reply.status == expect, reply.text
+    return reply.body
+
+
+def pid_of(agent: AgentProcess, task_id: str) -> int:
+    events = agent.api.get(f"/api/tasks/{task_id}/events").body
+    started = next(e["message"] for e in events if e["type"] == "started")
+    return int(re.search(r"pid (\d+)", started).group(1))  # type: ignore[union-attr]
+
+
+def test_nvml_on_a_machine_without_a_driver_means_no_gpus_and_says_why() -> None:
+    inventory = NvmlReader().read()  # the real reader: this machine has no NVIDIA driver
+    assert inventory.count == 0
+    assert inventory.reason and "\n" not in inventory.reason
+
+
+def test_the_node_reports_its_gpus(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    node = agent.api.get("/api/node").body["gpus"]
+    assert node["count"] == 2 and node["free"] == 2 and node["reason"] is None
+    assert node["source"] == "simulated" and node["driver_version"] == "550.54.15"
+    assert [d["uuid"] for d in node["devices"]] == fake.uuids
+    assert node["devices"][1]["memory_total"] == 8 * GIB and node["devices"][1]["utilization"] == 10
+    assert agent.api.get("/api/resources").body["gpu"]["count"] == 2
+    # The driver goes away: 0 GPUs and the reason, at the next reading, never an error.
+    fake.error = "NVML Shared Library Not Found"
+    fake.write()
+    gone = wait_until(lambda: (g := agent.api.get("/api/node").body["gpus"])["count"] == 0 and g, 10, "no GPUs")
+    assert gone["reason"] == "NVML Shared Library Not Found"
+
+
+def test_a_task_gets_whole_gpus_by_uuid_and_its_env_cannot_choose_others(
+        agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    # Attacker: the request names the other GPU (and an index) in its own env.
+    hostile = {"CUDA_VISIBLE_DEVICES": f"{fake.uuids[1]},0,1", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    done = agent.wait_done(task(agent, {"gpu_limit": 1}, SHOW_ENV, env=hostile)["id"])
+    assert done["status"] == "completed", done
+    assert done["result"]["CUDA_VISIBLE_DEVICES"] == fake.uuids[0]
+    assert done["result"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert done["gpus"] == [fake.uuids[0]]
+    both = agent.wait_done(task(agent, {"gpu_limit": 2}, SHOW_ENV)["id"])
+    assert both["result"]["CUDA_VISIBLE_DEVICES"] == ",".join(fake.uuids)  # released: both free again
+    # A task without GPUs on a node with GPUs sees none, whatever its env says.
+    none = agent.wait_done(task(agent, {}, SHOW_ENV, env=hostile)["id"])
+    assert none["result"]["CUDA_VISIBLE_DEVICES"] == "" and none["gpus"] == []
+
+
+def test_more_gpus_than_the_node_has_is_a_400(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, _ = gpu_agent(agent_factory, tmp_path)
+    error = task(agent, {"gpu_limit": 3}, expect=400)
+    assert error["details"]["field"] == "resources.gpu_limit"
+    assert "asks for 3 GPUs, but this node has 2" in error["error"]
+    error = task(agent, {"gpu_memory": "9GiB"}, expect=400)
+    assert error["details"]["field"] == "resources.gpu_memory" and "largest GPU has 8 GiB" in error["error"]
+    error = task(agent, {"gpu_memory": "1GiB", "gpu_limit": 1}, expect=400)
+    assert error["details"]["field"] == "resources.gpu_memory"
+
+
+def test_a_task_waits_for_a_gpu_and_takes_the_one_released(
+        agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, _fake = gpu_agent(agent_factory, tmp_path)
+    first = task(agent, {"gpu_limit": 1})["id"]
+    second = task(agent, {"gpu_limit": 1})["id"]
+    agent.wait_status(first, {"running"})
+    agent.wait_status(second, {"running"})
+    waiting = task(agent, {"gpu_limit": 1}, SHOW_ENV)["id"]
+    reason = wait_until(lambda: agent.api.get(f"/api/tasks/{waiting}").body["reason"], 10, "a reason")
+    assert reason == "waiting for 1 GPU: 0 of 2 free"
+    # It holds up nobody: a task without GPUs posted after it runs.
+    assert agent.wait_done(task(agent, {}, "print(1)")["id"])["status"] == "completed"
+    assert agent.api.get(f"/api/tasks/{waiting}").body["status"] == "pending"
+    held_by_second = agent.api.get(f"/api/tasks/{second}").body["gpus"]
+    assert agent.api.delete(f"/api/tasks/{second}").status == 200
+    done = agent.wait_done(waiting)
+    assert done["status"] == "completed" and done["reason"] is None
+    assert [done["result"]["CUDA_VISIBLE_DEVICES"]] == held_by_second
+
+
+def test_assignments_survive_a_restart_of_the_agent(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    holder = task(agent, {"gpu_limit": 1})["id"]
+    agent.wait_status(holder, {"running"})
+    agent.kill()  # SIGKILL: nothing is written on the way out
+    agent.start()
+    assert agent.api.get(f"/api/tasks/{holder}").body["status"] == "running"
+    node = agent.api.get("/api/node").body["gpus"]
+    assert node["free"] == 1 and node["devices"][0]["tasks"] == [holder]
+    two = task(agent, {"gpu_limit": 2})["id"]
+    reason = wait_until(lambda: agent.api.get(f"/api/tasks/{two}").body["reason"], 10, "a reason")
+    assert reason == "waiting for 2 GPUs: 1 of 2 free"
+    one = agent.wait_done(task(agent, {"gpu_limit": 1}, SHOW_ENV)["id"])
+    assert one["result"]["CUDA_VISIBLE_DEVICES"] == fake.uuids[1]
+
+
+def test_tasks_share_a_gpu_by_memory_with_framework_hints(
+        agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    a = task(agent, {"gpu_memory": "3GiB"})["id"]
+    b = task(agent, {"gpu_memory": "3GiB"})["id"]
+    agent.wait_status(a, {"running"})
+    agent.wait_status(b, {"running"})
+    gpus = agent.api.get("/api/node").body["gpus"]
+    assert gpus["devices"][0]["tasks"] == [a, b]  # both on one GPU: the other stays whole
+    assert gpus["devices"][0]["unreserved_memory"] == 2 * GIB and gpus["free"] == 1
+    whole = agent.wait_status(task(agent, {"gpu_limit": 1})["id"], {"running"})
+    assert whole["gpus"] == [fake.uuids[1]]
+    hints = agent.wait_done(task(agent, {"gpu_memory": "2GiB"}, SHOW_ENV)["id"])["result"]
+    assert hints == {"CUDA_VISIBLE_DEVICES": fake.uuids[0], "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                     "TF_FORCE_GPU_ALLOW_GROWTH": "true", "CNET_GPU_MEMORY_LIMIT": str(2 * GIB),
+                     "CNET_GPU_MEMORY_FRACTION": "0.2500"}
+    third = task(agent, {"gpu_memory": "3GiB"})["id"]
+    reason = wait_until(lambda: agent.api.get(f"/api/tasks/{third}").body["reason"], 10, "a reason")
+    assert reason == "waiting for 3 GiB of GPU memory: at most 2 GiB unreserved on one GPU"
+
+
+def test_a_task_over_its_gpu_memory_is_stopped_with_the_reason(
+        agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    over = task(agent, {"gpu_memory": "1GiB"})["id"]
+    under = task(agent, {"gpu_memory": "1GiB"})["id"]
+    agent.wait_status(over, {"running"})
+    agent.wait_status(under, {"running"})
+    fake.account(pid_of(agent, under), fake.uuids[0], 512 * 2**20)
+    fake.account(pid_of(agent, over), fake.uuids[0], 1536 * 2**20)  # NVML: 1.5 GiB, over its 1 GiB
+    done = agent.wait_done(over, timeout=30)
+    assert done["status"] == "failed"
+    assert done["reason"] == "GPU memory limit exceeded (used 1.5 GiB, limit 1 GiB)"
+    assert agent.api.get(f"/api/tasks/{under}").body["status"] == "running"
+
+
+def test_a_simulate_file_others_may_write_is_refused(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    fake = FakeGpus(tmp_path / "gpus.json")
+    os.chmod(fake.path, 0o666)  # a task could invent GPUs in it
+    agent = agent_factory({"gpus": {"simulate_file": str(fake.path)}}).start()
+    gpus = agent.api.get("/api/node").body["gpus"]
+    assert gpus["count"] == 0 and "writable by nobody else" in gpus["reason"]
+
+
+def test_no_gpu_settings_leave_tasks_as_they_were(agent: AgentProcess) -> None:
+    shown = agent.wait_done(task(agent, {}, SHOW_ENV, env={"CUDA_VISIBLE_DEVICES": "7"})["id"])["result"]
+    assert shown["CUDA_VISIBLE_DEVICES"] == "7"  # a node without GPUs does not touch it
+    assert json.dumps(agent.api.get("/api/node").body["gpus"]["devices"]) == "[]"
