@@ -71,7 +71,8 @@ class Agent:
         """Per limit, whether the backend a task ran under enforces it."""
         backend = self.launcher.started_backend(backend_name or self.launcher.sandbox.name)
         if backend is None:
-            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True, "max_pids": False, "gpu_limit": False}
+            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True, "max_pids": False, "gpu_limit": False,
+                    "gpu_memory": True}
         return backend.capabilities.enforcement()
 
     @property

@@ -178,3 +178,25 @@ def test_no_gpu_settings_leave_tasks_as_they_were(agent: AgentProcess) -> None:
     shown = agent.wait_done(task(agent, {}, SHOW_ENV, env={"CUDA_VISIBLE_DEVICES": "7"})["id"])["result"]
     assert shown["CUDA_VISIBLE_DEVICES"] == "7"  # a node without GPUs does not touch it
     assert json.dumps(agent.api.get("/api/node").body["gpus"]["devices"]) == "[]"
+
+
+def test_gpu_usage_is_sampled_per_task_and_exported(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    holder = task(agent, {"gpu_limit": 1})["id"]
+    plain = task(agent, {})["id"]
+    agent.wait_status(holder, {"running"})
+    agent.wait_status(plain, {"running"})
+    fake.gpus[0]["utilization"] = 70
+    fake.account(pid_of(agent, holder), fake.uuids[0], 700 * 2**20)
+
+    def sampled() -> dict[str, Any] | None:
+        usage = agent.api.get(f"/api/tasks/{holder}").body["usage"] or {}
+        return usage if usage.get("gpu_memory_bytes") == 700 * 2**20 else None
+
+    usage = wait_until(sampled, 15, "a usage sample with the task's GPU memory")
+    assert usage["gpu_utilization"] == 70
+    assert "gpu_memory_bytes" not in (agent.api.get(f"/api/tasks/{plain}").body["usage"] or {})
+    metrics = agent.api.get("/metrics").text
+    assert re.search(rf'cnet_task_gpu_memory_bytes\{{task_id="{holder}"[^}}]*\}} {700 * 2**20}\n', metrics), metrics
+    assert 'cnet_gpus{state="total"} 2\n' in metrics and 'cnet_gpus{state="free"} 1\n' in metrics
+    assert f'cnet_gpu_utilization_percent{{gpu="0",uuid="{fake.uuids[0]}",name="Simulated GPU 0"}} 70\n' in metrics

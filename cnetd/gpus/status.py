@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,16 @@ class GpuStatus:
                 for g in self.inventory.gpus
             ],
         }
+
+
+def task_gpu_usage(inventory: Inventory, uuids: tuple[str, ...], owns: Callable[[int], bool]) -> dict[str, Any]:
+    """A task's GPU figures: the memory NVML accounts to its processes (owns(pid) says which
+    are its own) and the utilisation of its GPUs (a shared GPU's is every sharer's)."""
+    if not uuids:
+        return {}
+    memory = sum(p.memory_used for p in inventory.processes if p.uuid in uuids and owns(p.pid))
+    busy = [g.utilization for u in uuids if (g := inventory.by_uuid(u)) is not None and g.utilization is not None]
+    return {"gpu_memory_bytes": memory, "gpu_utilization": round(sum(busy) / len(busy), 1) if busy else None}
 
 
 async def gpu_status(db: Database, inventory: Inventory) -> GpuStatus:

@@ -136,13 +136,14 @@ class Capabilities:
     enforces_devices: bool = False  # Limits.devices: a task opens only its own GPUs' device nodes
 
     def enforcement(self) -> dict[str, bool]:
-        """Per limit, whether it is really enforced (disk is enforced by the supervisor)."""
+        """Per limit, whether it is really enforced (disk and GPU memory are enforced by the supervisor)."""
         return {
             "cpu_limit": self.enforces_cpu,
             "memory_limit": self.enforces_memory,
             "disk_limit": True,
             "max_pids": self.enforces_pids,
             "gpu_limit": self.enforces_devices,
+            "gpu_memory": True,  # the agent stops the task from NVML's per-process accounting
         }
 
 

@@ -29,6 +29,7 @@ from cnetd.config import Config
 from cnetd.gpus.assignment import GpuRequest, Waiting, choose
 from cnetd.gpus.devices import GpuGrant, device_nodes
 from cnetd.gpus.inventory import Inventory
+from cnetd.gpus.status import task_gpu_usage
 from cnetd.logs.ingester import LogIngester
 from cnetd.logs.output import progress_from_line, result_from_log
 from cnetd.security.identity import model_owner, task_owner
@@ -86,6 +87,8 @@ class TaskRunner:
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False  # the agent stops: launches that have not claimed their task yet do not
         self._disk = DiskGuard()
+        self._gpus_of: dict[str, tuple[str, ...]] = {}  # running tasks with GPUs -> their uuids
+        usage.gpu_usage = self._gpu_usage
         states.on_end(lambda _task_id: self._kick.set())
 
     # ---- what the service asks ---------------------------------------------------------
@@ -275,7 +278,10 @@ class TaskRunner:
     async def _start(self, task: Task) -> tuple[Sandbox, Handle] | None:
         backend = self.launcher.sandbox
         try:
-            spec = self.launcher.spec_for(task, await self._grant_for(task))
+            grant = await self._grant_for(task)
+            if grant is not None:
+                task.gpus = list(grant.uuids)
+            spec = self.launcher.spec_for(task, grant)
             return backend, await backend.start(spec)
         except SpawnError as exc:
             await self._undo_launch_files(task.id)
@@ -385,6 +391,8 @@ class TaskRunner:
         """Follow a running task (started now, or reattached after an agent restart)."""
         self.ingester.watch(task.id, task.log_file)
         self.states.finished(task.id)
+        if task.gpus:
+            self._gpus_of[task.id] = tuple(task.gpus)
         self.usage.watch(task.id, backend, handle)  # sampled at once, then every 1-5 s
         runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
         self._watches[task.id] = Watch(task=runner, handle=handle, backend=backend, task_uid=task.uid)
@@ -416,6 +424,7 @@ class TaskRunner:
             await self._record_internal_error(task, exit, exc)
         finally:
             self._watches.pop(task.id, None)
+            self._gpus_of.pop(task.id, None)
             self.usage.forget(task.id)
             try:
                 await backend.release(handle)
@@ -467,6 +476,12 @@ class TaskRunner:
                 await asyncio.wait([waiting, reading], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 await cancel_and_wait(reading)
+
+    def _gpu_usage(self, task_id: str, handle: Handle) -> dict[str, Any]:
+        uuids = self._gpus_of.get(task_id)
+        if not uuids:
+            return {}
+        return task_gpu_usage(self.launcher.gpus.inventory, uuids, functools.partial(handle_owns_pid, handle))
 
     def _output_dirs(self, task: Task) -> list[str]:
         tmp = [str(self.launcher.tmp_dir(task.id))]  # its own TMPDIR
