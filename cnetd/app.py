@@ -184,7 +184,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
-    describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
+    describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
         copies = ModelCopies(tasks, catalog, launcher, confinement, config)

@@ -11,12 +11,24 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cnetd.cluster.describe import NodeDescriber
+from cnetd.config import GpusSection, default_config
+from cnetd.gpus.monitor import GpuMonitor
 from cnetd.gpus.reader import NvmlReader
+from cnetd.limits import ResourceLimits
+from cnetd.metrics.resources import ResourceSampler
+from cnetd.node import NodeIdentity
+from cnetd.store import gpus as gq
+from cnetd.store.db import Database
+from cnetd.tasks.model import Status
 from tests.support.agent import AgentProcess
 from tests.support.fake_gpus import GIB, FakeGpus
+from tests.support.stored_tasks import make_task, record
 from tests.support.waiting import wait_until
 
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in ("
@@ -200,3 +212,31 @@ def test_gpu_usage_is_sampled_per_task_and_exported(agent_factory: Callable[...,
     assert re.search(rf'cnet_task_gpu_memory_bytes\{{task_id="{holder}"[^}}]*\}} {700 * 2**20}\n', metrics), metrics
     assert 'cnet_gpus{state="total"} 2\n' in metrics and 'cnet_gpus{state="free"} 1\n' in metrics
     assert f'cnet_gpu_utilization_percent{{gpu="0",uuid="{fake.uuids[0]}",name="Simulated GPU 0"}} 70\n' in metrics
+
+
+async def test_the_node_record_carries_free_gpus_and_gpu_memory(tmp_path: Path, db: Database) -> None:
+    """What the cluster's scheduler places by: a real store with tasks holding GPUs, the NVML
+    double for the GPUs."""
+    fake = FakeGpus(tmp_path / "gpus.json", count=3)
+    monitor = GpuMonitor(GpusSection(simulate_file=fake.path))
+    await monitor.refresh()
+    whole = replace(make_task(tmp_path, Status.RUNNING), resources=ResourceLimits(gpu_limit=1))
+    shared = replace(make_task(tmp_path, Status.RUNNING), resources=ResourceLimits(gpu_memory=3 * GIB))
+    waiting = replace(make_task(tmp_path, Status.PENDING), resources=ResourceLimits(gpu_memory=1 * GIB))
+    ended = replace(make_task(tmp_path, Status.COMPLETED, ended=datetime.now(UTC)), resources=ResourceLimits(gpu_limit=1))
+
+    def write(conn: Any) -> None:
+        for t in (whole, shared, waiting, ended):
+            record(conn, t, [])
+        gq.assign(conn, whole.id, [fake.uuids[0]], None)
+        gq.assign(conn, shared.id, [fake.uuids[1]], 3 * GIB)
+        gq.assign(conn, ended.id, [fake.uuids[2]], None)  # ended: its GPU is free again
+
+    await db.write(write)
+    config = default_config(tmp_path)
+    sampler = ResourceSampler(config.resources, tmp_path)
+    describer = NodeDescriber(config, NodeIdentity.of(config, "n1"), db, sampler, "none", "", gpus=monitor)
+    node = await describer()
+    assert node.capacity.gpus == 3 and node.capacity.gpu_memory == 8 * GIB
+    # GPU 0 held whole, GPU 1 shared: one free; 8 GiB unreserved on GPU 2, less the 1 GiB waiting
+    assert node.free.gpus == 1 and node.free.gpu_memory == 7 * GIB

@@ -196,7 +196,9 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["cpu", "memory", "disk", "gpus"],
         "properties": {"cpu": {"type": "number", "description": "cores"}, "memory": {"type": "integer", "description": "bytes"},
-                       "disk": {"type": "integer", "description": "bytes"}, "gpus": {"type": "integer"}},
+                       "disk": {"type": "integer", "description": "bytes"}, "gpus": {"type": "integer"},
+                       "gpu_memory": {"type": "integer", "description": "bytes on one GPU: in a capacity the largest "
+                                      "GPU's, free the most a gpu_memory request could get on one GPU"}},
     },
     "ClusterNode": {
         "type": "object",
