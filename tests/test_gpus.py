@@ -7,6 +7,7 @@ machine without a driver."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from tests.support.agent import AgentProcess
 from tests.support.fake_gpus import GIB, FakeGpus
 from tests.support.stored_tasks import make_task, record
 from tests.support.waiting import wait_until
+from tests.test_ml_api import LINEAR_BODY
 
 SHOW_ENV = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in ("
             "'CUDA_VISIBLE_DEVICES', 'CUDA_DEVICE_ORDER', 'TF_FORCE_GPU_ALLOW_GROWTH', "
@@ -240,3 +242,30 @@ async def test_the_node_record_carries_free_gpus_and_gpu_memory(tmp_path: Path, 
     assert node.capacity.gpus == 3 and node.capacity.gpu_memory == 8 * GIB
     # GPU 0 held whole, GPU 1 shared: one free; 8 GiB unreserved on GPU 2, less the 1 GiB waiting
     assert node.free.gpus == 1 and node.free.gpu_memory == 7 * GIB
+
+
+def test_served_replicas_hold_their_gpus_while_loaded(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path)
+    body = {**copy.deepcopy(LINEAR_BODY), "serving": {"replicas": 1}}
+    body["resources"] = {**body["resources"], "gpu_limit": 1}
+    reply = agent.api.post("/api/ml/models", body)
+    assert reply.status == 201, reply.text
+    model_id = reply.body["id"]
+    trained = agent.wait_status(model_id, {"completed", "failed"}, 90, path="/api/ml/models/")
+    assert trained["status"] == "completed", trained
+
+    def worker() -> dict[str, Any] | None:
+        serving = agent.api.get(f"/api/ml/models/{model_id}").body["serving"]
+        if not serving or serving.get("ready_replicas", 0) < 1:
+            return None
+        return agent.api.get(f"/api/tasks/{serving['workers'][0]['task_id']}").body
+
+    replica = wait_until(worker, 90, "a ready replica")
+    assert replica["kind"] == "serve" and len(replica["gpus"]) == 1
+    gpus = agent.api.get("/api/node").body["gpus"]
+    assert gpus["free"] == 1 and [d["tasks"] for d in gpus["devices"] if d["uuid"] == replica["gpus"][0]] == [[replica["id"]]]
+    both = task(agent, {"gpu_limit": 2})["id"]
+    assert wait_until(lambda: agent.api.get(f"/api/tasks/{both}").body["reason"], 10, "a reason") \
+        == "waiting for 2 GPUs: 1 of 2 free"
+    assert agent.api.delete(f"/api/ml/models/{model_id}/serve").status == 200  # unloaded: its GPU comes back
+    assert agent.wait_status(both, {"running"}, 60)["gpus"] == sorted(fake.uuids)
