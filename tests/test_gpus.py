@@ -269,3 +269,20 @@ def test_served_replicas_hold_their_gpus_while_loaded(agent_factory: Callable[..
         == "waiting for 2 GPUs: 1 of 2 free"
     assert agent.api.delete(f"/api/ml/models/{model_id}/serve").status == 200  # unloaded: its GPU comes back
     assert agent.wait_status(both, {"running"}, 60)["gpus"] == sorted(fake.uuids)
+
+
+def test_a_waiting_task_starts_when_its_gpu_comes_back(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent, fake = gpu_agent(agent_factory, tmp_path, count=1)
+    holder = task(agent, {"gpu_limit": 1})["id"]
+    agent.wait_status(holder, {"running"})
+    waiting = task(agent, {"gpu_limit": 1})["id"]
+    fake.error = "NVML: driver not loaded"  # the driver goes away, then the GPU is let go
+    fake.write()
+    wait_until(lambda: agent.api.get("/api/node").body["gpus"]["count"] == 0, 10, "no GPUs")
+    assert agent.api.delete(f"/api/tasks/{holder}").status == 200
+    reason = wait_until(lambda: (r := agent.api.get(f"/api/tasks/{waiting}").body["reason"]) != "waiting for 1 GPU: "
+                        "0 of 1 free" and r, 10, "the reason to follow")
+    assert reason == "waiting for 1 GPU: 0 of 0 free"
+    fake.error = None  # the driver is back: the next reading lets it start, with nothing else happening
+    fake.write()
+    assert agent.wait_status(waiting, {"running"}, 20)["gpus"] == fake.uuids

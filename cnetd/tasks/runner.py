@@ -89,6 +89,9 @@ class TaskRunner:
         self._disk = DiskGuard()
         self._gpus_of: dict[str, tuple[str, ...]] = {}  # running tasks with GPUs -> their uuids
         usage.gpu_usage = self._gpu_usage
+        self._waiting_for_gpus = False  # the last scheduling pass left a task waiting for GPUs
+        # GPUs that appear (a driver loaded late) or change may let a waiting task start
+        launcher.gpus.on_refresh(lambda _inventory: self._kick.set() if self._waiting_for_gpus else None)
         states.on_end(lambda _task_id: self._kick.set())
 
     # ---- what the service asks ---------------------------------------------------------
@@ -165,6 +168,7 @@ class TaskRunner:
         inventory = self.launcher.gpus.inventory
         held: list[gq.Held] = []
         read = False
+        self._waiting_for_gpus = False
 
         async def gate(task: Task) -> bool:
             nonlocal held, read
@@ -176,6 +180,7 @@ class TaskRunner:
             try:
                 uuids = choose(request, inventory, held)
             except Waiting as exc:
+                self._waiting_for_gpus = True
                 await self._note_waiting(task, str(exc))
                 return False
             held = [*held, *(gq.Held(task.id, u, request.memory) for u in uuids)]
