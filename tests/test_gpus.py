@@ -21,6 +21,7 @@ from cnetd.cluster.describe import NodeDescriber
 from cnetd.config import GpusSection, default_config
 from cnetd.gpus.monitor import GpuMonitor
 from cnetd.gpus.reader import NvmlReader
+from cnetd.gpus.simulated import SimulatedReader
 from cnetd.limits import ResourceLimits
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.node import NodeIdentity
@@ -286,3 +287,15 @@ def test_a_waiting_task_starts_when_its_gpu_comes_back(agent_factory: Callable[.
     fake.error = None  # the driver is back: the next reading lets it start, with nothing else happening
     fake.write()
     assert agent.wait_status(waiting, {"running"}, 20)["gpus"] == fake.uuids
+
+
+def test_the_nvml_double_reads_only_a_file_that_is_the_agents_own(tmp_path: Path) -> None:
+    """Attacker: someone other than the operator tries to feed the agent GPUs."""
+    fake = FakeGpus(tmp_path / "gpus.json")
+    assert SimulatedReader(fake.path).read().count == 2
+    link = tmp_path / "link.json"
+    link.symlink_to(fake.path)  # a link swapped in where the operator's file was
+    assert SimulatedReader(link).read().count == 0
+    os.chown(fake.path, 65534, 65534)  # another user's file
+    refused = SimulatedReader(fake.path).read()
+    assert refused.count == 0 and "must belong to the agent's user" in (refused.reason or "")
