@@ -11,11 +11,14 @@ import copy
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cnetd.cluster.describe import NodeDescriber
 from cnetd.config import GpusSection, default_config
@@ -64,6 +67,12 @@ def test_nvml_on_a_machine_without_a_driver_means_no_gpus_and_says_why() -> None
     inventory = NvmlReader().read()  # the real reader: this machine has no NVIDIA driver
     assert inventory.count == 0
     assert inventory.reason and "\n" not in inventory.reason
+
+
+def test_nvml_without_the_package_means_no_gpus_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # as if nvidia-ml-py were not installed
+    inventory = NvmlReader().read()
+    assert inventory.count == 0 and inventory.reason == "nvidia-ml-py is not installed (no pynvml module)"
 
 
 def test_the_node_reports_its_gpus(agent_factory: Callable[..., AgentProcess], tmp_path: Path) -> None:
