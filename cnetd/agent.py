@@ -13,6 +13,7 @@ from aiohttp import web
 from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.runtime import ClusterNode
 from cnetd.config import Config
+from cnetd.gpus.status import GpuStatus, gpu_status
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.envs.service import Environments
@@ -65,11 +66,15 @@ class Agent:
             "cluster": None if self.cluster is None else self.cluster.status_json(),
         }
 
+    async def gpu_status(self) -> GpuStatus:
+        return await gpu_status(self.tasks.db, self.launcher.gpus.inventory)
+
     def enforcement(self, backend_name: str | None) -> dict[str, bool]:
         """Per limit, whether the backend a task ran under enforces it."""
         backend = self.launcher.started_backend(backend_name or self.launcher.sandbox.name)
         if backend is None:
-            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True, "max_pids": False}
+            return {"cpu_limit": False, "memory_limit": False, "disk_limit": True, "max_pids": False, "gpu_limit": False,
+                    "gpu_memory": True}
         return backend.capabilities.enforcement()
 
     @property

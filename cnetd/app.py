@@ -23,6 +23,7 @@ from cnetd.cluster.describe import NodeDescriber
 from cnetd.cluster.failover import ModelFailover
 from cnetd.cluster.runtime import ClusterNode
 from cnetd.config import Config
+from cnetd.gpus.monitor import GpuMonitor
 from cnetd.logs.ingester import LogIngester
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
@@ -126,6 +127,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         lambda a: _store(a, config),
         lambda a: _parts(a, config, base),
         _log_ingester,
+        _gpu_monitor,
         _task_supervision,
         _environments,
         _retention,
@@ -185,7 +187,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
         state_dir=state_dir, allowed_roots=allowed_roots, model_roots=model_roots,
         secret_files=[p for p in (config.source, config.auth.token_file, *cluster_secret_files(config)) if p is not None],
     )
-    launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, identities, isolation)
+    launcher = Launcher(sandbox, state_dir, base_dir, os.environ, config.tasks, identities, isolation,
+                        gpus=GpuMonitor(config.gpus))
     probe_user = identities.user(config.tasks.uid_range.start) if identities.mode == "dynamic" else identities.static_user
     if probe_user is not None:
         isolation.probe(probe_user)
@@ -205,7 +208,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
-    describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at)
+    describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
         copies = ModelCopies(tasks, catalog, launcher, confinement, config)
@@ -239,6 +242,15 @@ async def _log_ingester(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await ingester.stop()  # every line written so far is ingested
+
+
+async def _gpu_monitor(app: web.Application) -> AsyncIterator[None]:
+    gpus = app[AGENT].launcher.gpus
+    try:
+        await gpus.start()  # before recovery and the scheduler: tasks' GPUs are known from the start
+        yield
+    finally:
+        await gpus.stop()
 
 
 async def _task_supervision(app: web.Application) -> AsyncIterator[None]:

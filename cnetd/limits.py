@@ -13,6 +13,7 @@ class ResourceLimits:
     disk_limit: int | None = None  # bytes, > 0
     gpu_limit: int | None = None  # >= 0
     max_pids: int | None = None  # processes and threads at once; None: tasks.max_pids
+    gpu_memory: int | None = None  # bytes of one shared GPU's memory (instead of gpu_limit whole GPUs)
 
 
 # The kernel's PID_MAX_LIMIT: no pids.max / TasksMax above it means anything.

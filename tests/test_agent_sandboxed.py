@@ -49,7 +49,8 @@ def submit(agent: AgentProcess, name: str, code: str, **extra: Any) -> dict[str,
 def test_health_reports_the_backend_and_enforced_limits(sandboxed: AgentProcess) -> None:
     sandbox = sandboxed.api.get("/api/health").body["sandbox"]
     assert sandbox["backend"] == sandboxed.config["tasks"]["sandbox"]
-    assert sandbox["limits_enforced"] == {"cpu_limit": True, "memory_limit": True, "disk_limit": True, "max_pids": True}
+    assert sandbox["limits_enforced"] == {"cpu_limit": True, "memory_limit": True, "disk_limit": True, "max_pids": True,
+                                          "gpu_limit": True, "gpu_memory": True}
 
 
 def test_memory_limit_ends_in_an_oom_failure_with_that_reason(sandboxed: AgentProcess) -> None:

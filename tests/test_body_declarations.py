@@ -65,7 +65,7 @@ def deployment(body: Any) -> Any:
     ({"resources": {"cpu_limit": 10**400}}, "resources.cpu_limit", "must be a number of cores"),
     ({"resources": {"gpu_limit": 1.5}}, "resources.gpu_limit", "must be a whole number >= 0"),
     ({"resources": {"memory_limt": 5}}, "resources.memory_limt",
-     "unknown field (allowed: cpu_limit, disk_limit, gpu_limit, max_pids, memory_limit)"),
+     "unknown field (allowed: cpu_limit, disk_limit, gpu_limit, gpu_memory, max_pids, memory_limit)"),
     ({"resources": [1]}, "resources", "must be a JSON object, got array"),
     ({"timeout": "soon"}, "timeout", "must be a duration"),
     ({"timeout": 0}, "timeout", "> 0"),

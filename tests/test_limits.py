@@ -7,6 +7,9 @@ meter counts what a task writes.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,6 +70,21 @@ def test_a_fork_loop_stops_at_tasks_max_and_its_neighbour_still_starts(driver: D
     assert result["neighbour_seconds"] < 10, result
     # and the capped task stops within its grace plus the SIGKILL round, leaving nothing
     assert result["stop_seconds"] < 10, result
+
+
+def test_devices_outside_the_allow_list_cannot_be_opened(driver: Driver, tmp_path: Path) -> None:
+    """Limits.devices as a backend holds it: NVIDIA-numbered nodes (mknod; no driver answers,
+    so an open let through gets ENXIO) under /dev, where no nodev mount hides them."""
+    assert driver.capabilities.enforces_devices
+    nodes = Path(tempfile.mkdtemp(prefix="cnet-test-devices-", dir="/dev"))
+    try:
+        for minor in (0, 1):
+            os.mknod(nodes / f"nvidia{minor}", 0o600 | stat.S_IFCHR, os.makedev(195, minor))
+        result = driver.run("devices", allow=[[195, 0]], paths=[str(nodes / "nvidia0"), str(nodes / "nvidia1")])
+    finally:
+        shutil.rmtree(nodes, ignore_errors=True)
+    assert result["status"]["code"] == 0, result
+    assert result["opened"] == {"null": "OK", "nvidia0": "ENXIO", "nvidia1": "EPERM"}, result
 
 
 @pytest.mark.parametrize(("asked", "launched"), [(None, 32), (16, 16), (100, 32)])

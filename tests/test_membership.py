@@ -76,7 +76,7 @@ async def test_a_node_registers_on_its_lease_and_is_listed_with_its_record(etcd:
         directory = NodeDirectory(etcd, prefix)
         [entry] = await directory.list()
         assert entry.status == "online" and entry.revision == kv.create_revision
-        assert entry.to_json()["capacity"] == {"cpu": 4.0, "memory": 8 << 30, "disk": 0, "gpus": 0}
+        assert entry.to_json()["capacity"] == {"cpu": 4.0, "memory": 8 << 30, "disk": 0, "gpus": 0, "gpu_memory": 0}
         assert await directory.resolve("a") == "http://127.0.0.1:1"
         # kept alive well past its TTL
         await asyncio.sleep(TTL * 1.5)

@@ -191,3 +191,24 @@ def test_fits_and_the_reasons_agree_on_every_edge() -> None:
                 record = node("n", free_cpu=free_cpu, gpus=2, free_gpus=gpus - 1)
                 demand = Resources(cpu=wanted, gpus=max(wanted - 1, 0))
                 assert fits(record.free, demand) == (not lacks(record, demand)), (free_cpu, wanted, gpus)
+
+
+def test_gpu_memory_goes_to_a_node_with_that_much_free_on_one_gpu() -> None:
+    GIB = 2**30
+
+    def gpu_node(node_id: str, free_gpu_memory: int) -> NodeRecord:
+        record = node(node_id, gpus=2)
+        return NodeRecord(node_id=node_id, name=node_id, advertise_url=record.advertise_url,
+                          capacity=Resources(cpu=4, memory=8 * GB, disk=100 * GB, gpus=2, gpu_memory=8 * GIB),
+                          free=Resources(cpu=4, memory=8 * GB, disk=100 * GB, gpus=0, gpu_memory=free_gpu_memory))
+
+    assert demand_of({"gpu_memory": 3 * GIB}) == Resources(gpu_memory=3 * GIB)
+    nodes = [gpu_node("small", 2 * GIB), gpu_node("roomy", 5 * GIB), node("cpu-only")]
+    assert choose(nodes, Resources(gpu_memory=3 * GIB), "auto", "spread").node_id == "roomy"
+    with pytest.raises(NoFit) as caught:
+        choose(nodes, Resources(gpu_memory=6 * GIB), "auto", "binpack")
+    assert caught.value.reasons == (
+        "cpu-only: needs 6 GiB on one GPU, has at most 0 B free on one",
+        "roomy: needs 6 GiB on one GPU, has at most 5 GiB free on one",
+        "small: needs 6 GiB on one GPU, has at most 2 GiB free on one",
+    )

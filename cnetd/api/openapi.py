@@ -48,7 +48,30 @@ RESOURCES_OUT: Schema = {
         "memory_limit": {"type": "integer"},
         "disk_limit": {"type": "integer"},
         "gpu_limit": {"type": "integer"},
+        "gpu_memory": {"type": "integer", "description": "bytes of one shared GPU's memory"},
         "max_pids": {"type": "integer"},
+    },
+}
+GPU_DEVICE: Schema = {
+    "type": "object",
+    "required": ["index", "uuid", "name", "minor", "memory_total", "memory_used"],
+    "properties": {
+        "index": {"type": "integer"}, "uuid": STRING, "name": STRING, "minor": {"type": "integer"},
+        "memory_total": {"type": "integer"}, "memory_used": {"type": "integer"},
+        "utilization": nullable({"type": "integer"}), "mig_mode": {"type": "boolean"}, "pci_bus_id": STRING,
+        "tasks": {"type": "array", "items": STRING, "description": "the tasks holding it now"},
+        "unreserved_memory": {"type": "integer", "description": "bytes gpu_memory requests can still get (0 when held whole)"},
+    },
+}
+GPUS: Schema = {
+    "type": "object",
+    "description": "the node's GPUs as NVML last read them, and what of them is taken",
+    "required": ["count", "free", "reason", "devices"],
+    "properties": {
+        "count": {"type": "integer"}, "free": {"type": "integer", "description": "GPUs nobody holds"},
+        "driver_version": nullable(STRING), "source": {"enum": ["nvml", "simulated"]},
+        "reason": nullable({"type": "string", "description": "why there are no GPUs (no driver, no library)"}),
+        "devices": {"type": "array", "items": GPU_DEVICE},
     },
 }
 # The request bodies, by operation; their components come from these declarations.
@@ -108,6 +131,7 @@ TASK: Schema = {
                            "bin/ first on PATH, and a command without a slash is looked up there first when it starts",
         }),
         "usage": nullable({"type": "object"}),
+        "gpus": {"type": "array", "items": STRING, "description": "UUIDs of the GPUs it was given"},
         "limits_enforced": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },
 }
@@ -193,13 +217,18 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
     },
     "Node": {"type": "object", "required": ["node_id", "node_name", "region", "datacenter"], "properties": {
         "node_id": STRING, "node_name": STRING, "region": STRING, "datacenter": STRING,
-        "url": STRING, "cluster": nullable({"type": "object", "description": "this node's membership (no cluster: null)"})}},
+        "url": STRING, "cluster": nullable({"type": "object", "description": "this node's membership (no cluster: null)"}),
+        "gpus": GPUS}},
+    "NodeTotals": {"type": "object", "properties": {"cpu": {"type": "object"}, "memory": {"type": "object"},
+                                                     "disk": {"type": "object"}, "gpu": GPUS}},
     "Object": {"type": "object"},
     "NodeResources": {
         "type": "object",
         "required": ["cpu", "memory", "disk", "gpus"],
         "properties": {"cpu": {"type": "number", "description": "cores"}, "memory": {"type": "integer", "description": "bytes"},
-                       "disk": {"type": "integer", "description": "bytes"}, "gpus": {"type": "integer"}},
+                       "disk": {"type": "integer", "description": "bytes"}, "gpus": {"type": "integer"},
+                       "gpu_memory": {"type": "integer", "description": "bytes on one GPU: in a capacity the largest "
+                                      "GPU's, free the most a gpu_memory request could get on one GPU"}},
     },
     "ClusterNode": {
         "type": "object",
@@ -423,7 +452,9 @@ def build_document() -> Schema:
         "/api/health": {"get": operation("Liveness, version, sandbox and task counts", responses(
             {200: ("healthy", ref("Health"))}, ()), op_id="health")},
         "/api/node": {"get": operation("This node", responses({200: ("node", ref("Node"))}, ()), op_id="node")},
-        "/api/resources": {"get": operation("Node totals", responses({200: ("totals", ref("Object"))}, ()), op_id="resources")},
+        "/api/resources": {
+            "get": operation("Node totals", responses({200: ("totals", ref("NodeTotals"))}, ()), op_id="resources"),
+        },
         "/api/resources/usage": {
             "get": operation("Node usage now", responses({200: ("usage", ref("Object"))}, ()), op_id="resourcesUsage"),
         },

@@ -43,6 +43,7 @@ def task_json(task: Task, enforcement: dict[str, bool] | None = None) -> dict[st
         "program": task.program,
         "environment": task.environment,
         "usage": task.usage,
+        "gpus": task.gpus,
     }
     if enforcement is not None:
         data["limits_enforced"] = enforcement

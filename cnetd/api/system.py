@@ -41,11 +41,13 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def node(request: web.Request) -> web.Response:
-    return json_response(request.app[AGENT].node_json())
+    agent = request.app[AGENT]
+    return json_response({**agent.node_json(), "gpus": (await agent.gpu_status()).to_json()})
 
 
 async def resources(request: web.Request) -> web.Response:
-    return json_response(request.app[AGENT].resources.totals())
+    agent = request.app[AGENT]
+    return json_response({**agent.resources.totals(), "gpu": (await agent.gpu_status()).to_json()})
 
 
 async def resources_usage(request: web.Request) -> web.Response:

@@ -77,6 +77,7 @@ def source_of(model: Model) -> ModelSource:
         model_type=model.record.model_type[:64], model_path=model.record.model_path, script_path=model.record.script_path,
         command=task.command, env=dict(task.env), working_dir=task.working_dir,
         cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit, gpu_limit=r.gpu_limit,
+        gpu_memory=r.gpu_memory,
     )
 
 

@@ -74,8 +74,8 @@ def parse_placement(value: object) -> Placement:
 
 
 def demand_of(resources: Mapping[str, object] | None) -> Resources:
-    """What a request's resources ask of a node: cpu_limit, memory_limit, disk_limit and
-    gpu_limit; a missing or null one asks for 0. Negative or non-finite values are refused."""
+    """What a request's resources ask of a node: cpu_limit, memory_limit, disk_limit,
+    gpu_limit and gpu_memory; a missing or null one asks for 0. Negative or non-finite values are refused."""
     resources = resources or {}
 
     def amount(name: str) -> float:
@@ -87,7 +87,7 @@ def demand_of(resources: Mapping[str, object] | None) -> Resources:
         return value
 
     return Resources(cpu=float(amount("cpu_limit")), memory=int(amount("memory_limit")),
-                     disk=int(amount("disk_limit")), gpus=int(amount("gpu_limit")))
+                     disk=int(amount("disk_limit")), gpus=int(amount("gpu_limit")), gpu_memory=int(amount("gpu_memory")))
 
 
 def lacks(node: NodeRecord, demand: Resources) -> list[str]:
@@ -102,6 +102,9 @@ def lacks(node: NodeRecord, demand: Resources) -> list[str]:
             missing.append(f"needs {format_size(wanted)} {name}, has {format_size(max(has, 0), like=wanted)} free")
     if demand.gpus > 0 and demand.gpus > free.gpus:
         missing.append(f"needs {demand.gpus} GPU{'s' if demand.gpus != 1 else ''}, has {max(free.gpus, 0)} free")
+    if demand.gpu_memory > 0 and demand.gpu_memory > free.gpu_memory:
+        most = format_size(max(free.gpu_memory, 0), like=demand.gpu_memory)
+        missing.append(f"needs {format_size(demand.gpu_memory)} on one GPU, has at most {most} free on one")
     return missing
 
 
@@ -166,7 +169,8 @@ def choose(nodes: Sequence[NodeRecord], demand: Resources, placement: Placement,
 
 def fits(free: Resources, demand: Resources) -> bool:
     return ((demand.cpu <= 0 or demand.cpu <= free.cpu) and (demand.memory <= 0 or demand.memory <= free.memory)
-            and (demand.disk <= 0 or demand.disk <= free.disk) and (demand.gpus <= 0 or demand.gpus <= free.gpus))
+            and (demand.disk <= 0 or demand.disk <= free.disk) and (demand.gpus <= 0 or demand.gpus <= free.gpus)
+            and (demand.gpu_memory <= 0 or demand.gpu_memory <= free.gpu_memory))
 
 
 def no_fit_reasons(candidates: Sequence[NodeRecord], demand: Resources, placement: Placement) -> list[str]:

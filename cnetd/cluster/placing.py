@@ -78,7 +78,7 @@ class Where:
 
 def demand_from(limits: ResourceLimits) -> Resources:
     return Resources(cpu=limits.cpu_limit or 0.0, memory=limits.memory_limit or 0, disk=limits.disk_limit or 0,
-                     gpus=limits.gpu_limit or 0)
+                     gpus=limits.gpu_limit or 0, gpu_memory=limits.gpu_memory or 0)
 
 
 def placement_of(body: dict[str, Any]) -> Placement:
@@ -292,7 +292,7 @@ class PlaceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         check_key_part("task_id", self.task_id)
         check_key_part("posted_by", self.posted_by)
         demand = self.demand
-        if min(demand.cpu, demand.memory, demand.disk, demand.gpus) < 0:
+        if min(demand.cpu, demand.memory, demand.disk, demand.gpus, demand.gpu_memory) < 0:
             raise ValueError("demand: amounts must be >= 0")
         return parse_placement(self.placement), demand
 

@@ -37,10 +37,14 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
     memory: int = 0  # bytes
     disk: int = 0  # bytes
     gpus: int = 0
+    # bytes of one GPU's memory: in a capacity its largest GPU's; free, the most a
+    # gpu_memory request could get on one GPU; in a demand, what gpu_memory asks for
+    gpu_memory: int = 0
 
     def minus(self, other: Resources) -> Resources:
         return Resources(cpu=self.cpu - other.cpu, memory=self.memory - other.memory,
-                         disk=self.disk - other.disk, gpus=self.gpus - other.gpus)
+                         disk=self.disk - other.disk, gpus=self.gpus - other.gpus,
+                         gpu_memory=self.gpu_memory - other.gpu_memory)
 
 
 class NodeRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +145,7 @@ class ModelSource(msgspec.Struct, frozen=True, kw_only=True):
     memory_limit: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
     disk_limit: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
     gpu_limit: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+    gpu_memory: Annotated[int, msgspec.Meta(gt=0, le=2**50)] | None = None
 
 
 class ServedModel(msgspec.Struct, frozen=True, kw_only=True):

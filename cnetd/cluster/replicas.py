@@ -43,13 +43,15 @@ class NodeState:
 def demand_of(source: ModelSource, replicas: int, size: int) -> Resources:
     """What `replicas` workers of the model ask of a node, and its file on disk."""
     return Resources(cpu=(source.cpu_limit or 0.0) * replicas, memory=(source.memory_limit or 0) * replicas,
-                     disk=size, gpus=(source.gpu_limit or 0) * replicas)
+                     disk=size, gpus=(source.gpu_limit or 0) * replicas,
+                     gpu_memory=source.gpu_memory or 0)  # each replica on one GPU: the most one asks of a GPU
 
 
 def fits(node: NodeState, demand: Resources) -> bool:
     free = node.free
     return (demand.cpu <= free.cpu or demand.cpu == 0) and (demand.memory <= free.memory or demand.memory == 0) \
-        and (demand.disk <= free.disk or demand.disk == 0) and (demand.gpus <= free.gpus or demand.gpus == 0)
+        and (demand.disk <= free.disk or demand.disk == 0) and (demand.gpus <= free.gpus or demand.gpus == 0) \
+        and (demand.gpu_memory <= free.gpu_memory or demand.gpu_memory == 0)
 
 
 def room(node: NodeState) -> float:

@@ -211,7 +211,7 @@ class Scheduler:
         check_key_part("task_id", task_id)
         if kind not in ("task", "model"):
             raise ValueError(f"kind: expected 'task' or 'model', got {kind!r}")
-        if min(demand.cpu, demand.memory, demand.disk, demand.gpus) < 0:
+        if min(demand.cpu, demand.memory, demand.disk, demand.gpus, demand.gpu_memory) < 0:
             raise ValueError(f"demand: expected amounts >= 0, got {demand}")
         if not self._leadership.is_leader:
             raise NotLeader(self._leadership.leader)

@@ -97,6 +97,7 @@ _SPEC: dict[str, Spec] = {
             "memory_limit": to.optional(to.positive_size),
             "disk_limit": to.optional(to.positive_size),
             "gpu_limit": to.optional(to.integer(0)),
+            "gpu_memory": to.optional(to.positive_size),
             "max_pids": to.optional(to.integer(1, PIDS_CEILING)),
         },
         "timeout": to.duration(),
@@ -117,6 +118,12 @@ _SPEC: dict[str, Spec] = {
     "serving": {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
+    },
+    "gpus": {
+        "enabled": to.boolean,
+        "refresh": to.duration(),
+        "device_dir": to.path,
+        "simulate_file": to.optional(to.path),
     },
     "cluster": {
         "etcd": {
@@ -157,6 +164,7 @@ _ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CNET_SANDBOX": ("tasks", "sandbox", str),
     "CNET_AUTH_TOKEN": ("auth", "tokens", lambda t: [t]),
     "CNET_DISCOVERY_TOKEN": ("discovery", "token", str),
+    "CNET_GPU_SIMULATE_FILE": ("gpus", "simulate_file", str),
 }
 
 
@@ -315,6 +323,9 @@ def _assemble(
     if serving.grpc_port is not None and serving.grpc_port == agent.port:
         raise ConfigError(f"{label}: serving.grpc_port: must differ from agent.port ({agent.port}): "
                           "gRPC and HTTP each need a port of their own")
+    gpus = build("gpus")
+    gpus = dataclasses.replace(gpus, device_dir=resolve(gpus.device_dir),
+                               simulate_file=None if gpus.simulate_file is None else resolve(gpus.simulate_file))
     cluster = fixed.get("cluster")
     if cluster is None and values.get("cluster"):  # no section, or an empty one: a single node
         cluster = assemble_cluster(build("cluster"), agent.node_id, resolve, label)
@@ -328,6 +339,7 @@ def _assemble(
         ml=ml,
         auth=auth,
         serving=serving,
+        gpus=gpus,
         cluster=cluster,
         source=source,
         warnings=tuple(warnings),

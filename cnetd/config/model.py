@@ -195,6 +195,16 @@ class ServingSection:
 
 
 @dataclass(frozen=True)
+class GpusSection:
+    """NVIDIA GPUs: discovery with NVML, assignment to tasks, device isolation."""
+
+    enabled: bool = True  # False: NVML is never touched and the node has 0 GPUs
+    refresh: float = 5.0  # seconds between NVML readings (memory, utilisation, per-process use)
+    device_dir: Path = Path("/dev")  # where nvidia<N>, nvidiactl and nvidia-uvm are
+    simulate_file: Path | None = None  # tests only: a JSON description of GPUs read instead of NVML
+
+
+@dataclass(frozen=True)
 class AuthSection:
     tokens: tuple[str, ...] = field(default=(), repr=False)
     token_file: Path | None = None
@@ -211,6 +221,7 @@ SECTION_CLASSES: dict[str, type] = {
     "ml": MLSection,
     "auth": AuthSection,
     "serving": ServingSection,
+    "gpus": GpusSection,
     "cluster": ClusterSection,
 }
 
@@ -238,6 +249,7 @@ class Config:
     auth: AuthSection = AuthSection()
     logs: LogsSection = LogsSection()
     serving: ServingSection = ServingSection()
+    gpus: GpusSection = GpusSection()
     cluster: ClusterSection | None = None  # None: a single node, nothing about etcd touched
     source: Path | None = None
     warnings: tuple[str, ...] = ()

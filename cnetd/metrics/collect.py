@@ -5,8 +5,10 @@ errors, latency, batch sizes, queue depth, cache and replicas."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from cnetd.agent import Agent
+from cnetd.gpus.inventory import Gpu
 from cnetd.metrics.prometheus import Exposition
 from cnetd.tasks.model import Status
 
@@ -24,6 +26,7 @@ async def render(agent: Agent) -> str:
     usages = await asyncio.gather(*(agent.tasks.usage_now(t) for t in running))
     out.declare("cnet_task_cpu_percent", "gauge", "CPU use of a running task since the previous sample (100 = one core).")
     out.declare("cnet_task_memory_bytes", "gauge", "Resident memory of a running task's processes.")
+    task_gpus: list[tuple[str, dict[str, str], float]] = []
     for task, usage in zip(running, usages, strict=True):
         if usage is None:
             continue
@@ -32,6 +35,31 @@ async def render(agent: Agent) -> str:
             out.sample("cnet_task_cpu_percent", labels, round(usage["cpu_percent"], 3))
         if usage.get("memory_bytes") is not None:
             out.sample("cnet_task_memory_bytes", labels, usage["memory_bytes"])
+        for key, name in (("gpu_memory_bytes", "cnet_task_gpu_memory_bytes"),
+                          ("gpu_utilization", "cnet_task_gpu_utilization_percent")):
+            if usage.get(key) is not None:
+                task_gpus.append((name, labels, usage[key]))
+    out.declare("cnet_task_gpu_memory_bytes", "gauge", "GPU memory NVML accounts to a running task's processes.")
+    out.declare("cnet_task_gpu_utilization_percent", "gauge", "Utilisation of a running task's GPUs.")
+    for name in ("cnet_task_gpu_memory_bytes", "cnet_task_gpu_utilization_percent"):
+        for family, labels, value in task_gpus:
+            if family == name:
+                out.sample(name, labels, value)
+
+    gpus = await agent.gpu_status()
+    out.declare("cnet_gpus", "gauge", "GPUs on this node (NVML), and those no task holds.")
+    out.sample("cnet_gpus", {"state": "total"}, gpus.inventory.count)
+    out.sample("cnet_gpus", {"state": "free"}, gpus.free)
+    per_gpu: list[tuple[str, str, Callable[[Gpu], int | None]]] = [
+        ("cnet_gpu_memory_total_bytes", "Memory of a GPU.", lambda g: g.memory_total),
+        ("cnet_gpu_memory_used_bytes", "Memory in use on a GPU, by any process.", lambda g: g.memory_used),
+        ("cnet_gpu_utilization_percent", "How busy a GPU was over NVML's last sample period.", lambda g: g.utilization),
+    ]
+    for name, text, figure in per_gpu:
+        out.declare(name, "gauge", text)
+        for gpu in gpus.inventory.gpus:
+            if (reading := figure(gpu)) is not None:
+                out.sample(name, {"gpu": str(gpu.index), "uuid": gpu.uuid, "name": gpu.name}, reading)
 
     serving = agent.serving
     families = [

@@ -144,7 +144,8 @@ class ModelCopies:
         task_user = self.launcher.identities.user(uid)
         env = {**source.env, "MODEL_PATH": model_path, "MODEL_TYPE": source.model_type}
         resources = ResourceLimits(cpu_limit=source.cpu_limit, memory_limit=source.memory_limit,
-                                   disk_limit=source.disk_limit, gpu_limit=source.gpu_limit)
+                                   disk_limit=source.disk_limit, gpu_limit=source.gpu_limit,
+                                   gpu_memory=source.gpu_memory)
         return CopyPlan(
             model_id=record.model_id, name=record.name, model_path=model_path, script_path=script_path,
             command=source.command, program=program, env=env, working_dir=source.working_dir, resources=resources,

@@ -113,9 +113,19 @@ def insert_event(conn: sqlite3.Connection, event: TaskEvent) -> None:
     )
 
 
+# Each task read for callers carries the GPUs it was given (gpu_assignments, by uuid).
+WITH_GPUS = "SELECT *, (SELECT group_concat(gpu_uuid) FROM gpu_assignments WHERE task_id = tasks.id) AS gpu_uuids FROM tasks"
+
+
+def _with_gpus(row: sqlite3.Row) -> Task:
+    task = task_from_row(row)
+    task.gpus = sorted(row["gpu_uuids"].split(",")) if row["gpu_uuids"] else []
+    return task
+
+
 def get_task(conn: sqlite3.Connection, task_id: str) -> Task | None:
-    row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    return task_from_row(row) if row else None
+    row = conn.execute(f"{WITH_GPUS} WHERE id = ?", (task_id,)).fetchone()
+    return _with_gpus(row) if row else None
 
 
 def list_tasks(
@@ -132,11 +142,11 @@ def list_tasks(
 ) -> list[Task]:
     where, params = _filters(statuses, type_, kind, model_id, ids)
     order = "DESC" if newest_first else "ASC"
-    sql = f"SELECT * FROM tasks {where} ORDER BY seq {order}"
+    sql = f"{WITH_GPUS} {where} ORDER BY seq {order}"
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         params += [limit, offset]
-    return [task_from_row(r) for r in conn.execute(sql, params)]
+    return [_with_gpus(r) for r in conn.execute(sql, params)]
 
 
 def _filters(

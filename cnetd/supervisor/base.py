@@ -23,6 +23,17 @@ class Limits:
     memory_limit: int | None = None  # bytes
     disk_limit: int | None = None  # bytes the task may write
     tasks_max: int | None = None  # processes/threads in the task
+    # None: any device; else only the standard pseudo devices (STANDARD_DEVICES) and these
+    # character devices (major, minor): a task's own GPUs on a node with GPUs
+    devices: tuple[tuple[int, int], ...] | None = None
+
+
+# What every task with a device allow-list may open (systemd's DevicePolicy=closed set):
+# null, zero, full, random, urandom, tty, ptmx and the pseudo terminals.
+STANDARD_DEVICES: tuple[tuple[int, int | None, str], ...] = (
+    (1, 3, "rwm"), (1, 5, "rwm"), (1, 7, "rwm"), (1, 8, "rwm"), (1, 9, "rwm"),
+    (5, 0, "rwm"), (5, 2, "rw"), (136, None, "rw"),
+)
 
 
 @dataclass(frozen=True)
@@ -122,14 +133,17 @@ class Capabilities:
     kills_whole_tree: bool  # stop reaches every descendant, even ones that left the group
     survives_agent_restart: bool
     enforces_pids: bool = False  # max_pids: a pids controller caps the task's processes and threads
+    enforces_devices: bool = False  # Limits.devices: a task opens only its own GPUs' device nodes
 
     def enforcement(self) -> dict[str, bool]:
-        """Per limit, whether it is really enforced (disk is enforced by the supervisor)."""
+        """Per limit, whether it is really enforced (disk and GPU memory are enforced by the supervisor)."""
         return {
             "cpu_limit": self.enforces_cpu,
             "memory_limit": self.enforces_memory,
             "disk_limit": True,
             "max_pids": self.enforces_pids,
+            "gpu_limit": self.enforces_devices,
+            "gpu_memory": True,  # the agent stops the task from NVML's per-process accounting
         }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cnetd.supervisor.base import Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
+from cnetd.supervisor.base import STANDARD_DEVICES, Capabilities, ExitStatus, Handle, LaunchSpec, SpawnError, Usage
 from cnetd.supervisor.cgroupfs import (
     CpuMeter,
     cgroup_dirs_of,
@@ -67,12 +67,16 @@ class CgroupLayout:
         own = cgroup_dirs_of("self", mounts)
         v1 = [k for k in ("memory", "cpu", "cpuacct", "pids") if k in own]
         if {"memory", "cpu"} <= set(v1):
-            keys = tuple(v1) + (("unified",) if "unified" in own else ())
+            keys: tuple[str, ...] = tuple(v1) + tuple(k for k in ("devices", "unified") if k in own)
             bases = {k: own[k] / group for k in keys}
             for key in keys:
                 try:
                     bases[key].mkdir(exist_ok=True)
                 except OSError as exc:
+                    if key == "devices":  # GPU isolation only: reported as not enforced
+                        log.info("cgroup v1 devices controller not writable (%s); GPU device isolation is off", exc)
+                        bases.pop(key)
+                        continue
                     if key == "unified":  # tracking only: go without it
                         log.info("cgroup2 tracking tree not writable (%s); using v1 only", exc)
                         bases.pop(key)
@@ -159,6 +163,8 @@ def write_limits(layout: CgroupLayout, dirs: Mapping[str, str], spec: LaunchSpec
             _write(cpu / "cpu.cfs_quota_us", str(max(1000, round(lim.cpu_limit * CFS_PERIOD_US))), tid)
         if lim.tasks_max is not None and "pids" in dirs:
             _write(Path(dirs["pids"]) / "pids.max", str(lim.tasks_max), tid)
+        if lim.devices is not None and "devices" in dirs:
+            write_device_rules(Path(dirs["devices"]), lim.devices, tid)
         return
     d = Path(dirs["unified"])
     if lim.memory_limit is not None:
@@ -168,6 +174,16 @@ def write_limits(layout: CgroupLayout, dirs: Mapping[str, str], spec: LaunchSpec
         _write(d / "cpu.max", f"{max(1000, round(lim.cpu_limit * CFS_PERIOD_US))} {CFS_PERIOD_US}", tid)
     if lim.tasks_max is not None:
         _write(d / "pids.max", str(lim.tasks_max), tid)
+
+
+def write_device_rules(directory: Path, devices: tuple[tuple[int, int], ...], task_id: str) -> None:
+    """The v1 devices controller as an allow-list: nothing, then the standard pseudo devices
+    and the task's own GPU nodes (the same set as systemd's DevicePolicy=closed + DeviceAllow=)."""
+    _write(directory / "devices.deny", "a", task_id)
+    rules = [f"c {major}:{'*' if minor is None else minor} {access}" for major, minor, access in STANDARD_DEVICES]
+    rules += [f"c {major}:{minor} rw" for major, minor in devices]
+    for rule in rules:
+        _write(directory / "devices.allow", rule, task_id)
 
 
 class CgroupSandbox:
@@ -180,6 +196,7 @@ class CgroupSandbox:
         kills_whole_tree=True,
         survives_agent_restart=True,
         enforces_pids=True,
+        enforces_devices=True,
     )
 
     def __init__(self, layout: CgroupLayout | None = None, group: str = "cnet") -> None:
@@ -187,6 +204,9 @@ class CgroupSandbox:
         if self.layout.version == "v1" and "pids" not in self.layout.bases:
             # write_limits has nowhere to put pids.max: say so rather than pretend
             self.capabilities = replace(CgroupSandbox.capabilities, enforces_pids=False)
+        if self.layout.version == "v2" or "devices" not in self.layout.bases:
+            # v2 filters devices with a BPF program, which this backend does not load
+            self.capabilities = replace(self.capabilities, enforces_devices=False)
         self._procs = SessionProcesses()
         self._cpu = CpuMeter()
 

@@ -17,7 +17,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from cnetd.config import TasksSection
+from cnetd.config import GpusSection, TasksSection
+from cnetd.gpus.devices import GPU_ENV, GpuGrant
+from cnetd.gpus.monitor import GpuMonitor
 from cnetd.security.identity import Identities, write_account_files
 from cnetd.security.isolation import ROOT_ENV, Isolation
 from cnetd.security.modeldirs import ModelDirError, ensure_model_dir
@@ -146,9 +148,10 @@ class TaskPaths:
 class Launcher(TaskPaths):
     def __init__(
         self, sandbox: Sandbox, state_dir: Path, base_dir: Path, agent_env: Mapping[str, str],
-        settings: TasksSection, identities: Identities, isolation: Isolation,
+        settings: TasksSection, identities: Identities, isolation: Isolation, gpus: GpuMonitor | None = None,
     ) -> None:
         super().__init__(state_dir)
+        self.gpus = gpus if gpus is not None else GpuMonitor(GpusSection(enabled=False))
         self.sandbox = sandbox
         self.settings = settings
         self.base_dir = base_dir
@@ -289,7 +292,9 @@ class Launcher(TaskPaths):
             program = found
         return directory, program
 
-    def spec_for(self, task: Task) -> LaunchSpec:
+    def spec_for(self, task: Task, grant: GpuGrant | None = None) -> LaunchSpec:
+        """grant: the task's GPUs on a node that has GPUs (None: a node without GPUs, where
+        neither its environment nor its devices are touched)."""
         building = self._fresh_build_dir(task) if task.kind == "env" else None
         cwd = building or self._confined_working_dir(task)
         user = self.user_for(task)
@@ -311,6 +316,10 @@ class Launcher(TaskPaths):
             env_bin = str(environment[0] / "bin")
             own.update(VIRTUAL_ENV=str(environment[0]), PATH=f"{env_bin}:{default_task_path(self._agent_env)}")
         env = task_environment(self._agent_env, task.env, own)
+        if grant is not None:
+            for name in GPU_ENV:  # the request's own values never stand: only what the agent gave
+                env.pop(name, None)
+            env.update(grant.env())
         spec_path = self.run_dir / f"{task.id}.launch.json"
         namespace = None
         if user is not None and self.isolation.namespaces:
@@ -347,7 +356,8 @@ class Launcher(TaskPaths):
             log_path=Path(task.log_file),
             exit_path=exit_path,
             limits=Limits(cpu_limit=r.cpu_limit, memory_limit=r.memory_limit, disk_limit=r.disk_limit,
-                          tasks_max=min(r.max_pids or self.settings.max_pids, self.settings.max_pids)),
+                          tasks_max=min(r.max_pids or self.settings.max_pids, self.settings.max_pids),
+                          devices=None if grant is None else grant.device_numbers()),
         )
 
     def start_problem(self, task_id: str) -> str | None:

@@ -106,6 +106,7 @@ class SystemdSandbox:
         kills_whole_tree=True,
         survives_agent_restart=True,
         enforces_pids=True,
+        enforces_devices=True,
     )
 
     def __init__(self, slice_name: str = "cnet.slice") -> None:
@@ -122,6 +123,9 @@ class SystemdSandbox:
         if not _has_pids_controller(mounts):
             # TasksMax= is accepted but nothing holds it
             self.capabilities = replace(SystemdSandbox.capabilities, enforces_pids=False)
+        if "devices" not in mounts and "unified" in mounts and "memory" in mounts:
+            # a hybrid machine without the v1 devices controller: DeviceAllow= holds nothing
+            self.capabilities = replace(self.capabilities, enforces_devices=False)
         # On cgroup v1, systemd ignores MemorySwapMax; memory.memsw is written directly.
         self._memory_v1 = "memory" in mounts
         if self._memory_v1:
@@ -139,6 +143,11 @@ class SystemdSandbox:
             props.append(f"CPUQuota={max(1, round(lim.cpu_limit * 100))}%")
         if lim.tasks_max is not None:
             props.append(f"TasksMax={lim.tasks_max}")
+        if lim.devices is not None:
+            # closed: systemd's standard pseudo devices, plus these (named by number, so the
+            # nodes may live anywhere: gpus.device_dir)
+            props.append("DevicePolicy=closed")
+            props += [f"DeviceAllow=/dev/char/{major}:{minor} rw" for major, minor in lim.devices]
         return [arg for p in props for arg in ("-p", p)]
 
     async def start(self, spec: LaunchSpec) -> Handle:

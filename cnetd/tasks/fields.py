@@ -71,7 +71,13 @@ class ResourcesBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     )] | UnsetType | None = UNSET
     memory_limit: Size | UnsetType | None = UNSET
     disk_limit: Annotated[Size, Meta(description="bytes the task may write")] | UnsetType | None = UNSET
-    gpu_limit: Annotated[int, Meta(ge=0, extra={"invalid": "must be a whole number >= 0"})] | UnsetType | None = UNSET
+    gpu_limit: Annotated[int, Meta(
+        ge=0, description="whole GPUs of its own (CUDA_VISIBLE_DEVICES names them by UUID); more than are free: it waits",
+        extra={"invalid": "must be a whole number >= 0"},
+    )] | UnsetType | None = UNSET
+    gpu_memory: Annotated[Size, Meta(
+        description="instead of gpu_limit: this much memory of one shared GPU, enforced from NVML's per-process accounting",
+    )] | UnsetType | None = UNSET
     max_pids: Annotated[int, Meta(
         ge=1, le=PIDS_CEILING,
         description="processes and threads the task may have at once; at most tasks.max_pids, which is also the default",
@@ -89,7 +95,12 @@ class ResourcesBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
             disk_limit=None if disk is None else size(f"{key}.disk_limit", disk),
             gpu_limit=base.gpu_limit if self.gpu_limit is UNSET else self.gpu_limit,
             max_pids=base.max_pids if self.max_pids is UNSET else self.max_pids,
+            gpu_memory=gpu_memory(f"{key}.gpu_memory", base.gpu_memory if self.gpu_memory is UNSET else self.gpu_memory),
         )
+
+
+def gpu_memory(field: str, value: int | float | str | None) -> int | None:
+    return None if value is None else size(field, value)
 
 
 def resource_limits(body: ResourcesBody | None, base: ResourceLimits) -> ResourceLimits:

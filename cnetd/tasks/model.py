@@ -67,6 +67,7 @@ class Task:
     program: str | None = None  # command resolved to an absolute path at submit
     environment: str | None = None  # the key of the Python environment it runs in (cnetd.ml.envs)
     seq: int | None = None
+    gpus: list[str] = field(default_factory=list)  # uuids of the GPUs it was given (read, never written)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

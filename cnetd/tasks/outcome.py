@@ -50,7 +50,7 @@ class Ending:
 
 
 def ending(task: Task, exit: ExitStatus, *, stop_why: str, timed_out: bool, disk_exceeded: str | None,
-           start_problem: str | None) -> Ending:
+           start_problem: str | None, gpu_exceeded: str | None = None) -> Ending:
     """task as the store holds it now (its stop_requested decides first: `stopped` is never
     overwritten by the exit that the stop caused)."""
     if task.stop_requested:
@@ -62,6 +62,8 @@ def ending(task: Task, exit: ExitStatus, *, stop_why: str, timed_out: bool, disk
         return Ending(Status.FAILED, "failed", reason, reason)
     if disk_exceeded:
         return Ending(Status.FAILED, "failed", disk_exceeded, disk_exceeded)
+    if gpu_exceeded:
+        return Ending(Status.FAILED, "failed", gpu_exceeded, gpu_exceeded)
     if start_problem is not None:
         reason = f"spawn failed: {start_problem}"
         return Ending(Status.FAILED, "failed", reason, reason)

@@ -26,15 +26,21 @@ from typing import Any
 from cnetd.background import cancel_all, cancel_and_wait, wait_event
 from cnetd.clock import seconds_since, utc_now
 from cnetd.config import Config
+from cnetd.gpus.assignment import GpuRequest, Waiting, choose
+from cnetd.gpus.devices import GpuGrant, device_nodes
+from cnetd.gpus.inventory import Inventory
+from cnetd.gpus.status import task_gpu_usage
 from cnetd.logs.ingester import LogIngester
 from cnetd.logs.output import progress_from_line, result_from_log
 from cnetd.security.identity import model_owner, task_owner
+from cnetd.store import gpus as gq
 from cnetd.store import tasks as q
 from cnetd.store.db import Database
 from cnetd.store.models import get_model
 from cnetd.supervisor.base import ExitStatus, Handle, Sandbox, SpawnError
 from cnetd.supervisor.disk import DiskMeter, format_bytes
 from cnetd.supervisor.launcher import Launcher, model_dir_of
+from cnetd.supervisor.membership import handle_owns_pid
 from cnetd.tasks.bus import TaskChange
 from cnetd.tasks.disk_guard import DiskGuard
 from cnetd.tasks.model import Status, Task
@@ -59,6 +65,7 @@ class Watch:
     task_uid: int | None = None
     timed_out: bool = False
     disk_exceeded: str | None = None
+    gpu_exceeded: str | None = None
 
 
 class TaskRunner:
@@ -80,6 +87,11 @@ class TaskRunner:
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False  # the agent stops: launches that have not claimed their task yet do not
         self._disk = DiskGuard()
+        self._gpus_of: dict[str, tuple[str, ...]] = {}  # running tasks with GPUs -> their uuids
+        usage.gpu_usage = self._gpu_usage
+        self._waiting_for_gpus = False  # the last scheduling pass left a task waiting for GPUs
+        # GPUs that appear (a driver loaded late) or change may let a waiting task start
+        launcher.gpus.on_refresh(lambda _inventory: self._kick.set() if self._waiting_for_gpus else None)
         states.on_end(lambda _task_id: self._kick.set())
 
     # ---- what the service asks ---------------------------------------------------------
@@ -127,8 +139,10 @@ class TaskRunner:
         # Serving workers (kind "serve") live as long as a model is served: they start at
         # once and take none of the tasks.max_concurrent slots, which are for jobs that end
         # (else serving N replicas would starve training and predictions for good).
+        gate = await self._gpu_gate()
         for task in await self.db.read(lambda c: q.next_pending(c, None, kinds=LONG_LIVED)):
-            self._begin(task, takes_slot=False)
+            if await gate(task):
+                self._begin(task, takes_slot=False)
         # A slot is taken by each task starting or running (the store counts those) and by
         # each launch that waits for its turn to claim its still pending task.
         active = await self.db.read(lambda c: q.count_active(c, exclude_kinds=LONG_LIVED))
@@ -136,9 +150,57 @@ class TaskRunner:
         free = self.config.tasks.max_concurrent - active - queued
         if free <= 0:
             return
-        picked = await self.db.read(lambda c: q.next_pending(c, free + queued, exclude_kinds=LONG_LIVED))
-        for task in [t for t in picked if t.id not in self._launches][:free]:
-            self._begin(task, takes_slot=True)
+        # A task waiting for GPUs takes no slot and holds up no task behind it: with GPUs on
+        # the node every pending task is looked at.
+        limit = None if self.launcher.gpus.inventory.count else free + queued
+        picked = await self.db.read(lambda c: q.next_pending(c, limit, exclude_kinds=LONG_LIVED))
+        for task in [t for t in picked if t.id not in self._launches]:
+            if free <= 0:
+                break
+            if await gate(task):
+                self._begin(task, takes_slot=True)
+                free -= 1
+
+    async def _gpu_gate(self) -> Callable[[Task], Any]:
+        """A check for this scheduling pass: may the task start as far as GPUs go? One that
+        may not is left pending with the reason (`waiting for 1 GPU: 0 of 2 free`). GPUs
+        given to a task earlier in the pass count as taken; the claim decides for good."""
+        inventory = self.launcher.gpus.inventory
+        held: list[gq.Held] = []
+        read = False
+        self._waiting_for_gpus = False
+
+        async def gate(task: Task) -> bool:
+            nonlocal held, read
+            request = GpuRequest.of(task.resources)
+            if request is None or task.id in self._launches:
+                return True
+            if not read:
+                held, read = await self.db.read(gq.held), True
+            try:
+                uuids = choose(request, inventory, held)
+            except Waiting as exc:
+                self._waiting_for_gpus = True
+                await self._note_waiting(task, str(exc))
+                return False
+            held = [*held, *(gq.Held(task.id, u, request.memory) for u in uuids)]
+            return True
+
+        return gate
+
+    async def _note_waiting(self, task: Task, reason: str) -> None:
+        if task.reason == reason:
+            return
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if q.status_of(conn, task.id) != Status.PENDING:
+                return False
+            q.update_task(conn, task.id, {"reason": reason})
+            return True
+
+        if await self.db.write(write):
+            task.reason = reason
+            self.states.bus.publish(TaskChange(task.id, "pending", "reason"))
 
     def _begin(self, task: Task, takes_slot: bool) -> None:
         if task.id in self._launches:
@@ -172,8 +234,9 @@ class TaskRunner:
             self.signal_stop(task.id)
 
     async def _claim(self, task: Task) -> bool:
-        """pending -> starting, unless the store says otherwise (a stop came first)."""
-        also: Also | None = None
+        """pending -> starting, unless the store says otherwise (a stop came first), with its
+        GPUs chosen and written in the same transaction (not enough free: it stays pending)."""
+        steps: list[Also] = []
         if task.uid is None and self.launcher.identities.drops_privileges:
             # Written before tasks had uids (an older agent): never run it as the agent's user.
             owner = await self._owner_of(task)
@@ -182,16 +245,48 @@ class TaskRunner:
             def allocate(conn: sqlite3.Connection) -> dict[str, Any]:
                 return {"uid": identities.allocate(conn, owner)}
 
-            also = allocate
-        async with self.states.lock(task.id):
-            outcome = await self.states.move(task, Status.STARTING, "starting", "starting the process", also=also)
+            steps.append(allocate)
+        request = GpuRequest.of(task.resources)
+        if request is not None:
+            inventory = self.launcher.gpus.inventory
+
+            def assign(conn: sqlite3.Connection) -> dict[str, Any]:
+                held = [h for h in gq.held(conn) if h.task_id != task.id]
+                gq.assign(conn, task.id, choose(request, inventory, held), request.memory)
+                return {}
+
+            steps.append(assign)
+
+        def also(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {k: v for step in steps for k, v in step(conn).items()}
+
+        changes: dict[str, Any] = {"reason": None} if task.reason else {}
+        try:
+            async with self.states.lock(task.id):
+                outcome = await self.states.move(task, Status.STARTING, "starting", "starting the process",
+                                                 also=also if steps else None, **changes)
+        except Waiting as exc:  # taken meanwhile by a task claimed at the same time
+            self._queued.pop(task.id, None)
+            await self._note_waiting(task, str(exc))
+            return False
         self._queued.pop(task.id, None)  # from here on the store counts it (or it is not started)
         return outcome.applied
+
+    async def _grant_for(self, task: Task) -> GpuGrant | None:
+        """What the launch gets on a node with GPUs: the GPUs the claim wrote for it."""
+        inventory = self.launcher.gpus.inventory
+        if not inventory.count:
+            return None
+        held = await self.db.read(lambda c: gq.of_task(c, task.id)) if GpuRequest.of(task.resources) else []
+        return grant_of(inventory, held, self.launcher.gpus.settings.device_dir)
 
     async def _start(self, task: Task) -> tuple[Sandbox, Handle] | None:
         backend = self.launcher.sandbox
         try:
-            spec = self.launcher.spec_for(task)
+            grant = await self._grant_for(task)
+            if grant is not None:
+                task.gpus = list(grant.uuids)
+            spec = self.launcher.spec_for(task, grant)
             return backend, await backend.start(spec)
         except SpawnError as exc:
             await self._undo_launch_files(task.id)
@@ -301,6 +396,8 @@ class TaskRunner:
         """Follow a running task (started now, or reattached after an agent restart)."""
         self.ingester.watch(task.id, task.log_file)
         self.states.finished(task.id)
+        if task.gpus:
+            self._gpus_of[task.id] = tuple(task.gpus)
         self.usage.watch(task.id, backend, handle)  # sampled at once, then every 1-5 s
         runner = asyncio.create_task(self._run_watch(task, backend, handle), name=f"watch-{task.id}")
         self._watches[task.id] = Watch(task=runner, handle=handle, backend=backend, task_uid=task.uid)
@@ -310,6 +407,8 @@ class TaskRunner:
         guards = [asyncio.create_task(self._enforce_timeout(task, waiting))]
         if task.resources.disk_limit:
             guards.append(asyncio.create_task(self._enforce_disk(task, waiting)))
+        if task.resources.gpu_memory:
+            guards.append(asyncio.create_task(self._enforce_gpu_memory(task, handle, waiting)))
         try:
             exit = await waiting
         finally:
@@ -330,6 +429,7 @@ class TaskRunner:
             await self._record_internal_error(task, exit, exc)
         finally:
             self._watches.pop(task.id, None)
+            self._gpus_of.pop(task.id, None)
             self.usage.forget(task.id)
             try:
                 await backend.release(handle)
@@ -360,6 +460,33 @@ class TaskRunner:
         if watch is not None and not waiting.done():
             watch.disk_exceeded = f"disk limit exceeded (wrote {format_bytes(used, like=limit)}, limit {format_bytes(limit)})"
             await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+
+    async def _enforce_gpu_memory(self, task: Task, handle: Handle, waiting: asyncio.Future[ExitStatus]) -> None:
+        """Stop the task once NVML accounts more GPU memory to its processes than it asked for."""
+        limit = task.resources.gpu_memory
+        assert limit is not None
+        monitor = self.launcher.gpus
+        while not waiting.done():
+            used = await asyncio.to_thread(gpu_memory_of, monitor.inventory, handle)
+            if used > limit:
+                watch = self._watches.get(task.id)
+                if watch is not None:
+                    watch.gpu_exceeded = (f"GPU memory limit exceeded (used {format_bytes(used, like=limit)}, "
+                                          f"limit {format_bytes(limit)})")
+                    log.info("%s; stopping it", watch.gpu_exceeded, extra={"task_id": task.id})
+                    await watch.backend.stop(watch.handle, self.config.tasks.stop_grace)
+                return
+            reading: asyncio.Future[Any] = asyncio.ensure_future(monitor.next_reading())
+            try:
+                await asyncio.wait([waiting, reading], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(reading)
+
+    def _gpu_usage(self, task_id: str, handle: Handle) -> dict[str, Any]:
+        uuids = self._gpus_of.get(task_id)
+        if not uuids:
+            return {}
+        return task_gpu_usage(self.launcher.gpus.inventory, uuids, functools.partial(handle_owns_pid, handle))
 
     def _output_dirs(self, task: Task) -> list[str]:
         tmp = [str(self.launcher.tmp_dir(task.id))]  # its own TMPDIR
@@ -397,7 +524,8 @@ class TaskRunner:
                 return
             end = ending(current, exit, stop_why=self.states.stop_why(task.id),
                          timed_out=watch is not None and watch.timed_out,
-                         disk_exceeded=watch.disk_exceeded if watch is not None else None, start_problem=problem)
+                         disk_exceeded=watch.disk_exceeded if watch is not None else None, start_problem=problem,
+                         gpu_exceeded=watch.gpu_exceeded if watch is not None else None)
             await self.states.end(current, end.status, end.kind, end.message, reason=end.reason, **changes)
         if self.config.tasks.cleanup:
             await asyncio.to_thread(self.launcher.forget_files, task.id)
@@ -453,3 +581,16 @@ class TaskRunner:
         await cancel_all(watch.task for watch in list(self._watches.values()))
         self._watches.clear()
 
+
+
+def grant_of(inventory: Inventory, held: list[gq.Held], device_dir: Any) -> GpuGrant:
+    uuids = tuple(h.gpu_uuid for h in held if inventory.by_uuid(h.gpu_uuid) is not None)
+    memory = next((h.memory for h in held if h.memory is not None), None)
+    gpu = inventory.by_uuid(uuids[0]) if uuids else None
+    return GpuGrant(uuids=uuids, memory=memory, memory_total=gpu.memory_total if gpu is not None else None,
+                    devices=device_nodes(inventory, uuids, device_dir))
+
+
+def gpu_memory_of(inventory: Inventory, handle: Handle) -> int:
+    """Bytes of GPU memory NVML accounts to the task's processes (on every GPU)."""
+    return sum(p.memory_used for p in inventory.processes if handle_owns_pid(handle, p.pid))

@@ -28,6 +28,7 @@ from cnetd.background import wait_event
 from cnetd.clock import utc_now
 from cnetd.config import Config
 from cnetd.errors import Conflict, Invalid, NotFound, Unavailable
+from cnetd.gpus.assignment import check_request
 from cnetd.logs.ingester import LogIngester
 from cnetd.ml.envs.spec import EnvironmentBody, EnvSpec
 from cnetd.security.confine import Confinement
@@ -176,6 +177,7 @@ class TaskService:
         self.confinement.check_path("working_dir", new.working_dir, self.launcher.base_dir)
         self.confinement.check_env(new.env)
         check_max_pids(new.resources, self.config.tasks.max_pids)
+        check_request(new.resources, self.launcher.gpus.inventory)
         user = await self.user_for_owner(owner)
         try:
             program = self.launcher.check_startable(new.command, new.working_dir, user)

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,6 +52,11 @@ class Sample:
     at: float  # time.time()
     cpu_percent: float | None
     memory_bytes: int | None
+    gpu_memory_bytes: int | None = None  # only for a task with GPUs
+
+
+# (task id, handle) -> the task's GPU figures to add to its usage ({} for a task without GPUs)
+GpuUsage = Callable[[str, Handle], dict[str, Any]]
 
 
 @dataclass
@@ -124,6 +129,7 @@ class UsageMonitor:
     `finish` once it has exited, `forget` once its end is recorded."""
 
     def __init__(self, interval: float = SAMPLE_INTERVAL, idle_interval: float = IDLE_INTERVAL) -> None:
+        self.gpu_usage: GpuUsage | None = None  # set by the runner on a node with GPUs
         self.interval = interval
         self.idle_interval = max(idle_interval, interval)
         self.history = UsageHistory()
@@ -267,10 +273,17 @@ class UsageMonitor:
         else:  # on a beat of `interval`, so that idle tasks make one batch a second, not several
             watched.due = (now + self.idle_interval) // self.interval * self.interval
         summary = summarize(usage, self._latest.get(task_id))
+        gpu: dict[str, Any] = {}
+        if self.gpu_usage is not None and usage.pids != 0:
+            try:
+                gpu = self.gpu_usage(task_id, watched.handle)
+            except Exception:
+                log.exception("reading the task's GPU usage failed", extra={"task_id": task_id})
         if summary is not None:
-            self._latest[task_id] = summary
+            self._latest[task_id] = {**summary, **gpu}
         if usage.pids != 0:
-            self.history.add(task_id, Sample(time.time(), usage.cpu_percent, usage.memory_bytes))
+            self.history.add(task_id, Sample(time.time(), usage.cpu_percent, usage.memory_bytes,
+                                             gpu.get("gpu_memory_bytes")))
 
 
 def _read_blocking(targets: list[_Watched]) -> list[Usage | None]:

@@ -54,3 +54,11 @@ def usage_series(samples: list[Sample], cpu_limit: float | None, memory_limit: i
         64 * 1_000_000, float(memory_limit) if memory_limit else None,
     )
     return cpu, memory
+
+
+def gpu_series(samples: list[Sample], gpu_memory: int | None) -> Series | None:
+    """GPU memory of a task with GPUs (None for a task whose samples have none)."""
+    values = [None if s.gpu_memory_bytes is None else float(s.gpu_memory_bytes) for s in samples]
+    if all(v is None for v in values):
+        return None
+    return series("GPU memory", values, 64 * 1_000_000, float(gpu_memory) if gpu_memory else None)

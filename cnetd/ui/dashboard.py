@@ -20,9 +20,9 @@ def node_context(agent: Agent) -> dict[str, Any]:
     return {"node": node, "sandbox": node["sandbox"]}
 
 
-def resources_fragment(request: web.Request) -> tuple[Markup, bool]:
+async def resources_fragment(request: web.Request) -> tuple[Markup, bool]:
     agent = agent_of(request)
-    ctx = {"usage": agent.resources.usage(), "uptime": agent.uptime}
+    ctx = {"usage": agent.resources.usage(), "uptime": agent.uptime, "gpus": (await agent.gpu_status()).to_json()}
     inner = renderer(request).string(request, "_resources.html", ctx)
     markup, unchanged = polled(request, inner, "/fragments/resources", "resources", "2s")
     return markup, unchanged
@@ -40,14 +40,14 @@ async def activity_fragment(request: web.Request) -> tuple[Markup, bool]:
 
 async def dashboard(request: web.Request) -> web.Response:
     agent = agent_of(request)
-    resources, _ = resources_fragment(request)
+    resources, _ = await resources_fragment(request)
     activity, _ = await activity_fragment(request)
     ctx = {**node_context(agent), "resources": resources, "activity": activity, "nav": "dashboard"}
     return renderer(request).response(request, "dashboard.html", ctx)
 
 
 async def resources_part(request: web.Request) -> web.Response:
-    return fragment_response(*resources_fragment(request))
+    return fragment_response(*await resources_fragment(request))
 
 
 async def activity_part(request: web.Request) -> web.Response:

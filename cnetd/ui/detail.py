@@ -9,7 +9,7 @@ from typing import Any
 from cnetd.agent import Agent
 from cnetd.ml.catalog import Model
 from cnetd.tasks.model import Status, Task
-from cnetd.ui.chart import usage_series
+from cnetd.ui.chart import gpu_series, usage_series
 
 LOG_TAIL = 300
 
@@ -79,6 +79,7 @@ def usage_context(agent: Agent, task: Task) -> dict[str, Any]:
         "task": task,
         "cpu": cpu,
         "memory": memory,
+        "gpu": gpu_series(samples, task.resources.gpu_memory),
         "running": task.status in (Status.PENDING, Status.STARTING, Status.RUNNING),
         "span": samples[-1].at - samples[0].at if len(samples) > 1 else 0.0,
     }

@@ -340,6 +340,30 @@ async def fork_loop(sb: Sandbox, params: Params) -> dict[str, Any]:
     }
 
 
+OPEN_EACH = """
+import errno, json, os, sys
+out = {}
+for path in sys.argv[1:]:
+    try:
+        os.close(os.open(path, os.O_RDWR)); out[os.path.basename(path)] = 'OK'
+    except OSError as exc:
+        out[os.path.basename(path)] = errno.errorcode[exc.errno]
+print(json.dumps(out))
+"""
+
+
+async def devices(sb: Sandbox, params: Params) -> dict[str, Any]:
+    """Open each of params["paths"] (and /dev/null) under Limits.devices = params["allow"]
+    (a list of [major, minor]); report the errno name of each open."""
+    allow = tuple((int(major), int(minor)) for major, minor in params["allow"])
+    s = spec(params, [PY, "-c", OPEN_EACH, "/dev/null", *params["paths"]], Limits(devices=allow))
+    handle = await sb.start(s)
+    status = await asyncio.wait_for(sb.wait(handle), 60)
+    await sb.release(handle)
+    log = s.log_path.read_text()
+    return {"status": status_dict(status), "opened": json.loads(log.splitlines()[-1]) if log else None, "log": log}
+
+
 async def start_latency(sb: Sandbox, params: Params) -> dict[str, Any]:
     """Seconds each of n sequential start() calls took, `gap` seconds apart (for bench/)."""
     times = []
@@ -390,6 +414,7 @@ SCENARIOS: dict[str, Callable[[Sandbox, Params], Coroutine[Any, Any, dict[str, A
     "oom": oom,
     "cpu": cpu,
     "fork_loop": fork_loop,
+    "devices": devices,
     "start_latency": start_latency,
     "bare_latency": bare_latency,
 }

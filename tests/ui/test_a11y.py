@@ -4,11 +4,14 @@ the forms' errors on a phone. (test_ui.py checks every other page in the states 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 from playwright.sync_api import expect
 
 from tests.support.agent import AgentProcess
+from tests.support.fake_gpus import FakeGpus
 from tests.test_security import TOKEN
 from tests.ui.conftest import Browse
 
@@ -75,3 +78,29 @@ def test_form_errors_on_a_phone(agent: AgentProcess, browse: Callable[..., Brows
     expect(page.locator("#task-field-command .field-error")).to_be_visible()
     b.check_a11y("task-form-error")
     b.assert_clean()
+
+
+def test_gpus_on_the_dashboard_and_a_gpu_task_chart(agent_factory: Callable[..., AgentProcess],
+                                                     browse: Callable[..., Browse], tmp_path: Path) -> None:
+    """A node with GPUs (the NVML test double: no GPU on these machines) shows each GPU on
+    the dashboard, and a task with GPUs charts its GPU memory."""
+    fake = FakeGpus(tmp_path / "gpus.json")
+    agent = agent_factory({"gpus": {"simulate_file": str(fake.path), "refresh": "0.2s"}}).start()
+    reply = agent.api.post("/api/tasks", {"name": "gpu", "command": "python3", "args": ["-c", "import time; time.sleep(60)"],
+                                          "resources": {"gpu_memory": "1GiB"}})
+    assert reply.status == 201, reply.text
+    running = agent.wait_status(reply.body["id"], {"running"})
+    pid = next(int(e["message"].split("pid ")[1].split(",")[0])
+               for e in agent.api.get(f"/api/tasks/{running['id']}/events").body if e["type"] == "started")
+    fake.account(pid, fake.uuids[0], 300 * 2**20)
+    for viewport in ("laptop", "phone"):
+        b = browse(agent, viewport)
+        b.goto("/")
+        expect(b.page.get_by_role("progressbar", name="GPU 1 memory usage")).to_be_visible()
+        expect(b.page.get_by_text("Simulated GPU 0")).to_be_visible()
+        b.check_a11y("dashboard-gpus")
+        b.goto(f"/tasks/{running['id']}")
+        expect(b.page.get_by_role("img", name=re.compile(r"^GPU memory usage"))).to_be_visible(timeout=20_000)
+        b.shot("task-gpu-chart")
+        b.check_a11y("task-gpu-chart")
+        b.assert_clean()
