@@ -449,7 +449,8 @@ def test_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
     assert data["agent"]["heartbeat"] == 30.0
     assert data["ml"]["model_path"] == str(tmp_path / "models")
     assert data["ml"]["engines"] == ["python", "tensorflow", "pytorch"]
-    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "serving", "gpus", "cluster"}
+    assert set(data) == {"agent", "logging", "discovery", "resources", "tasks", "logs", "ml", "auth", "serving", "gpus",
+                         "cluster"}
     assert data["cluster"] is None  # no cluster section: a single node
     # the dict written back out (JSON is YAML) loads to the same configuration
     again = load_config(write(tmp_path, json.dumps(data), "again.yaml"), environ=NO_ENV)
