@@ -294,7 +294,7 @@ class Launcher(TaskPaths):
 
     def spec_for(self, task: Task, grant: GpuGrant | None = None) -> LaunchSpec:
         """grant: the task's GPUs on a node that has GPUs (None: a node without GPUs, where
-        neither its environment nor its devices are touched)."""
+        neither its CUDA variables nor its device nodes are touched)."""
         building = self._fresh_build_dir(task) if task.kind == "env" else None
         cwd = building or self._confined_working_dir(task)
         user = self.user_for(task)
