@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -22,9 +20,9 @@ import pytest
 from cnetd.api.jsonbody import nesting_depth
 from tests.support.agent import AgentProcess
 from tests.support.http import Reply
+from tests.support.pure_served import serve_pure_model
 
 PY = sys.executable
-PURE_MODEL = Path(__file__).with_name("support") / "pure_model.py"
 DEEP_ARRAY = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
 HUGE_INT = b'{"name": "x", "command": "true", "timeout": ' + b"9" * 5000 + b"}"
@@ -37,16 +35,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """One agent with the standard-library model trained and served as "pure"."""
     agent = AgentProcess(tmp_path_factory.mktemp("bodies")).start()
     try:
-        scripts = agent.workdir / "scripts"
-        scripts.mkdir()
-        shutil.copy(PURE_MODEL, scripts / "pure_model.py")
-        deployed = agent.api.post("/api/ml/models", {"name": "pure", "command": PY, "script_path": "scripts/pure_model.py",
-                                                     "model_path": "models/p.json"})
-        assert deployed.status == 201, deployed.text
-        agent.model_id = deployed.body["id"]  # type: ignore[attr-defined]
-        assert agent.wait_done(deployed.body["id"])["status"] == "completed"
-        serving = agent.api.post(f"/api/ml/models/{deployed.body['id']}/serve?wait=true", {"replicas": 1})
-        assert serving.status == 200, serving.text
+        serve_pure_model(agent)
         yield agent
     finally:
         agent.stop()

@@ -7,21 +7,17 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import struct
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.http import Client
+from tests.support.pure_served import serve_pure_model
 from tests.support.waiting import wait_until
 
-PY = sys.executable
-PURE_MODEL = Path(__file__).with_name("support") / "pure_model.py"
 LIMIT = 2 * 1024 * 1024
 INFER = "/v2/models/pure/infer"
 TOKEN = "limits-token-0123456789abcdef"
@@ -37,16 +33,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     agent.api = Client(agent.url, TOKEN)
     agent.start()
     try:
-        scripts = agent.workdir / "scripts"
-        scripts.mkdir()
-        shutil.copy(PURE_MODEL, scripts / "pure_model.py")
-        deployed = agent.api.post("/api/ml/models", {"name": "pure", "command": PY, "script_path": "scripts/pure_model.py",
-                                                     "model_path": "models/p.json"})
-        assert deployed.status == 201, deployed.text
-        assert agent.wait_done(deployed.body["id"])["status"] == "completed"
-        agent.model_id = deployed.body["id"]  # type: ignore[attr-defined]
-        serving = agent.api.post(f"/api/ml/models/{deployed.body['id']}/serve?wait=true", {"replicas": 1})
-        assert serving.status == 200, serving.text
+        serve_pure_model(agent)
         yield agent
     finally:
         agent.stop()

@@ -6,20 +6,16 @@ input with the agent still answering."""
 from __future__ import annotations
 
 import json
-import shutil
 import struct
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.http import Reply
+from tests.support.pure_served import serve_pure_model
 
-PY = sys.executable
-PURE_MODEL = Path(__file__).with_name("support") / "pure_model.py"
 INFER = "/v2/models/pure/infer"
 SIZE = "inputs[0].parameters.binary_data_size"
 FORMATS = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H", "UINT32": "I",
@@ -30,16 +26,7 @@ FORMATS = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", 
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     agent = AgentProcess(tmp_path_factory.mktemp("v2binary")).start()
     try:
-        scripts = agent.workdir / "scripts"
-        scripts.mkdir()
-        shutil.copy(PURE_MODEL, scripts / "pure_model.py")
-        deployed = agent.api.post("/api/ml/models", {"name": "pure", "command": PY, "script_path": "scripts/pure_model.py",
-                                                     "model_path": "models/p.json"})
-        assert deployed.status == 201, deployed.text
-        assert agent.wait_done(deployed.body["id"])["status"] == "completed"
-        agent.model_id = deployed.body["id"]  # type: ignore[attr-defined]
-        serving = agent.api.post(f"/api/ml/models/{deployed.body['id']}/serve?wait=true", {"replicas": 1})
-        assert serving.status == 200, serving.text
+        serve_pure_model(agent)
         yield agent
     finally:
         agent.stop()
