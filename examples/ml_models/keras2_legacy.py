@@ -23,8 +23,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from tensorflow import keras  # noqa: E402
+import numpy as np
+from tensorflow import keras
 
 
 def keras_version():
