@@ -240,8 +240,8 @@ def test_focus_after_swaps_goes_to_the_answer_and_survives_polls(
     b.goto("/tasks")
     status_filter = page.get_by_label("Status")
     tab_to(page, status_filter)
-    page.keyboard.press("ArrowDown")  # "any" -> "pending": applied on change
-    expect(page).to_have_url(re.compile(r"status=pending"))
+    page.keyboard.press("ArrowDown")  # "any" -> "preparing" (the first state): applied on change
+    expect(page).to_have_url(re.compile(r"status=preparing"))
     expect(status_filter).to_be_focused()
 
     # The predict form: an error puts the focus on the field, an answer on the answer.
