@@ -10,10 +10,12 @@ reads it): six 1.15.0 and 1.16.0 are small pure-Python wheels."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
 import stat
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -172,28 +174,32 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 """
 
 
-def slow_package(workdir: Path) -> tuple[Path, Path]:
-    """A find-links directory with cnet-slow 0.1, an sdist whose in-tree build backend
-    waits for the gate file (so a build is certainly under way when the test acts), and
-    that gate. Offline: the backend needs nothing from an index."""
-    import io
-    import tarfile
-
-    links, gate = workdir / "links", workdir / "gate"
+def sdist_links(workdir: Path, project: str, backend: str) -> Path:
+    """A find-links directory holding <project> 0.1 as an sdist whose in-tree build backend is
+    `backend` (offline: the backend needs nothing from an index)."""
+    links = workdir / "links"
     links.mkdir()
     links.chmod(0o755)
     files = {
-        "cnet_slow-0.1/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
-        "cnet_slow-0.1/backend.py": BACKEND.format(gate=str(gate)),
+        f"{project}-0.1/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        f"{project}-0.1/backend.py": backend,
     }
-    with tarfile.open(links / "cnet_slow-0.1.tar.gz", "w:gz") as tar:
+    sdist = links / f"{project}-0.1.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
         for name, text in files.items():
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-    (links / "cnet_slow-0.1.tar.gz").chmod(0o644)
-    return links, gate
+    sdist.chmod(0o644)
+    return links
+
+
+def slow_package(workdir: Path) -> tuple[Path, Path]:
+    """A find-links directory with cnet-slow 0.1, an sdist whose build backend waits for the
+    gate file (so a build is certainly under way when the test acts), and that gate."""
+    gate = workdir / "gate"
+    return sdist_links(workdir, "cnet_slow", BACKEND.format(gate=str(gate))), gate
 
 
 def slow_agent(agent_factory, installer: str = "auto") -> tuple[AgentProcess, Path]:  # type: ignore[no-untyped-def]
@@ -421,25 +427,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 
 def evil_package(workdir: Path, env: Path, other: Path) -> Path:
-    import io
-    import tarfile
-
-    links = workdir / "links"
-    links.mkdir()
-    links.chmod(0o755)
-    backend = EVIL_BACKEND.format(env=str(env), other=str(other))
-    files = {
-        "cnet_evil-0.1/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
-        "cnet_evil-0.1/backend.py": backend,
-    }
-    with tarfile.open(links / "cnet_evil-0.1.tar.gz", "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    (links / "cnet_evil-0.1.tar.gz").chmod(0o644)
-    return links
+    return sdist_links(workdir, "cnet_evil", EVIL_BACKEND.format(env=str(env), other=str(other)))
 
 
 def test_a_hostile_build_cannot_touch_other_environments_nor_leave_set_id_or_special_files(agent_factory) -> None:  # type: ignore[no-untyped-def]
