@@ -87,9 +87,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         await self.gate.check(context)
         try:
-            served = await v2calls.served_here(self.agent, request.model_name, _version(request.model_version))
+            served = await v2calls.served_here(self.agent, request.model_name, _version(request.model_version),
+                                               request.id or None)
             body, raw = request_body(request)
-            reply = await v2calls.infer(served, parse_infer_request(body, raw))
+            reply = await v2calls.infer(self.agent, served, parse_infer_request(body, raw))
         except DomainError as exc:
             await context.abort(status_code(exc), exc.message)
         except Exception:
