@@ -213,7 +213,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     book = VersionBook()
     models.versions_book = book
     recorder = VersionRecorder(tasks, catalog, launcher, confinement, ArtifactStore(state_dir), book)
-    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window)
+    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window,
+                              config.serving.version_copies)
     serving.artifact_for = versions.file_for
     models.predict_served = versions.predict
     identity = NodeIdentity.of(config, node_id)

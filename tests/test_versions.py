@@ -144,8 +144,16 @@ def test_two_deploys_two_versions_default_when_warm_and_pinned_v1_unchanged(vage
         assert time.monotonic() < deadline
     assert seen <= {("1", 2.0), ("2", 5.0)}
     assert infer(agent, "lin", 1.0) == (200, ("2", 5.0))
-    # v1 pinned: its own copy, although the model file now holds v2.
-    assert infer(agent, "lin", 1.0, version=1) == (200, ("1", 2.0))
+    # v1 pinned: its own copy, although the model file now holds v2 (a reload of the file
+    # would have happened within 3 s: it is looked at every second).
+    until = time.monotonic() + 3
+
+    def still_v1() -> bool:
+        assert infer(agent, "lin", 1.0, version=1) == (200, ("1", 2.0))
+        return time.monotonic() > until
+
+    wait_until(still_v1, 30, "v1 answering as before for 3 s")
+    assert agent.api.get(f"/api/ml/models/{v1}").body["serving"]["reloads"] == 0
     assert infer(agent, "lin", 1.0, version=2) == (200, ("2", 5.0))
     versions = agent.api.get(f"/api/ml/models/{v1}/versions").body
     assert [v["version"] for v in versions["versions"]] == [1, 2]
@@ -236,3 +244,73 @@ def test_bad_canary_rolled_back_good_canary_promoted_restart_keeps_state(vagent:
     assert load.failed == []
     ended = [e for e in model(agent, "c")["events"] if e["type"] == "rollout_ended"][-1]
     assert "promoted" in ended["message"], ended
+
+
+def test_register_artifact_is_confined_and_bad_bodies_are_refused(vagent: AgentProcess) -> None:
+    agent = vagent
+    deploy(agent, body("r", 2))
+    wait_default(agent, "r", 1)
+    work = agent.workdir
+    secret = work / "secret.txt"
+    secret.write_text("not a model")
+    (work / "models" / "shadow-link.json").symlink_to("/etc/shadow")
+    (work / "models" / "etc").symlink_to("/etc")
+    (work / "models" / "dir.json").mkdir()
+    (work / "models" / "inside-link.json").symlink_to(work / MODEL_PATH)  # inside the roots, still a link
+    for artifact, words in [
+        ("../../../../etc/shadow", "outside"),
+        ("/etc/shadow", "outside"),
+        ("models/shadow-link.json", "outside"),
+        ("models/etc/passwd", "outside"),
+        ("models/inside-link.json", "symlink"),
+        ("state/cnet.db", "state dir"),
+        ("secret.txt", "model root"),
+        ("models/dir.json", "not a regular file"),
+        ("models/missing.json", "no such file"),
+        ("models/x\u0000.json", "NUL"),
+    ]:
+        reply = agent.api.post("/api/ml/models/r/versions", {"artifact": artifact})
+        assert reply.status == 400, (artifact, reply.text)
+        assert "artifact" in reply.text and words.lower() in reply.text.lower(), (artifact, reply.text)
+    assert [v["version"] for v in agent.api.get("/api/ml/models/r/versions").body["versions"]] == [1]
+
+    (work / "models" / "hand.json").write_text('{"slope": 7.0, "fail_mod": 0}')
+    (work / "models" / "hand.json.meta.json").write_text('{"slope": 7.0}')
+    registered = agent.api.post("/api/ml/models/r/versions", {"artifact": "models/hand.json", "promote": "manual"})
+    assert registered.status == 201, registered.text
+    assert registered.body["version"] == 2 and registered.body["state"] == "ready"
+    assert registered.body["source"] == "registered" and registered.body["sidecars"] == ["hand.json.meta.json"]
+    (work / "models" / "hand.json").write_text('{"slope": 9.0, "fail_mod": 0}')  # the copy is the agent's
+    assert agent.api.post("/api/ml/models/r/promote", {"version": 2}).status == 200
+    assert model(agent, "r")["default_version"] == 2
+    served = agent.api.post("/api/ml/models/r/serve?wait=true", {"replicas": 1}, timeout=90)
+    assert served.status == 200, served.text
+    assert infer(agent, "r", 1.0) == (200, ("2", 7.0))
+
+    # Names that look like deploy ids are refused; bad bodies name their field.
+    uuid_name = body("123e4567-e89b-12d3-a456-426614174000", 1)
+    reply = agent.api.post("/api/ml/models", uuid_name)
+    assert reply.status == 400 and "name" in reply.text and "deploy id" in reply.text, reply.text
+    bad_bodies: list[tuple[str, Any, int, str]] = [
+        ("rollout", {"version": 1, "canary_percent": 0}, 400, "canary_percent"),
+        ("rollout", {"version": 1, "canary_percent": 101}, 400, "canary_percent"),
+        ("rollout", {"version": 1, "duration": "1000d"}, 400, "duration"),
+        ("rollout", {"version": 1, "duration": "soon"}, 400, "duration"),
+        ("rollout", {"version": -1}, 400, "version"),
+        ("rollout", {"version": 10**15}, 400, "version"),
+        ("rollout", {"version": 1, "surprise": True}, 400, "surprise"),
+        ("rollout", {"version": 1, "max_error_rate": 2}, 400, "max_error_rate"),
+        ("rollout", {"version": 99}, 404, "no version 99"),
+        ("rollout", {"version": 2}, 409, "default"),
+        ("promote", {"version": "1; DROP TABLE"}, 400, "version"),
+        ("promote", {"version": 42}, 404, "no version 42"),
+        ("rollout/abort", None, 409, "no rollout"),
+        ("versions", {"artifact": "x" * 5000}, 400, "artifact"),
+    ]
+    for route, payload, status, words in bad_bodies:
+        reply = agent.api.post(f"/api/ml/models/r/{route}", payload)
+        assert reply.status == status and words in reply.text, (route, payload, reply.text)
+    assert agent.api.get("/api/ml/models/nope/versions").status == 404
+    assert agent.api.post("/api/ml/models/nope/rollback").status == 404
+    assert agent.api.get("/api/ml/models/..%2F..%2Fetc/versions").status == 404
+    assert agent.api.post("/v2/models/r/versions/7/infer", {"inputs": []}).status in (400, 404)

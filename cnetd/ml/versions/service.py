@@ -62,7 +62,10 @@ class Switch:
 
 class VersionService:
     def __init__(self, tasks: TaskService, catalog: ModelCatalog, serving: ServingManager,
-                 recorder: VersionRecorder, book: VersionBook, rollback_window: float) -> None:
+                 recorder: VersionRecorder, book: VersionBook, rollback_window: float,
+                 serve_copies: bool = True) -> None:
+        """serve_copies: serve a version from the agent's copy of its artifact (False: from
+        the model file, which the serving manager reloads when it changes)."""
         self.tasks = tasks
         self.db = tasks.db
         self.catalog = catalog
@@ -70,6 +73,7 @@ class VersionService:
         self.recorder = recorder
         self.book = book
         self.rollback_window = rollback_window
+        self.serve_copies = serve_copies
         self.pointers: dict[str, Pointer] = {}
         self.outcomes = Outcomes()
         self._lock = asyncio.Lock()
@@ -93,11 +97,11 @@ class VersionService:
         when its training has just completed), or None to serve the model file itself."""
         model_id = model.record.id
         artifact = self.book.artifact_of(model_id)
-        if artifact is None:
-            row = self.book.row(model_id)
-            if row is not None and row.state == "training" and model.task.status == Status.COMPLETED:
-                await self.recorder.settle(model_id)
-                artifact = self.book.artifact_of(model_id)
+        if artifact is None and model.task.status == Status.COMPLETED and self.book.version_of(model_id) is not None:
+            await self.recorder.settle(model_id)  # training has just completed: keep its artifact first
+            artifact = self.book.artifact_of(model_id)
+        if not self.serve_copies:
+            return None
         return artifact if artifact is not None and artifact.is_file() else None
 
     def route(self, name: str, key: str | None) -> Served | None:
