@@ -285,7 +285,7 @@ class VersionService:
             if self.serving.served(row.model_id) is None and default_served:
                 await serve_like(self.serving, row.model_id, pointer.default_id)
             if self.serving.served(row.model_id) is not None:
-                problem = await warm(self.serving, row.model_id)
+                problem = await warm(self.serving, row.model_id, smoke=pointer.default_id is not None)
                 if problem is not None:
                     await self._event(row.model_id, "promoted", f"version {row.version} was not made the default: {problem}")
                     return
