@@ -118,6 +118,7 @@ _SPEC: dict[str, Spec] = {
     "serving": {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
+        "rollback_window": to.duration(allow_zero=True),
     },
     "gpus": {
         "enabled": to.boolean,
