@@ -43,7 +43,7 @@ async def known(agent: Agent, name: str, version: str | None) -> ModelRecord:
     if version is not None and version.isdigit():
         model_id = agent.versions.id_for_version(name, version)
         if model_id is None:
-            numbers = [str(n) for r in await agent.models.named(name) if (n := agent.versions.version_of(r.id))]
+            numbers = [str(v) for r in await agent.models.named(name) if (v := agent.versions.version_of(r.id))]
             if not numbers:
                 raise NotFound(f"unknown model: {name}", {"name": name})
             raise NotFound(f"model {name} has no version {version} (versions: {', '.join(sorted(numbers, key=int))})",
@@ -63,15 +63,15 @@ def not_served(record: ModelRecord) -> Conflict | Unavailable:
 
 async def model_metadata(agent: Agent, record: ModelRecord) -> dict[str, Any]:
     served = agent.serving.find(record.id)
-    n = served.n_features if served is not None else None
+    n_features = served.n_features if served is not None else None
     records = await agent.models.named(record.name)
-    numbers = sorted((n for r in records if (n := agent.versions.version_of(r.id)) is not None), reverse=True)
-    versions = [str(n) for n in numbers] if len(numbers) == len(records) else [r.id for r in records]
+    numbers = sorted((v for r in records if (v := agent.versions.version_of(r.id)) is not None), reverse=True)
+    versions = [str(v) for v in numbers] if len(numbers) == len(records) else [r.id for r in records]
     return {
         "name": record.name,
         "versions": versions,
         "platform": f"cnetd/{record.model_type}",
-        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, n if n is not None else -1]}],
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, n_features if n_features is not None else -1]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}],
     }
 
@@ -105,10 +105,11 @@ async def served_here(agent: Agent, name: str, version: str | None, key: str | N
 
 async def infer(agent: Agent, served: Served, parsed: InferRequest) -> dict[str, Any]:
     """The V2 answer to a parsed request: {model_name, model_version, [id], outputs} with
-    the output tensor's values as a flat "data" list (each transport encodes it its way).
+    the output tensor's values in "data" as a flat list or an array of the tensor's shape
+    (each transport encodes it its way: protocol.json_data, binary.encode_tensor).
     model_version: the version number that answered."""
     answer = await agent.versions.predict(served, parsed.instances)
-    output = output_tensor(parsed.output_name, answer.predictions)
+    output = output_tensor(parsed.output_name, answer.values)
     reply: dict[str, Any] = {"model_name": served.name, "model_version": agent.versions.label(served), "outputs": [output]}
     if parsed.id is not None:
         reply["id"] = parsed.id
