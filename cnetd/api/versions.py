@@ -13,8 +13,7 @@ from cnetd.api.serialize import json_response
 from cnetd.bodies.decode import decode_body
 from cnetd.errors import NotFound
 from cnetd.ml.versions.bodies import PromoteBody, RegisterBody, RolloutBody
-from cnetd.ml.versions.service import Switch
-from cnetd.store.versions import VersionRow
+from cnetd.ml.versions.service import Switch, VersionRow
 
 
 async def name_of(agent: Agent, id_or_name: str) -> str:

@@ -47,6 +47,8 @@ from cnetd.tasks.states import event
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Switch", "VersionRow", "VersionService"]
+
 HOUSEKEEPING_INTERVAL = 0.25  # how often rollback windows and rollout ends are looked at
 DRAIN_TIMEOUT = 30.0  # a version let go of waits this long for its in-flight requests
 SERVING_START_WAIT = 30.0  # a trained version served by its deploy body: how long its serving may take to start
