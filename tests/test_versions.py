@@ -286,6 +286,19 @@ def test_register_artifact_is_confined_and_bad_bodies_are_refused(vagent: AgentP
     served = agent.api.post("/api/ml/models/r/serve?wait=true", {"replicas": 1}, timeout=90)
     assert served.status == 200, served.text
     assert infer(agent, "r", 1.0) == (200, ("2", 7.0))
+    private = work / "models" / "private.json"
+    private.write_text('{"slope": 1.0}')
+    private.chmod(0o600)  # root's, unreadable by others: not the agent's to hand to a model
+    reply = agent.api.post("/api/ml/models/r/versions", {"artifact": "models/private.json"})
+    assert reply.status == 400 and "readable" in reply.text, reply.text
+
+    # A version that is neither default nor previous, stopped: retired, its copy removed.
+    third = agent.api.post("/api/ml/models/r/versions", {"artifact": "models/hand.json", "promote": "manual"}).body
+    assert third["version"] == 3 and Path(third["artifact"]).is_file()
+    assert agent.api.delete(f"/api/ml/models/{third['model_id']}").status in (200, 409)
+    rows = {v["version"]: v for v in agent.api.get("/api/ml/models/r/versions").body["versions"]}
+    assert rows[3]["state"] == "retired" and not Path(third["artifact"]).exists()
+    assert rows[1]["state"] == rows[2]["state"] == "ready" and Path(rows[2]["artifact"]).is_file()
 
     # Names that look like deploy ids are refused; bad bodies name their field.
     uuid_name = body("123e4567-e89b-12d3-a456-426614174000", 1)

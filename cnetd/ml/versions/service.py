@@ -410,6 +410,21 @@ class VersionService:
         await self._switch(name, target, "rolled_back", message)
         return Switch(number, target, reloaded, message)
 
+    async def stopped(self, model_id: str) -> bool:
+        """A deploy was stopped by a user (DELETE /api/ml/models/{id}): a ready version that is
+        not its name's default, previous default or canary is retired, and artifacts no
+        version that is not retired uses are removed."""
+        name = self.book.name_of(model_id)
+        row = self.book.row(model_id)
+        if name is None or row is None or row.state != "ready" or model_id in self.roles(name):
+            return False
+        await self.recorder.retire(model_id, "its deploy was stopped by a user")
+        in_use = await self.db.read(vq.artifacts_in_use)
+        removed = await asyncio.to_thread(self.recorder.store.remove_unused, in_use)
+        if removed:
+            log.info("removed %d artifact copies no version uses any more", len(removed))
+        return True
+
     # ---- rollouts ----------------------------------------------------------------------------
 
     async def rollout(self, name: str, body: RolloutBody) -> Canary:
