@@ -231,10 +231,16 @@ def test_bad_canary_rolled_back_good_canary_promoted_restart_keeps_state(vagent:
         load.wait_requests(60)
         assert load.versions_since(0) == {"1", "3"}
     assert load.failed == []
+    workers = {v["version"]: agent.api.get(f"/api/ml/models/{v['model_id']}").body["serving"]["workers"]
+               for v in model(agent, "c")["versions"] if v["served"]}
     agent.stop()
     agent.start()
     state = model(agent, "c")
     assert state["default_version"] == 1 and state["canary_version"] == 3
+    for version in (1, 3):  # the same warm workers, found again
+        model_id = next(v["model_id"] for v in state["versions"] if v["version"] == version)
+        again = agent.api.get(f"/api/ml/models/{model_id}").body["serving"]["workers"]
+        assert [w["task_id"] for w in again] == [w["task_id"] for w in workers[version]]
     # sticky: the same key always lands on the same version
     wait_until(lambda: infer(agent, "c", 1.0, key="same")[0] == 200, 60, "answering after the restart")
     assert len({infer(agent, "c", 1.0, key="same")[1][0] for _ in range(10)}) == 1
@@ -327,3 +333,23 @@ def test_register_artifact_is_confined_and_bad_bodies_are_refused(vagent: AgentP
     assert agent.api.post("/api/ml/models/nope/rollback").status == 404
     assert agent.api.get("/api/ml/models/..%2F..%2Fetc/versions").status == 404
     assert agent.api.post("/v2/models/r/versions/7/infer", {"inputs": []}).status in (400, 404)
+
+
+def test_rollback_after_the_window_reloads_and_says_so(agent_factory: Callable[..., AgentProcess]) -> None:
+    agent = agent_factory({"serving": {"rollback_window": "1s"}})
+    shutil.copy(MODEL, agent.workdir / "versioned_model.py")
+    (agent.workdir / "models").mkdir()
+    agent.start()
+    v1 = deploy(agent, body("w", 2, serving={"replicas": 1}))
+    wait_default(agent, "w", 1)
+    deploy(agent, body("w", 3))
+    wait_default(agent, "w", 2)
+    # The window passes: v1 is let go of (its workers stop), with an event saying why.
+    wait_until(lambda: agent.api.get(f"/api/ml/models/{v1}").body["serving"]["state"] == "stopped", 30,
+               "v1 no longer served")
+    wait_until(lambda: any("rollback window" in e["message"] for e in model(agent, "w")["events"]), 10, "the event")
+    back = agent.api.post("/api/ml/models/w/rollback", timeout=120)
+    assert back.status == 200, back.text
+    assert back.body["reloaded"] is True and "rollback window" in back.body["message"], back.body
+    assert back.body["default_version"] == 1
+    assert infer(agent, "w", 1.0) == (200, ("1", 2.0))
