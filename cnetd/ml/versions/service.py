@@ -143,13 +143,16 @@ class VersionService:
         """served.predict, counted for the version's rollout comparison."""
         self.outcomes.started(served.id)
         started = time.monotonic()
-        failed = True
         try:
             answer = await served.predict(instances)
-            failed = False
-            return answer
-        finally:
-            self.outcomes.ended(served.id, time.monotonic() - started, failed)
+        except asyncio.CancelledError:  # the caller went away: no outcome of the version's
+            self.outcomes.ended(served.id, None, False)
+            raise
+        except Exception:
+            self.outcomes.ended(served.id, time.monotonic() - started, True)
+            raise
+        self.outcomes.ended(served.id, time.monotonic() - started, False)
+        return answer
 
     # ---- listing --------------------------------------------------------------------------
 
@@ -284,12 +287,17 @@ class VersionService:
                 await asyncio.sleep(0.05)  # the serving manager starts it on the same completion
                 model = await self.catalog.get(row.model_id)
             default_served = pointer.default_id is not None and self.serving.served(pointer.default_id) is not None
+            started = False
             if self.serving.served(row.model_id) is None and default_served:
                 await serve_like(self.serving, row.model_id, pointer.default_id)
+                started = True
             if self.serving.served(row.model_id) is not None:
                 problem = await warm(self.serving, row.model_id, smoke=pointer.default_id is not None)
                 if problem is not None:
                     await self._event(row.model_id, "promoted", f"version {row.version} was not made the default: {problem}")
+                    if started:  # served here only to be warmed: not left restarting
+                        with contextlib.suppress(DomainError):
+                            await self.serving.unserve(row.model_id, reason=f"it did not warm: {problem}")
                     return
                 why = f"version {row.version} is the default: it is warm (replicas loaded, smoke inference answered)"
             else:
@@ -378,6 +386,9 @@ class VersionService:
         if self.serving.served(model_id) is not None:
             problem = await warm(self.serving, model_id)
             if problem is not None:
+                if started:  # served here only to be warmed: not left restarting
+                    with contextlib.suppress(DomainError):
+                        await self.serving.unserve(model_id, reason=f"it did not warm: {problem}")
                 raise Conflict(f"version {self.book.version_of(model_id)} of {name} is not warm: {problem}")
         return started
 
