@@ -173,7 +173,6 @@ def test_manual_promote_and_rollback_under_load(vagent: AgentProcess) -> None:
     wait_default(agent, "m", 1)
     wait_until(lambda: infer(agent, "m", 1.0)[0] == 200, 60, "v1 answering")
     deploy(agent, body("m", 3, promote="manual"))
-    time.sleep(0)  # nothing waits here: a manual version is not promoted
     assert model(agent, "m")["default_version"] == 1
     with Load(agent, "m").running() as load:
         load.wait_requests(20)
