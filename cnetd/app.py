@@ -217,6 +217,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
                               config.serving.version_copies)
     serving.artifact_for = versions.file_for
     models.predict_served = versions.predict
+    if config.serving.version_copies:
+        launcher.version_copy_of = book.artifact_of  # its workers and prediction tasks read it
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)

@@ -165,6 +165,11 @@ def test_two_deploys_two_versions_default_when_warm_and_pinned_v1_unchanged(vage
     assert predicted.status == 200 and predicted.headers["X-Model-Version"] == "2" and predicted.body["prediction"] == 10
     pinned = agent.api.post(f"/api/ml/models/{v1}/predict?wait=true", {"input_data": 2})
     assert pinned.headers["X-Model-Version"] == "1" and pinned.body["prediction"] == 4
+    # The cold path too: a prediction task of v1 reads v1's copy (in its own namespace).
+    cold = agent.api.post(f"/api/ml/models/{v1}/predict", {"input_data": 3})
+    assert cold.status == 201 and cold.headers["X-Model-Version"] == "1", cold.text
+    done = agent.wait_done(cold.body["prediction_task_id"], 60)
+    assert done["status"] == "completed" and done["result"]["prediction"] == 6, done
 
 
 def test_manual_promote_and_rollback_under_load(vagent: AgentProcess) -> None:

@@ -191,10 +191,12 @@ class ModelService:
                 {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
             )
         base = model.task
+        copy = self.versions_book.artifact_of(model_id) if self.versions_book and self.config.serving.version_copies else None
+        model_path = str(copy) if copy is not None and copy.is_file() else model.record.model_path  # the version's own
         new = NewTask(
             name=f"{model.record.name}-predict",
             command=base.command,
-            args=[model.record.script_path, "predict", model.record.model_path, argument],
+            args=[model.record.script_path, "predict", model_path, argument],
             env=dict(base.env),
             working_dir=base.working_dir,
             resources=base.resources,
