@@ -212,10 +212,16 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     book = VersionBook()
     models.versions_book = book
-    recorder = VersionRecorder(tasks, catalog, launcher, confinement, ArtifactStore(state_dir), book)
-    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window)
+    artifact_store = ArtifactStore(state_dir)
+    recorder = VersionRecorder(tasks, catalog, launcher, confinement, artifact_store, book)
+    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window,
+                              config.serving.version_copies)
     serving.artifact_for = versions.file_for
     models.predict_served = versions.predict
+    serving.default_for = versions.default_id
+    if config.serving.version_copies:
+        launcher.version_copy_of = book.artifact_of  # its workers and prediction tasks read it
+        catalog.copy_of = book.artifact_of  # what a version is, for other nodes of a cluster too
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
@@ -223,6 +229,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     if cluster is not None:
         copies = ModelCopies(tasks, catalog, launcher, confinement, config)
         cluster.failover = ModelFailover(cluster, catalog, serving, copies, model_roots)
+        # versions' copies are sent to other nodes too (read through real directories only)
+        cluster.failover.artifacts.roots.append(Path(os.path.realpath(artifact_store.root)))
         election = cluster.election
         cluster.failover.places = lambda: election.is_leader  # the scheduler places served replicas too
 

@@ -456,7 +456,15 @@ def v2_infer_operation(params: list[Schema], suffix: str) -> Schema:
     answers["200"]["content"].update(V2_BINARY)
     request_body = body("V2InferRequest")
     request_body["content"].update(V2_BINARY)
-    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER], request_body, op_id=f"v2Infer{suffix}")
+    extra = [REQUEST_KEY_HEADER] if not suffix else []  # the bare name follows the canary split
+    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER, *extra], request_body,
+                     op_id=f"v2Infer{suffix}")
+
+
+REQUEST_KEY_HEADER: Schema = {
+    "name": "X-Request-Key", "in": "header", "required": False, "schema": STRING,
+    "description": "the sticky key of a rollout's canary split (else the request's id, else chance)",
+}
 
 
 def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[str, Schema]:
@@ -581,8 +589,8 @@ def build_document() -> Schema:
             responses({200: ("prediction (wait=true)", ref("PredictionResult")),
                        201: ("prediction task created", ref("PredictionCreated"))},
                       (*WRITE_ERRORS, 404, 409, 422, 429, 502, 504)),
-            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], declared_body("predict"),
-            op_id="predict")},
+            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction"), REQUEST_KEY_HEADER],
+            declared_body("predict"), op_id="predict")},
         "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
                                              "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
         "/api/ml/models/{id}/serve": {

@@ -119,6 +119,7 @@ _SPEC: dict[str, Spec] = {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
         "rollback_window": to.duration(allow_zero=True),
+        "version_copies": to.boolean,
     },
     "gpus": {
         "enabled": to.boolean,

@@ -195,6 +195,9 @@ class ServingSection:
     # How long a model's previous default version stays warm after a switch, so that a
     # rollback is a pointer switch (cnetd.ml.versions); after it, a rollback reloads it.
     rollback_window: float = 600.0
+    # Serve each version from the agent's own copy of its artifact (immutable); False: from
+    # the model file itself, reloaded when it changes (a retrain changes what is served).
+    version_copies: bool = True
 
 
 @dataclass(frozen=True)
