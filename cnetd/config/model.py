@@ -192,6 +192,8 @@ class ServingSection:
     # a copy while it is joined) well within an agent's share of a node.
     max_request_bytes: int = 64 << 20
     grpc_port: int | None = None  # the V2 gRPC service's port on agent.address; None: no gRPC
+    rollup_interval: float = 60.0  # seconds between per-version roll-ups of served models' requests
+    rollup_retention: float | None = 7 * 86400.0  # seconds roll-ups are kept; None: kept for ever
 
 
 @dataclass(frozen=True)
