@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -152,7 +152,7 @@ def test_drift_score_moves_when_inputs_move(monitored: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("window", [
     "0h", "1", "h", "-1h", "1.5h", "1w", "100000d", "30s", "32d", "1h;DROP TABLE model_rollups", "%2e%2e%2f", "1h ",
-    "9" * 200 + "h", "\uff11h",
+    "9" * 200 + "h", "\uff11h", "1h\n", "1h&window=2h",
 ])
 def test_bad_windows_are_a_400_naming_window(monitored: dict[str, Any], window: str) -> None:
     from urllib.parse import quote
@@ -166,3 +166,24 @@ def test_bad_windows_are_a_400_naming_window(monitored: dict[str, Any], window: 
 def test_unknown_models_are_a_404(monitored: dict[str, Any], name: str) -> None:
     reply = monitored["agent"].api.get(f"/api/ml/models/{name}/metrics?window=1h")
     assert reply.status == 404, reply.text
+
+
+def test_rollups_older_than_the_retention_are_deleted(agent_factory: Callable[..., AgentProcess]) -> None:
+    agent = agent_factory({"serving": {"rollup_interval": "0.2s", "rollup_retention": "1s"}})
+    (agent.workdir / "drift_model.py").write_text(DRIFT_SCRIPT)
+    agent.start()
+    deploy(agent, "kept-short")
+    db = agent.state_dir / "cnet.db"
+
+    def rows() -> list[tuple[int, str]]:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT COUNT(*), COALESCE(MIN(at), '') FROM model_rollups").fetchall()  # type: ignore[no-any-return]
+        finally:
+            conn.close()
+
+    wait_until(lambda: rows()[0][0] >= 3, 20, "roll-ups of an idle served model (a row per interval)")
+    # 0.2 s apart and kept 1 s: a handful at any time, never one from the start
+    first = rows()[0][1]
+    wait_until(lambda: rows()[0][1] > first, 10, "the oldest roll-up deleted")
+    assert rows()[0][0] <= 7

@@ -7,7 +7,7 @@ import re
 
 from cnetd.errors import Invalid
 
-WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_WINDOW = 60
 MAX_WINDOW = 31 * 86400
@@ -18,7 +18,7 @@ def parse_window(raw: str | None) -> tuple[str, int]:
     """(the window as given, its seconds); a 400 naming `window` for anything else."""
     if raw is None or raw == "":
         raw = DEFAULT_WINDOW
-    match = WINDOW.match(raw) if len(raw) <= 16 else None
+    match = WINDOW.fullmatch(raw) if len(raw) <= 16 else None
     if match is None:
         shown = raw if len(raw) <= 40 else raw[:40] + "…"
         raise Invalid("window", f"must be a whole number and a unit (s, m, h or d), e.g. 15m, 1h or 7d; got {shown!r}")

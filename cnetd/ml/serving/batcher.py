@@ -222,8 +222,6 @@ class Batcher:
         to a socket-channel worker as raw bytes)."""
         started = time.monotonic()
         metrics = self.metrics
-        if metrics.drift is not None:
-            metrics.drift.observe(instances)
         metrics.in_flight += 1
         try:
             answer = await self._predict(instances)
@@ -233,6 +231,8 @@ class Batcher:
         finally:
             metrics.in_flight -= 1
         metrics.record(200, time.monotonic() - started)
+        if metrics.drift is not None:  # inputs the model answered (not those it rejected)
+            metrics.drift.observe(instances)
         return answer
 
     async def _predict(self, instances: Values) -> Answer:
