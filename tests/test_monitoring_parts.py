@@ -72,7 +72,7 @@ def test_drift_scores_and_shapes() -> None:
     drift.observe({"a": 1})
     a, b = drift.features()
     assert a["score"] == pytest.approx(3.0) and b["score"] is None  # b's training std is 0
-    assert drift.to_json()["observed"] == 3 and drift.skipped == 3
+    assert drift.to_json()["observed"] == 3 and drift.skipped == 3 and drift.to_json()["skipped"] == 3
     one = parse_input_stats({"mean": [5.0], "std": [2.0]})
     assert one is not None
     single = InputDrift(one)

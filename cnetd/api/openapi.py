@@ -321,7 +321,7 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
                         "p50_ms": {"type": ["number", "null"]}, "p95_ms": {"type": ["number", "null"]},
                         "p99_ms": {"type": ["number", "null"]}}}},
                     "drift": {"type": ["object", "null"], "description": "input drift against the training result's "
-                              "input_stats (null without them): observed, skipped_requests, and per feature its "
+                              "input_stats (null without them): observed and skipped instances, and per feature its "
                               "train_mean, train_std, served_mean, served_std and score (|served mean - train mean| / "
                               "train std)"},
                 },

@@ -114,7 +114,7 @@ async def render(agent: Agent) -> str:
         out.sample("cnet_inference_in_flight", labels, m.in_flight)
         out.histogram("cnet_serving_load_seconds", labels, m.load_time)
         if m.drift is not None:
-            out.sample("cnet_model_input_observed_total", labels, m.drift.stats.count)
+            out.sample("cnet_model_input_observed_total", labels, m.drift.observed)
             for feature in m.drift.features():
                 if feature["score"] is not None:
                     out.sample("cnet_model_input_drift_score", {**labels, "feature": feature["feature"]}, feature["score"])
