@@ -20,6 +20,7 @@ from cnetd.ml.envs.service import Environments
 from cnetd.ml.monitor.service import Monitor
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import ServingManager
+from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
 from cnetd.supervisor.launcher import Launcher
 from cnetd.tasks.service import TaskService
@@ -39,6 +40,7 @@ class Agent:
     models: ModelService
     resources: ResourceSampler
     serving: ServingManager
+    versions: VersionService
     environments: Environments
     cluster: ClusterNode | None  # None: a single node (no cluster section)
     describe: NodeDescriber  # this node as its record in the cluster says it

@@ -91,6 +91,7 @@ class Served:
     failed_stamp: Stamp | None = None  # a file that could not be loaded: not tried again
     retry_at: float = 0.0
     retry_delay: float = RELOAD_RETRY_START
+    model_arg: str | None = None  # what workers load when it is not the model's path (a version's own copy)
 
     @property
     def id(self) -> str:
