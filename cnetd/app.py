@@ -31,7 +31,7 @@ from cnetd.ml.catalog import ModelCatalog
 from cnetd.ml.copies import ModelCopies
 from cnetd.ml.envs.service import Environments
 from cnetd.ml.monitor.service import Monitor
-from cnetd.ml.monitor.versions import from_numbers
+from cnetd.ml.monitor.versions import from_numbers, roles_from
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.ml.versions.artifacts import ArtifactStore
@@ -243,7 +243,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
         cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
         # versions labelled by their version numbers (cnetd.ml.versions)
         monitor=Monitor(db, serving, config.serving.rollup_interval, config.serving.rollup_retention,
-                        resolver=from_numbers(versions.version_of)),
+                        resolver=from_numbers(versions.version_of), roles=roles_from(versions.pointers)),
     )
     yield
 

@@ -187,3 +187,39 @@ def test_rollups_older_than_the_retention_are_deleted(agent_factory: Callable[..
     first = rows()[0][1]
     wait_until(lambda: rows()[0][1] > first, 10, "the oldest roll-up deleted")
     assert rows()[0][0] <= 7
+
+
+def test_roles_follow_the_pointers_and_a_canary_stands_beside_the_default(monitored: dict[str, Any]) -> None:
+    agent, v1, v2 = monitored["agent"], monitored["v1"], monitored["v2"]
+
+    def roles() -> dict[str, str | None]:
+        body = agent.api.get("/api/ml/models/drifty/metrics").body
+        return {v["model_id"]: v["role"] for v in body["versions"]}
+
+    wait_until(lambda: roles().get(v2) == "default", 30, "version 2 the default")
+    assert roles()[v1] in ("previous", None)
+    body = {"name": "drifty", "command": sys.executable, "script_path": "drift_model.py",
+            "model_path": "models/drifty3.txt", "args": ["drift_model.py", "train", "models/drifty3.txt"],
+            "serving": {"replicas": 1}, "promote": "manual"}
+    reply = agent.api.post("/api/ml/models", body)
+    assert reply.status == 201, reply.text
+    v3 = reply.body["id"]
+    assert agent.wait_status(v3, {"completed", "failed"}, 60, path="/api/ml/models/")["status"] == "completed"
+    started = agent.api.post("/api/ml/models/drifty/rollout", {"version": 3, "canary_percent": 50, "duration": "5m"},
+                             timeout=120)
+    assert started.status == 202, started.text
+    try:
+        wait_until(lambda: roles().get(v3) == "canary", 60, "version 3 the canary")
+        assert roles()[v2] == "default"
+        for i in range(40):  # sticky by key: both versions answer some
+            reply = agent.api.post("/v2/models/drifty/infer", {"inputs": [
+                {"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [0.0, 10.0]}]},
+                headers={"X-Request-Key": f"k{i}"})
+            assert reply.status == 200, reply.text
+        text = agent.api.get("/metrics").text
+        assert line_value(text, "cnet_inference_requests_total", model_id=v3, version="3", outcome="ok") > 0
+        assert line_value(text, "cnet_inference_requests_total", model_id=v2, version="2", outcome="ok") > 0
+        page = agent.api.get(f"/models/{v2}").text
+        assert '<span class="pill warn">canary</span>' in page and '<span class="pill ok">default</span>' in page
+    finally:
+        agent.api.post("/api/ml/models/drifty/rollout/abort", {})

@@ -313,9 +313,10 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "since": STRING, "until": STRING,
             "versions": {"type": "array", "items": {
                 "type": "object",
-                "required": ["version", "model_id", "serving", "totals", "points", "drift"],
+                "required": ["version", "model_id", "serving", "role", "totals", "points", "drift"],
                 "properties": {
                     "version": STRING, "model_id": STRING, "serving": {"type": "boolean"},
+                    "role": nullable({"enum": ["default", "previous", "canary"]}),
                     "totals": {"type": "object", "properties": {
                         "count": {"type": "integer"}, "errors": {"type": "integer"},
                         "error_rate": {"type": ["number", "null"]}, "max_p99_ms": {"type": ["number", "null"]}}},

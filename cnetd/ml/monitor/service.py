@@ -19,7 +19,7 @@ from cnetd.clock import format_time
 from cnetd.errors import NotFound
 from cnetd.metrics.window import LatencyWindow, percentile
 from cnetd.ml.monitor.drift import InputDrift, parse_input_stats
-from cnetd.ml.monitor.versions import DeployOrder, VersionResolver
+from cnetd.ml.monitor.versions import DeployOrder, RoleResolver, VersionResolver
 from cnetd.ml.serving.batcher import ModelMetrics
 from cnetd.ml.serving.manager import ServingManager
 from cnetd.store import rollups as rq
@@ -39,14 +39,17 @@ def version_sort_key(label: str) -> tuple[int, int, str]:
 class Monitor:
     def __init__(
         self, db: Database, serving: ServingManager, interval: float = 60.0, retention: float | None = 7 * 86400.0,
-        resolver: VersionResolver | None = None,
+        resolver: VersionResolver | None = None, roles: RoleResolver | None = None,
     ) -> None:
+        """roles: which version is the default, the previous default or the canary (shown
+        beside the series; none without it)."""
         self.db = db
         self.serving = serving
         self.interval = interval
         self.retention = retention
         self._deploy_order: DeployOrder | None = None if resolver is not None else DeployOrder()
         self.resolver: VersionResolver = resolver if resolver is not None else self._deploy_order  # type: ignore[assignment]
+        self.roles = roles
         self._drift_checked: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
         self._last_tick = datetime.now(UTC)
@@ -169,6 +172,7 @@ class Monitor:
             drift = self.drift(model_id)
             versions.append({
                 "version": label, "model_id": model_id, "serving": self.serving.served(model_id) is not None,
+                "role": self.roles(name, model_id) if self.roles is not None else None,
                 "totals": totals(points), "points": [point_json(p) for p in points],
                 "drift": drift.to_json() if drift is not None else None,
             })

@@ -4,9 +4,12 @@ were made: the first deploy of "iris" is version 1, the next one 2, and so on.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+
+from cnetd.ml.versions.pointers import Pointer
 
 VersionResolver = Callable[[str], str]  # model (deploy) id -> version label
+RoleResolver = Callable[[str, str], str | None]  # (name, model id) -> default | previous | canary | None
 
 
 class DeployOrder:
@@ -35,3 +38,19 @@ def from_numbers(version_of: Callable[[str], int | None]) -> VersionResolver:
         number = version_of(model_id)
         return "" if number is None else str(number)
     return resolve
+
+
+def roles_from(pointers: Mapping[str, Pointer]) -> RoleResolver:
+    """A role resolver reading a name's pointers (VersionService.pointers) as they are now."""
+    def role(name: str, model_id: str) -> str | None:
+        pointer = pointers.get(name)
+        if pointer is None:
+            return None
+        if pointer.canary is not None and pointer.canary.model_id == model_id:
+            return "canary"
+        if pointer.default_id == model_id:
+            return "default"
+        if pointer.previous_id == model_id:
+            return "previous"
+        return None
+    return role
