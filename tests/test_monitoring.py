@@ -111,6 +111,11 @@ def test_rollups_are_written_and_served_per_version(monitored: dict[str, Any]) -
     point = next(p for p in by_version["1"]["points"] if p["count"] > 0)
     assert point["p50_ms"] is not None and point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
     assert point["throughput"] > 0
+    # a week: the half-second roll-ups merged into 420 s points, the counts kept
+    week = agent.api.get("/api/ml/models/drifty/metrics?window=7d").body
+    assert week["step_seconds"] == 420
+    merged = next(v for v in week["versions"] if v["model_id"] == v1)
+    assert merged["totals"]["count"] >= 21 and len(merged["points"]) <= 2
     # the same answer by deploy id
     by_id = agent.api.get(f"/api/ml/models/{v2}/metrics?window=1h").body
     assert by_id["name"] == "drifty" and len(by_id["versions"]) == 2

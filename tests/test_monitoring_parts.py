@@ -119,3 +119,17 @@ async def test_rollup_queries_and_retention(db: Database) -> None:
     assert deleted == 1
     left = await db.read(lambda c: rq.rollups_since(c, ["iris", "other"], "2000", 100))
     assert len(left) == 8 and min(r.at for r in left) == "2026-01-01T00:03:00.000Z"
+
+
+async def test_long_windows_merge_rollups_into_buckets(db: Database) -> None:
+    rows = [Rollup("m1", "iris", "1", f"2026-01-01T{h:02d}:{m:02d}:00.000Z", 60.0, 10, m % 2, 0.001 * (m + 1),
+                   0.01, 0.01 * (1 + m % 7)) for h in range(3) for m in range(60)]
+    rows.append(Rollup("m1", "iris", "1", "2026-01-01T03:00:00.000Z", 60.0, 0, 0, None, None, None))
+    await db.write(lambda c: rq.insert_rollups(c, rows))
+    buckets = await db.read(lambda c: rq.rollup_buckets(c, ["iris"], "2025-12-31T23:59:59.000Z", 3600.0))
+    assert len(buckets) == 4  # three hours and the idle minute after them
+    first = buckets[0]
+    assert first.count == 600 and first.errors == 30 and first.seconds == 3600.0
+    assert first.p99 == pytest.approx(0.07) and first.p50 == pytest.approx(0.0305)
+    assert first.at == "2026-01-01T00:59:00.000Z"
+    assert buckets[-1].count == 0 and buckets[-1].p50 is None

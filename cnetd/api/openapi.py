@@ -307,9 +307,11 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
     "ModelMetrics": {
         "type": "object",
         "description": "A model's per-version roll-ups (serving.rollup_interval each) over a window",
-        "required": ["name", "window", "window_seconds", "interval_seconds", "since", "until", "versions"],
+        "required": ["name", "window", "window_seconds", "interval_seconds", "step_seconds", "since", "until", "versions"],
         "properties": {
             "name": STRING, "window": STRING, "window_seconds": {"type": "integer"}, "interval_seconds": {"type": "number"},
+            "step_seconds": {"type": "number", "description": "the span of one point: the roll-up interval, or "
+                             "longer where a long window's roll-ups are merged (1440 points per version at most)"},
             "since": STRING, "until": STRING,
             "versions": {"type": "array", "items": {
                 "type": "object",

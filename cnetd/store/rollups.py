@@ -42,6 +42,24 @@ def rollups_since(conn: sqlite3.Connection, names: list[str], since: str, limit:
     return [Rollup(*row) for row in rows]
 
 
+def rollup_buckets(conn: sqlite3.Connection, names: list[str], since: str, step: float) -> list[Rollup]:
+    """The roll-ups of models with these names after `since`, merged per model into buckets
+    of `step` seconds counted from `since`, oldest first: counts and errors summed, p50 the
+    count-weighted mean, p95 and p99 the worst (a bound, not a percentile of the bucket);
+    `at` the bucket's last, `seconds` the sum."""
+    if not names:
+        return []
+    marks = ", ".join("?" for _ in names)
+    rows = conn.execute(
+        "SELECT model_id, MAX(name), MAX(version), MAX(at), SUM(seconds), SUM(count), SUM(errors), "
+        "SUM(p50 * count) / NULLIF(SUM(CASE WHEN p50 IS NOT NULL THEN count END), 0), MAX(p95), MAX(p99) "
+        f"FROM model_rollups WHERE name IN ({marks}) AND at > ? "
+        "GROUP BY model_id, CAST((julianday(at) - julianday(?)) * 86400.0 / ? AS INTEGER) ORDER BY MAX(at)",
+        (*names, since, since, step),
+    )
+    return [Rollup(*row) for row in rows]
+
+
 def delete_rollups_before(conn: sqlite3.Connection, before: str, limit: int) -> int:
     """Delete up to `limit` roll-ups that ended before `before`; how many were deleted."""
     return conn.execute(

@@ -29,7 +29,8 @@ from cnetd.store.rollups import Rollup
 log = logging.getLogger(__name__)
 
 DELETE_BATCH = 5000  # roll-up rows deleted per transaction by retention
-MAX_POINTS = 50_000  # roll-up rows one series answer reads at most
+MAX_POINTS = 50_000  # roll-up rows one series answer reads at most (unmerged)
+POINTS_PER_VERSION = 1440  # a longer window's roll-ups are merged into this many buckets
 
 
 def version_sort_key(label: str) -> tuple[int, int, str]:
@@ -160,7 +161,11 @@ class Monitor:
         await self.refresh()
         now = datetime.now(UTC)
         since = format_time(now - timedelta(seconds=window_seconds))
-        rows = await self.db.read(lambda c: rq.rollups_since(c, [name], since, MAX_POINTS))
+        step = window_seconds / POINTS_PER_VERSION
+        if step > self.interval:
+            rows = await self.db.read(lambda c: rq.rollup_buckets(c, [name], since, step))
+        else:
+            rows = await self.db.read(lambda c: rq.rollups_since(c, [name], since, MAX_POINTS))
         by_id: dict[str, list[Rollup]] = {}
         for row in rows:
             by_id.setdefault(row.model_id, []).append(row)
@@ -179,6 +184,7 @@ class Monitor:
         versions.sort(key=lambda v: version_sort_key(v["version"]))
         return {
             "name": name, "window": window, "window_seconds": window_seconds, "interval_seconds": self.interval,
+            "step_seconds": max(step, self.interval),
             "since": since, "until": format_time(now), "versions": versions,
         }
 
