@@ -228,3 +228,12 @@ def test_roles_follow_the_pointers_and_a_canary_stands_beside_the_default(monito
         assert '<span class="pill warn">canary</span>' in page and '<span class="pill ok">default</span>' in page
     finally:
         agent.api.post("/api/ml/models/drifty/rollout/abort", {})
+
+
+def test_the_monitoring_fragment(monitored: dict[str, Any]) -> None:
+    agent, v1 = monitored["agent"], monitored["v1"]
+    reply = agent.api.get(f"/models/{v1}/monitoring", headers={"HX-Request": "true"})
+    assert reply.status == 200 and 'id="monitoring"' in reply.text and "<desc id=\"mc-latency-d\">" in reply.text
+    assert "(this deploy)" in reply.text
+    for bad in ("nope", "..%2F..%2Fetc%2Fpasswd", "x" * 300, "%00"):
+        assert agent.api.get(f"/models/{bad}/monitoring").status == 404, bad
