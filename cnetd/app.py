@@ -30,6 +30,8 @@ from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.catalog import ModelCatalog
 from cnetd.ml.copies import ModelCopies
 from cnetd.ml.envs.service import Environments
+from cnetd.ml.monitor.service import Monitor
+from cnetd.ml.monitor.versions import from_numbers, roles_from
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.ml.versions.artifacts import ArtifactStore
@@ -136,6 +138,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         _environments,
         _retention,
         _serving,
+        _monitor,
         _resource_sampler,
         _cluster,
         _scheduler,
@@ -246,6 +249,9 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
         versions=versions, environments=environments,
         cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
+        # versions labelled by their version numbers (cnetd.ml.versions)
+        monitor=Monitor(db, serving, config.serving.rollup_interval, config.serving.rollup_retention,
+                        resolver=from_numbers(versions.version_of), roles=roles_from(versions.pointers)),
     )
     yield
 
@@ -304,6 +310,16 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     finally:
         await versions.stop()
         await serving.stop()  # lets go of the workers; they keep running
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = app[AGENT].monitor
+    assert monitor is not None
+    try:
+        await monitor.start()  # after serving: the served models' metrics are there
+        yield
+    finally:
+        await monitor.stop()
 
 
 async def _resource_sampler(app: web.Application) -> AsyncIterator[None]:

@@ -118,6 +118,8 @@ _SPEC: dict[str, Spec] = {
     "serving": {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
+        "rollup_interval": to.duration(),
+        "rollup_retention": to.duration(allow_off=True),
         "rollback_window": to.duration(allow_zero=True),
         "version_copies": to.boolean,
     },

@@ -192,6 +192,8 @@ class ServingSection:
     # a copy while it is joined) well within an agent's share of a node.
     max_request_bytes: int = 64 << 20
     grpc_port: int | None = None  # the V2 gRPC service's port on agent.address; None: no gRPC
+    rollup_interval: float = 60.0  # seconds between per-version roll-ups of served models' requests
+    rollup_retention: float | None = 7 * 86400.0  # seconds roll-ups are kept; None: kept for ever
     # How long a model's previous default version stays warm after a switch, so that a
     # rollback is a pointer switch (cnetd.ml.versions); after it, a rollback reloads it.
     rollback_window: float = 600.0
