@@ -35,9 +35,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data), status=status, content_type="application/json")
 
 
-def v2_error(status: int, message: str) -> web.Response:
+def v2_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
     response = _json({"error": message}, status)
-    if status in RETRY_AFTER:
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    elif status in RETRY_AFTER:
         response.headers["Retry-After"] = RETRY_AFTER[status]
     return response
 
@@ -129,7 +131,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
         parsed = parse_infer_request(body, binary)
         reply = await v2calls.infer(served, parsed)
     except DomainError as exc:
-        return v2_error(exc.status, exc.message)
+        return v2_error(exc.status, exc.message, exc.retry_after)
     if not parsed.binary_output:
         return _json(reply)
     (output,) = reply["outputs"]

@@ -118,6 +118,7 @@ _SPEC: dict[str, Spec] = {
     "serving": {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
+        "memory_budget": to.optional(to.positive_size),
     },
     "gpus": {
         "enabled": to.boolean,

@@ -192,6 +192,10 @@ class ServingSection:
     # a copy while it is joined) well within an agent's share of a node.
     max_request_bytes: int = 64 << 20
     grpc_port: int | None = None  # the V2 gRPC service's port on agent.address; None: no gRPC
+    # Bytes the replicas of every served model here may hold together (their memory_limit
+    # each); None: only the node's free memory bounds them. Idle models are unloaded, least
+    # recently used first, to stay within it.
+    memory_budget: int | None = None
 
 
 @dataclass(frozen=True)

@@ -96,13 +96,14 @@ class Link:
 
 
 class _Pending:
-    __slots__ = ("dispatched", "future", "instances", "key")
+    __slots__ = ("dispatched", "future", "instances", "key", "since")
 
     def __init__(self, instances: Values, future: asyncio.Future[Answer]) -> None:
         self.instances = instances
         self.key = batch_key(instances)
         self.future = future
         self.dispatched = False
+        self.since = time.monotonic()
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
@@ -203,6 +204,11 @@ class Batcher:
     @property
     def in_flight(self) -> int:
         return sum(link.client.in_flight for link in self.links)
+
+    @property
+    def queue_wait(self) -> float:
+        """Seconds the oldest queued request has waited (0 with none queued)."""
+        return time.monotonic() - self._queue[0].since if self._queue else 0.0
 
     # ---- requests ------------------------------------------------------------------
 
