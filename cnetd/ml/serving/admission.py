@@ -17,6 +17,7 @@ meanwhile; what it waits for is said (`Refusal`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,14 +50,21 @@ def budget_used(all_served: Sequence[Served]) -> int:
     return sum(held(s) * memory_of(s) for s in all_served)
 
 
-def idle(served: Served) -> bool:
-    return served.in_flight == 0 and served.batcher.queue_depth == 0 and served.batcher.in_flight == 0
+IDLE_AFTER = 2.0  # seconds without a request before a model counts as idle
+
+
+def idle(served: Served, now: float) -> bool:
+    """No request in the agent for it, none for IDLE_AFTER, and no replica still starting
+    (one that was never used is not taken back before it could be)."""
+    return (served.in_flight == 0 and served.batcher.queue_depth == 0 and served.batcher.in_flight == 0
+            and now - served.last_used >= IDLE_AFTER and all(r.state == "ready" for r in served.replicas))
 
 
 def unloadable(all_served: Sequence[Served], asking: Served) -> list[Served]:
     """Idle models with replicas above their min_replicas, least recently used first."""
+    now = time.monotonic()
     found = [s for s in all_served
-             if s is not asking and s.spec.autoscaled and idle(s) and len(s.replicas) > s.spec.min_replicas
+             if s is not asking and s.spec.autoscaled and idle(s, now) and len(s.replicas) > s.spec.min_replicas
              and memory_of(s) > 0]
     return sorted(found, key=lambda s: s.last_used)
 

@@ -113,6 +113,10 @@ class Autoscaler:
             self.policy = policy
         self.up_since = self.down_since = None
 
+    def touch(self, now: float) -> None:
+        """Count now as in use (a replica still starting): idle time runs from when it is ready."""
+        self.last_request = now
+
     @property
     def in_panic(self) -> bool:
         return self.panic_until is not None

@@ -244,9 +244,10 @@ class ServingManager:
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
         served.watcher = asyncio.create_task(self.reload.watch(served), name=f"model-file-{model.record.id}")
         adopt = adopt or []
-        count = max(spec.replicas, len(adopt)) if spec.autoscaled else spec.replicas
-        served.target = count
-        for slot in range(count):
+        # An autoscaled model's replicas beyond those adopted are started by the scaler,
+        # admitted against the memory budget and the node's room.
+        served.target = max(spec.replicas, len(adopt)) if spec.autoscaled else spec.replicas
+        for slot in range(len(adopt) if spec.autoscaled else spec.replicas):
             replica = Replica(slot=slot)
             if slot < len(adopt):
                 replica.task_id, replica.socket = adopt[slot].id, socket_of(adopt[slot])
