@@ -25,7 +25,7 @@ from cnetd.api.v2_cluster import answer_elsewhere, held_nowhere
 from cnetd.errors import DomainError, NotFound
 from cnetd.ml.serving import v2calls
 from cnetd.ml.serving.binary import OCTET_STREAM, binary_body, encode_tensor, header_length
-from cnetd.ml.serving.protocol import parse_infer_request
+from cnetd.ml.serving.protocol import json_data, parse_infer_request
 from cnetd.store.models import ModelRecord
 
 RETRY_AFTER = {429: "1", 503: "1"}
@@ -123,7 +123,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     try:
         raw = await body_of(request)  # read under serving.max_request_bytes (api/bodylimit.py)
         binary: memoryview | None = None
-        if request.content_type == OCTET_STREAM:  # (also when none is sent) the middleware let it through only with BINARY_HEADER
+        if BINARY_HEADER in request.headers and request.content_type == OCTET_STREAM:  # (also when none is sent)
             length = header_length(request.headers[BINARY_HEADER], len(raw))
             body, binary = decode_json(raw[:length]), memoryview(raw)[length:]
         else:
@@ -132,9 +132,10 @@ async def infer(request: web.Request) -> web.StreamResponse:
         reply = await v2calls.infer(served, parsed)
     except DomainError as exc:
         return v2_error(exc.status, exc.message, exc.retry_after)
-    if not parsed.binary_output:
-        return _json(reply)
     (output,) = reply["outputs"]
+    if not parsed.binary_output:
+        output["data"] = json_data(output["data"])
+        return _json(reply)
     data = encode_tensor(output.pop("data"), output["datatype"])
     output["parameters"] = {"binary_data_size": len(data)}
     payload, head = binary_body(reply, [data])

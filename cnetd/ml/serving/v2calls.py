@@ -95,9 +95,10 @@ async def served_here(agent: Agent, name: str, version: str | None) -> Served:
 
 async def infer(served: Served, parsed: InferRequest) -> dict[str, Any]:
     """The V2 answer to a parsed request: {model_name, model_version, [id], outputs} with
-    the output tensor's values as a flat "data" list (each transport encodes it its way)."""
+    the output tensor's values in "data" as a flat list or an array of the tensor's shape
+    (each transport encodes it its way: protocol.json_data, binary.encode_tensor)."""
     answer = await served.predict(parsed.instances)
-    output = output_tensor(parsed.output_name, answer.predictions)
+    output = output_tensor(parsed.output_name, answer.values)
     reply: dict[str, Any] = {"model_name": served.name, "model_version": served.id, "outputs": [output]}
     if parsed.id is not None:
         reply["id"] = parsed.id
