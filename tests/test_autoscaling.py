@@ -126,6 +126,17 @@ def test_a_ramp_raises_replicas_to_the_bound_and_they_fall_back_to_min(agent: Ag
                                                                 for e in scaled), scaled
     metrics = agent.api.get("/metrics").text
     assert f'cnet_serving_scaling_decisions_total{{model="ramp",model_id="{model_id}",kind="down"}}' in metrics
+    card = agent.api.get(f"/models/{model_id}/serving", headers={"Accept": "text/html"})
+    assert card.status == 200 and "Autoscaling 1–3 replicas" in card.text and "<polyline" in card.text, card.text
+    # settings that do not go together: a 400 naming the field, and nothing changed
+    for body, field in (({"min_replicas": 5, "max_replicas": 2}, "min_replicas"),
+                        ({"replicas": 2, "min_replicas": 1}, "min_replicas"),
+                        ({"target_in_flight": 1e12}, "target_in_flight"),
+                        ({"scale_down_delay": -1}, "scale_down_delay"),
+                        ({"idle_unload_after": "soon"}, "idle_unload_after")):
+        refused = agent.api.post(f"/api/ml/models/{model_id}/serve", body)
+        assert refused.status == 400 and refused.body["details"]["field"] == field, refused.text
+    assert serving_of(agent, model_id)["max_replicas"] == 3
 
 
 def test_a_short_burst_panics(agent: AgentProcess) -> None:

@@ -131,6 +131,11 @@ class Scaler:
                     served.scaling.history.append((wall, served.target, served.ready_replicas, served.in_flight))
                     continue
                 scaler, seen = found
+                began = served.scaling.cold_since
+                if began is not None and served.ready_replicas > 0:  # no request waited to time it
+                    served.scaling.cold_since = None
+                    served.scaling.last_cold_start = now - began
+                    served.scaling.cold_starts.observe(now - began)
                 wait = served.batcher.queue_wait
                 served.scaling.queue_wait = wait
                 sample = Sample(at=now, in_flight=served.in_flight, queue_depth=served.batcher.queue_depth,
@@ -199,7 +204,7 @@ class Scaler:
                 self._shrink(other)
             refusal = await self.admission.refusal(served, served_now)
             if refusal is not None:
-                if served.scaling.waiting != refusal.message:
+                if served.scaling.waiting_kind != refusal.kind:
                     log.info("model %s: a replica waits: %s", served.name, refusal.message)
                     await self._event(served, "scale_waiting", f"a replica waits: {refusal.message}")
                 served.scaling.waiting, served.scaling.waiting_kind = refusal.message, refusal.kind
