@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,22 +169,29 @@ def main() -> None:
     parser.add_argument("--budget-replicas", type=int, default=8)
     parser.add_argument("--skip-examples", action="store_true", help="leave out the LR/NN cold starts (TensorFlow)")
     args = parser.parse_args()
+    report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cnet-autoscale-") as tmp:
-        agent = AgentProcess(Path(tmp) / "agent", {"tasks": {"max_concurrent": 2},
-                                                   "serving": {"memory_budget": MEMORY * args.budget_replicas}})
-        (agent.workdir / "scripts").mkdir()
-        shutil.copy(SLEEPY, agent.workdir / "scripts" / "sleepy_model.py")
-        agent.start()
-        try:
-            report: dict[str, Any] = {}
+        # the example models ask for more memory each than the budget below: an agent without one
+        with running(Path(tmp) / "plain", {}) as agent:
             if not args.skip_examples:
                 report["cold_start"] = cold_starts(agent, args.repeat)
             report["load_step"] = load_step(agent, args.clients, args.delay)
+        with running(Path(tmp) / "budget", {"memory_budget": MEMORY * args.budget_replicas}) as agent:
             report["models_per_gb"] = models_per_gb(agent, args.models, args.budget_replicas)
-            print(json.dumps(report, indent=2))
-        finally:
-            agent.stop()
-            agent.kill_task_processes()
+    print(json.dumps(report, indent=2))
+
+
+@contextlib.contextmanager
+def running(workdir: Path, serving: dict[str, Any]) -> Iterator[AgentProcess]:
+    agent = AgentProcess(workdir, {"tasks": {"max_concurrent": 2}, "serving": serving})
+    (agent.workdir / "scripts").mkdir()
+    shutil.copy(SLEEPY, agent.workdir / "scripts" / "sleepy_model.py")
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        agent.kill_task_processes()
 
 
 if __name__ == "__main__":

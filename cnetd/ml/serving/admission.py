@@ -101,6 +101,10 @@ class Admission:
         """Why one more replica of asking cannot start now (None: it can)."""
         need = memory_of(asking)
         short = self.budget_shortfall(asking, all_served)
+        if self.memory_budget is not None and need > self.memory_budget:
+            return Refusal("memory_budget", f"a replica's memory_limit ({format_size(need)}) is more than "
+                                            f"serving.memory_budget ({format_size(self.memory_budget)}): it cannot "
+                                            f"start on this node")
         if short > 0 and self.memory_budget is not None:
             stopping = sum(s.draining for s in all_served)
             then = (f"waiting for {stopping} replica(s) being stopped" if stopping
