@@ -156,3 +156,10 @@ async def test_node_room_refusals_say_what_is_short(tmp_path: Path) -> None:
 
     refusal = await Admission(node_free=no_cpu).refusal(model, [model])
     assert refusal is not None and refusal.kind == "node_cpu"
+
+
+async def test_a_replica_bigger_than_the_whole_budget_says_it_cannot_start(tmp_path: Path) -> None:
+    model = served_model(tmp_path, "big", parse_spec({"min_replicas": 0, "max_replicas": 1}), 0, memory=2000 * MB)
+    refusal = await Admission(memory_budget=1000 * MB).refusal(model, [model])
+    assert refusal is not None and refusal.kind == "memory_budget" and "cannot start on this node" in refusal.message
+    assert Admission(memory_budget=1000 * MB).to_unload(model, [model]) == []

@@ -84,6 +84,8 @@ class Admission:
         """The idle models to unload (each with the replicas it keeps) so that the budget
         holds one more replica of asking, least recently used first; [] when none is needed
         or unloading replicas that are already being stopped will do."""
+        if self.memory_budget is not None and memory_of(asking) > self.memory_budget:
+            return []  # it can never fit: unloading others would not help
         # Replicas being stopped free their memory soon: unload no more than they leave short.
         short = self.budget_shortfall(asking, all_served) - sum(s.draining * memory_of(s) for s in all_served)
         if short <= 0:
