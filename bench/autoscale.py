@@ -66,7 +66,7 @@ def ask(agent: AgentProcess, model_id: str, x: Any = 1.0) -> tuple[int, float]:
 
 def cold_starts(agent: AgentProcess, repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, base, x in (("linear_regression", LINEAR_BODY, 5.5), ("neural_network", NETWORK_BODY, [1.0] * 10)):
+    for label, base, x in (("linear_regression", LINEAR_BODY, 5.5), ("neural_network", NETWORK_BODY, [1.0, 2.0])):
         body = copy.deepcopy(base)
         body["serving"] = {"min_replicas": 0, "max_replicas": 1, "idle_unload_after": 1, "cold_start_timeout": 300}
         model_id = agent.api.post("/api/ml/models", body).body["id"]
