@@ -19,6 +19,7 @@ from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.envs.service import Environments
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import ServingManager
+from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
 from cnetd.supervisor.launcher import Launcher
 from cnetd.tasks.service import TaskService
@@ -38,6 +39,7 @@ class Agent:
     models: ModelService
     resources: ResourceSampler
     serving: ServingManager
+    versions: VersionService
     environments: Environments
     cluster: ClusterNode | None  # None: a single node (no cluster section)
     describe: NodeDescriber  # this node as its record in the cluster says it

@@ -32,6 +32,10 @@ from cnetd.ml.copies import ModelCopies
 from cnetd.ml.envs.service import Environments
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
+from cnetd.ml.versions.artifacts import ArtifactStore
+from cnetd.ml.versions.book import VersionBook
+from cnetd.ml.versions.recorder import VersionRecorder
+from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
 from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
 from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
@@ -206,6 +210,12 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
     serving = ServingManager(db, tasks, catalog, launcher, worker_script, memory_budget=config.serving.memory_budget)
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
+    book = VersionBook()
+    models.versions_book = book
+    recorder = VersionRecorder(tasks, catalog, launcher, confinement, ArtifactStore(state_dir), book)
+    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window)
+    serving.artifact_for = versions.file_for
+    models.predict_served = versions.predict
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
@@ -227,7 +237,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     app[AGENT] = Agent(
         config=config, base_dir=base_dir, identity=identity, launcher=launcher,
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
-        environments=environments,
+        versions=versions, environments=environments,
         cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
     )
     yield
@@ -278,11 +288,14 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _serving(app: web.Application) -> AsyncIterator[None]:
-    serving = app[AGENT].serving
+    serving, versions = app[AGENT].serving, app[AGENT].versions
     try:
+        await versions.load()  # before serving: which copy each version is served from
         await serving.start()  # after recovery: reattaches to workers that outlived the agent
+        await versions.start()  # default, previous and canary pointers; training that ended meanwhile
         yield
     finally:
+        await versions.stop()
         await serving.stop()  # lets go of the workers; they keep running
 
 

@@ -20,6 +20,7 @@ from cnetd.cluster.placing import PlaceRequest
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import ServingSpecBody
+from cnetd.ml.versions.bodies import PromoteBody, RegisterBody, RolloutBody
 from cnetd.tasks.model import TASK_KINDS, TASK_TYPES, Status
 from cnetd.tasks.request import NewTaskBody
 
@@ -80,6 +81,9 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "deployModel": DeploymentBody,
     "predict": PredictRequestBody,
     "serveModel": ServingSpecBody,
+    "registerVersion": RegisterBody,
+    "promoteVersion": PromoteBody,
+    "startRollout": RolloutBody,
     "clusterPlace": PlaceRequest,
 }
 
@@ -327,6 +331,39 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
         "properties": {
             "model_name": STRING, "model_version": STRING, "id": STRING,
             "outputs": {"type": "array", "items": ref("V2Tensor")},
+        },
+    },
+    "ModelVersion": {
+        "type": "object",
+        "required": ["version", "model_id", "state", "sha256", "size", "created_at", "training_result"],
+        "properties": {
+            "version": {"type": "integer"}, "model_id": STRING,
+            "state": {"enum": ["training", "ready", "failed", "retired"]},
+            "reason": nullable(STRING),
+            "role": nullable({"enum": ["default", "previous", "canary"]}),
+            "sha256": nullable(STRING), "size": nullable({"type": "integer"}),
+            "artifact": nullable({"type": "string", "description": "the agent's own copy of the artifact"}),
+            "sidecars": {"type": "array", "items": STRING, "description": "files copied beside it"},
+            "source": {"enum": ["training", "registered"]}, "promote": {"enum": ["auto", "manual"]},
+            "created_at": TIME, "ready_at": nullable(TIME), "served": {"type": "boolean"},
+            "ready_replicas": {"type": "integer"}, "training_status": nullable(STRING),
+            "training_result": nullable({"type": "object"}),
+        },
+    },
+    "ModelPointers": {
+        "type": "object",
+        "description": "a model name's default, previous default and canary versions (and its rollout)",
+        "required": ["name", "default_version", "previous_version", "canary_version", "rollout"],
+        "properties": {
+            "name": STRING, "default_version": nullable({"type": "integer"}),
+            "previous_version": nullable({"type": "integer"}),
+            "previous_warm_until": nullable({"type": "number", "description": "unix time"}),
+            "canary_version": nullable({"type": "integer"}),
+            "rollout": nullable({"type": "object", "description": "the canary's settings, progress and the "
+                                                                  "canary's and default's requests, errors and p99"}),
+            "versions": {"type": "array", "items": {"$ref": "#/components/schemas/ModelVersion"}},
+            "events": {"type": "array", "items": {"type": "object"}},
+            "version": {"type": "integer"}, "model_id": STRING, "reloaded": {"type": "boolean"}, "message": STRING,
         },
     },
     "V2ModelMetadata": {
@@ -586,6 +623,28 @@ def build_document() -> Schema:
             "delete": operation("Stop serving the model", responses(
                 {200: ("not served", ref("Model"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="unserveModel"),
         },
+        "/api/ml/models/{id}/versions": {
+            "get": operation("A model's versions ({id}: a deploy id or a model name)", responses(
+                {200: ("versions", ref("ModelPointers"))}, (404,)), [ID_PARAM], op_id="listVersions"),
+            "post": operation("Register an existing model file as the model's next version (no training)", responses(
+                {201: ("registered", ref("ModelVersion"))}, (*WRITE_ERRORS, 404, 409)), [ID_PARAM],
+                declared_body("registerVersion"), op_id="registerVersion"),
+        },
+        "/api/ml/models/{id}/promote": {"post": operation(
+            "Make a version the default at once (warmed first when the model is served)", responses(
+                {200: ("promoted", ref("ModelPointers"))}, (*WRITE_ERRORS, 404, 409)), [ID_PARAM],
+            declared_body("promoteVersion"), op_id="promoteVersion")},
+        "/api/ml/models/{id}/rollback": {"post": operation(
+            "The previous default becomes the default (a pointer switch inside serving.rollback_window; "
+            "after it, the version is served again first and reloaded says so)", responses(
+                {200: ("rolled back", ref("ModelPointers"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="rollback")},
+        "/api/ml/models/{id}/rollout": {"post": operation(
+            "Start a canary: a sticky share of the requests for a while, then promoted or rolled back", responses(
+                {202: ("started", ref("ModelPointers"))}, (*WRITE_ERRORS, 404, 409)), [ID_PARAM],
+            declared_body("startRollout"), op_id="startRollout")},
+        "/api/ml/models/{id}/rollout/abort": {"post": operation(
+            "End the running rollout now; the default stays", responses(
+                {200: ("aborted", ref("ModelPointers"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="abortRollout")},
         "/v2": {
             "get": operation("V2 server metadata", responses({200: ("metadata", ref("Object"))}, (), v2=True), op_id="v2Server"),
         },

@@ -1,7 +1,9 @@
 """The Open Inference Protocol (KServe V2) over HTTP/JSON, for served models by name.
 
-A model's name is its deploy name (or its id); its version is its id. When several served
-models share a name, the newest one answers for the bare name. Errors are {"error": "..."}:
+A model's name is its deploy name (or its id); its versions are numbered 1, 2, 3 ... (a
+deploy id is taken as a version too). The bare name is answered by the name's default
+version, or by its canary for the canary's sticky share of requests (X-Request-Key, else the
+request's id); every answer's model_version names the version that answered. Errors are {"error": "..."}:
 404 unknown model or version, 409 a known model that is not being served (serve it first),
 503 served but no worker ready in time, 400 a bad tensor (or the worker's own message when
 it rejects the input), 429 a full queue, 504 a worker that did not answer in time.
@@ -29,6 +31,7 @@ from cnetd.ml.serving.protocol import json_data, parse_infer_request
 from cnetd.store.models import ModelRecord
 
 RETRY_AFTER = {429: "1", 503: "1"}
+REQUEST_KEY = "X-Request-Key"  # the sticky key of a canary split (else the request's id)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -88,7 +91,7 @@ async def model_metadata(request: web.Request) -> web.StreamResponse:
 async def model_ready(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
-    served = agent.serving.find(name, version)
+    served = agent.versions.resolve(name, version, None)
     if served is not None and served.ready_replicas > 0:
         return _json({"name": served.name, "ready": True})
     elsewhere = await answer_elsewhere(request, name, version)
@@ -108,7 +111,8 @@ async def model_ready(request: web.Request) -> web.StreamResponse:
 async def infer(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
-    served = agent.serving.find(name, version)
+    key = request.headers.get(REQUEST_KEY)
+    served = agent.versions.resolve(name, version, key)
     if served is None or served.ready_replicas == 0:
         # Not here, or no worker ready here: in a cluster, a node with a ready replica answers.
         elsewhere = await answer_elsewhere(request, name, version)
@@ -129,7 +133,9 @@ async def infer(request: web.Request) -> web.StreamResponse:
         else:
             body = decode_json(raw)
         parsed = parse_infer_request(body, binary)
-        reply = await v2calls.infer(served, parsed)
+        if version is None and key is None and parsed.id is not None:  # the V2 request id is the sticky key
+            served = agent.versions.resolve(name, None, str(parsed.id)) or served
+        reply = await v2calls.infer(agent, served, parsed)
     except DomainError as exc:
         return v2_error(exc.status, exc.message, exc.retry_after)
     (output,) = reply["outputs"]

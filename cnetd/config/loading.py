@@ -119,6 +119,7 @@ _SPEC: dict[str, Spec] = {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
         "memory_budget": to.optional(to.positive_size),
+        "rollback_window": to.duration(allow_zero=True),
     },
     "gpus": {
         "enabled": to.boolean,

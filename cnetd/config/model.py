@@ -196,6 +196,9 @@ class ServingSection:
     # each); None: only the node's free memory bounds them. Idle models are unloaded, least
     # recently used first, to stay within it.
     memory_budget: int | None = None
+    # How long a model's previous default version stays warm after a switch, so that a
+    # rollback is a pointer switch (cnetd.ml.versions); after it, a rollback reloads it.
+    rollback_window: float = 600.0
 
 
 @dataclass(frozen=True)

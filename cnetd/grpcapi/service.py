@@ -67,7 +67,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         await self.gate.check(context)
         version = _version(request.version)
-        served = self.agent.serving.find(request.name, version)
+        served = self.agent.versions.resolve(request.name, version, None)
         try:
             if served is None or served.ready_replicas == 0:
                 try:
@@ -111,7 +111,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         await self.gate.check(context)
         version = _version(request.model_version)
         try:
-            served = self.agent.serving.find(request.model_name, version)
+            key = request.id or None  # the sticky key of a canary split
+            served = self.agent.versions.resolve(request.model_name, version, key)
             if served is None or served.ready_replicas == 0:
                 # Not here, or no worker ready here: in a cluster, a node with a ready replica answers.
                 elsewhere = await infer_elsewhere(self.agent, request, version)
@@ -119,9 +120,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     return elsewhere
             if served is None and (gone := await held_nowhere_error(self.agent, request.model_name, version)) is not None:
                 raise gone
-            served = await v2calls.served_here(self.agent, request.model_name, version)
+            served = await v2calls.served_here(self.agent, request.model_name, version, key)
             body, raw = request_body(request)
-            reply = await v2calls.infer(served, parse_infer_request(body, raw))
+            reply = await v2calls.infer(self.agent, served, parse_infer_request(body, raw))
         except DomainError as exc:
             await context.abort(status_code(exc), exc.message)
         except Exception:

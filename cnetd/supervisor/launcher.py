@@ -292,6 +292,20 @@ class Launcher(TaskPaths):
             program = found
         return directory, program
 
+    def _version_copy_dirs(self, task: Task) -> list[Path]:
+        """A serving worker of a model version reads the agent's copy of its artifact
+        (cnetd.ml.versions.artifacts): that copy's directory, bound back read-only."""
+        if task.kind != "serve":
+            return []
+        root = self.state_dir / "versions"
+        out = []
+        for i, arg in enumerate(task.args[:-1]):
+            if arg == "--model":
+                path = Path(os.path.normpath(task.args[i + 1]))
+                if path.is_absolute() and path.parent.parent == root and not path.parent.name.startswith("."):
+                    out.append(path.parent)
+        return out
+
     def spec_for(self, task: Task, grant: GpuGrant | None = None) -> LaunchSpec:
         """grant: the task's GPUs on a node that has GPUs (None: a node without GPUs, where
         neither its CUDA variables nor its device nodes are touched)."""
@@ -330,6 +344,7 @@ class Launcher(TaskPaths):
                         if p is not None]
             shm = task.resources.memory_limit
             readable = [environment[0]] if environment is not None else []
+            readable += self._version_copy_dirs(task)
             namespace = self.isolation.view(user, writable, tmp, shm_size=shm, accounts=accounts,
                                             agent_files=readable).ops()
         error_path = self.error_path(task.id)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,9 @@ class ServingManager:
         self._listeners: list[Callable[[str, int | None], None]] = []
         self.admission = Admission(memory_budget)  # the app sets its node_free
         self.scaler = Scaler(self.all_served, self.runner, self.admission, events=self._record_event)
+        # The file a model is served from: a version's own copy of its artifact
+        # (cnetd.ml.versions); None from the hook, or no hook: the model file itself.
+        self.artifact_for: Callable[[Model], Awaitable[Path | None]] | None = None
 
     def on_change(self, listener: Callable[[str, int | None], None]) -> None:
         """Call listener(model_id, replicas) after serving of a model was started, changed or
@@ -143,7 +146,7 @@ class ServingManager:
                 keep = spec.max_replicas if spec.autoscaled else spec.replicas
                 for extra in workers[keep:]:
                     await self.workers.stop(extra.id)
-                self._start(model, spec, adopt=workers[:keep])
+                self._start(model, spec, await self._file_for(model), adopt=workers[:keep])
                 log.info("serving %s again: %d worker(s) to reattach", record.name, len(workers[:keep]))
             except Exception:
                 log.exception("could not resume serving model %s", record.id)
@@ -174,9 +177,9 @@ class ServingManager:
             spec = parse_spec(body, base=base)
             if current is not None:
                 await self._reconfigure(current, spec)
-            elif self.catalog.model_file(model).is_file():
+            elif (file := await self._servable_file(model)) is not None:
                 await self._persist(model_id, "serving", spec)
-                self._start(await self.catalog.get(model_id), spec)
+                self._start(await self.catalog.get(model_id), spec, file)
             elif not model.task.status.terminal:
                 await self._persist(model_id, "awaiting_training", spec)
             else:
@@ -237,10 +240,21 @@ class ServingManager:
             value["reason"] = reason
         await self.db.write(lambda c: sq.set_serving(c, model_id, value))
 
-    def _start(self, model: Model, spec: ServingSpec, adopt: list[Task] | None = None) -> Served:
+    async def _file_for(self, model: Model) -> Path:
+        found = await self.artifact_for(model) if self.artifact_for is not None else None
+        return found if found is not None else self.catalog.model_file(model)
+
+    async def _servable_file(self, model: Model) -> Path | None:
+        """The file to serve the model from, None when there is none yet."""
+        file = await self._file_for(model)
+        return file if file.is_file() else None
+
+    def _start(self, model: Model, spec: ServingSpec, model_file: Path, adopt: list[Task] | None = None) -> Served:
         _name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
-        batcher = Batcher(model.record.name, spec, self.catalog.model_file(model), metrics)
+        batcher = Batcher(model.record.name, spec, model_file, metrics)
         served = Served(model=model, spec=spec, batcher=batcher, file_stamp=file_stamp(batcher.model_file))
+        if model_file != self.catalog.model_file(model):
+            served.model_arg = str(model_file)  # the workers load the version's own copy
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
         served.watcher = asyncio.create_task(self.reload.watch(served), name=f"model-file-{model.record.id}")
         adopt = adopt or []
@@ -262,7 +276,7 @@ class ServingManager:
             del self._served[served.id]
             await self._teardown(served, "serving is restarting with another loader", stop_workers=True)
             await self._persist(served.id, "serving", spec)
-            self._start(served.model, spec)
+            self._start(served.model, spec, served.batcher.model_file)
             return
         await self._persist(served.id, "serving", spec)
         served.spec = spec
@@ -330,8 +344,9 @@ class ServingManager:
                 return
             spec = ServingSpec.from_json(stored)
             if model.task.status == Status.COMPLETED and self.catalog.model_file(model).is_file():
+                file = await self._file_for(model)
                 await self._persist(record.id, "serving", spec)
-                self._start(await self.catalog.get(record.id), spec)
+                self._start(await self.catalog.get(record.id), spec, file)
                 log.info("model %s trained: serving it with %d replica(s)", record.name, spec.replicas)
                 self._notify(record.id, spec.replicas)
                 return

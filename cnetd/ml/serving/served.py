@@ -108,6 +108,7 @@ class Served:
     draining: int = 0
     scaling: ScalingState = field(default_factory=ScalingState)
     demand: Callable[[Served], None] | None = None  # a request found no replica: start one now
+    model_arg: str | None = None  # what workers load when it is not the model's path (a version's own copy)
 
     @property
     def id(self) -> str:
