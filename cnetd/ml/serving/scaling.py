@@ -142,7 +142,7 @@ class Scaler:
                                 queue_wait=wait, cold=served.cold, arrivals=served.arrivals - seen)
                 self._scalers[served.id] = (scaler, served.arrivals)
                 scaler.replicas = served.target  # what it was set to meanwhile (a cold start, an unload)
-                if served.ready_replicas < min(served.target, len(served.replicas)) or len(served.replicas) < served.target:
+                if served.ready_replicas < served.target:
                     scaler.touch(now)  # still starting: the idle time runs from when it is ready
                 decision = scaler.observe(sample)
                 served.scaling.panic = decision.panic
