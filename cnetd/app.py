@@ -211,7 +211,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     resources = ResourceSampler(config.resources, state_dir)
     catalog = ModelCatalog(db, tasks, launcher)
     worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
-    serving = ServingManager(db, tasks, catalog, launcher, worker_script)
+    serving = ServingManager(db, tasks, catalog, launcher, worker_script, memory_budget=config.serving.memory_budget)
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     book = VersionBook()
     models.versions_book = book
@@ -228,6 +228,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
+    serving.admission.node_free = describe.room  # serving replicas are admitted against the node's free room
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
         copies = ModelCopies(tasks, catalog, launcher, confinement, config)

@@ -180,10 +180,39 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
                 "required": ["model_type", "model_path", "script_path"],
                 "properties": {
                     "model_type": STRING, "model_path": STRING, "script_path": STRING,
-                    "serving": nullable({"type": "object"}),
+                    "serving": nullable(ref("Serving")),
                 },
             },
         ]
+    },
+    "Serving": {
+        "type": "object",
+        "description": "How the model is served here: its settings (the serveModel body's), and while served, "
+                       "its replicas, requests and the autoscaler's last decisions (docs/serving.md)",
+        "properties": {
+            "state": STRING,
+            "replicas": {"type": "integer", "description": "the current target (the autoscaler moves it between "
+                                                           "min_replicas and max_replicas)"},
+            "ready_replicas": {"type": "integer"},
+            "min_replicas": {"type": "integer"}, "max_replicas": {"type": "integer"},
+            "in_flight": {"type": "integer", "description": "requests in the agent: queued, waiting for a replica, "
+                                                            "or at a worker"},
+            "queue_wait": {"type": "number", "description": "seconds the oldest queued request has waited"},
+            "scaling": {
+                "type": "object",
+                "properties": {
+                    "panic": {"type": "boolean"},
+                    "waiting": nullable(STRING),
+                    "last_cold_start_seconds": nullable({"type": "number"}),
+                    "decisions": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"at": TIME, "kind": STRING, "from": {"type": "integer"},
+                                       "to": {"type": "integer"}, "reason": STRING},
+                    }},
+                },
+            },
+        },
+        "additionalProperties": True,
     },
     "Event": {
         "type": "object",
@@ -395,7 +424,8 @@ ERROR_TEXT = {
     422: "the model's script rejected the input; for placed work: no node of the cluster fits (details.reasons: a line per node)",
     429: "the model's request queue is full",
     502: "a worker or another node answered with something unusable (the message says what)",
-    503: "storage, a worker, another node or etcd unavailable (the message says which)",
+    503: "storage, a worker, another node or etcd unavailable (the message says which); an unloaded model whose "
+         "replica was not ready within cold_start_timeout, or too many requests waiting for it (with Retry-After)",
     504: "no answer in time",
 }
 

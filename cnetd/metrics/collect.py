@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cnetd.agent import Agent
 from cnetd.gpus.inventory import Gpu
+from cnetd.metrics.autoscale import render_autoscale
 from cnetd.metrics.prometheus import Exposition
 from cnetd.ml.serving.batcher import ERROR_REASONS
 from cnetd.tasks.model import Status
@@ -104,7 +105,7 @@ async def render(agent: Agent) -> str:
         out.sample("cnet_inference_cache_misses_total", labels, m.cache_misses)
         served = serving.served(model_id)
         out.sample("cnet_inference_queue_depth", labels, served.batcher.queue_depth if served else 0)
-        out.sample("cnet_serving_replicas", {**labels, "state": "wanted"}, served.spec.replicas if served else 0)
+        out.sample("cnet_serving_replicas", {**labels, "state": "wanted"}, served.target if served else 0)
         out.sample("cnet_serving_replicas", {**labels, "state": "ready"}, served.ready_replicas if served else 0)
         out.sample("cnet_serving_worker_restarts_total", labels, m.worker_restarts)
         out.sample("cnet_serving_worker_reloads_total", labels, m.reloads)
@@ -118,4 +119,5 @@ async def render(agent: Agent) -> str:
             for feature in m.drift.features():
                 if feature["score"] is not None:
                     out.sample("cnet_model_input_drift_score", {**labels, "feature": feature["feature"]}, feature["score"])
+    render_autoscale(out, serving, agent.node_id)
     return out.text()

@@ -215,6 +215,11 @@ class Batcher:
     def in_flight(self) -> int:
         return sum(link.client.in_flight for link in self.links)
 
+    @property
+    def queue_wait(self) -> float:
+        """Seconds the oldest queued request has waited (0 with none queued)."""
+        return time.monotonic() - self._queue[0].queued_at if self._queue else 0.0
+
     # ---- requests ------------------------------------------------------------------
 
     async def predict(self, instances: Values) -> Answer:
