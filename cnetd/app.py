@@ -12,10 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
-from cnetd.api.bodylimit import body_limit_middleware
-from cnetd.api.cluster import owner_middleware
-from cnetd.api.errors import error_for, error_middleware
-from cnetd.api.jsonbody import json_only_middleware
+from cnetd.api.errors import error_for
+from cnetd.api.gate import gate_middleware
 from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
@@ -39,12 +37,12 @@ from cnetd.ml.versions.book import VersionBook
 from cnetd.ml.versions.recorder import VersionRecorder
 from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
-from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
-from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
-from cnetd.security.cluster_token import ClusterToken, cluster_token_middleware
+from cnetd.security.auth import Authenticator, check_bind_policy
+from cnetd.security.callers import TaskCallerGuard
+from cnetd.security.cluster_token import ClusterToken
 from cnetd.security.confine import Confinement
 from cnetd.security.headers import add_header_policy
-from cnetd.security.hosts import AllowedHosts, host_middleware
+from cnetd.security.hosts import AllowedHosts
 from cnetd.security.identity import Identities
 from cnetd.security.isolation import Isolation
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
@@ -108,20 +106,18 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     check_bind_policy(config.agent.address, config.auth.tokens)
     authenticator = Authenticator(config.auth.tokens, config.auth.metrics_public)
     hosts = AllowedHosts(config)
-    middlewares = [
-        error_middleware,
-        host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
-        caller_guard_middleware(TaskCallerGuard(config), authenticator),
-        # before the API token check: another agent of the cluster shows the cluster token instead
-        cluster_token_middleware(None if config.cluster is None else ClusterToken(config.cluster.token)),
-        auth_middleware(authenticator),
-        json_only_middleware(error_for),
-        # V2 infer and predict bodies, up to serving.max_request_bytes (others: MAX_BODY_BYTES),
-        # read only once the caller is known; before the owner relay, which sends them on
-        body_limit_middleware(config.serving.max_request_bytes, error_for),
-        owner_middleware,  # in a cluster, a task or model that lives on another node is answered there
-    ]
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    # One middleware for every route (cnetd/api/gate.py), its checks in this order: errors
+    # around all; Host first (a rebound name gets nothing, not even a 401); the task-caller
+    # guard; the cluster token (another agent shows it instead of the API token); the API
+    # token; JSON-only bodies; V2 infer and predict bodies read under
+    # serving.max_request_bytes (others: MAX_BODY_BYTES) once the caller is known, before
+    # the owner relay, which sends them on.
+    gate = gate_middleware(
+        hosts, TaskCallerGuard(config), authenticator,
+        None if config.cluster is None else ClusterToken(config.cluster.token),
+        config.serving.max_request_bytes, error_for,
+    )
+    app = web.Application(middlewares=[gate], client_max_size=MAX_BODY_BYTES)
     hosts.learn_fqdn()
     app[AUTHENTICATOR] = authenticator
     add_header_policy(app)

@@ -14,6 +14,7 @@ LogLevel = Literal["debug", "info", "warn", "error"]
 LogFormat = Literal["json", "text"]
 SandboxKind = Literal["auto", "systemd", "cgroup", "none"]
 SchedulerStrategy = Literal["spread", "binpack"]
+EventLoopKind = Literal["auto", "uvloop", "asyncio"]
 
 
 class ConfigError(Exception):
@@ -49,6 +50,7 @@ class AgentSection:
     allowed_hosts: tuple[str, ...] = ()  # more names the Host header may carry (security.hosts)
     tls: TlsSection = TlsSection()
     labels: dict[str, str] = field(default_factory=dict)  # node labels besides region and datacenter
+    event_loop: EventLoopKind = "auto"  # auto: uvloop when it imports, else asyncio's own (cnetd/loop.py)
 
 
 @dataclass(frozen=True)
