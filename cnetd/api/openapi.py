@@ -180,13 +180,42 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
                 "required": ["model_type", "model_path", "script_path"],
                 "properties": {
                     "model_type": STRING, "model_path": STRING, "script_path": STRING,
-                    "serving": nullable({"type": "object"}),
+                    "serving": nullable(ref("Serving")),
                     "version": nullable({"type": "integer", "description": "this deploy's version of its name"}),
                     "default_version": nullable({"type": "integer", "description": "the name's default version "
                                                                                   "(GET /api/ml/models/{id} only)"}),
                 },
             },
         ]
+    },
+    "Serving": {
+        "type": "object",
+        "description": "How the model is served here: its settings (the serveModel body's), and while served, "
+                       "its replicas, requests and the autoscaler's last decisions (docs/serving.md)",
+        "properties": {
+            "state": STRING,
+            "replicas": {"type": "integer", "description": "the current target (the autoscaler moves it between "
+                                                           "min_replicas and max_replicas)"},
+            "ready_replicas": {"type": "integer"},
+            "min_replicas": {"type": "integer"}, "max_replicas": {"type": "integer"},
+            "in_flight": {"type": "integer", "description": "requests in the agent: queued, waiting for a replica, "
+                                                            "or at a worker"},
+            "queue_wait": {"type": "number", "description": "seconds the oldest queued request has waited"},
+            "scaling": {
+                "type": "object",
+                "properties": {
+                    "panic": {"type": "boolean"},
+                    "waiting": nullable(STRING),
+                    "last_cold_start_seconds": nullable({"type": "number"}),
+                    "decisions": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"at": TIME, "kind": STRING, "from": {"type": "integer"},
+                                       "to": {"type": "integer"}, "reason": STRING},
+                    }},
+                },
+            },
+        },
+        "additionalProperties": True,
     },
     "Event": {
         "type": "object",
@@ -307,6 +336,37 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "outputs": {"type": "array", "items": ref("V2Tensor")},
         },
     },
+    "ModelMetrics": {
+        "type": "object",
+        "description": "A model's per-version roll-ups (serving.rollup_interval each) over a window",
+        "required": ["name", "window", "window_seconds", "interval_seconds", "step_seconds", "since", "until", "versions"],
+        "properties": {
+            "name": STRING, "window": STRING, "window_seconds": {"type": "integer"}, "interval_seconds": {"type": "number"},
+            "step_seconds": {"type": "number", "description": "the span of one point: the roll-up interval, or "
+                             "longer where a long window's roll-ups are merged (1440 points per version at most)"},
+            "since": STRING, "until": STRING,
+            "versions": {"type": "array", "items": {
+                "type": "object",
+                "required": ["version", "model_id", "serving", "role", "totals", "points", "drift"],
+                "properties": {
+                    "version": STRING, "model_id": STRING, "serving": {"type": "boolean"},
+                    "role": nullable({"enum": ["default", "previous", "canary"]}),
+                    "totals": {"type": "object", "properties": {
+                        "count": {"type": "integer"}, "errors": {"type": "integer"},
+                        "error_rate": {"type": ["number", "null"]}, "max_p99_ms": {"type": ["number", "null"]}}},
+                    "points": {"type": "array", "items": {"type": "object", "properties": {
+                        "at": STRING, "seconds": {"type": "number"}, "count": {"type": "integer"},
+                        "errors": {"type": "integer"}, "throughput": {"type": ["number", "null"]},
+                        "p50_ms": {"type": ["number", "null"]}, "p95_ms": {"type": ["number", "null"]},
+                        "p99_ms": {"type": ["number", "null"]}}}},
+                    "drift": {"type": ["object", "null"], "description": "input drift against the training result's "
+                              "input_stats (null without them): observed and skipped instances, and per feature its "
+                              "train_mean, train_std, served_mean, served_std and score (|served mean - train mean| / "
+                              "train std)"},
+                },
+            }},
+        },
+    },
     "ModelVersion": {
         "type": "object",
         "required": ["version", "model_id", "state", "sha256", "size", "created_at", "training_result"],
@@ -367,7 +427,8 @@ ERROR_TEXT = {
     422: "the model's script rejected the input; for placed work: no node of the cluster fits (details.reasons: a line per node)",
     429: "the model's request queue is full",
     502: "a worker or another node answered with something unusable (the message says what)",
-    503: "storage, a worker, another node or etcd unavailable (the message says which)",
+    503: "storage, a worker, another node or etcd unavailable (the message says which); an unloaded model whose "
+         "replica was not ready within cold_start_timeout, or too many requests waiting for it (with Retry-After)",
     504: "no answer in time",
 }
 
@@ -596,6 +657,12 @@ def build_document() -> Schema:
             declared_body("predict"), op_id="predict")},
         "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
                                              "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
+        "/api/ml/models/{id}/metrics": {"get": operation(
+            "Per-version roll-ups (count, errors, p50/p95/p99 latency) and input drift of a model, by name or deploy id",
+            responses({200: ("series per version", ref("ModelMetrics"))}, (400, 404)),
+            [ID_PARAM, query("window", {"type": "string", "pattern": "^[1-9][0-9]{0,6}[smhd]$", "default": "1h"},
+                             "how far back: a whole number and s, m, h or d, from 1m to 31d")],
+            op_id="modelMetrics")},
         "/api/ml/models/{id}/serve": {
             "post": operation("Serve the model from warm workers", responses(
                 {200: ("serving", ref("Model")), 202: ("starting", ref("Model"))}, (*WRITE_ERRORS, 404, 409, 504)),

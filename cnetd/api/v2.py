@@ -38,9 +38,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data), status=status, content_type="application/json")
 
 
-def v2_error(status: int, message: str) -> web.Response:
+def v2_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
     response = _json({"error": message}, status)
-    if status in RETRY_AFTER:
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    elif status in RETRY_AFTER:
         response.headers["Retry-After"] = RETRY_AFTER[status]
     return response
 
@@ -135,7 +137,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
             served = agent.versions.resolve(name, None, str(parsed.id)) or served
         reply = await v2calls.infer(agent, served, parsed)
     except DomainError as exc:
-        return v2_error(exc.status, exc.message)
+        return v2_error(exc.status, exc.message, exc.retry_after)
     (output,) = reply["outputs"]
     if not parsed.binary_output:
         output["data"] = json_data(output["data"])

@@ -82,7 +82,8 @@ def source_of(model: Model) -> ModelSource:
 
 
 def settings_of(spec: ServingSpec) -> dict[str, object]:
-    return {k: v for k, v in spec.to_json().items() if k != "replicas"}
+    # The count is the placement's (a node's share): the autoscaler's range stays with the origin.
+    return {k: v for k, v in spec.to_json().items() if k not in ("replicas", "min_replicas", "max_replicas")}
 
 
 def newer(a: tuple[str, str], b: tuple[str, str]) -> bool:

@@ -94,7 +94,7 @@ class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
             identity_owner=model_owner(self.name),
             environment_request=self.environment,
         )
-        serving = None if self.serving is None else self.serving.apply()
+        serving = None if self.serving is None else self.serving.apply(prefix="serving.")
         return Deployment(task=task, model_type=model_type, model_path=model_path, script_path=script_path,
                           serving=serving, promote=self.promote or "auto")
 

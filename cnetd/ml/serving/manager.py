@@ -26,17 +26,21 @@ from cnetd.background import cancel_and_wait
 from cnetd.clock import utc_now
 from cnetd.errors import Conflict
 from cnetd.ml.catalog import Model, ModelCatalog
+from cnetd.ml.serving.admission import Admission
 from cnetd.ml.serving.batcher import Batcher, ModelMetrics, file_stamp
 from cnetd.ml.serving.reload import RollingReload
 from cnetd.ml.serving.replica import ReplicaRunner
+from cnetd.ml.serving.scaling import Scaler
 from cnetd.ml.serving.served import Replica, Served, stamp_json
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
 from cnetd.ml.serving.workers import WORKER_RELATIVE, WORKER_SCRIPT, SocketDirs, WorkerTasks, socket_of
 from cnetd.store import serving as sq
 from cnetd.store.db import Database
 from cnetd.store.models import ModelRecord, get_model
+from cnetd.store.tasks import insert_event
 from cnetd.tasks.model import ACTIVE, Status, Task
 from cnetd.tasks.service import TaskService
+from cnetd.tasks.states import event
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ __all__ = ["WORKER_RELATIVE", "WORKER_SCRIPT", "Served", "ServingManager"]
 class ServingManager:
     def __init__(
         self, db: Database, tasks: TaskService, catalog: ModelCatalog, sockets: SocketDirs,
-        worker_script: Path = WORKER_SCRIPT,
+        worker_script: Path = WORKER_SCRIPT, memory_budget: int | None = None,
     ) -> None:
         """worker_script: a worker.py that the model's python can read for as long as the
-        worker lives (in the one-file binary: a stable copy under the state dir)."""
+        worker lives (in the one-file binary: a stable copy under the state dir).
+        memory_budget: serving.memory_budget (the autoscaler's replicas stay within it)."""
         self.db = db
         self.tasks = tasks
         self.catalog = catalog
@@ -61,6 +66,8 @@ class ServingManager:
         self._lock = asyncio.Lock()
         self._bus_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[str, int | None], None]] = []
+        self.admission = Admission(memory_budget)  # the app sets its node_free
+        self.scaler = Scaler(self.all_served, self.runner, self.admission, events=self._record_event)
         # The file a model is served from: a version's own copy of its artifact
         # (cnetd.ml.versions); None from the hook, or no hook: the model file itself.
         self.artifact_for: Callable[[Model], Awaitable[Path | None]] | None = None
@@ -115,7 +122,11 @@ class ServingManager:
         return {
             "state": "serving",
             **served.spec.to_json(),
+            "replicas": served.target,  # the current target (the autoscaler moves it between min and max)
             "ready_replicas": served.ready_replicas,
+            "in_flight": served.in_flight,
+            "queue_wait": round(served.batcher.queue_wait, 6),
+            "scaling": served.scaling.to_json(),
             "queue_depth": served.batcher.queue_depth,
             "in_flight_batches": served.batcher.in_flight,
             "n_features": served.n_features,
@@ -138,18 +149,21 @@ class ServingManager:
                 model = await self.catalog.get(record.id)
                 spec = ServingSpec.from_json(record.serving or {})
                 workers = await self.db.read(partial(sq.live_workers, model_id=record.id))
-                for extra in workers[spec.replicas:]:
+                keep = spec.max_replicas if spec.autoscaled else spec.replicas
+                for extra in workers[keep:]:
                     await self.workers.stop(extra.id)
-                self._start(model, spec, await self._file_for(model), adopt=workers[: spec.replicas])
-                log.info("serving %s again: %d worker(s) to reattach", record.name, len(workers[: spec.replicas]))
+                self._start(model, spec, await self._file_for(model), adopt=workers[:keep])
+                log.info("serving %s again: %d worker(s) to reattach", record.name, len(workers[:keep]))
             except Exception:
                 log.exception("could not resume serving model %s", record.id)
         await self._check_awaiting()
         self._bus_task = asyncio.create_task(self._follow_bus(), name="serving-bus")
+        self.scaler.start()
 
     async def stop(self) -> None:
         """Agent shutdown: let go of the workers (they keep running and are reattached)."""
         await cancel_and_wait(self._bus_task)
+        await self.scaler.stop()
         for served in list(self._served.values()):
             await self._teardown(served, "the agent is shutting down", stop_workers=False)
         self._served.clear()
@@ -213,7 +227,8 @@ class ServingManager:
             served = self._served.get(model_id)
             if served is None:
                 return False
-            if served.ready_replicas >= served.spec.replicas:
+            wanted = min(served.target, served.spec.replicas) if served.spec.autoscaled else served.spec.replicas
+            if served.ready_replicas >= wanted:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -221,6 +236,9 @@ class ServingManager:
             served.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(served.changed.wait(), remaining)
+
+    async def _record_event(self, model_id: str, kind: str, message: str) -> None:
+        await self.db.write(lambda c: insert_event(c, event(model_id, kind, message)))
 
     async def _persist(self, model_id: str, state: str, spec: ServingSpec, reason: str | None = None) -> None:
         value: dict[str, Any] = {"state": state, **spec.to_json(), "updated_at": utc_now()}
@@ -246,12 +264,16 @@ class ServingManager:
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
         served.watcher = asyncio.create_task(self.reload.watch(served), name=f"model-file-{model.record.id}")
         adopt = adopt or []
-        for slot in range(spec.replicas):
+        # An autoscaled model's replicas beyond those adopted are started by the scaler,
+        # admitted against the memory budget and the node's room.
+        served.target = max(spec.replicas, len(adopt)) if spec.autoscaled else spec.replicas
+        for slot in range(len(adopt) if spec.autoscaled else spec.replicas):
             replica = Replica(slot=slot)
             if slot < len(adopt):
                 replica.task_id, replica.socket = adopt[slot].id, socket_of(adopt[slot])
             self.runner.run(served, replica)
         self._served[model.record.id] = served
+        self.scaler.attach(served)
         return served
 
     async def _reconfigure(self, served: Served, spec: ServingSpec) -> None:
@@ -265,6 +287,12 @@ class ServingManager:
         await self._persist(served.id, "serving", spec)
         served.spec = spec
         served.batcher.configure(spec)
+        if spec.autoscaled:  # the scaler moves the replicas within the new range
+            self.scaler.attach(served)
+            served.changed.set()
+            return
+        served.target = spec.replicas
+        self.scaler.attach(served)
         while len(served.replicas) < spec.replicas:
             self.runner.run(served, Replica(slot=len(served.replicas)))
         surplus = served.replicas[spec.replicas:]
@@ -275,6 +303,7 @@ class ServingManager:
     async def _teardown(self, served: Served, message: str, stop_workers: bool) -> None:
         """Stop serving here. A replacement being started and the replaced workers still
         answering their last batches are stopped even when the others are let go of."""
+        self.scaler.detach(served)
         served.batcher.close(message)
         await cancel_and_wait(served.watcher)
         await asyncio.gather(*(self.runner.end(served, r, stop_worker=stop_workers) for r in served.replicas))

@@ -27,11 +27,16 @@ def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
 
+def unloaded(served: Served) -> bool:
+    """Unloaded while idle (min_replicas 0): ready all the same, a request starts a replica."""
+    return served.spec.autoscaled and served.spec.min_replicas == 0 and served.target == 0
+
+
 def not_ready_reason(agent: Agent) -> str | None:
     """Why the server is not ready to infer (None: it is)."""
     if not agent.config.ml.enabled:
         return "ML support is disabled on this node"
-    waiting = [s.name for s in agent.serving.all_served() if s.ready_replicas == 0]
+    waiting = [s.name for s in agent.serving.all_served() if s.ready_replicas == 0 and not unloaded(s)]
     if waiting:
         return f"no ready worker for: {', '.join(sorted(waiting))}"
     return None
@@ -86,7 +91,7 @@ class Readiness:
 async def model_readiness(agent: Agent, name: str, version: str | None) -> Readiness:
     """Whether the model is ready here; NotFound for an unknown one."""
     served = agent.versions.resolve(name, version, None)
-    if served is not None and served.ready_replicas > 0:
+    if served is not None and (served.ready_replicas > 0 or unloaded(served)):
         return Readiness(served.name, True)
     record = await known(agent, name, version)
     why = "no worker is ready yet" if served is not None else "it is not being served"
