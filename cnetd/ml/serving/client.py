@@ -448,11 +448,11 @@ class WorkerClient(asyncio.Protocol):
         self._lose(reason, error)
         transports, self._transports = self._transports, []
         for transport in transports:
-            # A read pipe has no abort() (uvloop's raises NotImplementedError); its close()
+            # A read pipe has no abort() (asyncio's) or refuses it (uvloop's): its close()
             # drops what was not read anyway.
             try:
-                getattr(transport, "abort", transport.close)()
-            except NotImplementedError:
+                transport.abort()  # type: ignore[attr-defined]
+            except (AttributeError, NotImplementedError):
                 transport.close()
 
     async def close(self) -> None:
