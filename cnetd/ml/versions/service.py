@@ -116,14 +116,21 @@ class VersionService:
             return None
         return artifact if artifact is not None and artifact.is_file() else None
 
-    def refuse_retired(self, model_id: str) -> None:
-        """Conflict (409) naming the version when model_id is a retired version: its artifact
-        copy may be gone, and the model file may hold another version by now."""
+    def retired_error(self, model_id: str) -> Conflict | None:
+        """The Conflict (409) naming the version when model_id is a retired version (its
+        artifact copy may be gone, and the model file may hold another version by now)."""
         row = self.book.row(model_id)
-        if row is not None and row.state == "retired":
-            raise Conflict(f"version {row.version} of {row.name} is retired ({row.reason or 'no reason recorded'}); "
-                           f"it is no longer served or predicted",
-                           {"name": row.name, "version": row.version, "state": "retired"})
+        if row is None or row.state != "retired":
+            return None
+        return Conflict(f"version {row.version} of {row.name} is retired ({row.reason or 'no reason recorded'}); "
+                        f"it is no longer served or predicted",
+                        {"name": row.name, "version": row.version, "state": "retired"})
+
+    def refuse_retired(self, model_id: str) -> None:
+        """Raise retired_error(model_id) when there is one."""
+        error = self.retired_error(model_id)
+        if error is not None:
+            raise error
 
     def route(self, name: str, key: str | None) -> Served | None:
         """The served deploy that answers a request for the name: by its pointers (the canary
