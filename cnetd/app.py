@@ -214,7 +214,7 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     artifact_store = ArtifactStore(state_dir)
     recorder = VersionRecorder(tasks, catalog, launcher, confinement, artifact_store, book)
     versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window,
-                              config.serving.version_copies)
+                              config.serving.version_copies, config.serving.keep_versions)
     serving.artifact_for = versions.file_for
     models.predict_served = versions.predict
     serving.default_for = versions.default_id

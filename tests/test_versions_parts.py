@@ -1,5 +1,5 @@
 """The parts of cnetd.ml.versions that need no agent: the sticky split, the outcome
-windows, the content-addressed artifact store."""
+windows, the content-addressed artifact store, the choice of versions retention retires."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 from cnetd.ml.versions.artifacts import ArtifactStore, sidecars_of
 from cnetd.ml.versions.pointers import Canary, Pointer, bucket, pick
+from cnetd.ml.versions.retention import reason, to_retire
 from cnetd.ml.versions.stats import MAX_SAMPLES, Outcomes, Window
+from cnetd.store.versions import VersionRow
 
 
 def canary(percent: float) -> Canary:
@@ -92,3 +94,29 @@ def test_store_refuses_a_symlinked_model_file(tmp_path: Path) -> None:
     else:
         raise AssertionError("a symlink was copied")
     assert not [e for e in store.root.iterdir()], os.listdir(store.root)
+
+
+def _row(version: int, state: str = "ready") -> VersionRow:
+    return VersionRow(model_id=f"id{version}", name="m", version=version, promote="auto", state=state,
+                      created_at=f"t{version}")
+
+
+def test_retention_picks_the_oldest_unprotected_beyond_the_bound() -> None:
+    rows = [_row(1), _row(2), _row(3, "failed"), _row(4), _row(5), _row(6, "training"), _row(7)]
+    def numbers(found: list[VersionRow]) -> list[int]:
+        return [r.version for r in found]
+
+    # 5 ready (1, 2, 4, 5, 7): keep 2 -> the 3 oldest retired
+    assert numbers(to_retire(rows, 2, set())) == [1, 2, 4]
+    assert numbers(to_retire(rows, 5, set())) == [] and numbers(to_retire(rows, 6, set())) == []
+    assert to_retire(rows, None, set()) == [] and to_retire(rows, 0, set()) == []  # 0 / None: keep all
+    # the default and previous default are skipped even when they are the oldest
+    assert numbers(to_retire(rows, 2, {"id1", "id2"})) == [4, 5]
+    # failed / training / retired versions neither count nor get picked
+    assert numbers(to_retire([_row(1, "retired"), _row(2, "failed"), _row(3), _row(4)], 1, set())) == [3]
+    # the newest ready version is never retired, even when everything older is protected
+    assert to_retire([_row(1), _row(2)], 1, {"id1"}) == []
+    # protected versions alone past the bound: all kept, nothing else retired
+    assert to_retire([_row(1), _row(2), _row(3)], 1, {"id1", "id2"}) == []
+    assert numbers(to_retire([_row(1), _row(2), _row(3), _row(4)], 1, {"id2"})) == [1, 3]
+    assert "serving.keep_versions is 2" in reason(2, 5) and "5 ready versions" in reason(2, 5)

@@ -92,6 +92,7 @@ async def predict(request: web.Request) -> web.Response:
     if wait and model_id != key:  # a name: its default version, or the canary for its share of keys
         routed = agent.versions.route(key, request.headers.get(REQUEST_KEY))
         model_id = routed.id if routed is not None else model_id
+    agent.versions.refuse_retired(model_id)  # its copy may be gone: never answered by another version's file
     response = await _predict(request, model_id)
     number = agent.versions.version_of(model_id)
     if number is not None:

@@ -123,7 +123,10 @@ async def infer(request: web.Request) -> web.StreamResponse:
         if gone is not None:
             return gone
         known = await _known(agent, name, version)
-        return known if isinstance(known, web.Response) else _not_served(known)
+        if isinstance(known, web.Response):
+            return known
+        retired = agent.versions.retired_error(known.id)  # a 409 naming the retired version
+        return v2_error(retired.status, retired.message) if retired is not None else _not_served(known)
     try:
         raw = await body_of(request)  # read under serving.max_request_bytes (api/bodylimit.py)
         binary: memoryview | None = None

@@ -125,6 +125,7 @@ _SPEC: dict[str, Spec] = {
         "memory_budget": to.optional(to.positive_size),
         "rollback_window": to.duration(allow_zero=True),
         "version_copies": to.boolean,
+        "keep_versions": to.bound(to.integer(0, 1_000_000)),
     },
     "gpus": {
         "enabled": to.boolean,

@@ -206,6 +206,10 @@ class ServingSection:
     # Serve each version from the agent's own copy of its artifact (immutable); False: from
     # the model file itself, reloaded when it changes (a retrain changes what is served).
     version_copies: bool = True
+    # Ready versions kept per model name (cnetd.ml.versions.retention): beyond them the oldest
+    # that are not the default, previous default, canary, served or newest are retired and
+    # their artifact copies removed. None: all are kept.
+    keep_versions: int | None = 5
 
 
 @dataclass(frozen=True)

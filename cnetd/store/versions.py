@@ -79,6 +79,13 @@ def set_state(conn: sqlite3.Connection, model_id: str, state: str, reason: str |
     conn.execute("UPDATE model_versions SET state = ?, reason = ? WHERE model_id = ?", (state, reason, model_id))
 
 
+def retire_ready(conn: sqlite3.Connection, model_id: str, reason: str) -> bool:
+    """Retire a version that is ready (False: it is not, or no longer, ready)."""
+    cur = conn.execute("UPDATE model_versions SET state = 'retired', reason = ? WHERE model_id = ? AND state = 'ready'",
+                       (reason, model_id))
+    return cur.rowcount > 0
+
+
 def get_version(conn: sqlite3.Connection, model_id: str) -> VersionRow | None:
     row = conn.execute("SELECT * FROM model_versions WHERE model_id = ?", (model_id,)).fetchone()
     return _version(row) if row else None

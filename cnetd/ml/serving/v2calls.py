@@ -101,10 +101,12 @@ async def model_readiness(agent: Agent, name: str, version: str | None) -> Readi
 async def served_here(agent: Agent, name: str, version: str | None, key: str | None = None) -> Served:
     """The served model that answers an inference here (by the name's default and canary,
     key: the sticky key of the split): NotFound for an unknown model, Conflict (409) for one
-    that is not served, Unavailable for one awaiting its training."""
+    that is not served or a retired version, Unavailable for one awaiting its training."""
     served = agent.versions.resolve(name, version, key)
     if served is None:
-        raise not_served(await known(agent, name, version))
+        record = await known(agent, name, version)
+        agent.versions.refuse_retired(record.id)  # a 409 naming the retired version
+        raise not_served(record)
     return served
 
 

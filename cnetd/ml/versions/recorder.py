@@ -120,6 +120,25 @@ class VersionRecorder:
         if updated is not None:
             self.book.note(updated)
 
+    async def retire_ready(self, rows: list[VersionRow], why: str) -> list[VersionRow]:
+        """Retire these versions, those still ready, in one write, each with an event; the
+        ones retired."""
+
+        def write(conn: sqlite3.Connection) -> list[VersionRow]:
+            done: list[VersionRow] = []
+            for row in rows:
+                if vq.retire_ready(conn, row.model_id, why):
+                    vq.add_event(conn, event(row.model_id, "retired", f"version {row.version} of {row.name} retired: {why}"))
+                    updated = vq.get_version(conn, row.model_id)
+                    if updated is not None:
+                        done.append(updated)
+            return done
+
+        retired = await self.db.write(write) if rows else []
+        for updated in retired:
+            self.book.note(updated)
+        return retired
+
     # ---- registering an existing file ----------------------------------------------------
 
     def _confined_artifact(self, artifact: str, base: Model) -> tuple[Path, str]:

@@ -13,6 +13,10 @@ routing of a name's requests by them.
   request count is out of bounds; the reason is an event on its deploy task.
 - Pointers are kept in SQLite (model_pointers), so a restarted agent routes as before and a
   rollout goes on until its end time.
+- Retention (serving.keep_versions, cnetd.ml.versions.retention): when a version becomes
+  ready, after a switch, after a version is let go of and at start, the oldest ready versions
+  beyond the bound that are not the default, previous default, canary, served or the newest
+  are retired, and the artifact copies no kept version uses are removed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from cnetd.ml.versions.bodies import RolloutBody
 from cnetd.ml.versions.book import VersionBook
 from cnetd.ml.versions.pointers import Canary, Pointer, pick
 from cnetd.ml.versions.recorder import VersionRecorder
+from cnetd.ml.versions.retention import reason as retention_reason
+from cnetd.ml.versions.retention import to_retire
 from cnetd.ml.versions.stats import Outcomes, Window
 from cnetd.ml.versions.warm import serve_like, warm
 from cnetd.store import versions as vq
@@ -65,9 +71,10 @@ class Switch:
 class VersionService:
     def __init__(self, tasks: TaskService, catalog: ModelCatalog, serving: ServingManager,
                  recorder: VersionRecorder, book: VersionBook, rollback_window: float,
-                 serve_copies: bool = True) -> None:
+                 serve_copies: bool = True, keep_versions: int | None = None) -> None:
         """serve_copies: serve a version from the agent's copy of its artifact (False: from
-        the model file, which the serving manager reloads when it changes)."""
+        the model file, which the serving manager reloads when it changes). keep_versions:
+        ready versions kept per name (None: all)."""
         self.tasks = tasks
         self.db = tasks.db
         self.catalog = catalog
@@ -76,6 +83,8 @@ class VersionService:
         self.book = book
         self.rollback_window = rollback_window
         self.serve_copies = serve_copies
+        self.keep_versions = keep_versions
+        self._promoting: set[str] = set()  # versions on their way to the default: kept by retention
         self.pointers: dict[str, Pointer] = {}
         self.outcomes = Outcomes()
         self._lock = asyncio.Lock()
@@ -98,6 +107,7 @@ class VersionService:
         """The ServingManager's hook: the agent's copy of the version's artifact (recorded now
         when its training has just completed), or None to serve the model file itself."""
         model_id = model.record.id
+        self.refuse_retired(model_id)
         artifact = self.book.artifact_of(model_id)
         if artifact is None and model.task.status == Status.COMPLETED and self.book.version_of(model_id) is not None:
             await self.recorder.settle(model_id)  # training has just completed: keep its artifact first
@@ -105,6 +115,22 @@ class VersionService:
         if not self.serve_copies:
             return None
         return artifact if artifact is not None and artifact.is_file() else None
+
+    def retired_error(self, model_id: str) -> Conflict | None:
+        """The Conflict (409) naming the version when model_id is a retired version (its
+        artifact copy may be gone, and the model file may hold another version by now)."""
+        row = self.book.row(model_id)
+        if row is None or row.state != "retired":
+            return None
+        return Conflict(f"version {row.version} of {row.name} is retired ({row.reason or 'no reason recorded'}); "
+                        f"it is no longer served or predicted",
+                        {"name": row.name, "version": row.version, "state": "retired"})
+
+    def refuse_retired(self, model_id: str) -> None:
+        """Raise retired_error(model_id) when there is one."""
+        error = self.retired_error(model_id)
+        if error is not None:
+            raise error
 
     def route(self, name: str, key: str | None) -> Served | None:
         """The served deploy that answers a request for the name: by its pointers (the canary
@@ -227,6 +253,13 @@ class VersionService:
                 if ready:
                     await self._switch(name, ready[-1].model_id, "promoted",
                                        f"version {ready[-1].version} is the default (the newest ready version)")
+        for name in sorted({r.name for r in await self.db.read(vq.all_versions)}):
+            try:
+                await self.retain(name)
+            except Exception:
+                log.exception("model %s: version retention failed", name)
+        with contextlib.suppress(Exception):
+            await self._remove_unused()  # copies left by a stop between a retirement and its removal
         for name, pointer in self.pointers.items():
             if pointer.canary is not None:
                 self.outcomes.reset(pointer.canary.model_id, *(x for x in [pointer.default_id] if x))
@@ -264,13 +297,18 @@ class VersionService:
                         log.exception("recording version %s failed", change.task_id)
                         continue
                     if settled is not None and settled.state == "ready" and settled.promote == "auto":
+                        self._promoting.add(settled.model_id)
                         self._spawn(self.promote_when_warm(settled), f"promote-{settled.model_id}")
+                    if settled is not None and settled.state == "ready":
+                        self._retain_soon(settled.name)
             finally:
                 self.tasks.bus.unsubscribe(queue)
 
     def note_registered(self, row: VersionRow) -> None:
         if row.promote == "auto":
+            self._promoting.add(row.model_id)
             self._spawn(self.promote_when_warm(row), f"promote-{row.model_id}")
+        self._retain_soon(row.name)
 
     async def promote_when_warm(self, row: VersionRow) -> None:
         """A newly ready version with promote "auto": the default once warm (at once when
@@ -312,6 +350,8 @@ class VersionService:
             await self._event(row.model_id, "promoted", f"version {row.version} was not made the default: {exc.message}")
         except Exception:
             log.exception("model %s: promoting version %d failed", row.name, row.version)
+        finally:
+            self._promoting.discard(row.model_id)
 
     # ---- switches ----------------------------------------------------------------------------
 
@@ -339,6 +379,7 @@ class VersionService:
             pointer = self.pointers.get(name) or Pointer(name)
             if pointer.default_id == target:
                 return
+            self.refuse_retired(target)  # retired meanwhile (retention holds this lock)
             displaced = pointer.previous_id if pointer.previous_id not in (target, pointer.default_id) else None
             canary = pointer.canary if pointer.canary is None or pointer.canary.model_id != target else None
             until = time.time() + self.rollback_window if pointer.default_id else None
@@ -346,6 +387,7 @@ class VersionService:
                                            canary=canary), target, type_, message)
         if displaced is not None:
             self._spawn(self._release(name, displaced), f"release-{displaced}")
+        self._retain_soon(name)
 
     async def _release(self, name: str, model_id: str) -> None:
         """Stop serving a version that is no longer default, previous or canary, once its
@@ -359,6 +401,7 @@ class VersionService:
         with contextlib.suppress(DomainError):
             await self.serving.unserve(model_id, reason=f"version {number} of {name} left the rollback window")
             log.info("model %s: version %s is no longer served (not default, previous or canary)", name, number)
+        self._retain_soon(name)
 
     def _model_id(self, name: str, version: int) -> str:
         model_id = self.book.id_of(name, version)
@@ -430,11 +473,50 @@ class VersionService:
         if name is None or row is None or row.state != "ready" or model_id in self.roles(name):
             return False
         await self.recorder.retire(model_id, "its deploy was stopped by a user")
+        await self._remove_unused()
+        return True
+
+    # ---- retention ---------------------------------------------------------------------------
+
+    async def _remove_unused(self) -> list[str]:
+        """Remove the artifact copies (sha256 directories) no version that is not retired uses."""
         in_use = await self.db.read(vq.artifacts_in_use)
         removed = await asyncio.to_thread(self.recorder.store.remove_unused, in_use)
         if removed:
-            log.info("removed %d artifact copies no version uses any more", len(removed))
-        return True
+            log.info("removed %d artifact copies no version uses any more: %s", len(removed), ", ".join(removed))
+        return removed
+
+    async def retain(self, name: str) -> list[VersionRow]:
+        """serving.keep_versions for one name: retire the oldest ready versions beyond it that
+        are not protected (cnetd.ml.versions.retention.to_retire), each with an event saying
+        why, then remove the copies no kept version uses. The versions retired."""
+        keep = self.keep_versions
+        if keep is None:
+            return []
+        async with self._lock:  # no switch meanwhile: a version made default is never retired
+            rows = await self.db.read(partial(vq.versions_of, name=name))
+            protected = set(self.roles(name)) | self._promoting
+            protected |= {r.model_id for r in rows if self.serving.served(r.model_id) is not None}
+            chosen = to_retire(rows, keep, protected)
+            if not chosen:
+                return []
+            ready = sum(1 for r in rows if r.state == "ready")
+            retired = await self.recorder.retire_ready(chosen, retention_reason(keep, ready))
+        if retired:
+            log.info("model %s: retired version(s) %s (serving.keep_versions %d)", name,
+                     ", ".join(str(r.version) for r in retired), keep)
+            await self._remove_unused()
+        return retired
+
+    def _retain_soon(self, name: str) -> None:
+        if self.keep_versions is not None:
+            self._spawn(self._retain_logged(name), f"retain-{name}")
+
+    async def _retain_logged(self, name: str) -> None:
+        try:
+            await self.retain(name)
+        except Exception:
+            log.exception("model %s: version retention failed", name)
 
     # ---- rollouts ----------------------------------------------------------------------------
 
@@ -558,4 +640,5 @@ class VersionService:
             await self.serving.unserve(model_id, reason="the rollback window passed")
             await self._event(model_id, "version", f"version {self.book.version_of(model_id)} of {name} is no longer "
                                                    f"served: the rollback window of {self.rollback_window:g}s passed")
+        self._retain_soon(name)
 
