@@ -17,6 +17,7 @@ from cnetd.gpus.status import GpuStatus, gpu_status
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.envs.service import Environments
+from cnetd.ml.monitor.service import Monitor
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import ServingManager
 from cnetd.ml.versions.service import VersionService
@@ -44,6 +45,7 @@ class Agent:
     cluster: ClusterNode | None  # None: a single node (no cluster section)
     describe: NodeDescriber  # this node as its record in the cluster says it
     sandbox_reason: str
+    monitor: Monitor | None = None  # per-version roll-ups and input drift of served models
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: str = ""
 

@@ -12,10 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from cnetd.agent import AGENT, Agent
-from cnetd.api.bodylimit import body_limit_middleware
-from cnetd.api.cluster import owner_middleware
-from cnetd.api.errors import error_for, error_middleware
-from cnetd.api.jsonbody import json_only_middleware
+from cnetd.api.errors import error_for
+from cnetd.api.gate import gate_middleware
 from cnetd.api.routes import add_api_routes
 from cnetd.bundle import stable_copy
 from cnetd.clock import utc_now
@@ -30,6 +28,8 @@ from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.catalog import ModelCatalog
 from cnetd.ml.copies import ModelCopies
 from cnetd.ml.envs.service import Environments
+from cnetd.ml.monitor.service import Monitor
+from cnetd.ml.monitor.versions import from_numbers, roles_from
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
 from cnetd.ml.versions.artifacts import ArtifactStore
@@ -37,12 +37,12 @@ from cnetd.ml.versions.book import VersionBook
 from cnetd.ml.versions.recorder import VersionRecorder
 from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
-from cnetd.security.auth import Authenticator, auth_middleware, check_bind_policy
-from cnetd.security.callers import TaskCallerGuard, caller_guard_middleware
-from cnetd.security.cluster_token import ClusterToken, cluster_token_middleware
+from cnetd.security.auth import Authenticator, check_bind_policy
+from cnetd.security.callers import TaskCallerGuard
+from cnetd.security.cluster_token import ClusterToken
 from cnetd.security.confine import Confinement
 from cnetd.security.headers import add_header_policy
-from cnetd.security.hosts import AllowedHosts, host_middleware
+from cnetd.security.hosts import AllowedHosts
 from cnetd.security.identity import Identities
 from cnetd.security.isolation import Isolation
 from cnetd.security.login import AUTHENTICATOR, add_login_routes
@@ -106,20 +106,18 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
     check_bind_policy(config.agent.address, config.auth.tokens)
     authenticator = Authenticator(config.auth.tokens, config.auth.metrics_public)
     hosts = AllowedHosts(config)
-    middlewares = [
-        error_middleware,
-        host_middleware(hosts),  # before anything else: a rebound name gets nothing, not even a 401
-        caller_guard_middleware(TaskCallerGuard(config), authenticator),
-        # before the API token check: another agent of the cluster shows the cluster token instead
-        cluster_token_middleware(None if config.cluster is None else ClusterToken(config.cluster.token)),
-        auth_middleware(authenticator),
-        json_only_middleware(error_for),
-        # V2 infer and predict bodies, up to serving.max_request_bytes (others: MAX_BODY_BYTES),
-        # read only once the caller is known; before the owner relay, which sends them on
-        body_limit_middleware(config.serving.max_request_bytes, error_for),
-        owner_middleware,  # in a cluster, a task or model that lives on another node is answered there
-    ]
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    # One middleware for every route (cnetd/api/gate.py), its checks in this order: errors
+    # around all; Host first (a rebound name gets nothing, not even a 401); the task-caller
+    # guard; the cluster token (another agent shows it instead of the API token); the API
+    # token; JSON-only bodies; V2 infer and predict bodies read under
+    # serving.max_request_bytes (others: MAX_BODY_BYTES) once the caller is known, before
+    # the owner relay, which sends them on.
+    gate = gate_middleware(
+        hosts, TaskCallerGuard(config), authenticator,
+        None if config.cluster is None else ClusterToken(config.cluster.token),
+        config.serving.max_request_bytes, error_for,
+    )
+    app = web.Application(middlewares=[gate], client_max_size=MAX_BODY_BYTES)
     hosts.learn_fqdn()
     app[AUTHENTICATOR] = authenticator
     add_header_policy(app)
@@ -136,6 +134,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         _environments,
         _retention,
         _serving,
+        _monitor,
         _resource_sampler,
         _cluster,
         _scheduler,
@@ -212,10 +211,16 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     book = VersionBook()
     models.versions_book = book
-    recorder = VersionRecorder(tasks, catalog, launcher, confinement, ArtifactStore(state_dir), book)
-    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window)
+    artifact_store = ArtifactStore(state_dir)
+    recorder = VersionRecorder(tasks, catalog, launcher, confinement, artifact_store, book)
+    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window,
+                              config.serving.version_copies)
     serving.artifact_for = versions.file_for
     models.predict_served = versions.predict
+    serving.default_for = versions.default_id
+    if config.serving.version_copies:
+        launcher.version_copy_of = book.artifact_of  # its workers and prediction tasks read it
+        catalog.copy_of = book.artifact_of  # what a version is, for other nodes of a cluster too
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
@@ -224,6 +229,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     if cluster is not None:
         copies = ModelCopies(tasks, catalog, launcher, confinement, config)
         cluster.failover = ModelFailover(cluster, catalog, serving, copies, model_roots)
+        # versions' copies are sent to other nodes too (read through real directories only)
+        cluster.failover.artifacts.roots.append(Path(os.path.realpath(artifact_store.root)))
         election = cluster.election
         cluster.failover.places = lambda: election.is_leader  # the scheduler places served replicas too
 
@@ -239,6 +246,9 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
         versions=versions, environments=environments,
         cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
+        # versions labelled by their version numbers (cnetd.ml.versions)
+        monitor=Monitor(db, serving, config.serving.rollup_interval, config.serving.rollup_retention,
+                        resolver=from_numbers(versions.version_of), roles=roles_from(versions.pointers)),
     )
     yield
 
@@ -297,6 +307,16 @@ async def _serving(app: web.Application) -> AsyncIterator[None]:
     finally:
         await versions.stop()
         await serving.stop()  # lets go of the workers; they keep running
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = app[AGENT].monitor
+    assert monitor is not None
+    try:
+        await monitor.start()  # after serving: the served models' metrics are there
+        yield
+    finally:
+        await monitor.stop()
 
 
 async def _resource_sampler(app: web.Application) -> AsyncIterator[None]:

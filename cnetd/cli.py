@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: Config, ssl_context: ssl.SSLContext | None = None) -> int:
     from cnetd.app import create_app
+    from cnetd.loop import LoopUnavailable, loop_factory
     from cnetd.sdnotify import Notifier
     from cnetd.server import ListenError, serve
 
@@ -87,7 +88,13 @@ def run(config: Config, ssl_context: ssl.SSLContext | None = None) -> int:
         log.warning("listening on %s without TLS: API tokens and all data travel in clear text; "
                     "set agent.tls.cert_file and agent.tls.key_file", address)
     try:
-        asyncio.run(serve(create_app(config), address, port, notifier, ssl_context=ssl_context))
+        factory, loop_name = loop_factory(config.agent.event_loop)
+        log.info("event loop: %s", loop_name)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(create_app(config), address, port, notifier, ssl_context=ssl_context))
+    except LoopUnavailable as exc:
+        print(f"cnet-agent: {exc}", file=sys.stderr)
+        return 1
     except StoreError as exc:
         log.error("%s", exc)
         print(f"cnet-agent: {exc}", file=sys.stderr)

@@ -144,8 +144,16 @@ def test_two_deploys_two_versions_default_when_warm_and_pinned_v1_unchanged(vage
         assert time.monotonic() < deadline
     assert seen <= {("1", 2.0), ("2", 5.0)}
     assert infer(agent, "lin", 1.0) == (200, ("2", 5.0))
-    # v1 pinned: its own copy, although the model file now holds v2.
-    assert infer(agent, "lin", 1.0, version=1) == (200, ("1", 2.0))
+    # v1 pinned: its own copy, although the model file now holds v2 (a reload of the file
+    # would have happened within 3 s: it is looked at every second).
+    until = time.monotonic() + 3
+
+    def still_v1() -> bool:
+        assert infer(agent, "lin", 1.0, version=1) == (200, ("1", 2.0))
+        return time.monotonic() > until
+
+    wait_until(still_v1, 30, "v1 answering as before for 3 s")
+    assert agent.api.get(f"/api/ml/models/{v1}").body["serving"]["reloads"] == 0
     assert infer(agent, "lin", 1.0, version=2) == (200, ("2", 5.0))
     versions = agent.api.get(f"/api/ml/models/{v1}/versions").body
     assert [v["version"] for v in versions["versions"]] == [1, 2]
@@ -157,6 +165,11 @@ def test_two_deploys_two_versions_default_when_warm_and_pinned_v1_unchanged(vage
     assert predicted.status == 200 and predicted.headers["X-Model-Version"] == "2" and predicted.body["prediction"] == 10
     pinned = agent.api.post(f"/api/ml/models/{v1}/predict?wait=true", {"input_data": 2})
     assert pinned.headers["X-Model-Version"] == "1" and pinned.body["prediction"] == 4
+    # The cold path too: a prediction task of v1 reads v1's copy (in its own namespace).
+    cold = agent.api.post(f"/api/ml/models/{v1}/predict", {"input_data": 3})
+    assert cold.status == 201 and cold.headers["X-Model-Version"] == "1", cold.text
+    done = agent.wait_done(cold.body["prediction_task_id"], 60)
+    assert done["status"] == "completed" and done["result"]["prediction"] == 6, done
 
 
 def test_manual_promote_and_rollback_under_load(vagent: AgentProcess) -> None:
@@ -165,7 +178,6 @@ def test_manual_promote_and_rollback_under_load(vagent: AgentProcess) -> None:
     wait_default(agent, "m", 1)
     wait_until(lambda: infer(agent, "m", 1.0)[0] == 200, 60, "v1 answering")
     deploy(agent, body("m", 3, promote="manual"))
-    time.sleep(0)  # nothing waits here: a manual version is not promoted
     assert model(agent, "m")["default_version"] == 1
     with Load(agent, "m").running() as load:
         load.wait_requests(20)
@@ -223,10 +235,16 @@ def test_bad_canary_rolled_back_good_canary_promoted_restart_keeps_state(vagent:
         load.wait_requests(60)
         assert load.versions_since(0) == {"1", "3"}
     assert load.failed == []
+    workers = {v["version"]: agent.api.get(f"/api/ml/models/{v['model_id']}").body["serving"]["workers"]
+               for v in model(agent, "c")["versions"] if v["served"]}
     agent.stop()
     agent.start()
     state = model(agent, "c")
     assert state["default_version"] == 1 and state["canary_version"] == 3
+    for version in (1, 3):  # the same warm workers, found again
+        model_id = next(v["model_id"] for v in state["versions"] if v["version"] == version)
+        again = agent.api.get(f"/api/ml/models/{model_id}").body["serving"]["workers"]
+        assert [w["task_id"] for w in again] == [w["task_id"] for w in workers[version]]
     # sticky: the same key always lands on the same version
     wait_until(lambda: infer(agent, "c", 1.0, key="same")[0] == 200, 60, "answering after the restart")
     assert len({infer(agent, "c", 1.0, key="same")[1][0] for _ in range(10)}) == 1
@@ -236,3 +254,106 @@ def test_bad_canary_rolled_back_good_canary_promoted_restart_keeps_state(vagent:
     assert load.failed == []
     ended = [e for e in model(agent, "c")["events"] if e["type"] == "rollout_ended"][-1]
     assert "promoted" in ended["message"], ended
+
+
+def test_register_artifact_is_confined_and_bad_bodies_are_refused(vagent: AgentProcess) -> None:
+    agent = vagent
+    deploy(agent, body("r", 2))
+    wait_default(agent, "r", 1)
+    work = agent.workdir
+    secret = work / "secret.txt"
+    secret.write_text("not a model")
+    (work / "models" / "shadow-link.json").symlink_to("/etc/shadow")
+    (work / "models" / "etc").symlink_to("/etc")
+    (work / "models" / "dir.json").mkdir()
+    (work / "models" / "inside-link.json").symlink_to(work / MODEL_PATH)  # inside the roots, still a link
+    for artifact, words in [
+        ("../../../../etc/shadow", "outside"),
+        ("/etc/shadow", "outside"),
+        ("models/shadow-link.json", "outside"),
+        ("models/etc/passwd", "outside"),
+        ("models/inside-link.json", "symlink"),
+        ("state/cnet.db", "state dir"),
+        ("secret.txt", "model root"),
+        ("models/dir.json", "not a regular file"),
+        ("models/missing.json", "no such file"),
+        ("models/x\u0000.json", "NUL"),
+    ]:
+        reply = agent.api.post("/api/ml/models/r/versions", {"artifact": artifact})
+        assert reply.status == 400, (artifact, reply.text)
+        assert "artifact" in reply.text and words.lower() in reply.text.lower(), (artifact, reply.text)
+    assert [v["version"] for v in agent.api.get("/api/ml/models/r/versions").body["versions"]] == [1]
+
+    (work / "models" / "hand.json").write_text('{"slope": 7.0, "fail_mod": 0}')
+    (work / "models" / "hand.json.meta.json").write_text('{"slope": 7.0}')
+    registered = agent.api.post("/api/ml/models/r/versions", {"artifact": "models/hand.json", "promote": "manual"})
+    assert registered.status == 201, registered.text
+    assert registered.body["version"] == 2 and registered.body["state"] == "ready"
+    assert registered.body["source"] == "registered" and registered.body["sidecars"] == ["hand.json.meta.json"]
+    (work / "models" / "hand.json").write_text('{"slope": 9.0, "fail_mod": 0}')  # the copy is the agent's
+    assert agent.api.post("/api/ml/models/r/promote", {"version": 2}).status == 200
+    assert model(agent, "r")["default_version"] == 2
+    served = agent.api.post("/api/ml/models/r/serve?wait=true", {"replicas": 1}, timeout=90)
+    assert served.status == 200, served.text
+    assert infer(agent, "r", 1.0) == (200, ("2", 7.0))
+    private = work / "models" / "private.json"
+    private.write_text('{"slope": 1.0}')
+    private.chmod(0o600)  # root's, unreadable by others: not the agent's to hand to a model
+    reply = agent.api.post("/api/ml/models/r/versions", {"artifact": "models/private.json"})
+    assert reply.status == 400 and "readable" in reply.text, reply.text
+
+    # A version that is neither default nor previous, stopped: retired, its copy removed.
+    third = agent.api.post("/api/ml/models/r/versions", {"artifact": "models/hand.json", "promote": "manual"}).body
+    assert third["version"] == 3 and Path(third["artifact"]).is_file()
+    assert agent.api.delete(f"/api/ml/models/{third['model_id']}").status in (200, 409)
+    rows = {v["version"]: v for v in agent.api.get("/api/ml/models/r/versions").body["versions"]}
+    assert rows[3]["state"] == "retired" and not Path(third["artifact"]).exists()
+    assert rows[1]["state"] == rows[2]["state"] == "ready" and Path(rows[2]["artifact"]).is_file()
+
+    # Names that look like deploy ids are refused; bad bodies name their field.
+    uuid_name = body("123e4567-e89b-12d3-a456-426614174000", 1)
+    reply = agent.api.post("/api/ml/models", uuid_name)
+    assert reply.status == 400 and "name" in reply.text and "deploy id" in reply.text, reply.text
+    bad_bodies: list[tuple[str, Any, int, str]] = [
+        ("rollout", {"version": 1, "canary_percent": 0}, 400, "canary_percent"),
+        ("rollout", {"version": 1, "canary_percent": 101}, 400, "canary_percent"),
+        ("rollout", {"version": 1, "duration": "1000d"}, 400, "duration"),
+        ("rollout", {"version": 1, "duration": "soon"}, 400, "duration"),
+        ("rollout", {"version": -1}, 400, "version"),
+        ("rollout", {"version": 10**15}, 400, "version"),
+        ("rollout", {"version": 1, "surprise": True}, 400, "surprise"),
+        ("rollout", {"version": 1, "max_error_rate": 2}, 400, "max_error_rate"),
+        ("rollout", {"version": 99}, 404, "no version 99"),
+        ("rollout", {"version": 2}, 409, "default"),
+        ("promote", {"version": "1; DROP TABLE"}, 400, "version"),
+        ("promote", {"version": 42}, 404, "no version 42"),
+        ("rollout/abort", None, 409, "no rollout"),
+        ("versions", {"artifact": "x" * 5000}, 400, "artifact"),
+    ]
+    for route, payload, status, words in bad_bodies:
+        reply = agent.api.post(f"/api/ml/models/r/{route}", payload)
+        assert reply.status == status and words in reply.text, (route, payload, reply.text)
+    assert agent.api.get("/api/ml/models/nope/versions").status == 404
+    assert agent.api.post("/api/ml/models/nope/rollback").status == 404
+    assert agent.api.get("/api/ml/models/..%2F..%2Fetc/versions").status == 404
+    assert agent.api.post("/v2/models/r/versions/7/infer", {"inputs": []}).status in (400, 404)
+
+
+def test_rollback_after_the_window_reloads_and_says_so(agent_factory: Callable[..., AgentProcess]) -> None:
+    agent = agent_factory({"serving": {"rollback_window": "1s"}})
+    shutil.copy(MODEL, agent.workdir / "versioned_model.py")
+    (agent.workdir / "models").mkdir()
+    agent.start()
+    v1 = deploy(agent, body("w", 2, serving={"replicas": 1}))
+    wait_default(agent, "w", 1)
+    deploy(agent, body("w", 3))
+    wait_default(agent, "w", 2)
+    # The window passes: v1 is let go of (its workers stop), with an event saying why.
+    wait_until(lambda: agent.api.get(f"/api/ml/models/{v1}").body["serving"]["state"] == "stopped", 30,
+               "v1 no longer served")
+    wait_until(lambda: any("rollback window" in e["message"] for e in model(agent, "w")["events"]), 10, "the event")
+    back = agent.api.post("/api/ml/models/w/rollback", timeout=120)
+    assert back.status == 200, back.text
+    assert back.body["reloaded"] is True and "rollback window" in back.body["message"], back.body
+    assert back.body["default_version"] == 1
+    assert infer(agent, "w", 1.0) == (200, ("1", 2.0))

@@ -80,6 +80,26 @@ async def body_of(request: web.Request) -> bytes:
     return kept if kept is not None else await request.read()
 
 
+async def read_inference_body(request: web.Request, limit: int,
+                              respond: Callable[[web.Request, int, str], web.StreamResponse]) -> web.StreamResponse | None:
+    """Reads an inference's body (kept for body_of) under `limit`; None when it was read,
+    else the 413 or 400 that ends the request (and its connection)."""
+    try:
+        request[BODY] = await read_bounded(request, limit)
+    except BodyTooLarge as exc:
+        response = respond(request, 413, exc.message)
+    except ConnectionError as exc:
+        log.info("%s %s: the caller went away before its body was complete (%s); nothing was done",
+                 request.method, request.path, exc)
+        response = respond(request, 400, "request body cut short: the connection closed before its end")
+    except HttpProcessingError as exc:
+        response = respond(request, 400, f"request body is malformed: {exc.message}")
+    else:
+        return None
+    response.force_close()  # no more of this body is read (and no one may be left to read it)
+    return response
+
+
 def body_limit_middleware(limit: int, respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:
     """Reads an inference's body under `limit` before its handler runs. `respond` builds an
     error in the shape of the route's protocol (the error envelope, or V2's {"error"})."""
@@ -88,22 +108,7 @@ def body_limit_middleware(limit: int, respond: Callable[[web.Request, int, str],
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_inference(request) or not request.body_exists:
             return await handler(request)
-        try:
-            request[BODY] = await read_bounded(request, limit)
-        except BodyTooLarge as exc:
-            response = respond(request, 413, exc.message)
-            response.force_close()
-            return response
-        except ConnectionError as exc:
-            log.info("%s %s: the caller went away before its body was complete (%s); nothing was done",
-                     request.method, request.path, exc)
-            response = respond(request, 400, "request body cut short: the connection closed before its end")
-            response.force_close()
-            return response  # no one is left to read it
-        except HttpProcessingError as exc:
-            response = respond(request, 400, f"request body is malformed: {exc.message}")
-            response.force_close()
-            return response
-        return await handler(request)
+        refused = await read_inference_body(request, limit, respond)
+        return refused if refused is not None else await handler(request)
 
     return middleware

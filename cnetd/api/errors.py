@@ -35,27 +35,36 @@ def _http_message(exc: web.HTTPException, request: web.Request) -> str:
     return exc.reason
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except DomainError as exc:
+ANSWERED = (DomainError, web.HTTPException, sqlite3.OperationalError)  # what answer_error may answer
+
+
+def answer_error(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The envelope for what a handler raised (one of ANSWERED); what is not an error to
+    answer here (a redirect, an HTML page's 404, another database error) is raised again."""
+    if isinstance(exc, DomainError):
         response = error_response(exc.status, exc.message, exc.details)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or not _wants_json(request):
-            raise
+            raise exc
         response = error_response(exc.status, _http_message(exc, request))
         if isinstance(exc, web.HTTPMethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         return response
-    except sqlite3.OperationalError as exc:
-        if "full" in str(exc) or "disk I/O" in str(exc):
-            log.error("storage write failed: %s", exc)
-            return error_response(503, f"storage unavailable: {exc}; reads still work")
-        raise
+    if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "disk I/O" in str(exc)):
+        log.error("storage write failed: %s", exc)
+        return error_response(503, f"storage unavailable: {exc}; reads still work")
+    raise exc
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ANSWERED as exc:
+        return answer_error(request, exc)
 
 
 def _wants_json(request: web.Request) -> bool:

@@ -12,6 +12,7 @@ from cnetd.api.params import bool_param
 from cnetd.api.serialize import json_response, model_json
 from cnetd.api.serving import warm_json
 from cnetd.api.versions import deploy_id_of, model_by_name, name_of
+from cnetd.errors import Conflict
 from cnetd.ml.service import WarmPrediction
 from cnetd.ml.serving.batcher import Rejected
 from cnetd.tasks.model import Status
@@ -65,9 +66,18 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def stop_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model = await agent.models.stop(await deploy_id_of(agent, request.match_info["id"]))  # its warm workers too
+    model_id = await deploy_id_of(agent, request.match_info["id"])
+    message = "ML model stopped"
+    try:
+        model = await agent.models.stop(model_id)  # its warm workers too
+    except Conflict:  # its task ended long ago: a ready version is retired, unless it is in use
+        if not await agent.versions.stopped(model_id):
+            raise
+        model, message = await agent.models.get(model_id), "version retired"
+    else:
+        await agent.versions.stopped(model_id)  # retired unless it is the default, previous or canary
     body = model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record))
-    body["message"] = "ML model stopped"
+    body["message"] = message
     return json_response(body)
 
 

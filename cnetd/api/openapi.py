@@ -333,6 +333,37 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "outputs": {"type": "array", "items": ref("V2Tensor")},
         },
     },
+    "ModelMetrics": {
+        "type": "object",
+        "description": "A model's per-version roll-ups (serving.rollup_interval each) over a window",
+        "required": ["name", "window", "window_seconds", "interval_seconds", "step_seconds", "since", "until", "versions"],
+        "properties": {
+            "name": STRING, "window": STRING, "window_seconds": {"type": "integer"}, "interval_seconds": {"type": "number"},
+            "step_seconds": {"type": "number", "description": "the span of one point: the roll-up interval, or "
+                             "longer where a long window's roll-ups are merged (1440 points per version at most)"},
+            "since": STRING, "until": STRING,
+            "versions": {"type": "array", "items": {
+                "type": "object",
+                "required": ["version", "model_id", "serving", "role", "totals", "points", "drift"],
+                "properties": {
+                    "version": STRING, "model_id": STRING, "serving": {"type": "boolean"},
+                    "role": nullable({"enum": ["default", "previous", "canary"]}),
+                    "totals": {"type": "object", "properties": {
+                        "count": {"type": "integer"}, "errors": {"type": "integer"},
+                        "error_rate": {"type": ["number", "null"]}, "max_p99_ms": {"type": ["number", "null"]}}},
+                    "points": {"type": "array", "items": {"type": "object", "properties": {
+                        "at": STRING, "seconds": {"type": "number"}, "count": {"type": "integer"},
+                        "errors": {"type": "integer"}, "throughput": {"type": ["number", "null"]},
+                        "p50_ms": {"type": ["number", "null"]}, "p95_ms": {"type": ["number", "null"]},
+                        "p99_ms": {"type": ["number", "null"]}}}},
+                    "drift": {"type": ["object", "null"], "description": "input drift against the training result's "
+                              "input_stats (null without them): observed and skipped instances, and per feature its "
+                              "train_mean, train_std, served_mean, served_std and score (|served mean - train mean| / "
+                              "train std)"},
+                },
+            }},
+        },
+    },
     "ModelVersion": {
         "type": "object",
         "required": ["version", "model_id", "state", "sha256", "size", "created_at", "training_result"],
@@ -486,7 +517,15 @@ def v2_infer_operation(params: list[Schema], suffix: str) -> Schema:
     answers["200"]["content"].update(V2_BINARY)
     request_body = body("V2InferRequest")
     request_body["content"].update(V2_BINARY)
-    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER], request_body, op_id=f"v2Infer{suffix}")
+    extra = [REQUEST_KEY_HEADER] if not suffix else []  # the bare name follows the canary split
+    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER, *extra], request_body,
+                     op_id=f"v2Infer{suffix}")
+
+
+REQUEST_KEY_HEADER: Schema = {
+    "name": "X-Request-Key", "in": "header", "required": False, "schema": STRING,
+    "description": "the sticky key of a rollout's canary split (else the request's id, else chance)",
+}
 
 
 def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[str, Schema]:
@@ -611,10 +650,16 @@ def build_document() -> Schema:
             responses({200: ("prediction (wait=true)", ref("PredictionResult")),
                        201: ("prediction task created", ref("PredictionCreated"))},
                       (*WRITE_ERRORS, 404, 409, 422, 429, 502, 504)),
-            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], declared_body("predict"),
-            op_id="predict")},
+            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction"), REQUEST_KEY_HEADER],
+            declared_body("predict"), op_id="predict")},
         "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
                                              "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
+        "/api/ml/models/{id}/metrics": {"get": operation(
+            "Per-version roll-ups (count, errors, p50/p95/p99 latency) and input drift of a model, by name or deploy id",
+            responses({200: ("series per version", ref("ModelMetrics"))}, (400, 404)),
+            [ID_PARAM, query("window", {"type": "string", "pattern": "^[1-9][0-9]{0,6}[smhd]$", "default": "1h"},
+                             "how far back: a whole number and s, m, h or d, from 1m to 31d")],
+            op_id="modelMetrics")},
         "/api/ml/models/{id}/serve": {
             "post": operation("Serve the model from warm workers", responses(
                 {200: ("serving", ref("Model")), 202: ("starting", ref("Model"))}, (*WRITE_ERRORS, 404, 409, 504)),

@@ -13,8 +13,7 @@ from cnetd.api.serialize import json_response
 from cnetd.bodies.decode import decode_body
 from cnetd.errors import NotFound
 from cnetd.ml.versions.bodies import PromoteBody, RegisterBody, RolloutBody
-from cnetd.ml.versions.service import Switch
-from cnetd.store.versions import VersionRow
+from cnetd.ml.versions.service import Switch, VersionRow
 
 
 async def name_of(agent: Agent, id_or_name: str) -> str:
@@ -64,26 +63,21 @@ async def version_json(agent: Agent, row: VersionRow, roles: dict[str, str]) -> 
     }
 
 
-async def versions_list(agent: Agent, name: str) -> list[dict[str, Any]]:
-    roles = agent.versions.roles(name)
-    return [await version_json(agent, row, roles) for row in await agent.versions.versions(name)]
+async def versions_list(agent: Agent, name: str) -> dict[str, Any]:
+    """The name's pointers and its versions, each with its role as those pointers say."""
+    pointers, roles = agent.versions.pointer_json(name), agent.versions.roles(name)  # one moment's
+    rows = await agent.versions.versions(name)
+    return {"name": name, **pointers, "versions": [await version_json(agent, row, roles) for row in rows]}
 
 
 async def model_by_name(agent: Agent, name: str) -> dict[str, Any]:
     """GET /api/ml/models/{name}: the model with its pointers and versions."""
-    versions = await versions_list(agent, name)
-    return {
-        "name": name,
-        **agent.versions.pointer_json(name),
-        "versions": versions,
-        "events": (await agent.versions.events(name))[-50:],
-    }
+    return {**await versions_list(agent, name), "events": (await agent.versions.events(name))[-50:]}
 
 
 async def list_versions(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    name = await name_of(agent, request.match_info["id"])
-    return json_response({"name": name, **agent.versions.pointer_json(name), "versions": await versions_list(agent, name)})
+    return json_response(await versions_list(agent, await name_of(agent, request.match_info["id"])))
 
 
 async def register_version(request: web.Request) -> web.Response:

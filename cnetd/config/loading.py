@@ -23,6 +23,7 @@ from cnetd.config.model import (
     SECTION_CLASSES,
     Config,
     ConfigError,
+    EventLoopKind,
     InstallerKind,
     LogFormat,
     LogLevel,
@@ -49,6 +50,7 @@ _SPEC: dict[str, Spec] = {
         "allowed_hosts": lambda v, where: tuple(to.host(h, f"{where}[{i}]") for i, h in enumerate(to.strings(v, where))),
         "tls": {"cert_file": to.optional(to.path), "key_file": to.optional(to.path)},
         "labels": to.labels,
+        "event_loop": to.choice(EventLoopKind),
     },
     "logging": {
         "level": to.choice(LogLevel, {"warning": "warn"}),
@@ -118,8 +120,11 @@ _SPEC: dict[str, Spec] = {
     "serving": {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
+        "rollup_interval": to.duration(),
+        "rollup_retention": to.duration(allow_off=True),
         "memory_budget": to.optional(to.positive_size),
         "rollback_window": to.duration(allow_zero=True),
+        "version_copies": to.boolean,
     },
     "gpus": {
         "enabled": to.boolean,
@@ -164,6 +169,7 @@ _ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CNET_STATE_DIR": ("agent", "state_dir", lambda t: os.path.abspath(os.path.expanduser(t))),
     "CNET_LOG_LEVEL": ("logging", "level", str),
     "CNET_SANDBOX": ("tasks", "sandbox", str),
+    "CNET_EVENT_LOOP": ("agent", "event_loop", str),
     "CNET_AUTH_TOKEN": ("auth", "tokens", lambda t: [t]),
     "CNET_DISCOVERY_TOKEN": ("discovery", "token", str),
     "CNET_GPU_SIMULATE_FILE": ("gpus", "simulate_file", str),

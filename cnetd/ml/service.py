@@ -121,13 +121,14 @@ class ModelService:
         if not self.config.ml.enabled:
             raise Conflict("ML support is disabled on this node (ml.enabled: false)")
         deployment = self.parse_deployment(body)
+        name = deployment.task.name
+        if DEPLOY_ID.match(name) and not await self.catalog.named(name):
+            raise Invalid("name", f"{name!r} looks like a deploy id; a model name must not "
+                                  "(routes take either, and a name must never be taken for an id)")
         await self.check_task_user_access(deployment)
         numbers: dict[str, int] = {}
 
         def add_model(conn: sqlite3.Connection, task: Task) -> None:
-            if DEPLOY_ID.match(task.name) and not mq.name_exists(conn, task.name):
-                raise Invalid("name", f"{task.name!r} looks like a deploy id; a model name must not "
-                                      "(routes take either, and a name must never be taken for an id)")
             mq.insert_model(conn, ModelRecord(
                 id=task.id, name=task.name, model_type=deployment.model_type,
                 model_path=deployment.model_path, script_path=deployment.script_path,
@@ -190,10 +191,12 @@ class ModelService:
                 {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
             )
         base = model.task
+        copy = self.versions_book.artifact_of(model_id) if self.versions_book and self.config.serving.version_copies else None
+        model_path = str(copy) if copy is not None and copy.is_file() else model.record.model_path  # the version's own
         new = NewTask(
             name=f"{model.record.name}-predict",
             command=base.command,
-            args=[model.record.script_path, "predict", model.record.model_path, argument],
+            args=[model.record.script_path, "predict", model_path, argument],
             env=dict(base.env),
             working_dir=base.working_dir,
             resources=base.resources,

@@ -103,26 +103,33 @@ def same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
+def auth_refusal(auth: Authenticator, request: web.Request) -> web.Response | None:
+    """None when the request may go on (public path, peer, token or session), else the
+    401/403; a page without a session is redirected to the login (HTTPSeeOther)."""
+    path = request.path
+    if not auth.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return None
+    if is_peer(request):  # another agent of the cluster, with the cluster token: its caller was checked there
+        return None
+    if path == "/metrics" and auth.metrics_public:
+        return None
+    if auth.bearer_ok(request):
+        return None
+    if auth.session_ok(request):
+        if request.method not in SAFE_METHODS and not same_origin(request):
+            return error_response(403, "cross-site request refused (Origin does not match this agent)")
+        return None
+    if path.startswith(API_PREFIXES) or path in ("/v2", "/metrics"):
+        response = error_response(401, "authentication required: send Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cnet-agent"'
+        return response
+    raise web.HTTPSeeOther(f"/login?next={request.path_qs}" if request.path != "/" else "/login")
+
+
 def auth_middleware(auth: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if not auth.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
-            return await handler(request)
-        if is_peer(request):  # another agent of the cluster, with the cluster token: its caller was checked there
-            return await handler(request)
-        if path == "/metrics" and auth.metrics_public:
-            return await handler(request)
-        if auth.bearer_ok(request):
-            return await handler(request)
-        if auth.session_ok(request):
-            if request.method not in SAFE_METHODS and not same_origin(request):
-                return error_response(403, "cross-site request refused (Origin does not match this agent)")
-            return await handler(request)
-        if path.startswith(API_PREFIXES) or path in ("/v2", "/metrics"):
-            response = error_response(401, "authentication required: send Authorization: Bearer <token>")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="cnet-agent"'
-            return response
-        raise web.HTTPSeeOther(f"/login?next={request.path_qs}" if request.path != "/" else "/login")
+        refused = auth_refusal(auth, request)
+        return refused if refused is not None else await handler(request)
 
     return middleware

@@ -134,14 +134,25 @@ class TaskCallerGuard:
         return f"tasks may not use this agent's API without a token ({why}); {how}"
 
 
+async def caller_refusal(guard: TaskCallerGuard, auth: Authenticator, request: web.Request) -> web.Response | None:
+    """The 403 for a task's connection without a valid token, or None (call it only when
+    guard.enabled)."""
+    if auth.bearer_ok(request):
+        return None
+    caller = await guard.caller(request)
+    if caller.refused_without_token:
+        return error_response(403, guard.refusal(caller), {"reason": "task_without_token"})
+    return None
+
+
 def caller_guard_middleware(guard: TaskCallerGuard,
                             auth: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if guard.enabled and not auth.bearer_ok(request):
-            caller = await guard.caller(request)
-            if caller.refused_without_token:
-                return error_response(403, guard.refusal(caller), {"reason": "task_without_token"})
+        if guard.enabled:
+            refused = await caller_refusal(guard, auth, request)
+            if refused is not None:
+                return refused
         return await handler(request)
 
     return middleware

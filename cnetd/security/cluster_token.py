@@ -56,24 +56,31 @@ def _refused(message: str) -> web.Response:
     return response
 
 
+def cluster_token_refusal(token: ClusterToken | None, request: web.Request) -> web.Response | None:
+    """The refusal of a request whose cluster token is missing (cluster-only path) or
+    wrong, or None; the right token marks the request a peer's (is_peer)."""
+    presented = request.headers.get(HEADER)
+    cluster_only = request.path.startswith(CLUSTER_ONLY_PREFIX)
+    if presented is None and not cluster_only:
+        return None
+    if token is None:
+        if cluster_only:
+            return error_response(404, "this agent is not part of a cluster (its config has no cluster section)")
+        return _refused(f"this agent is not part of a cluster: it accepts no {HEADER}")
+    if presented is None:
+        return _refused(f"cluster-only endpoint: send the cluster's token (cluster.token_file) in {HEADER}")
+    if not token.matches(presented):
+        log.warning("refused a request with a wrong %s from %s: %s %s", HEADER, request.remote,
+                    request.method, request.path)
+        return _refused(f"wrong cluster token in {HEADER}: this agent's cluster.token_file holds another")
+    request[PEER] = True
+    return None
+
+
 def cluster_token_middleware(token: ClusterToken | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        presented = request.headers.get(HEADER)
-        cluster_only = request.path.startswith(CLUSTER_ONLY_PREFIX)
-        if presented is None and not cluster_only:
-            return await handler(request)
-        if token is None:
-            if cluster_only:
-                return error_response(404, "this agent is not part of a cluster (its config has no cluster section)")
-            return _refused(f"this agent is not part of a cluster: it accepts no {HEADER}")
-        if presented is None:
-            return _refused(f"cluster-only endpoint: send the cluster's token (cluster.token_file) in {HEADER}")
-        if not token.matches(presented):
-            log.warning("refused a request with a wrong %s from %s: %s %s", HEADER, request.remote,
-                        request.method, request.path)
-            return _refused(f"wrong cluster token in {HEADER}: this agent's cluster.token_file holds another")
-        request[PEER] = True
-        return await handler(request)
+        refused = cluster_token_refusal(token, request)
+        return refused if refused is not None else await handler(request)
 
     return middleware

@@ -146,14 +146,20 @@ def misdirected(shown: str) -> web.Response:
     )
 
 
+def host_refusal(hosts: AllowedHosts, request: web.Request) -> web.Response | None:
+    """The 421 for a Host header that does not name this agent, or None."""
+    header = request.headers.get("Host")
+    if header is not None:
+        host = host_of(header)
+        if host is None or not hosts.allows(host):
+            return misdirected(header.strip()[:255])
+    return None
+
+
 def host_middleware(hosts: AllowedHosts) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        header = request.headers.get("Host")
-        if header is not None:
-            host = host_of(header)
-            if host is None or not hosts.allows(host):
-                return misdirected(header.strip()[:255])
-        return await handler(request)
+        refused = host_refusal(hosts, request)
+        return refused if refused is not None else await handler(request)
 
     return middleware

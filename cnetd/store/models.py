@@ -60,6 +60,3 @@ def list_models(conn: sqlite3.Connection) -> list[tuple[ModelRecord, Task]]:
         out.append((record, task_from_row(row)))
     return out
 
-
-def name_exists(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM models WHERE name = ? LIMIT 1", (name,)).fetchone() is not None

@@ -14,7 +14,7 @@ import pwd
 import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cnetd.config import GpusSection, TasksSection
@@ -157,6 +157,8 @@ class Launcher(TaskPaths):
         self.base_dir = base_dir
         self.identities = identities
         self.isolation = isolation
+        # model id -> the agent's copy of its version's artifact (cnetd.ml.versions), if any
+        self.version_copy_of: Callable[[str], Path | None] | None = None
         # Task logs can hold anything a task printed: only the agent reads them (a task
         # gets its log as an already open file descriptor). The run dir holds launch specs
         # (a task's environment) and exit files; tasks reach their socket dirs through
@@ -293,18 +295,15 @@ class Launcher(TaskPaths):
         return directory, program
 
     def _version_copy_dirs(self, task: Task) -> list[Path]:
-        """A serving worker of a model version reads the agent's copy of its artifact
-        (cnetd.ml.versions.artifacts): that copy's directory, bound back read-only."""
-        if task.kind != "serve":
+        """A serving worker or prediction task of a model version reads the agent's copy of
+        its artifact (cnetd.ml.versions.artifacts): that copy's directory, bound back
+        read-only; only the copy of the task's own model, and only when its args name it."""
+        if task.kind not in ("serve", "predict") or task.model_id is None or self.version_copy_of is None:
             return []
-        root = self.state_dir / "versions"
-        out = []
-        for i, arg in enumerate(task.args[:-1]):
-            if arg == "--model":
-                path = Path(os.path.normpath(task.args[i + 1]))
-                if path.is_absolute() and path.parent.parent == root and not path.parent.name.startswith("."):
-                    out.append(path.parent)
-        return out
+        copy = self.version_copy_of(task.model_id)
+        if copy is None or str(copy) not in task.args:
+            return []
+        return [copy.parent]
 
     def spec_for(self, task: Task, grant: GpuGrant | None = None) -> LaunchSpec:
         """grant: the task's GPUs on a node that has GPUs (None: a node without GPUs, where

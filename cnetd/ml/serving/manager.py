@@ -71,6 +71,8 @@ class ServingManager:
         # The file a model is served from: a version's own copy of its artifact
         # (cnetd.ml.versions); None from the hook, or no hook: the model file itself.
         self.artifact_for: Callable[[Model], Awaitable[Path | None]] | None = None
+        # A name's default version (cnetd.ml.versions): what find(name) answers when it is served.
+        self.default_for: Callable[[str], str | None] | None = None
 
     def on_change(self, listener: Callable[[str, int | None], None]) -> None:
         """Call listener(model_id, replicas) after serving of a model was started, changed or
@@ -95,8 +97,12 @@ class ServingManager:
         return list(self._served.values())
 
     def find(self, name: str, version: str | None = None) -> Served | None:
-        """The served model called `name` (or whose id is `name`); the newest when several
-        served models share the name. `version` is a model id."""
+        """The served model called `name` (or whose id is `name`): its default version when
+        that is served, else the newest of those that share the name. `version` is a model id."""
+        if version is None and self.default_for is not None:  # the name's default version, when served
+            chosen = self.default_for(name)
+            if chosen is not None and (default := self._served.get(chosen)) is not None:
+                return default
         best: Served | None = None
         for served in self._served.values():
             if served.id != name and served.name != name:

@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import stat
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,8 @@ def sha256_of(path: Path) -> tuple[str, int]:
 class ArtifactStore:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "versions"
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # stored, its version not recorded yet
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,8 @@ class ArtifactStore:
                     _copy_regular(sidecar, staging / sidecar.name)
                     sidecars.append(sidecar.name)
             sha, size = sha256_of(target)
+            with self._lock:
+                self._pending.add(sha)
             for entry in staging.iterdir():
                 os.chmod(entry, 0o444)
             final = self.root / sha
@@ -141,12 +146,19 @@ class ArtifactStore:
     def holds(self, path: Path) -> bool:
         return path.parent.parent == self.root
 
+    def recorded(self, stored: Stored) -> None:
+        """The version of a stored copy is in the store now: retention may judge it."""
+        with self._lock:
+            self._pending.discard(stored.sha256)
+
     def remove_unused(self, in_use: set[str]) -> list[str]:
-        """Remove stored directories that no artifact in use lies in; their names."""
-        keep = {Path(p).parent.name for p in in_use}
+        """Remove stored directories that no artifact in use lies in (nor a copy whose
+        version is still being recorded); their names."""
         removed: list[str] = []
         if not self.root.is_dir():
             return removed
+        with self._lock:
+            keep = {Path(p).parent.name for p in in_use} | self._pending
         for entry in self.root.iterdir():
             if entry.name.startswith(".") or entry.name in keep:
                 continue

@@ -86,7 +86,10 @@ class VersionRecorder:
             vq.add_event(conn, event(row.model_id, VERSION_EVENT, message))
             return vq.get_version(conn, row.model_id)
 
-        updated = await self.db.write(write)
+        try:
+            updated = await self.db.write(write)
+        finally:
+            self.store.recorded(stored)
         assert updated is not None
         self.book.note(updated)
         log.info("%s", message)
@@ -152,12 +155,19 @@ class VersionRecorder:
         owner = model_owner(name)
         uid = await self.tasks.uid_for_owner(owner)
         st = os.stat(file)
-        if not st.st_mode & stat.S_IROTH and (uid is None or st.st_uid != uid) and st.st_uid != os.getuid():
+        if not st.st_mode & stat.S_IROTH and (uid is None or st.st_uid != uid):
             raise Invalid("artifact", f"{artifact} is neither the model's own file nor readable by everyone")
         try:
             stored = await asyncio.to_thread(self.store.store, file)
         except OSError as exc:
             raise Conflict(f"could not keep a copy of {artifact}: {exc.strerror or exc}") from None
+        try:
+            return await self._register(name, base, relative, owner, stored, promote)
+        finally:
+            self.store.recorded(stored)
+
+    async def _register(self, name: str, base: Model, relative: str, owner: str, stored: Stored,
+                        promote: str) -> VersionRow:
         model_id = str(uuid.uuid4())
         now = utc_now()
         source = base.task

@@ -47,6 +47,8 @@ from cnetd.tasks.states import event
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Switch", "VersionRow", "VersionService"]
+
 HOUSEKEEPING_INTERVAL = 0.25  # how often rollback windows and rollout ends are looked at
 DRAIN_TIMEOUT = 30.0  # a version let go of waits this long for its in-flight requests
 SERVING_START_WAIT = 30.0  # a trained version served by its deploy body: how long its serving may take to start
@@ -62,7 +64,10 @@ class Switch:
 
 class VersionService:
     def __init__(self, tasks: TaskService, catalog: ModelCatalog, serving: ServingManager,
-                 recorder: VersionRecorder, book: VersionBook, rollback_window: float) -> None:
+                 recorder: VersionRecorder, book: VersionBook, rollback_window: float,
+                 serve_copies: bool = True) -> None:
+        """serve_copies: serve a version from the agent's copy of its artifact (False: from
+        the model file, which the serving manager reloads when it changes)."""
         self.tasks = tasks
         self.db = tasks.db
         self.catalog = catalog
@@ -70,6 +75,7 @@ class VersionService:
         self.recorder = recorder
         self.book = book
         self.rollback_window = rollback_window
+        self.serve_copies = serve_copies
         self.pointers: dict[str, Pointer] = {}
         self.outcomes = Outcomes()
         self._lock = asyncio.Lock()
@@ -93,11 +99,11 @@ class VersionService:
         when its training has just completed), or None to serve the model file itself."""
         model_id = model.record.id
         artifact = self.book.artifact_of(model_id)
-        if artifact is None:
-            row = self.book.row(model_id)
-            if row is not None and row.state == "training" and model.task.status == Status.COMPLETED:
-                await self.recorder.settle(model_id)
-                artifact = self.book.artifact_of(model_id)
+        if artifact is None and model.task.status == Status.COMPLETED and self.book.version_of(model_id) is not None:
+            await self.recorder.settle(model_id)  # training has just completed: keep its artifact first
+            artifact = self.book.artifact_of(model_id)
+        if not self.serve_copies:
+            return None
         return artifact if artifact is not None and artifact.is_file() else None
 
     def route(self, name: str, key: str | None) -> Served | None:
@@ -137,13 +143,16 @@ class VersionService:
         """served.predict, counted for the version's rollout comparison."""
         self.outcomes.started(served.id)
         started = time.monotonic()
-        failed = True
         try:
             answer = await served.predict(instances)
-            failed = False
-            return answer
-        finally:
-            self.outcomes.ended(served.id, time.monotonic() - started, failed)
+        except asyncio.CancelledError:  # the caller went away: no outcome of the version's
+            self.outcomes.ended(served.id, None, False)
+            raise
+        except Exception:
+            self.outcomes.ended(served.id, time.monotonic() - started, True)
+            raise
+        self.outcomes.ended(served.id, time.monotonic() - started, False)
+        return answer
 
     # ---- listing --------------------------------------------------------------------------
 
@@ -278,12 +287,17 @@ class VersionService:
                 await asyncio.sleep(0.05)  # the serving manager starts it on the same completion
                 model = await self.catalog.get(row.model_id)
             default_served = pointer.default_id is not None and self.serving.served(pointer.default_id) is not None
+            started = False
             if self.serving.served(row.model_id) is None and default_served:
                 await serve_like(self.serving, row.model_id, pointer.default_id)
+                started = True
             if self.serving.served(row.model_id) is not None:
-                problem = await warm(self.serving, row.model_id)
+                problem = await warm(self.serving, row.model_id, smoke=pointer.default_id is not None)
                 if problem is not None:
                     await self._event(row.model_id, "promoted", f"version {row.version} was not made the default: {problem}")
+                    if started:  # served here only to be warmed: not left restarting
+                        with contextlib.suppress(DomainError):
+                            await self.serving.unserve(row.model_id, reason=f"it did not warm: {problem}")
                     return
                 why = f"version {row.version} is the default: it is warm (replicas loaded, smoke inference answered)"
             else:
@@ -372,6 +386,9 @@ class VersionService:
         if self.serving.served(model_id) is not None:
             problem = await warm(self.serving, model_id)
             if problem is not None:
+                if started:  # served here only to be warmed: not left restarting
+                    with contextlib.suppress(DomainError):
+                        await self.serving.unserve(model_id, reason=f"it did not warm: {problem}")
                 raise Conflict(f"version {self.book.version_of(model_id)} of {name} is not warm: {problem}")
         return started
 
@@ -403,6 +420,21 @@ class VersionService:
             message = f"rolled back to version {number} (it was still warm: a pointer switch)"
         await self._switch(name, target, "rolled_back", message)
         return Switch(number, target, reloaded, message)
+
+    async def stopped(self, model_id: str) -> bool:
+        """A deploy was stopped by a user (DELETE /api/ml/models/{id}): a ready version that is
+        not its name's default, previous default or canary is retired, and artifacts no
+        version that is not retired uses are removed."""
+        name = self.book.name_of(model_id)
+        row = self.book.row(model_id)
+        if name is None or row is None or row.state != "ready" or model_id in self.roles(name):
+            return False
+        await self.recorder.retire(model_id, "its deploy was stopped by a user")
+        in_use = await self.db.read(vq.artifacts_in_use)
+        removed = await asyncio.to_thread(self.recorder.store.remove_unused, in_use)
+        if removed:
+            log.info("removed %d artifact copies no version uses any more", len(removed))
+        return True
 
     # ---- rollouts ----------------------------------------------------------------------------
 

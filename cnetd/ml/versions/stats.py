@@ -57,6 +57,8 @@ class Outcomes:
     def started(self, model_id: str) -> None:
         self.in_flight[model_id] = self.in_flight.get(model_id, 0) + 1
 
-    def ended(self, model_id: str, seconds: float, error: bool) -> None:
+    def ended(self, model_id: str, seconds: float | None, error: bool) -> None:
+        """seconds None: no outcome to count (the caller went away)."""
         self.in_flight[model_id] = max(0, self.in_flight.get(model_id, 0) - 1)
-        self.window(model_id).add(seconds, error)
+        if seconds is not None:
+            self.window(model_id).add(seconds, error)

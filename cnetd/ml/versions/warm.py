@@ -38,8 +38,9 @@ async def serve_like(manager: ServingManager, model_id: str, like: str | None) -
     await manager.serve(model_id, body)
 
 
-async def warm(manager: ServingManager, model_id: str, timeout: float = WARM_TIMEOUT) -> str | None:
-    """None once the served deploy is warm; else why not."""
+async def warm(manager: ServingManager, model_id: str, timeout: float = WARM_TIMEOUT, smoke: bool = True) -> str | None:
+    """None once the served deploy is warm; else why not. smoke: False for a name's first
+    version (no traffic moves to it from another version: nothing to protect)."""
     if not await manager.wait_ready(model_id, timeout):
         served = manager.served(model_id)
         if served is None:
@@ -49,9 +50,10 @@ async def warm(manager: ServingManager, model_id: str, timeout: float = WARM_TIM
     served = manager.served(model_id)
     if served is None:
         return "serving stopped while it was warming"
-    smoke = [[0.0] * (served.n_features or 1)]
+    if not smoke:
+        return None
     try:
-        await served.predict(smoke)
+        await served.predict([[0.0] * (served.n_features or 1)])
     except Rejected as exc:
         log.info("model %s: the smoke input was refused (%s); the worker answered, so it is warm", served.name, exc.message)
     except DomainError as exc:
