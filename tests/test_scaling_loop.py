@@ -184,3 +184,19 @@ async def test_requests_waiting_for_a_cold_start_are_bounded_and_get_retry_after
         await first
     assert late.value.retry_after == 3 and "cold_start_timeout (1s)" in late.value.message
     assert asked == ["cold"] and model.in_flight == 0 and model.cold == 0
+
+
+async def test_idle_models_do_not_take_turns_unloading_each_other(tmp_path: Path) -> None:
+    lazy = parse_spec({"min_replicas": 0, "max_replicas": 1})
+    resident = served_model(tmp_path, "resident", lazy, 1)
+    starting = served_model(tmp_path, "starting", lazy, 0)
+    starting.target = 1  # as when it is first served: one replica, but no request waits for it
+    models = [resident, starting]
+    runner = Runner()
+    scaler = Scaler(lambda: models, runner, Admission(memory_budget=100 * MB), clock=Clock())  # type: ignore[arg-type]
+    scaler.attach(resident)
+    scaler.attach(starting)
+    starting.target = 1
+    await scaler.settle()
+    assert resident.target == 1 and not runner.ended and not runner.started
+    assert starting.target == 0 and "no request waits for it" in starting.scaling.decisions[-1]["reason"]
