@@ -33,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cnetd.ml.versions.pointers import Canary, Pointer, pick  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 
@@ -114,6 +115,16 @@ def latencies(conn: Conn, path: str, n: int, keyed: bool) -> list[float]:
     return out
 
 
+def split_cost(n: int = 200_000) -> float:
+    """Seconds per pick() of a sticky 50 % split, in this process."""
+    pointer = Pointer("bench", default_id="a", canary=Canary("b", 2, 50.0, "", 0.0, 1.0, 0.01, 1.5, 0))
+    keys = [f"client-{i}" for i in range(1000)]
+    started = time.perf_counter()
+    for i in range(n):
+        pick(pointer, keys[i % 1000])
+    return (time.perf_counter() - started) / n
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -181,7 +192,8 @@ def main() -> None:
         agent.api.post("/api/ml/models/bench/rollout/abort")
         for label, values in (("pinned version", pinned), ("name, no rollout", plain), ("name, 50% canary", split)):
             print(f"  {label:18s} p50 {pct(values, 0.5) * 1e6:7.0f} us  p99 {pct(values, 0.99) * 1e6:7.0f} us")
-        print(f"canary split overhead (p50, canary - no rollout): {(pct(split, 0.5) - pct(plain, 0.5)) * 1e6:+.0f} us")
+        print(f"canary split overhead (p50, canary - no rollout): {(pct(split, 0.5) - pct(plain, 0.5)) * 1e6:+.0f} us "
+              f"(end to end: the two versions' workers share the load); the split itself: {split_cost() * 1e9:.0f} ns")
     finally:
         agent.stop()
         agent.kill_task_processes()

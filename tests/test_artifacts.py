@@ -275,10 +275,31 @@ async def test_an_agent_sends_a_trained_model_file_to_peers_only(
         finally:
             await peers.stop()
 
-    # The model's user swaps its file for a symlink to a secret of root's: nothing is sent.
+    # The model's user swaps its file for a symlink to a secret of root's: what is sent is the
+    # version's own copy of its artifact, kept by the agent when training completed
+    # (cnetd/ml/versions), never what the link names. (With serving.version_copies off the
+    # model file itself is sent, and the link is refused: the test below.)
+    original = file.read_bytes()
     file.unlink()
     file.symlink_to("/etc/shadow")
     status, _, body = await fetch(url, peer)
+    assert status == 200 and body == original, body[:200]
+    shadow = Path("/etc/shadow").read_bytes()
+    assert not shadow or shadow[:20] not in body
+
+
+async def test_with_version_copies_off_a_model_file_swapped_for_a_symlink_is_not_sent(
+    etcd_shared: EtcdCluster, agent_factory: Callable[..., AgentProcess],  # noqa: F811
+) -> None:
+    prefix = new_prefix("artifacts")
+    c = with_pure_script(cluster_agent(agent_factory, etcd_shared.endpoints, "c", prefix=prefix,
+                                       extra={"serving": {"version_copies": False}}))
+    c.start()
+    model = deploy_and_train(c, pure_body())
+    file = c.workdir / "models" / "pure" / "p.json"
+    file.unlink()
+    file.symlink_to("/etc/shadow")
+    status, _, body = await fetch(f"{c.url}/api/cluster/artifacts/{model['id']}", {HEADER: CLUSTER_TOKEN})
     assert status == 409 and b"is a symlink" in body, body
     shadow = Path("/etc/shadow").read_bytes()
     assert not shadow or shadow[:20] not in body

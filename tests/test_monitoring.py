@@ -210,6 +210,13 @@ def test_roles_follow_the_pointers_and_a_canary_stands_beside_the_default(monito
     assert reply.status == 201, reply.text
     v3 = reply.body["id"]
     assert agent.wait_status(v3, {"completed", "failed"}, 60, path="/api/ml/models/")["status"] == "completed"
+
+    def ready() -> bool:
+        listed = agent.api.get("/api/ml/models/drifty/versions").body
+        versions = listed["versions"] if isinstance(listed, dict) else listed
+        return any(v["version"] == 3 and v["state"] == "ready" for v in versions)
+
+    wait_until(ready, 30, "version 3 recorded as ready")
     started = agent.api.post("/api/ml/models/drifty/rollout", {"version": 3, "canary_percent": 50, "duration": "5m"},
                              timeout=120)
     assert started.status == 202, started.text

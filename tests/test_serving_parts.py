@@ -144,7 +144,8 @@ def test_v2_tensors_become_instances() -> None:
     for body, field, text in [
         (tensor([2, 2], [1, 2, 3]), "inputs[0].shape", "holds 4 values but data has 3"),
         (tensor([2], [1, 2], "STRING"), "inputs[0].datatype", "must be one of"),
-        (tensor([2], [True, False], "BOOL"), "inputs[0].datatype", "not supported"),
+        (tensor([2], [True, 1], "BOOL"), "inputs[0].data[1]", "not true or false: 1"),
+        (tensor([2], ["a", 2], "BYTES"), "inputs[0].data[1]", "not a string: 2"),
         (tensor([2], [1, None]), "inputs[0].data[1]", "not a number: null"),
         (tensor([1], [300], "UINT8"), "inputs[0].data[0]", "out of range"),
         (tensor([1], [-1], "UINT32"), "inputs[0].data[0]", "out of range"),

@@ -27,9 +27,12 @@ async def list_models(request: web.Request) -> web.Response:
     if node is not None:
         assert agent.cluster is not None  # node_param gives a node only in a cluster
         return json_response(await agent.cluster.view.tasks(node_id=None if node == "all" else node, models_only=True))
-    return json_response([
-        model_json(m, agent.enforcement(m.task.sandbox), agent.serving.describe(m.record)) for m in await agent.models.list()
-    ])
+    rows = []
+    for m in await agent.models.list():
+        row = model_json(m, agent.enforcement(m.task.sandbox), agent.serving.describe(m.record))
+        row["version"] = agent.versions.version_of(m.record.id)
+        rows.append(row)
+    return json_response(rows)
 
 
 async def deploy_model(request: web.Request) -> web.StreamResponse:

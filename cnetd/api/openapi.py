@@ -181,6 +181,9 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
                 "properties": {
                     "model_type": STRING, "model_path": STRING, "script_path": STRING,
                     "serving": nullable(ref("Serving")),
+                    "version": nullable({"type": "integer", "description": "this deploy's version of its name"}),
+                    "default_version": nullable({"type": "integer", "description": "the name's default version "
+                                                                                  "(GET /api/ml/models/{id} only)"}),
                 },
             },
         ]

@@ -4,6 +4,7 @@ serving and its deploy task. The API and the UI both call these, so the rules ho
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import re
@@ -191,8 +192,7 @@ class ModelService:
                 {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
             )
         base = model.task
-        copy = self.versions_book.artifact_of(model_id) if self.versions_book and self.config.serving.version_copies else None
-        model_path = str(copy) if copy is not None and copy.is_file() else model.record.model_path  # the version's own
+        model_path = await self._version_model_path(model)
         new = NewTask(
             name=f"{model.record.name}-predict",
             command=base.command,
@@ -212,6 +212,19 @@ class ModelService:
             return Prediction(task=task, waited=False)
         budget = self.config.ml.timeout + self.config.tasks.stop_grace + 5
         return Prediction(task=await self.tasks.wait_terminal(task.id, budget), waited=True)
+
+
+    async def _version_model_path(self, model: Model) -> str:
+        """The model path a prediction task is given: its model_path (the seed's contract),
+        unless that file no longer holds this version (a later version retrained into it):
+        then the agent's copy of the version's artifact."""
+        book = self.versions_book
+        copy = book.artifact_of(model.record.id) if book is not None and self.config.serving.version_copies else None
+        if book is None or copy is None or not copy.is_file():
+            return model.record.model_path
+        if await asyncio.to_thread(book.holds, model.record.id, self.catalog.model_file(model)):
+            return model.record.model_path
+        return str(copy)
 
 
 def _model_dir_owner_problem(directory: Path, uid: int | None, roots: list[Path]) -> str | None:

@@ -16,7 +16,8 @@ from tests.ui.conftest import Browse
 
 def test_model_page_charts_per_version(agent_factory: Callable[..., AgentProcess],
                                        browse: Callable[..., Browse]) -> None:
-    agent = agent_factory({"serving": {"rollup_interval": "0.5s"}})
+    # 2.5 s: the page's hour in 1440 points is one roll-up each (shorter ones would be merged)
+    agent = agent_factory({"serving": {"rollup_interval": "2.5s"}})
     (agent.workdir / "drift_model.py").write_text(DRIFT_SCRIPT)
     agent.start()
     v1, v2 = deploy(agent), deploy(agent)

@@ -4,9 +4,13 @@ kept current by the version service and the deploy path."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from cnetd.ml.versions.artifacts import sha256_of
 from cnetd.store.versions import VersionRow
+
+HASH_CACHE = 256
 
 
 class VersionBook:
@@ -15,6 +19,7 @@ class VersionBook:
         self._name: dict[str, str] = {}
         self._artifact: dict[str, Path] = {}
         self._rows: dict[str, VersionRow] = {}
+        self._hashes: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) -> sha256
 
     def note(self, row: VersionRow) -> None:
         self._rows[row.model_id] = row
@@ -47,3 +52,24 @@ class VersionBook:
             if n == number and self._name.get(model_id) == name:
                 return model_id
         return None
+
+    def holds(self, model_id: str, path: Path) -> bool:
+        """Whether the file at path still holds the version's artifact (same sha256);
+        blocking (run it in a thread). True when the version has no recorded sha256."""
+        row = self._rows.get(model_id)
+        if row is None or row.sha256 is None:
+            return True
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_size != row.size:
+            return False
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        sha = self._hashes.get(key)
+        if sha is None:
+            sha = sha256_of(path)[0]
+            if len(self._hashes) >= HASH_CACHE:
+                self._hashes.clear()
+            self._hashes[key] = sha
+        return sha == row.sha256

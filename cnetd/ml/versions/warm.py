@@ -11,7 +11,7 @@ from typing import Any
 from cnetd.errors import DomainError
 from cnetd.ml.serving.batcher import Rejected
 from cnetd.ml.serving.manager import ServingManager
-from cnetd.ml.serving.spec import FIELDS
+from cnetd.ml.serving.spec import FIELDS, ServingSpec
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,17 @@ WARM_TIMEOUT = 300.0
 
 
 def spec_body(serving: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The serving settings of a stored serving state, as a serve body."""
+    """The serving settings of a stored serving state (or a spec's JSON), as a serve body:
+    a fixed count as replicas, an autoscaled range as min_replicas and max_replicas."""
     if not serving:
         return None
-    return {k: v for k, v in serving.items() if k in FIELDS}
+    body = {k: v for k, v in serving.items() if k in FIELDS}
+    if ServingSpec.from_json(body).autoscaled:
+        body.pop("replicas", None)
+    else:
+        body.pop("min_replicas", None)
+        body.pop("max_replicas", None)
+    return body
 
 
 async def serve_like(manager: ServingManager, model_id: str, like: str | None) -> None:
@@ -32,7 +39,7 @@ async def serve_like(manager: ServingManager, model_id: str, like: str | None) -
         return
     source = manager.served(like) if like is not None else None
     if source is not None:
-        body: dict[str, Any] | None = source.spec.to_json()
+        body = spec_body(source.spec.to_json())
     else:
         body = spec_body((await manager.catalog.get(model_id)).record.serving)
     await manager.serve(model_id, body)
