@@ -227,3 +227,21 @@ def test_many_models_within_a_memory_budget(agent: AgentProcess) -> None:
     unloads = sum(1 for model_id in ids for d in serving_of(agent, model_id)["scaling"]["decisions"]
                   if d["kind"] == "unload")
     assert unloads >= n - BUDGET_REPLICAS
+
+
+def test_an_agent_restart_adopts_replicas_and_keeps_unloaded_models_unloaded(agent: AgentProcess) -> None:
+    before = {m["id"]: m["serving"] for m in agent.api.get("/api/ml/models").body
+              if (m.get("serving") or {}).get("state") == "serving"}
+    resident = {i: {w["task_id"] for w in s["workers"]} for i, s in before.items() if s["workers"]}
+    unloaded = [i for i, s in before.items() if s["min_replicas"] == 0 and s["replicas"] == 0 and not s["workers"]]
+    assert resident and unloaded
+    agent.stop()
+    agent.start()
+    for model_id, workers in resident.items():
+        serving = wait_replicas(agent, model_id, len(workers), 60)
+        assert {w["task_id"] for w in serving["workers"]} == workers  # the same workers, adopted
+    for model_id in unloaded:
+        serving = serving_of(agent, model_id)
+        assert serving["replicas"] == 0 and not serving["workers"], serving
+    running = [t for t in agent.api.get("/api/tasks?status=running").body if t["kind"] == "serve"]
+    assert len(running) <= BUDGET_REPLICAS

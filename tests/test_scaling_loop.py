@@ -163,3 +163,40 @@ async def test_a_replica_bigger_than_the_whole_budget_says_it_cannot_start(tmp_p
     refusal = await Admission(memory_budget=1000 * MB).refusal(model, [model])
     assert refusal is not None and refusal.kind == "memory_budget" and "cannot start on this node" in refusal.message
     assert Admission(memory_budget=1000 * MB).to_unload(model, [model]) == []
+
+
+async def test_requests_waiting_for_a_cold_start_are_bounded_and_get_retry_after(tmp_path: Path) -> None:
+    import pytest
+
+    from cnetd.errors import Unavailable
+
+    spec = parse_spec({"min_replicas": 0, "max_replicas": 1, "max_queue": 1, "cold_start_timeout": 1})
+    model = served_model(tmp_path, "cold", spec, 0)
+    asked: list[str] = []
+    model.demand = lambda served: asked.append(served.name)
+    model.scaling.last_cold_start = 2.4
+    first = asyncio.ensure_future(model.predict([[1.0]]))
+    await settle()
+    with pytest.raises(Unavailable) as beyond:  # one waits already: max_queue 1
+        await model.predict([[1.0]])
+    assert beyond.value.retry_after == 3 and "max_queue 1" in beyond.value.message
+    with pytest.raises(Unavailable) as late:
+        await first
+    assert late.value.retry_after == 3 and "cold_start_timeout (1s)" in late.value.message
+    assert asked == ["cold"] and model.in_flight == 0 and model.cold == 0
+
+
+async def test_idle_models_do_not_take_turns_unloading_each_other(tmp_path: Path) -> None:
+    lazy = parse_spec({"min_replicas": 0, "max_replicas": 1})
+    resident = served_model(tmp_path, "resident", lazy, 1)
+    starting = served_model(tmp_path, "starting", lazy, 0)
+    starting.target = 1  # as when it is first served: one replica, but no request waits for it
+    models = [resident, starting]
+    runner = Runner()
+    scaler = Scaler(lambda: models, runner, Admission(memory_budget=100 * MB), clock=Clock())  # type: ignore[arg-type]
+    scaler.attach(resident)
+    scaler.attach(starting)
+    starting.target = 1
+    await scaler.settle()
+    assert resident.target == 1 and not runner.ended and not runner.started
+    assert starting.target == 0 and "no request waits for it" in starting.scaling.decisions[-1]["reason"]

@@ -263,10 +263,13 @@ class ServingManager:
             served.model_arg = str(model_file)  # the workers load the version's own copy
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
         served.watcher = asyncio.create_task(self.reload.watch(served), name=f"model-file-{model.record.id}")
-        adopt = adopt or []
+        resuming, adopt = adopt is not None, adopt or []
         # An autoscaled model's replicas beyond those adopted are started by the scaler,
-        # admitted against the memory budget and the node's room.
+        # admitted against the memory budget and the node's room; one that was unloaded
+        # (min_replicas 0, no worker left) stays unloaded after an agent restart.
         served.target = max(spec.replicas, len(adopt)) if spec.autoscaled else spec.replicas
+        if resuming and spec.autoscaled and spec.min_replicas == 0 and not adopt:
+            served.target = 0
         for slot in range(len(adopt) if spec.autoscaled else spec.replicas):
             replica = Replica(slot=slot)
             if slot < len(adopt):

@@ -190,7 +190,10 @@ class Scaler:
 
     async def _follow(self, served: Served, served_now: list[Served]) -> None:
         while len(served.replicas) < served.target:
-            plan = self.admission.to_unload(served, served_now)
+            # Only a replica that requests wait for (or the min_replicas floor) unloads others:
+            # idle models must not take turns unloading each other.
+            needed = served.in_flight > 0 or len(served.replicas) < served.spec.min_replicas
+            plan = self.admission.to_unload(served, served_now) if needed else []
             for other, keep in plan:
                 before = other.target
                 other.target = keep
@@ -203,6 +206,13 @@ class Scaler:
                                                    f"for model {served.name} (serving.memory_budget)")
                 self._shrink(other)
             refusal = await self.admission.refusal(served, served_now)
+            if refusal is not None and not needed:
+                # Nobody waits for it: leave it out rather than wait (a request starts it later).
+                kept = len(served.replicas)
+                await self._decided(served, served.target, kept, "idle" if kept == 0 else "down",
+                                    f"not started, no request waits for it: {refusal.message}")
+                served.scaling.cold_since = None
+                break
             if refusal is not None:
                 if served.scaling.waiting_kind != refusal.kind:
                     log.info("model %s: a replica waits: %s", served.name, refusal.message)
