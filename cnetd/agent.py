@@ -17,8 +17,10 @@ from cnetd.gpus.status import GpuStatus, gpu_status
 from cnetd.logs.reader import LogReader
 from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.envs.service import Environments
+from cnetd.ml.monitor.service import Monitor
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import ServingManager
+from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
 from cnetd.supervisor.launcher import Launcher
 from cnetd.tasks.service import TaskService
@@ -38,10 +40,12 @@ class Agent:
     models: ModelService
     resources: ResourceSampler
     serving: ServingManager
+    versions: VersionService
     environments: Environments
     cluster: ClusterNode | None  # None: a single node (no cluster section)
     describe: NodeDescriber  # this node as its record in the cluster says it
     sandbox_reason: str
+    monitor: Monitor | None = None  # per-version roll-ups and input drift of served models
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: str = ""
 

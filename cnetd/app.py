@@ -28,8 +28,14 @@ from cnetd.metrics.resources import ResourceSampler
 from cnetd.ml.catalog import ModelCatalog
 from cnetd.ml.copies import ModelCopies
 from cnetd.ml.envs.service import Environments
+from cnetd.ml.monitor.service import Monitor
+from cnetd.ml.monitor.versions import from_numbers, roles_from
 from cnetd.ml.service import ModelService
 from cnetd.ml.serving.manager import WORKER_RELATIVE, ServingManager
+from cnetd.ml.versions.artifacts import ArtifactStore
+from cnetd.ml.versions.book import VersionBook
+from cnetd.ml.versions.recorder import VersionRecorder
+from cnetd.ml.versions.service import VersionService
 from cnetd.node import NodeIdentity
 from cnetd.security.auth import Authenticator, check_bind_policy
 from cnetd.security.callers import TaskCallerGuard
@@ -128,6 +134,7 @@ def create_app(config: Config, base_dir: Path | None = None) -> web.Application:
         _environments,
         _retention,
         _serving,
+        _monitor,
         _resource_sampler,
         _cluster,
         _scheduler,
@@ -200,15 +207,30 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     resources = ResourceSampler(config.resources, state_dir)
     catalog = ModelCatalog(db, tasks, launcher)
     worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
-    serving = ServingManager(db, tasks, catalog, launcher, worker_script)
+    serving = ServingManager(db, tasks, catalog, launcher, worker_script, memory_budget=config.serving.memory_budget)
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
+    book = VersionBook()
+    models.versions_book = book
+    artifact_store = ArtifactStore(state_dir)
+    recorder = VersionRecorder(tasks, catalog, launcher, confinement, artifact_store, book)
+    versions = VersionService(tasks, catalog, serving, recorder, book, config.serving.rollback_window,
+                              config.serving.version_copies)
+    serving.artifact_for = versions.file_for
+    models.predict_served = versions.predict
+    serving.default_for = versions.default_id
+    if config.serving.version_copies:
+        launcher.version_copy_of = book.artifact_of  # its workers and prediction tasks read it
+        catalog.copy_of = book.artifact_of  # what a version is, for other nodes of a cluster too
     identity = NodeIdentity.of(config, node_id)
     started_at = utc_now()
     describe = NodeDescriber(config, identity, db, resources, sandbox.name, started_at, gpus=launcher.gpus)
+    serving.admission.node_free = describe.room  # serving replicas are admitted against the node's free room
     cluster = None if config.cluster is None else ClusterNode(config, config.cluster, describe, tasks, models)
     if cluster is not None:
         copies = ModelCopies(tasks, catalog, launcher, confinement, config)
         cluster.failover = ModelFailover(cluster, catalog, serving, copies, model_roots)
+        # versions' copies are sent to other nodes too (read through real directories only)
+        cluster.failover.artifacts.roots.append(Path(os.path.realpath(artifact_store.root)))
         election = cluster.election
         cluster.failover.places = lambda: election.is_leader  # the scheduler places served replicas too
 
@@ -222,8 +244,11 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     app[AGENT] = Agent(
         config=config, base_dir=base_dir, identity=identity, launcher=launcher,
         logs=LogReader(db, ingester), tasks=tasks, models=models, resources=resources, serving=serving,
-        environments=environments,
+        versions=versions, environments=environments,
         cluster=cluster, describe=describe, sandbox_reason=reason, started_at=started_at,
+        # versions labelled by their version numbers (cnetd.ml.versions)
+        monitor=Monitor(db, serving, config.serving.rollup_interval, config.serving.rollup_retention,
+                        resolver=from_numbers(versions.version_of), roles=roles_from(versions.pointers)),
     )
     yield
 
@@ -273,12 +298,25 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _serving(app: web.Application) -> AsyncIterator[None]:
-    serving = app[AGENT].serving
+    serving, versions = app[AGENT].serving, app[AGENT].versions
     try:
+        await versions.load()  # before serving: which copy each version is served from
         await serving.start()  # after recovery: reattaches to workers that outlived the agent
+        await versions.start()  # default, previous and canary pointers; training that ended meanwhile
         yield
     finally:
+        await versions.stop()
         await serving.stop()  # lets go of the workers; they keep running
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = app[AGENT].monitor
+    assert monitor is not None
+    try:
+        await monitor.start()  # after serving: the served models' metrics are there
+        yield
+    finally:
+        await monitor.stop()
 
 
 async def _resource_sampler(app: web.Application) -> AsyncIterator[None]:

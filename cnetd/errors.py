@@ -7,6 +7,7 @@ from typing import Any
 
 class DomainError(Exception):
     status = 400
+    retry_after: int | None = None  # seconds: sent as Retry-After
 
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -38,6 +39,10 @@ class UnsupportedMediaType(DomainError):
 
 class Unavailable(DomainError):
     status = 503
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
 
 
 class TooMany(DomainError):

@@ -149,7 +149,7 @@ def test_deploy_defaults_and_what_null_means_in_resources() -> None:
     ({"serving": {"replicas": None}}, "serving.replicas", "got null"),
     ({"serving": {"replicas": 2.5}}, "serving.replicas", "whole number"),
     ({"serving": {"loader": "docker"}}, "serving.loader", "must be one of auto, script, builtin, got 'docker'"),
-    ({"serving": {"colour": 1}}, "serving.colour", "unknown field (allowed: cache_size, loader"),
+    ({"serving": {"colour": 1}}, "serving.colour", "unknown field (allowed: cache_size, cold_start_timeout"),
     ({"serving": [1]}, "serving", "must be a JSON object, got array"),
     ({"input_data": 1}, "input_data", "unknown field (allowed: args, command, env, environment, model_path, model_type, name"),
 ])

@@ -173,6 +173,9 @@ def test_lr_train_result(lr_train: subprocess.CompletedProcess[str], lr_model: P
     assert metrics["n_samples"] == 1000
     assert metrics["r2"] > 0.99
     assert 0 < metrics["mse"] < 0.5
+    stats = result["input_stats"]  # x uniform on X_RANGE: the agent's drift baseline
+    assert stats["features"] == ["x0"] and len(stats["mean"]) == len(stats["std"]) == 1
+    assert stats["std"][0] > 0
 
 
 def test_lr_train_progress(lr_train: subprocess.CompletedProcess[str]) -> None:
@@ -321,6 +324,9 @@ def test_nn_train(nn_train: subprocess.CompletedProcess[str], nn_model: Path) ->
     meta = json.loads(nn_model.with_name(nn_model.name + ".meta.json").read_text())
     assert meta["normalization"]["applied_inside_model"] is True
     assert len(meta["normalization"]["mean"]) == 2
+    stats = result["input_stats"]  # features uniform on 0..5: mean about 2.5, std about 1.44
+    assert stats["features"] == ["x0", "x1"]
+    assert stats["mean"] == pytest.approx([2.5, 2.5], abs=0.5) and stats["std"] == pytest.approx([1.44, 1.44], abs=0.3)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from cnetd.api.routes import add_api_routes
 from cnetd.cluster.placing import PlaceRequest
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.spec import ServingSpecBody
+from cnetd.ml.versions.bodies import PromoteBody, RegisterBody, RolloutBody
 from cnetd.tasks.request import NewTaskBody
 from tests.support.agent import AgentProcess
 
@@ -85,6 +86,9 @@ DECLARED_BODIES: dict[str, type[msgspec.Struct]] = {
     "predict": PredictRequestBody,
     "serveModel": ServingSpecBody,
     "clusterPlace": PlaceRequest,
+    "registerVersion": RegisterBody,
+    "promoteVersion": PromoteBody,
+    "startRollout": RolloutBody,
 }
 HAND_WRITTEN_BODIES = {"v2Infer", "v2InferVersion"}  # the Open Inference Protocol's own shape (protocol.py)
 

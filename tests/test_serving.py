@@ -135,7 +135,7 @@ def test_linear_model_answers_warm(served: dict[str, Any]) -> None:
 
     v2 = infer(agent, "linear-regression-model", [[5.5], [0.0]], [2, 1], "FP32", id="req-1")
     assert v2.status == 200, v2.text
-    assert v2.body["model_name"] == "linear-regression-model" and v2.body["model_version"] == model_id
+    assert v2.body["model_name"] == "linear-regression-model" and v2.body["model_version"] == "1"  # its version
     assert v2.body["id"] == "req-1"
     (out,) = v2.body["outputs"]
     assert out["name"] == "predictions" and out["datatype"] == "FP64" and out["shape"] == [2]
@@ -147,7 +147,7 @@ def test_linear_model_answers_warm(served: dict[str, Any]) -> None:
     assert agent.api.get("/v2/health/ready").status == 200
     assert agent.api.get("/v2/models/linear-regression-model/ready").body == {"name": "linear-regression-model", "ready": True}
     meta = agent.api.get("/v2/models/linear-regression-model").body
-    assert meta["name"] == "linear-regression-model" and model_id in meta["versions"]
+    assert meta["name"] == "linear-regression-model" and meta["versions"] == ["1"]
     assert meta["inputs"][0]["shape"] == [-1, 1] and meta["outputs"][0]["name"] == "predictions"
 
 

@@ -25,6 +25,9 @@ from tests.test_ml_api import LINEAR_BODY, deploy_and_train
 
 PURE_MODEL = Path(__file__).resolve().parent / "support" / "pure_model.py"
 MODEL_PATH = "models/pure.json"
+# Served from the model file itself, reloaded when it changes (by default a version is served
+# from the agent's own copy of its artifact, which never changes: tests/test_versions.py).
+IN_PLACE = {"serving": {"version_copies": False}}
 
 
 def pure_body(name: str, serving: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +107,7 @@ def answers_with(results: list[tuple[int, float, Any]], line: Callable[[float], 
 
 @pytest.fixture
 def pure_agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
-    agent = agent_factory()
+    agent = agent_factory(IN_PLACE)
     shutil.copy(PURE_MODEL, agent.workdir / "pure_model.py")
     (agent.workdir / "models").mkdir()
     return agent.start()
@@ -228,7 +231,7 @@ def test_unloadable_file_keeps_the_old_model_serving(pure_agent: AgentProcess) -
 def test_one_replica_retrained_by_a_new_deploy(agent_factory: Callable[..., AgentProcess]) -> None:
     """The usual case: a new deploy retrains into the served model's file (the example
     model, scikit-learn); one replica, so the old worker serves until the new one is ready."""
-    agent = agent_factory().start()
+    agent = agent_factory(IN_PLACE).start()
     body = copy.deepcopy(LINEAR_BODY)
     body["serving"] = {"replicas": 1}
     first = deploy_and_train(agent, body, timeout=90)
@@ -278,7 +281,7 @@ elif command == "serve":
 def test_the_old_worker_serves_while_the_new_one_loads_and_unserve_stops_both(
     agent_factory: Callable[..., AgentProcess],
 ) -> None:
-    agent = agent_factory()
+    agent = agent_factory(IN_PLACE)
     (agent.workdir / "slow_loading.py").write_text(SLOW_LOADING_SCRIPT)
     (agent.workdir / "models").mkdir()
     agent.start()

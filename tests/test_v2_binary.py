@@ -108,7 +108,7 @@ def test_a_binary_answer_when_an_output_asks_and_json_otherwise(served: AgentPro
     (one_input("FP64", [10_000_000, 8], 16), struct.pack("<2d", 1, 2), None, "inputs[0].shape: [10000000, 8] holds"),
     (one_input("FP64", [2], 16), struct.pack("<2d", 1, float("nan")), None, "inputs[0].data[1]: not a finite number"),
     (one_input("BF16", [2], 4), b"\x00" * 4, None, "inputs[0].datatype: BF16 is not supported as binary data"),
-    (one_input("BOOL", [2], 2), b"\x00\x01", None, "inputs[0].datatype: BOOL is not supported: this model takes numbers"),
+    (one_input("BOOL", [2], 2), b"\x00\x02", None, "inputs[0].data: BOOL bytes must each be 0 or 1"),
     (one_input("FP64", [2], 16, outputs=[{"name": "predictions", "parameters": {"binary_data": "yes"}}]),
      struct.pack("<2d", 1, 2), None, "outputs[0].parameters.binary_data: must be true or false"),
 ])

@@ -40,7 +40,7 @@ PY = sys.executable
 ECHO_MODEL = Path(__file__).with_name("support") / "echo_model.py"
 TOKEN = "grpc-test-token-0123456789"
 LIMIT = 6 << 20  # serving.max_request_bytes of the agent under test: above grpcio's 4 MiB default
-NUMPY_TYPES = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
+NUMPY_TYPES = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
                "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "FP16": np.float16,
                "FP32": np.float32, "FP64": np.float64}
 
@@ -114,7 +114,7 @@ def test_live_ready_and_server_metadata(client: triton.InferenceServerClient) ->
 def test_model_metadata_and_readiness(served: AgentProcess, client: triton.InferenceServerClient) -> None:
     linear = served.linear  # type: ignore[attr-defined]
     metadata = client.get_model_metadata("linear-regression-model")
-    assert metadata.name == "linear-regression-model" and linear["id"] in metadata.versions
+    assert metadata.name == "linear-regression-model" and metadata.versions == ["1"]  # version numbers, newest first
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("input", "FP64", [-1, 1])]
     assert [(t.name, t.datatype) for t in metadata.outputs] == [("predictions", "FP64")]
     assert metadata.platform == served.api.get("/v2/models/linear-regression-model").body["platform"]
@@ -134,7 +134,7 @@ def test_the_linear_model_answers_as_over_http(served: AgentProcess, client: tri
     assert result.as_numpy("predictions").tolist() == pytest.approx(over_http.body["outputs"][0]["data"])
     answer = result.get_response()
     assert answer.id == "r7" and answer.model_name == "linear-regression-model"
-    assert answer.model_version == served.linear["id"]  # type: ignore[attr-defined]
+    assert answer.model_version == "1"  # the version number (the pinned route takes the deploy id too)
     assert len(answer.raw_output_contents) == 1 and list(answer.outputs[0].shape) == [3]
 
 
@@ -144,24 +144,33 @@ def test_every_numeric_datatype_round_trips_through_the_echo_model(client: trito
     kind = NUMPY_TYPES[datatype]
     info = np.iinfo(kind) if np.issubdtype(kind, np.integer) else None
     values = [info.min, 0, 1, info.max] if info is not None else [-2.5, 0.0, 1.5, 1024.0]
+    if datatype == "BOOL":
+        values = [True, False, False, True]
     x = np.array(values, dtype=kind).reshape(2, 2)
     result = client.infer("echo", [one_input("x", x, datatype)])
     echoed = result.as_numpy("predictions")
     assert echoed.shape == (2, 2) and echoed.tolist() == x.tolist()  # exact, the extremes of every integer type too
-    # The answer's datatype is what holds the model's answer: INT64 for whole numbers (UINT64
-    # above INT64's range), FP64 for the rest.
+    # The answer's datatype is what holds the model's answer: BOOL for booleans, INT64 for
+    # whole numbers (UINT64 above INT64's range), FP64 for the rest.
     output = result.get_output("predictions")
-    assert output.datatype == {"UINT64": "UINT64"}.get(datatype, "INT64" if info is not None else "FP64")
+    assert output.datatype == {"UINT64": "UINT64", "BOOL": "BOOL"}.get(datatype, "INT64" if info is not None else "FP64")
 
 
 def test_bytes_answers_and_bytes_inputs(client: triton.InferenceServerClient) -> None:
     result = client.infer("echo-text", [one_input("x", np.array([1.5, -2.0, 3.0]), "FP64")])
     assert result.get_output("predictions").datatype == "BYTES"
     assert result.as_numpy("predictions").tolist() == [b"1.5", b"-2.0", b"3.0"]
-    words = np.array([b"a", b"\xff\x00binary", "é".encode()], dtype=np.object_)
-    error = refused(lambda: client.infer("echo", [one_input("x", words, "BYTES")]))
-    assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message().startswith("inputs[0].datatype: BYTES is not supported: this model takes numbers"), error
+    words = np.array([b"a", b"\xff\x00binary", "é".encode(), b""], dtype=np.object_).reshape(2, 2)
+    echoed = client.infer("echo", [one_input("x", words, "BYTES")])
+    assert echoed.get_output("predictions").datatype == "BYTES"
+    assert echoed.as_numpy("predictions").tolist() == words.tolist()  # exact bytes, not UTF-8 ones too
+
+
+def test_typed_bytes_and_bool_contents_are_read(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    words = stub.ModelInfer(infer_request("BYTES", [2], bytes_contents=[b"x\xfe", b"yz"]), timeout=10)
+    assert words.outputs[0].datatype == "BYTES" and words.raw_output_contents[0] == b"\x02\x00\x00\x00x\xfe\x02\x00\x00\x00yz"
+    flags = stub.ModelInfer(infer_request("BOOL", [3], bool_contents=[True, False, True]), timeout=10)
+    assert flags.outputs[0].datatype == "BOOL" and flags.raw_output_contents[0] == b"\x01\x00\x01"
 
 
 def infer_request(datatype: str, shape: list[int], raw: bytes | None = None, **contents: list[Any]) -> pb.ModelInferRequest:

@@ -30,7 +30,7 @@ async def model_artifact(request: web.Request) -> web.StreamResponse:
     if not NODE_ID_PATTERN.match(model_id):
         raise Invalid("model_id", "is not a model id")
     model = await agent.models.get(model_id)
-    path = agent.models.catalog.model_file(model)
+    path = agent.models.catalog.artifact_file(model)  # a version's own copy when it has one
     try:
         fd, artifact = await cluster.failover.artifacts.open(path)
     except FileNotFoundError:

@@ -42,7 +42,10 @@ def answer_error(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The envelope for what a handler raised (one of ANSWERED); what is not an error to
     answer here (a redirect, an HTML page's 404, another database error) is raised again."""
     if isinstance(exc, DomainError):
-        return error_response(exc.status, exc.message, exc.details)
+        response = error_response(exc.status, exc.message, exc.details)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or not _wants_json(request):
             raise exc

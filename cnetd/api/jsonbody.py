@@ -64,7 +64,16 @@ def media_problem(request: web.Request) -> str | None:
         if takes_binary(request):
             return None
         return f"Content-Type must be application/json, got {content_type} (binary tensor data is for V2 infer only)"
+    if declared is None and takes_binary(request) and not from_a_browser_page(request):
+        return None  # the Triton client's JSON mode sends none: the body is read as JSON
     return f"Content-Type must be application/json, got {content_type or 'none'}"
+
+
+def from_a_browser_page(request: web.Request) -> bool:
+    """Whether a browser sent this on behalf of a page (fetch() of a bare byte body needs no
+    Content-Type and no CORS preflight, so "none" is only taken as JSON from programs: a
+    browser always names the page's Origin on a POST, and modern ones Sec-Fetch-Site)."""
+    return "Origin" in request.headers or "Sec-Fetch-Site" in request.headers or "Sec-Fetch-Mode" in request.headers
 
 
 def passed_through(request: web.Request) -> str | None:

@@ -11,9 +11,14 @@ from cnetd.api.logs import logs_response
 from cnetd.api.params import bool_param
 from cnetd.api.serialize import json_response, model_json
 from cnetd.api.serving import warm_json
+from cnetd.api.versions import deploy_id_of, model_by_name, name_of
+from cnetd.errors import Conflict
 from cnetd.ml.service import WarmPrediction
 from cnetd.ml.serving.batcher import Rejected
 from cnetd.tasks.model import Status
+
+REQUEST_KEY = "X-Request-Key"  # the sticky key of the canary split
+MODEL_VERSION = "X-Model-Version"  # the version that answered
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -46,24 +51,56 @@ async def deploy_model(request: web.Request) -> web.StreamResponse:
 
 
 async def get_model(request: web.Request) -> web.Response:
+    """A deploy id: that version's deploy task (as in the seed); a name: the model with its
+    default version and versions."""
     agent = request.app[AGENT]
-    model = await agent.models.get(request.match_info["id"])
-    return json_response(model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record)))
+    key = request.match_info["id"]
+    model = await agent.models.find(key)
+    if model is None:
+        return json_response(await model_by_name(agent, await name_of(agent, key)))
+    body = model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record))
+    body["version"] = agent.versions.version_of(model.record.id)
+    body["default_version"] = agent.versions.pointer_json(model.record.name)["default_version"]
+    return json_response(body)
 
 
 async def stop_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model = await agent.models.stop(request.match_info["id"])  # its warm workers too
+    model_id = await deploy_id_of(agent, request.match_info["id"])
+    message = "ML model stopped"
+    try:
+        model = await agent.models.stop(model_id)  # its warm workers too
+    except Conflict:  # its task ended long ago: a ready version is retired, unless it is in use
+        if not await agent.versions.stopped(model_id):
+            raise
+        model, message = await agent.models.get(model_id), "version retired"
+    else:
+        await agent.versions.stopped(model_id)  # retired unless it is the default, previous or canary
     body = model_json(model, agent.enforcement(model.task.sandbox), agent.serving.describe(model.record))
-    body["message"] = "ML model stopped"
+    body["message"] = message
     return json_response(body)
 
 
 async def predict(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     wait = bool_param(request, "wait")
+    key = request.match_info["id"]
+    model_id = await deploy_id_of(agent, key)
+    if wait and model_id != key:  # a name: its default version, or the canary for its share of keys
+        routed = agent.versions.route(key, request.headers.get(REQUEST_KEY))
+        model_id = routed.id if routed is not None else model_id
+    response = await _predict(request, model_id)
+    number = agent.versions.version_of(model_id)
+    if number is not None:
+        response.headers[MODEL_VERSION] = str(number)
+    return response
+
+
+async def _predict(request: web.Request, model_id: str) -> web.Response:
+    agent = request.app[AGENT]
+    wait = bool_param(request, "wait")
     try:
-        outcome = await agent.models.predict(request.match_info["id"], await read_json(request), wait)
+        outcome = await agent.models.predict(model_id, await read_json(request), wait)
     except Rejected as exc:
         # As on the task path: the model refusing its input is a 422 with its message.
         result = {"status": "error", "error": exc.message}
@@ -95,5 +132,5 @@ async def predict(request: web.Request) -> web.Response:
 
 async def model_logs(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
-    model = await agent.models.get(request.match_info["id"])
+    model = await agent.models.get(await deploy_id_of(agent, request.match_info["id"]))
     return await logs_response(request, model.task.id)

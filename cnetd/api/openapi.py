@@ -20,6 +20,7 @@ from cnetd.cluster.placing import PlaceRequest
 from cnetd.ml.bodies import DeploymentBody, PredictRequestBody
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 from cnetd.ml.serving.spec import ServingSpecBody
+from cnetd.ml.versions.bodies import PromoteBody, RegisterBody, RolloutBody
 from cnetd.tasks.model import TASK_KINDS, TASK_TYPES, Status
 from cnetd.tasks.request import NewTaskBody
 
@@ -80,6 +81,9 @@ REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {
     "deployModel": DeploymentBody,
     "predict": PredictRequestBody,
     "serveModel": ServingSpecBody,
+    "registerVersion": RegisterBody,
+    "promoteVersion": PromoteBody,
+    "startRollout": RolloutBody,
     "clusterPlace": PlaceRequest,
 }
 
@@ -176,10 +180,39 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
                 "required": ["model_type", "model_path", "script_path"],
                 "properties": {
                     "model_type": STRING, "model_path": STRING, "script_path": STRING,
-                    "serving": nullable({"type": "object"}),
+                    "serving": nullable(ref("Serving")),
                 },
             },
         ]
+    },
+    "Serving": {
+        "type": "object",
+        "description": "How the model is served here: its settings (the serveModel body's), and while served, "
+                       "its replicas, requests and the autoscaler's last decisions (docs/serving.md)",
+        "properties": {
+            "state": STRING,
+            "replicas": {"type": "integer", "description": "the current target (the autoscaler moves it between "
+                                                           "min_replicas and max_replicas)"},
+            "ready_replicas": {"type": "integer"},
+            "min_replicas": {"type": "integer"}, "max_replicas": {"type": "integer"},
+            "in_flight": {"type": "integer", "description": "requests in the agent: queued, waiting for a replica, "
+                                                            "or at a worker"},
+            "queue_wait": {"type": "number", "description": "seconds the oldest queued request has waited"},
+            "scaling": {
+                "type": "object",
+                "properties": {
+                    "panic": {"type": "boolean"},
+                    "waiting": nullable(STRING),
+                    "last_cold_start_seconds": nullable({"type": "number"}),
+                    "decisions": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"at": TIME, "kind": STRING, "from": {"type": "integer"},
+                                       "to": {"type": "integer"}, "reason": STRING},
+                    }},
+                },
+            },
+        },
+        "additionalProperties": True,
     },
     "Event": {
         "type": "object",
@@ -300,6 +333,70 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
             "outputs": {"type": "array", "items": ref("V2Tensor")},
         },
     },
+    "ModelMetrics": {
+        "type": "object",
+        "description": "A model's per-version roll-ups (serving.rollup_interval each) over a window",
+        "required": ["name", "window", "window_seconds", "interval_seconds", "step_seconds", "since", "until", "versions"],
+        "properties": {
+            "name": STRING, "window": STRING, "window_seconds": {"type": "integer"}, "interval_seconds": {"type": "number"},
+            "step_seconds": {"type": "number", "description": "the span of one point: the roll-up interval, or "
+                             "longer where a long window's roll-ups are merged (1440 points per version at most)"},
+            "since": STRING, "until": STRING,
+            "versions": {"type": "array", "items": {
+                "type": "object",
+                "required": ["version", "model_id", "serving", "role", "totals", "points", "drift"],
+                "properties": {
+                    "version": STRING, "model_id": STRING, "serving": {"type": "boolean"},
+                    "role": nullable({"enum": ["default", "previous", "canary"]}),
+                    "totals": {"type": "object", "properties": {
+                        "count": {"type": "integer"}, "errors": {"type": "integer"},
+                        "error_rate": {"type": ["number", "null"]}, "max_p99_ms": {"type": ["number", "null"]}}},
+                    "points": {"type": "array", "items": {"type": "object", "properties": {
+                        "at": STRING, "seconds": {"type": "number"}, "count": {"type": "integer"},
+                        "errors": {"type": "integer"}, "throughput": {"type": ["number", "null"]},
+                        "p50_ms": {"type": ["number", "null"]}, "p95_ms": {"type": ["number", "null"]},
+                        "p99_ms": {"type": ["number", "null"]}}}},
+                    "drift": {"type": ["object", "null"], "description": "input drift against the training result's "
+                              "input_stats (null without them): observed and skipped instances, and per feature its "
+                              "train_mean, train_std, served_mean, served_std and score (|served mean - train mean| / "
+                              "train std)"},
+                },
+            }},
+        },
+    },
+    "ModelVersion": {
+        "type": "object",
+        "required": ["version", "model_id", "state", "sha256", "size", "created_at", "training_result"],
+        "properties": {
+            "version": {"type": "integer"}, "model_id": STRING,
+            "state": {"enum": ["training", "ready", "failed", "retired"]},
+            "reason": nullable(STRING),
+            "role": nullable({"enum": ["default", "previous", "canary"]}),
+            "sha256": nullable(STRING), "size": nullable({"type": "integer"}),
+            "artifact": nullable({"type": "string", "description": "the agent's own copy of the artifact"}),
+            "sidecars": {"type": "array", "items": STRING, "description": "files copied beside it"},
+            "source": {"enum": ["training", "registered"]}, "promote": {"enum": ["auto", "manual"]},
+            "created_at": TIME, "ready_at": nullable(TIME), "served": {"type": "boolean"},
+            "ready_replicas": {"type": "integer"}, "training_status": nullable(STRING),
+            "training_result": nullable({"type": "object"}),
+        },
+    },
+    "ModelPointers": {
+        "type": "object",
+        "description": "a model name's default, previous default and canary versions (and its rollout)",
+        "required": ["name", "default_version", "previous_version", "canary_version", "rollout"],
+        "properties": {
+            "name": STRING, "default_version": nullable({"type": "integer"}),
+            "previous_version": nullable({"type": "integer"}),
+            "previous_warm_until": nullable({"type": "number", "description": "unix time"}),
+            "canary_version": nullable({"type": "integer"}),
+            "rollout": nullable({"type": "object", "description": "the canary's settings, progress and the "
+                                                                  "canary's and default's requests, errors and p99"}),
+            "versions": {"type": "array", "items": {"$ref": "#/components/schemas/ModelVersion"}},
+            "events": {"type": "array", "items": {"type": "object"}},
+            "version": {"type": "integer"}, "model_id": STRING, "reloaded": {"type": "boolean"}, "message": STRING,
+        },
+    },
     "V2ModelMetadata": {
         "type": "object",
         "required": ["name", "versions", "platform", "inputs", "outputs"],
@@ -327,7 +424,8 @@ ERROR_TEXT = {
     422: "the model's script rejected the input; for placed work: no node of the cluster fits (details.reasons: a line per node)",
     429: "the model's request queue is full",
     502: "a worker or another node answered with something unusable (the message says what)",
-    503: "storage, a worker, another node or etcd unavailable (the message says which)",
+    503: "storage, a worker, another node or etcd unavailable (the message says which); an unloaded model whose "
+         "replica was not ready within cold_start_timeout, or too many requests waiting for it (with Retry-After)",
     504: "no answer in time",
 }
 
@@ -419,7 +517,15 @@ def v2_infer_operation(params: list[Schema], suffix: str) -> Schema:
     answers["200"]["content"].update(V2_BINARY)
     request_body = body("V2InferRequest")
     request_body["content"].update(V2_BINARY)
-    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER], request_body, op_id=f"v2Infer{suffix}")
+    extra = [REQUEST_KEY_HEADER] if not suffix else []  # the bare name follows the canary split
+    return operation(f"V2 inference{ELSEWHERE}", answers, [*params, V2_BINARY_HEADER, *extra], request_body,
+                     op_id=f"v2Infer{suffix}")
+
+
+REQUEST_KEY_HEADER: Schema = {
+    "name": "X-Request-Key", "in": "header", "required": False, "schema": STRING,
+    "description": "the sticky key of a rollout's canary split (else the request's id, else chance)",
+}
 
 
 def v2_model_paths(base: str, extra_params: list[Schema], suffix: str) -> dict[str, Schema]:
@@ -544,10 +650,16 @@ def build_document() -> Schema:
             responses({200: ("prediction (wait=true)", ref("PredictionResult")),
                        201: ("prediction task created", ref("PredictionCreated"))},
                       (*WRITE_ERRORS, 404, 409, 422, 429, 502, 504)),
-            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction")], declared_body("predict"),
-            op_id="predict")},
+            [ID_PARAM, query("wait", {"type": "boolean"}, "wait for the prediction"), REQUEST_KEY_HEADER],
+            declared_body("predict"), op_id="predict")},
         "/api/ml/models/{id}/logs": {"get": {"summary": "A model's log lines", "operationId": "modelLogs",
                                              "parameters": [ID_PARAM, LINES, FOLLOW, LAST_EVENT_ID], "responses": LOG_RESPONSES}},
+        "/api/ml/models/{id}/metrics": {"get": operation(
+            "Per-version roll-ups (count, errors, p50/p95/p99 latency) and input drift of a model, by name or deploy id",
+            responses({200: ("series per version", ref("ModelMetrics"))}, (400, 404)),
+            [ID_PARAM, query("window", {"type": "string", "pattern": "^[1-9][0-9]{0,6}[smhd]$", "default": "1h"},
+                             "how far back: a whole number and s, m, h or d, from 1m to 31d")],
+            op_id="modelMetrics")},
         "/api/ml/models/{id}/serve": {
             "post": operation("Serve the model from warm workers", responses(
                 {200: ("serving", ref("Model")), 202: ("starting", ref("Model"))}, (*WRITE_ERRORS, 404, 409, 504)),
@@ -556,6 +668,28 @@ def build_document() -> Schema:
             "delete": operation("Stop serving the model", responses(
                 {200: ("not served", ref("Model"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="unserveModel"),
         },
+        "/api/ml/models/{id}/versions": {
+            "get": operation("A model's versions ({id}: a deploy id or a model name)", responses(
+                {200: ("versions", ref("ModelPointers"))}, (404,)), [ID_PARAM], op_id="listVersions"),
+            "post": operation("Register an existing model file as the model's next version (no training)", responses(
+                {201: ("registered", ref("ModelVersion"))}, (*WRITE_ERRORS, 404, 409)), [ID_PARAM],
+                declared_body("registerVersion"), op_id="registerVersion"),
+        },
+        "/api/ml/models/{id}/promote": {"post": operation(
+            "Make a version the default at once (warmed first when the model is served)", responses(
+                {200: ("promoted", ref("ModelPointers"))}, (*WRITE_ERRORS, 404, 409)), [ID_PARAM],
+            declared_body("promoteVersion"), op_id="promoteVersion")},
+        "/api/ml/models/{id}/rollback": {"post": operation(
+            "The previous default becomes the default (a pointer switch inside serving.rollback_window; "
+            "after it, the version is served again first and reloaded says so)", responses(
+                {200: ("rolled back", ref("ModelPointers"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="rollback")},
+        "/api/ml/models/{id}/rollout": {"post": operation(
+            "Start a canary: a sticky share of the requests for a while, then promoted or rolled back", responses(
+                {202: ("started", ref("ModelPointers"))}, (*WRITE_ERRORS, 404, 409)), [ID_PARAM],
+            declared_body("startRollout"), op_id="startRollout")},
+        "/api/ml/models/{id}/rollout/abort": {"post": operation(
+            "End the running rollout now; the default stays", responses(
+                {200: ("aborted", ref("ModelPointers"))}, (404, 409, 415, 503)), [ID_PARAM], op_id="abortRollout")},
         "/v2": {
             "get": operation("V2 server metadata", responses({200: ("metadata", ref("Object"))}, (), v2=True), op_id="v2Server"),
         },

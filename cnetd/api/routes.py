@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cnetd.api import artifacts, cluster, environments, metrics, ml, openapi, serving, system, tasks, v2
+from cnetd.api import (
+    artifacts,
+    cluster,
+    environments,
+    metrics,
+    ml,
+    monitoring,
+    openapi,
+    serving,
+    system,
+    tasks,
+    v2,
+    versions,
+)
 
 
 def add_api_routes(app: web.Application) -> None:
@@ -41,8 +54,16 @@ def add_api_routes(app: web.Application) -> None:
     r.add_delete("/api/ml/models/{id}", ml.stop_model, name="model-stop")
     r.add_post("/api/ml/models/{id}/predict", ml.predict, name="model-predict")
     r.add_get("/api/ml/models/{id}/logs", ml.model_logs, name="model-logs")
+    r.add_get("/api/ml/models/{id}/metrics", monitoring.model_metrics, name="model-metrics")
     r.add_post("/api/ml/models/{id}/serve", serving.serve_model, name="model-serve")
     r.add_delete("/api/ml/models/{id}/serve", serving.unserve_model, name="model-unserve")
+    # Versions ({id}: a deploy id or a model name)
+    r.add_get("/api/ml/models/{id}/versions", versions.list_versions, name="model-versions")
+    r.add_post("/api/ml/models/{id}/versions", versions.register_version, name="model-versions-register")
+    r.add_post("/api/ml/models/{id}/promote", versions.promote, name="model-promote")
+    r.add_post("/api/ml/models/{id}/rollback", versions.rollback, name="model-rollback")
+    r.add_post("/api/ml/models/{id}/rollout", versions.rollout, name="model-rollout")
+    r.add_post("/api/ml/models/{id}/rollout/abort", versions.abort_rollout, name="model-rollout-abort")
 
     # The Open Inference Protocol (KServe V2); a model's version is its id.
     r.add_get("/v2", v2.server_metadata, name="v2")

@@ -11,6 +11,7 @@ from cnetd.agent import AGENT
 from cnetd.api.errors import error_response, read_json
 from cnetd.api.params import bool_param, int_param
 from cnetd.api.serialize import json_response, model_json
+from cnetd.api.versions import deploy_id_of
 from cnetd.errors import Conflict
 from cnetd.ml.service import WarmPrediction
 
@@ -27,7 +28,7 @@ async def _optional_json(request: web.Request) -> Any:
 
 async def serve_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model_id = request.match_info["id"]
+    model_id = await deploy_id_of(agent, request.match_info["id"])
     wait = bool_param(request, "wait")
     timeout = int_param(request, "timeout", DEFAULT_READY_WAIT, 1, MAX_READY_WAIT)
     model = await agent.serving.serve(model_id, await _optional_json(request))
@@ -55,7 +56,7 @@ async def serve_model(request: web.Request) -> web.Response:
 
 async def unserve_model(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    model_id = request.match_info["id"]
+    model_id = await deploy_id_of(agent, request.match_info["id"])
     if not await agent.serving.unserve(model_id):
         model = await agent.models.get(model_id)
         raise Conflict(f"model {model.record.name} is not being served", {"id": model_id})

@@ -1,7 +1,9 @@
 """The Open Inference Protocol (KServe V2) over HTTP/JSON, for served models by name.
 
-A model's name is its deploy name (or its id); its version is its id. When several served
-models share a name, the newest one answers for the bare name. Errors are {"error": "..."}:
+A model's name is its deploy name (or its id); its versions are numbered 1, 2, 3 ... (a
+deploy id is taken as a version too). The bare name is answered by the name's default
+version, or by its canary for the canary's sticky share of requests (X-Request-Key, else the
+request's id); every answer's model_version names the version that answered. Errors are {"error": "..."}:
 404 unknown model or version, 409 a known model that is not being served (serve it first),
 503 served but no worker ready in time, 400 a bad tensor (or the worker's own message when
 it rejects the input), 429 a full queue, 504 a worker that did not answer in time.
@@ -25,19 +27,22 @@ from cnetd.api.v2_cluster import answer_elsewhere, held_nowhere
 from cnetd.errors import DomainError, NotFound
 from cnetd.ml.serving import v2calls
 from cnetd.ml.serving.binary import OCTET_STREAM, binary_body, encode_tensor, header_length
-from cnetd.ml.serving.protocol import parse_infer_request
+from cnetd.ml.serving.protocol import json_data, parse_infer_request
 from cnetd.store.models import ModelRecord
 
 RETRY_AFTER = {429: "1", 503: "1"}
+REQUEST_KEY = "X-Request-Key"  # the sticky key of a canary split (else the request's id)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data), status=status, content_type="application/json")
 
 
-def v2_error(status: int, message: str) -> web.Response:
+def v2_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
     response = _json({"error": message}, status)
-    if status in RETRY_AFTER:
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    elif status in RETRY_AFTER:
         response.headers["Retry-After"] = RETRY_AFTER[status]
     return response
 
@@ -86,7 +91,7 @@ async def model_metadata(request: web.Request) -> web.StreamResponse:
 async def model_ready(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
-    served = agent.serving.find(name, version)
+    served = agent.versions.resolve(name, version, None)
     if served is not None and served.ready_replicas > 0:
         return _json({"name": served.name, "ready": True})
     elsewhere = await answer_elsewhere(request, name, version)
@@ -106,7 +111,8 @@ async def model_ready(request: web.Request) -> web.StreamResponse:
 async def infer(request: web.Request) -> web.StreamResponse:
     agent = request.app[AGENT]
     name, version = _address(request)
-    served = agent.serving.find(name, version)
+    key = request.headers.get(REQUEST_KEY)
+    served = agent.versions.resolve(name, version, key)
     if served is None or served.ready_replicas == 0:
         # Not here, or no worker ready here: in a cluster, a node with a ready replica answers.
         elsewhere = await answer_elsewhere(request, name, version)
@@ -121,18 +127,21 @@ async def infer(request: web.Request) -> web.StreamResponse:
     try:
         raw = await body_of(request)  # read under serving.max_request_bytes (api/bodylimit.py)
         binary: memoryview | None = None
-        if request.content_type == OCTET_STREAM:  # (also when none is sent) the middleware let it through only with BINARY_HEADER
+        if BINARY_HEADER in request.headers and request.content_type == OCTET_STREAM:  # (also when none is sent)
             length = header_length(request.headers[BINARY_HEADER], len(raw))
             body, binary = decode_json(raw[:length]), memoryview(raw)[length:]
         else:
             body = decode_json(raw)
         parsed = parse_infer_request(body, binary)
-        reply = await v2calls.infer(served, parsed)
+        if version is None and key is None and parsed.id is not None:  # the V2 request id is the sticky key
+            served = agent.versions.resolve(name, None, str(parsed.id)) or served
+        reply = await v2calls.infer(agent, served, parsed)
     except DomainError as exc:
-        return v2_error(exc.status, exc.message)
-    if not parsed.binary_output:
-        return _json(reply)
+        return v2_error(exc.status, exc.message, exc.retry_after)
     (output,) = reply["outputs"]
+    if not parsed.binary_output:
+        output["data"] = json_data(output["data"])
+        return _json(reply)
     data = encode_tensor(output.pop("data"), output["datatype"])
     output["parameters"] = {"binary_data_size": len(data)}
     payload, head = binary_body(reply, [data])

@@ -22,12 +22,12 @@ import time
 
 from aiohttp import web
 
-from cnetd.agent import AGENT
+from cnetd.agent import AGENT, Agent
 from cnetd.api.bodylimit import body_of
 from cnetd.api.jsonbody import BINARY_ROUTES
 from cnetd.cluster import relay
 from cnetd.cluster.etcd import EtcdError
-from cnetd.errors import DomainError
+from cnetd.errors import DomainError, Unavailable
 from cnetd.security.cluster_token import is_peer
 
 TRY_NEXT = frozenset({404, 409, 502, 503})
@@ -86,7 +86,12 @@ async def answer_elsewhere(request: web.Request, name: str, version: str | None)
 
 async def held_nowhere(request: web.Request, name: str, version: str | None) -> web.Response | None:
     """The 503 for a model the cluster should be serving but no live node holds, or None."""
-    agent = request.app[AGENT]
+    error = await held_nowhere_error(request.app[AGENT], name, version)
+    return None if error is None else _error(error.status, error.message)
+
+
+async def held_nowhere_error(agent: Agent, name: str, version: str | None) -> Unavailable | None:
+    """What held_nowhere answers, for any transport (the gRPC service too)."""
     cluster = agent.cluster
     if cluster is None or cluster.failover is None:
         return None
@@ -100,5 +105,5 @@ async def held_nowhere(request: web.Request, name: str, version: str | None) -> 
     if version is not None and version != record.model_id:
         return None
     nodes = ", ".join(sorted(set(record.placements) | set(record.holders))) or "none"
-    return _error(503, f"unavailable: no live node holds model {record.name} (version {record.model_id}; "
+    return Unavailable(f"unavailable: no live node holds model {record.name} (version {record.model_id}; "
                        f"it was served on {nodes})")

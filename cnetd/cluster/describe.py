@@ -79,6 +79,15 @@ class NodeDescriber:
             free, gpus=free.gpus - len(shared),
             gpu_memory=status.largest_unreserved - (promised.gpu_memory - held_memory)))
 
+    async def room(self) -> tuple[float, int] | None:
+        """(CPUs, bytes of memory) free for one more task, as `free` counts them; None while
+        the capacity is not known yet (before the first resource sample)."""
+        capacity = self.capacity()
+        if capacity.memory <= 0 or capacity.cpu <= 0:
+            return None
+        free = capacity.minus(demand(await self._db.read(q.active_limits)))
+        return free.cpu, free.memory
+
     async def __call__(self) -> NodeRecord:
         capacity = self.capacity()
         # Read before the tasks: every assignment up to it was created before this point, so

@@ -82,7 +82,8 @@ def source_of(model: Model) -> ModelSource:
 
 
 def settings_of(spec: ServingSpec) -> dict[str, object]:
-    return {k: v for k, v in spec.to_json().items() if k != "replicas"}
+    # The count is the placement's (a node's share): the autoscaler's range stays with the origin.
+    return {k: v for k, v in spec.to_json().items() if k not in ("replicas", "min_replicas", "max_replicas")}
 
 
 def newer(a: tuple[str, str], b: tuple[str, str]) -> bool:
@@ -250,7 +251,7 @@ class ModelFailover:
 
     async def _sha256_of(self, served: Served) -> str:
         try:
-            return (await self.artifacts.digest(self.catalog.model_file(served.model))).sha256
+            return (await self.artifacts.digest(self.catalog.artifact_file(served.model))).sha256
         except (OSError, ModelDirError):
             return ""
 
@@ -288,7 +289,7 @@ class ModelFailover:
 
             return await self.desired.update(name, stopped)
         try:
-            artifact = await self.artifacts.digest(self.catalog.model_file(model))
+            artifact = await self.artifacts.digest(self.catalog.artifact_file(model))
         except (OSError, ModelDirError) as exc:
             log.warning("cluster: model %s (%s) is served here but its file cannot be read for other nodes: %s",
                         name, model_id, exc)
@@ -346,7 +347,7 @@ class ModelFailover:
 
     async def _holds(self, model: Model, record: ServedModel) -> bool:
         try:
-            return (await self.artifacts.digest(self.catalog.model_file(model))).sha256 == record.sha256
+            return (await self.artifacts.digest(self.catalog.artifact_file(model))).sha256 == record.sha256
         except (OSError, ModelDirError):
             return False
 

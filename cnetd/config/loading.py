@@ -120,6 +120,11 @@ _SPEC: dict[str, Spec] = {
     "serving": {
         "max_request_bytes": to.positive_size,
         "grpc_port": to.optional(to.integer(1, 65535)),
+        "rollup_interval": to.duration(),
+        "rollup_retention": to.duration(allow_off=True),
+        "memory_budget": to.optional(to.positive_size),
+        "rollback_window": to.duration(allow_zero=True),
+        "version_copies": to.boolean,
     },
     "gpus": {
         "enabled": to.boolean,

@@ -11,9 +11,11 @@ import logging
 import grpc
 
 from cnetd.agent import Agent
-from cnetd.errors import DomainError
+from cnetd.api.v2_cluster import held_nowhere_error
+from cnetd.errors import DomainError, NotFound
 from cnetd.grpcapi import grpc_predict_v2_pb2 as pb
 from cnetd.grpcapi import grpc_predict_v2_pb2_grpc as pb_grpc
+from cnetd.grpcapi.elsewhere import infer_elsewhere, json_elsewhere
 from cnetd.grpcapi.gate import Context, Gate
 from cnetd.grpcapi.tensors import request_body, response
 from cnetd.ml.serving import v2calls
@@ -64,8 +66,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         await self.gate.check(context)
+        version = _version(request.version)
+        served = self.agent.versions.resolve(request.name, version, None)
         try:
-            readiness = await v2calls.model_readiness(self.agent, request.name, _version(request.version))
+            if served is None or served.ready_replicas == 0:
+                try:
+                    elsewhere = await json_elsewhere(self.agent, request.name, version, "/ready")
+                except DomainError as exc:
+                    if exc.status != 503:
+                        raise
+                    elsewhere = {"ready": False}  # the node has it, but not ready
+                if elsewhere is not None:
+                    return pb.ModelReadyResponse(ready=elsewhere.get("ready") is True)
+            readiness = await v2calls.model_readiness(self.agent, request.name, version)
         except DomainError as exc:
             await context.abort(status_code(exc), exc.message)
         return pb.ModelReadyResponse(ready=readiness.ready)
@@ -73,23 +86,43 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: Context) -> pb.ModelMetadataResponse:
         await self.gate.check(context)
+        version = _version(request.version)
         try:
-            record = await v2calls.known(self.agent, request.name, _version(request.version))
-            metadata = await v2calls.model_metadata(self.agent, record)
+            try:
+                record = await v2calls.known(self.agent, request.name, version)
+                metadata = await v2calls.model_metadata(self.agent, record)
+            except NotFound:
+                found = await json_elsewhere(self.agent, request.name, version, "")
+                if found is None:
+                    raise
+                metadata = found
+            return pb.ModelMetadataResponse(
+                name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
+            )
+        except (KeyError, TypeError, ValueError):  # another node's metadata that does not fit the message
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "another node answered metadata that is not V2's")
         except DomainError as exc:
             await context.abort(status_code(exc), exc.message)
-        return pb.ModelMetadataResponse(
-            name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
-        )
+        raise AssertionError("unreachable: context.abort raises")
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         await self.gate.check(context)
+        version = _version(request.model_version)
         try:
-            served = await v2calls.served_here(self.agent, request.model_name, _version(request.model_version))
+            key = request.id or None  # the sticky key of a canary split
+            served = self.agent.versions.resolve(request.model_name, version, key)
+            if served is None or served.ready_replicas == 0:
+                # Not here, or no worker ready here: in a cluster, a node with a ready replica answers.
+                elsewhere = await infer_elsewhere(self.agent, request, version)
+                if elsewhere is not None:
+                    return elsewhere
+            if served is None and (gone := await held_nowhere_error(self.agent, request.model_name, version)) is not None:
+                raise gone
+            served = await v2calls.served_here(self.agent, request.model_name, version, key)
             body, raw = request_body(request)
-            reply = await v2calls.infer(served, parse_infer_request(body, raw))
+            reply = await v2calls.infer(self.agent, served, parse_infer_request(body, raw))
         except DomainError as exc:
             await context.abort(status_code(exc), exc.message)
         except Exception:

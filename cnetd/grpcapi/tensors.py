@@ -15,7 +15,7 @@ from typing import Any
 
 from cnetd.errors import Invalid
 from cnetd.grpcapi import grpc_predict_v2_pb2 as pb
-from cnetd.ml.serving.binary import DTYPES, encode_tensor
+from cnetd.ml.serving.binary import DTYPES, bytes_to_text, encode_tensor
 from cnetd.ml.serving.protocol import MAX_DIMENSIONS, MAX_ELEMENTS
 
 # datatype -> the InferTensorContents field that carries it (FP16 and BF16 travel raw only)
@@ -68,7 +68,8 @@ def request_body(request: pb.ModelInferRequest) -> tuple[dict[str, Any], memoryv
             field = CONTENTS_FIELDS.get(tensor.datatype)
             if (field is None and tensor.datatype in DTYPES) or tensor.datatype == "BF16":
                 raise Invalid(f"inputs[{i}].contents", f"{tensor.datatype} has no typed contents: send it in raw_input_contents")
-            entry["data"] = list(getattr(tensor.contents, field)) if field is not None else []
+            values = list(getattr(tensor.contents, field)) if field is not None else []
+            entry["data"] = [bytes_to_text(v) for v in values] if tensor.datatype == "BYTES" else values
         if parameters:
             entry["parameters"] = parameters
         inputs.append(entry)

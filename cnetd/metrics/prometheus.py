@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 Labels = Mapping[str, str]
@@ -51,30 +52,35 @@ def _number(value: float) -> str:
 
 
 class Exposition:
-    """Collects families in order; each family's HELP/TYPE is written once."""
+    """Collects families in the order they are declared; each family's HELP/TYPE is written
+    once, and its samples together under it, whatever order they were added in (the format
+    wants a family's lines in one group)."""
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
-        self._declared: set[str] = set()
+        self._families: dict[str, list[str]] = {}
+        self._loose: list[str] = []  # samples of families never declared
 
     def declare(self, name: str, kind: str, help_text: str) -> None:
-        if name in self._declared:
+        if name in self._families:
             return
-        self._declared.add(name)
-        self._lines.append(f"# HELP {name} {help_text}")
-        self._lines.append(f"# TYPE {name} {kind}")
+        self._families[name] = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+    def _lines(self, name: str) -> list[str]:
+        return self._families.get(name, self._loose)
 
     def sample(self, name: str, labels: Labels, value: float) -> None:
-        self._lines.append(f"{name}{_labels(labels)} {_number(value)}")
+        self._lines(name).append(f"{name}{_labels(labels)} {_number(value)}")
 
     def histogram(self, name: str, labels: Labels, hist: Histogram) -> None:
+        lines = self._lines(name)
         cumulative = 0
         for bound, n in zip(hist.bounds, hist.counts[:-1], strict=True):  # the last count is +Inf's, below
             cumulative += n
-            self._lines.append(f"{name}_bucket{_labels({**labels, 'le': _number(bound)})} {cumulative}")
-        self._lines.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {hist.count}")
-        self._lines.append(f"{name}_sum{_labels(labels)} {_number(hist.sum)}")
-        self._lines.append(f"{name}_count{_labels(labels)} {hist.count}")
+            lines.append(f"{name}_bucket{_labels({**labels, 'le': _number(bound)})} {cumulative}")
+        lines.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {hist.count}")
+        lines.append(f"{name}_sum{_labels(labels)} {_number(hist.sum)}")
+        lines.append(f"{name}_count{_labels(labels)} {hist.count}")
 
     def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
+        lines = [line for family in self._families.values() for line in family] + self._loose
+        return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ checked deploy body becomes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -46,6 +46,7 @@ class Deployment:
     model_path: str
     script_path: str
     serving: ServingSpec | None = None  # serve the model once training completes
+    promote: str = "auto"  # auto: the version becomes the default once warm; manual: only when promoted
 
 
 class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -68,6 +69,10 @@ class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     node_id: NodeId | None = None
     placement: PlacementField | None = None
     environment: EnvironmentBody | None = None
+    promote: Annotated[Literal["auto", "manual"], Meta(
+        description="auto (default): this version becomes the model's default once it is trained and warm; "
+                    "manual: only when promoted (POST /api/ml/models/{name}/promote)",
+    )] | None = None
 
     def to_deployment(self, default_limits: ResourceLimits) -> Deployment:
         """What this body deploys; the paths are checked against the file system later."""
@@ -89,9 +94,9 @@ class DeploymentBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
             identity_owner=model_owner(self.name),
             environment_request=self.environment,
         )
-        serving = None if self.serving is None else self.serving.apply()
+        serving = None if self.serving is None else self.serving.apply(prefix="serving.")
         return Deployment(task=task, model_type=model_type, model_path=model_path, script_path=script_path,
-                          serving=serving)
+                          serving=serving, promote=self.promote or "auto")
 
 
 class PredictRequestBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -7,6 +7,7 @@ both build on it, so neither needs the other to look a model up."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class ModelCatalog:
         self.db = db
         self.tasks = tasks
         self.launcher = launcher
+        # model id -> the agent's copy of its version's artifact (cnetd.ml.versions), if any
+        self.copy_of: Callable[[str], Path | None] | None = None
 
     async def get(self, model_id: str) -> Model:
         record = await self.db.read(lambda c: mq.get_model(c, model_id))
@@ -69,3 +72,9 @@ class ModelCatalog:
     def model_file(self, model: Model) -> Path:
         cwd = self.launcher.working_dir(model.task.working_dir)
         return Path(os.path.normpath(cwd / model.record.model_path))
+
+    def artifact_file(self, model: Model) -> Path:
+        """What the model's version is: the agent's copy of its artifact when it keeps one
+        (a retrain into model_path does not change it), else its model file."""
+        copy = self.copy_of(model.record.id) if self.copy_of is not None else None
+        return copy if copy is not None and copy.is_file() else self.model_file(model)

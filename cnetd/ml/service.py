@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,24 @@ from cnetd.ml.bodies import Deployment, DeploymentBody, PredictRequestBody
 from cnetd.ml.catalog import Model, ModelCatalog
 from cnetd.ml.inputs import input_argument
 from cnetd.ml.scripts import locate_script
+from cnetd.ml.serving.batcher import Answer
 from cnetd.ml.serving.manager import ServingManager
 from cnetd.ml.serving.protocol import instances_from_input_data
+from cnetd.ml.serving.served import Served
+from cnetd.ml.versions.book import VersionBook
 from cnetd.security.confine import Confinement
 from cnetd.security.identity import model_owner
 from cnetd.security.modeldirs import file_owner_problem
 from cnetd.security.privilege import READ
 from cnetd.store import models as mq
+from cnetd.store import versions as vq
 from cnetd.store.models import ModelRecord
 from cnetd.supervisor.launcher import Launcher, model_dir_of, resolve_working_dir
 from cnetd.tasks.model import Status, Task
 from cnetd.tasks.request import NewTask
 from cnetd.tasks.service import TaskService
+
+DEPLOY_ID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,9 @@ class ModelService:
         self.launcher = launcher
         self.confinement = confinement
         self.config = config
+        self.versions_book: VersionBook | None = None  # told each new version's number (cnetd.ml.versions)
+        # how a served model is asked (cnetd.ml.versions counts each version's outcomes)
+        self.predict_served: Callable[[Served, Any], Awaitable[Answer]] | None = None
 
     def requested_limits(self, body: Any) -> ResourceLimits:
         """What a deploy body asks of a node (ml.resource_limits filling the gaps), its
@@ -110,7 +121,12 @@ class ModelService:
         if not self.config.ml.enabled:
             raise Conflict("ML support is disabled on this node (ml.enabled: false)")
         deployment = self.parse_deployment(body)
+        name = deployment.task.name
+        if DEPLOY_ID.match(name) and not await self.catalog.named(name):
+            raise Invalid("name", f"{name!r} looks like a deploy id; a model name must not "
+                                  "(routes take either, and a name must never be taken for an id)")
         await self.check_task_user_access(deployment)
+        numbers: dict[str, int] = {}
 
         def add_model(conn: sqlite3.Connection, task: Task) -> None:
             mq.insert_model(conn, ModelRecord(
@@ -121,8 +137,11 @@ class ModelService:
                     "state": "awaiting_training", **deployment.serving.to_json(), "updated_at": task.created_at,
                 },
             ))
+            numbers[task.id] = vq.insert_version(conn, task.id, task.name, deployment.promote, task.created_at)
 
         task = await self.tasks.create(deployment.task, also=add_model, task_id=model_id)
+        if self.versions_book is not None and task.id in numbers:
+            self.versions_book.note_new(task.id, task.name, numbers[task.id])
         return await self.get(task.id)
 
     async def get(self, model_id: str) -> Model:
@@ -158,7 +177,7 @@ class ModelService:
         served = self.serving.served(model_id) if wait else None
         if served is not None:  # the fast path: no process starts
             instances, single = instances_from_input_data(input_data, served.n_features)
-            answer = await served.predict(instances)
+            answer = await (self.predict_served(served, instances) if self.predict_served else served.predict(instances))
             prediction = answer.predictions[0] if single else answer.predictions
             return WarmPrediction(prediction, answer.worker, served.model.record.model_path)
         argument = input_argument(input_data)
@@ -172,10 +191,12 @@ class ModelService:
                 {"id": model_id, "model_path": model.record.model_path, "status": str(model.task.status)},
             )
         base = model.task
+        copy = self.versions_book.artifact_of(model_id) if self.versions_book and self.config.serving.version_copies else None
+        model_path = str(copy) if copy is not None and copy.is_file() else model.record.model_path  # the version's own
         new = NewTask(
             name=f"{model.record.name}-predict",
             command=base.command,
-            args=[model.record.script_path, "predict", model.record.model_path, argument],
+            args=[model.record.script_path, "predict", model_path, argument],
             env=dict(base.env),
             working_dir=base.working_dir,
             resources=base.resources,

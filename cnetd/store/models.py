@@ -59,3 +59,4 @@ def list_models(conn: sqlite3.Connection) -> list[tuple[ModelRecord, Task]]:
         )
         out.append((record, task_from_row(row)))
     return out
+

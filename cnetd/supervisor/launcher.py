@@ -14,7 +14,7 @@ import pwd
 import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cnetd.config import GpusSection, TasksSection
@@ -157,6 +157,8 @@ class Launcher(TaskPaths):
         self.base_dir = base_dir
         self.identities = identities
         self.isolation = isolation
+        # model id -> the agent's copy of its version's artifact (cnetd.ml.versions), if any
+        self.version_copy_of: Callable[[str], Path | None] | None = None
         # Task logs can hold anything a task printed: only the agent reads them (a task
         # gets its log as an already open file descriptor). The run dir holds launch specs
         # (a task's environment) and exit files; tasks reach their socket dirs through
@@ -292,6 +294,17 @@ class Launcher(TaskPaths):
             program = found
         return directory, program
 
+    def _version_copy_dirs(self, task: Task) -> list[Path]:
+        """A serving worker or prediction task of a model version reads the agent's copy of
+        its artifact (cnetd.ml.versions.artifacts): that copy's directory, bound back
+        read-only; only the copy of the task's own model, and only when its args name it."""
+        if task.kind not in ("serve", "predict") or task.model_id is None or self.version_copy_of is None:
+            return []
+        copy = self.version_copy_of(task.model_id)
+        if copy is None or str(copy) not in task.args:
+            return []
+        return [copy.parent]
+
     def spec_for(self, task: Task, grant: GpuGrant | None = None) -> LaunchSpec:
         """grant: the task's GPUs on a node that has GPUs (None: a node without GPUs, where
         neither its CUDA variables nor its device nodes are touched)."""
@@ -330,6 +343,7 @@ class Launcher(TaskPaths):
                         if p is not None]
             shm = task.resources.memory_limit
             readable = [environment[0]] if environment is not None else []
+            readable += self._version_copy_dirs(task)
             namespace = self.isolation.view(user, writable, tmp, shm_size=shm, accounts=accounts,
                                             agent_files=readable).ops()
         error_path = self.error_path(task.id)

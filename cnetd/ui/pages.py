@@ -9,7 +9,7 @@ from aiohttp import web
 
 from cnetd.ml.catalog import Model
 from cnetd.tasks.model import Task
-from cnetd.ui import detail, serving
+from cnetd.ui import detail, monitoring, serving, versions
 from cnetd.ui.common import agent_of, renderer
 from cnetd.ui.forms import Form
 from cnetd.ui.live import usage_fragment
@@ -31,12 +31,20 @@ async def detail_page(
     serving_card = None
     if as_model and model is not None and serving.available(request):
         serving_card, _ = serving.card(request, serving.card_context(request, model))
+    versions_card = None
+    if as_model and model is not None and getattr(agent, "versions", None) is not None:
+        versions_card, _ = versions.card(request, await versions.card_context(request, model))
+    monitoring_card = None
+    if as_model and model is not None and (monitored := await monitoring.card_context(request, model)) is not None:
+        monitoring_card, _ = monitoring.card(request, monitored)
     ctx = {
         **detail.summary_context(agent, task, model),
         **await detail.timeline_context(agent, task),
         "logs": logs,
         "usage": usage,
         "serving_card": serving_card,
+        "versions_card": versions_card,
+        "monitoring_card": monitoring_card,
         "as_model": as_model,
         "predict_form": Form(values={"input_data": ""}),
         "outcome": None,

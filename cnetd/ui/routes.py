@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cnetd.ui import dashboard, live, models, serving, static, tasks
+from cnetd.ui import dashboard, live, models, monitoring, serving, static, tasks, versions
 from cnetd.ui.state import on_shutdown, ui_context
 
 
@@ -27,8 +27,14 @@ def add_ui_routes(app: web.Application) -> None:
     r.add_post("/models/{id}/predict", models.predict, name="ui-model-predict")
     r.add_post("/models/{id}/stop", models.stop, name="ui-model-stop")
     r.add_get("/models/{id}/serving", serving.serving_part, name="ui-model-serving")
+    r.add_get("/models/{id}/monitoring", monitoring.monitoring_part, name="ui-model-monitoring")
     r.add_post("/models/{id}/serve", serving.serve, name="ui-model-serve")
     r.add_post("/models/{id}/unserve", serving.unserve, name="ui-model-unserve")
+    r.add_get("/models/{id}/versions", versions.versions_part, name="ui-model-versions")
+    r.add_post("/models/{id}/promote", versions.promote, name="ui-model-promote")
+    r.add_post("/models/{id}/rollback", versions.rollback, name="ui-model-rollback")
+    r.add_post("/models/{id}/rollout", versions.rollout, name="ui-model-rollout")
+    r.add_post("/models/{id}/rollout/abort", versions.abort, name="ui-model-rollout-abort")
 
     r.add_get("/tasks", tasks.tasks_page, name="ui-tasks")
     r.add_post("/tasks", tasks.create_task, name="ui-tasks-create")

@@ -14,6 +14,7 @@ from cnetd.ml.catalog import Model
 from cnetd.ui.common import agent_of, check_same_origin, page, redirect, renderer, ui_of
 from cnetd.ui.forms import Form
 from cnetd.ui.render import fragment_response, is_htmx, polled
+from cnetd.ui.scalechart import Chart, chart
 
 SERVE_PATH = "/api/ml/models/{id}/serve"
 ACTIVE_STATES = ("serving", "awaiting_training")
@@ -43,9 +44,19 @@ def describe(agent: Agent, model: Model) -> dict[str, Any] | None:
     return model.record.serving
 
 
+def replicas_chart(agent: Agent, model: Model) -> Chart | None:
+    """The replicas of the last minutes, for a model whose replicas the autoscaler moves."""
+    serving = manager(agent)
+    served = serving.served(model.record.id) if serving is not None else None
+    if served is None or not served.spec.autoscaled:
+        return None
+    return chart(list(served.scaling.history), served.spec.max_replicas)
+
+
 def card_context(request: web.Request, model: Model, form: Form | None = None) -> dict[str, Any]:
     state = describe(agent_of(request), model)
     return {
+        "chart": replicas_chart(agent_of(request), model),
         "model": model,
         "task": model.task,
         "state": state,

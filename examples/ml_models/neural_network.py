@@ -374,7 +374,12 @@ def cmd_train(model_path: Path, args: list[str]) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 3),
     }
     save_model(model, model_path, metrics)
-    return {"metrics": metrics, "model_info": model_info(model)}
+    stats = {  # of the training inputs: the agent compares served inputs with them (input drift)
+        "features": [f"x{i}" for i in range(x.shape[1])],
+        "mean": [float(v) for v in x_train.mean(axis=0)],
+        "std": [float(v) for v in x_train.std(axis=0)],
+    }
+    return {"metrics": metrics, "model_info": model_info(model), "input_stats": stats}
 
 
 def save_model(model: Any, model_path: Path, metrics: dict[str, Any]) -> None:

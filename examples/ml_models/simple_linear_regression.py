@@ -224,6 +224,16 @@ def predict_values(model: Any, samples: list[float]) -> list[float]:
 # --------------------------------------------------------------------------- commands
 
 
+def input_stats(x: Any) -> dict[str, Any]:
+    """Per-feature mean and std of the training inputs: the agent compares served inputs
+    with them (input drift, docs/serving.md)."""
+    return {
+        "features": [f"x{i}" for i in range(x.shape[1])],
+        "mean": [float(v) for v in x.mean(axis=0)],
+        "std": [float(v) for v in x.std(axis=0)],
+    }
+
+
 def parse_positive_int(text: str, name: str, minimum: int) -> int:
     try:
         value = int(text)
@@ -256,7 +266,7 @@ def cmd_train(model_path: Path, args: list[str]) -> dict[str, Any]:
         "mse": float(mean_squared_error(y, fitted)),
         "n_samples": n_samples,
     }
-    return {"metrics": metrics, "model_info": model_info(model)}
+    return {"metrics": metrics, "model_info": model_info(model), "input_stats": input_stats(x)}
 
 
 def cmd_predict(model_path: Path, args: list[str]) -> dict[str, Any]:

@@ -26,7 +26,9 @@ import numpy as np
 
 from cnetd.background import wait_event
 from cnetd.errors import BadGateway, DomainError, TimedOut, TooMany, Unavailable
-from cnetd.metrics.prometheus import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
+from cnetd.metrics.prometheus import BATCH_BUCKETS, LATENCY_BUCKETS, LOAD_BUCKETS, Histogram
+from cnetd.metrics.window import LatencyWindow
+from cnetd.ml.monitor.drift import InputDrift
 from cnetd.ml.serving.client import ProtocolError, Values, WorkerClient, WorkerLost, WorkerRejected
 from cnetd.ml.serving.spec import ServingSpec
 
@@ -54,6 +56,13 @@ class ModelMetrics:
     worker_restarts: int = 0
     reloads: int = 0  # workers replaced because the model file changed
     reload_failures: int = 0  # replacement workers that could not load the changed file
+    # per-version monitoring (cnetd.ml.monitor)
+    queue_time: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))  # arrival -> sent to a worker
+    compute_time: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))  # batch sent -> answered
+    load_time: Histogram = field(default_factory=lambda: Histogram(LOAD_BUCKETS))  # worker started -> ready
+    in_flight: int = 0  # requests inside predict() now
+    window: LatencyWindow = field(default_factory=LatencyWindow)  # since the last roll-up (swapped by it)
+    drift: InputDrift | None = None  # set by the monitor when the training result has input_stats
 
     def record(self, status: int, seconds: float) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
@@ -61,6 +70,7 @@ class ModelMetrics:
             reason = ERROR_REASONS.get(status, "error")
             self.errors[reason] = self.errors.get(reason, 0) + 1
         self.latency.observe(seconds)
+        self.window.add(seconds, status >= 400)
 
 
 @dataclass(frozen=True)
@@ -96,13 +106,14 @@ class Link:
 
 
 class _Pending:
-    __slots__ = ("dispatched", "future", "instances", "key")
+    __slots__ = ("dispatched", "future", "instances", "key", "queued_at")
 
     def __init__(self, instances: Values, future: asyncio.Future[Answer]) -> None:
         self.instances = instances
         self.key = batch_key(instances)
         self.future = future
         self.dispatched = False
+        self.queued_at = time.monotonic()
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
@@ -204,18 +215,29 @@ class Batcher:
     def in_flight(self) -> int:
         return sum(link.client.in_flight for link in self.links)
 
+    @property
+    def queue_wait(self) -> float:
+        """Seconds the oldest queued request has waited (0 with none queued)."""
+        return time.monotonic() - self._queue[0].queued_at if self._queue else 0.0
+
     # ---- requests ------------------------------------------------------------------
 
     async def predict(self, instances: Values) -> Answer:
         """instances: a list of samples, or an array of them along its first dimension (sent
         to a socket-channel worker as raw bytes)."""
         started = time.monotonic()
+        metrics = self.metrics
+        metrics.in_flight += 1
         try:
             answer = await self._predict(instances)
         except DomainError as exc:
-            self.metrics.record(exc.status, time.monotonic() - started)
+            metrics.record(exc.status, time.monotonic() - started)
             raise
-        self.metrics.record(200, time.monotonic() - started)
+        finally:
+            metrics.in_flight -= 1
+        metrics.record(200, time.monotonic() - started)
+        if metrics.drift is not None:  # inputs the model answered (not those it rejected)
+            metrics.drift.observe(instances)
         return answer
 
     async def _predict(self, instances: Values) -> Answer:
@@ -357,12 +379,19 @@ class Batcher:
             instances = np.concatenate([pending.instances for pending in batch])
         else:
             instances = [item for pending in batch for item in pending.instances]
+        sent = time.monotonic()
         for pending in batch:
+            if not pending.dispatched:
+                self.metrics.queue_time.observe(sent - pending.queued_at)
             pending.dispatched = True
         self.metrics.batch_size.observe(len(instances))
-        link.client.send(instances, lambda predictions, error: self._on_answer(link, batch, predictions, error))
+        link.client.send(instances, lambda predictions, error: self._on_answer(link, batch, predictions, error, sent))
 
-    def _on_answer(self, link: Link, batch: list[_Pending], predictions: Values | None, exc: Exception | None) -> None:
+    def _on_answer(
+        self, link: Link, batch: list[_Pending], predictions: Values | None, exc: Exception | None, sent: float = 0.0,
+    ) -> None:
+        if sent:
+            self.metrics.compute_time.observe(time.monotonic() - sent)
         if self._queue:
             self._wake.set()  # the worker has room again for what waits
         if predictions is not None:

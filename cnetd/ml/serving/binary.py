@@ -123,15 +123,29 @@ def decode_bytes(data: memoryview, count: int, where: str) -> np.ndarray[Any, An
     return out
 
 
-def encode_tensor(values: list[Any], datatype: str) -> bytes:
-    """A flat list of values as the extension's bytes for `datatype`."""
+def bytes_to_text(value: bytes) -> str:
+    """A BYTES element as text; bytes that are not UTF-8 survive (surrogateescape) and
+    text_to_bytes gives them back unchanged."""
+    return value.decode("utf-8", "surrogateescape")
+
+
+def text_to_bytes(value: str) -> bytes:
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate sent as a JSON escape (not from bytes_to_text)
+        return value.encode("utf-8", "surrogatepass")
+
+
+def encode_tensor(values: list[Any] | np.ndarray[Any, Any], datatype: str) -> bytes:
+    """A tensor's values (a flat list, or an array of any shape, read in C order) as the
+    extension's bytes."""
     if datatype == "BYTES":
         parts = []
-        for value in values:
-            raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
+        for value in (values.reshape(-1).tolist() if isinstance(values, np.ndarray) else values):
+            raw = value if isinstance(value, bytes) else text_to_bytes(str(value))
             parts.append(_LENGTH.pack(len(raw)) + raw)
         return b"".join(parts)
-    return np.asarray(values, dtype=DTYPES[datatype]).tobytes()
+    return np.ascontiguousarray(values, dtype=DTYPES[datatype]).tobytes()
 
 
 def binary_body(header: dict[str, Any], tensors: list[bytes]) -> tuple[bytes, int]:

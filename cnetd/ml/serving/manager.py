@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,17 +26,21 @@ from cnetd.background import cancel_and_wait
 from cnetd.clock import utc_now
 from cnetd.errors import Conflict
 from cnetd.ml.catalog import Model, ModelCatalog
+from cnetd.ml.serving.admission import Admission
 from cnetd.ml.serving.batcher import Batcher, ModelMetrics, file_stamp
 from cnetd.ml.serving.reload import RollingReload
 from cnetd.ml.serving.replica import ReplicaRunner
+from cnetd.ml.serving.scaling import Scaler
 from cnetd.ml.serving.served import Replica, Served, stamp_json
 from cnetd.ml.serving.spec import ServingSpec, parse_spec
 from cnetd.ml.serving.workers import WORKER_RELATIVE, WORKER_SCRIPT, SocketDirs, WorkerTasks, socket_of
 from cnetd.store import serving as sq
 from cnetd.store.db import Database
 from cnetd.store.models import ModelRecord, get_model
+from cnetd.store.tasks import insert_event
 from cnetd.tasks.model import ACTIVE, Status, Task
 from cnetd.tasks.service import TaskService
+from cnetd.tasks.states import event
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ __all__ = ["WORKER_RELATIVE", "WORKER_SCRIPT", "Served", "ServingManager"]
 class ServingManager:
     def __init__(
         self, db: Database, tasks: TaskService, catalog: ModelCatalog, sockets: SocketDirs,
-        worker_script: Path = WORKER_SCRIPT,
+        worker_script: Path = WORKER_SCRIPT, memory_budget: int | None = None,
     ) -> None:
         """worker_script: a worker.py that the model's python can read for as long as the
-        worker lives (in the one-file binary: a stable copy under the state dir)."""
+        worker lives (in the one-file binary: a stable copy under the state dir).
+        memory_budget: serving.memory_budget (the autoscaler's replicas stay within it)."""
         self.db = db
         self.tasks = tasks
         self.catalog = catalog
@@ -61,6 +66,13 @@ class ServingManager:
         self._lock = asyncio.Lock()
         self._bus_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[str, int | None], None]] = []
+        self.admission = Admission(memory_budget)  # the app sets its node_free
+        self.scaler = Scaler(self.all_served, self.runner, self.admission, events=self._record_event)
+        # The file a model is served from: a version's own copy of its artifact
+        # (cnetd.ml.versions); None from the hook, or no hook: the model file itself.
+        self.artifact_for: Callable[[Model], Awaitable[Path | None]] | None = None
+        # A name's default version (cnetd.ml.versions): what find(name) answers when it is served.
+        self.default_for: Callable[[str], str | None] | None = None
 
     def on_change(self, listener: Callable[[str, int | None], None]) -> None:
         """Call listener(model_id, replicas) after serving of a model was started, changed or
@@ -85,8 +97,12 @@ class ServingManager:
         return list(self._served.values())
 
     def find(self, name: str, version: str | None = None) -> Served | None:
-        """The served model called `name` (or whose id is `name`); the newest when several
-        served models share the name. `version` is a model id."""
+        """The served model called `name` (or whose id is `name`): its default version when
+        that is served, else the newest of those that share the name. `version` is a model id."""
+        if version is None and self.default_for is not None:  # the name's default version, when served
+            chosen = self.default_for(name)
+            if chosen is not None and (default := self._served.get(chosen)) is not None:
+                return default
         best: Served | None = None
         for served in self._served.values():
             if served.id != name and served.name != name:
@@ -106,7 +122,11 @@ class ServingManager:
         return {
             "state": "serving",
             **served.spec.to_json(),
+            "replicas": served.target,  # the current target (the autoscaler moves it between min and max)
             "ready_replicas": served.ready_replicas,
+            "in_flight": served.in_flight,
+            "queue_wait": round(served.batcher.queue_wait, 6),
+            "scaling": served.scaling.to_json(),
             "queue_depth": served.batcher.queue_depth,
             "in_flight_batches": served.batcher.in_flight,
             "n_features": served.n_features,
@@ -129,18 +149,21 @@ class ServingManager:
                 model = await self.catalog.get(record.id)
                 spec = ServingSpec.from_json(record.serving or {})
                 workers = await self.db.read(partial(sq.live_workers, model_id=record.id))
-                for extra in workers[spec.replicas:]:
+                keep = spec.max_replicas if spec.autoscaled else spec.replicas
+                for extra in workers[keep:]:
                     await self.workers.stop(extra.id)
-                self._start(model, spec, adopt=workers[: spec.replicas])
-                log.info("serving %s again: %d worker(s) to reattach", record.name, len(workers[: spec.replicas]))
+                self._start(model, spec, await self._file_for(model), adopt=workers[:keep])
+                log.info("serving %s again: %d worker(s) to reattach", record.name, len(workers[:keep]))
             except Exception:
                 log.exception("could not resume serving model %s", record.id)
         await self._check_awaiting()
         self._bus_task = asyncio.create_task(self._follow_bus(), name="serving-bus")
+        self.scaler.start()
 
     async def stop(self) -> None:
         """Agent shutdown: let go of the workers (they keep running and are reattached)."""
         await cancel_and_wait(self._bus_task)
+        await self.scaler.stop()
         for served in list(self._served.values()):
             await self._teardown(served, "the agent is shutting down", stop_workers=False)
         self._served.clear()
@@ -160,9 +183,9 @@ class ServingManager:
             spec = parse_spec(body, base=base)
             if current is not None:
                 await self._reconfigure(current, spec)
-            elif self.catalog.model_file(model).is_file():
+            elif (file := await self._servable_file(model)) is not None:
                 await self._persist(model_id, "serving", spec)
-                self._start(await self.catalog.get(model_id), spec)
+                self._start(await self.catalog.get(model_id), spec, file)
             elif not model.task.status.terminal:
                 await self._persist(model_id, "awaiting_training", spec)
             else:
@@ -204,7 +227,8 @@ class ServingManager:
             served = self._served.get(model_id)
             if served is None:
                 return False
-            if served.ready_replicas >= served.spec.replicas:
+            wanted = min(served.target, served.spec.replicas) if served.spec.autoscaled else served.spec.replicas
+            if served.ready_replicas >= wanted:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -213,25 +237,43 @@ class ServingManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(served.changed.wait(), remaining)
 
+    async def _record_event(self, model_id: str, kind: str, message: str) -> None:
+        await self.db.write(lambda c: insert_event(c, event(model_id, kind, message)))
+
     async def _persist(self, model_id: str, state: str, spec: ServingSpec, reason: str | None = None) -> None:
         value: dict[str, Any] = {"state": state, **spec.to_json(), "updated_at": utc_now()}
         if reason:
             value["reason"] = reason
         await self.db.write(lambda c: sq.set_serving(c, model_id, value))
 
-    def _start(self, model: Model, spec: ServingSpec, adopt: list[Task] | None = None) -> Served:
+    async def _file_for(self, model: Model) -> Path:
+        found = await self.artifact_for(model) if self.artifact_for is not None else None
+        return found if found is not None else self.catalog.model_file(model)
+
+    async def _servable_file(self, model: Model) -> Path | None:
+        """The file to serve the model from, None when there is none yet."""
+        file = await self._file_for(model)
+        return file if file.is_file() else None
+
+    def _start(self, model: Model, spec: ServingSpec, model_file: Path, adopt: list[Task] | None = None) -> Served:
         _name, metrics = self.metrics.setdefault(model.record.id, (model.record.name, ModelMetrics()))
-        batcher = Batcher(model.record.name, spec, self.catalog.model_file(model), metrics)
+        batcher = Batcher(model.record.name, spec, model_file, metrics)
         served = Served(model=model, spec=spec, batcher=batcher, file_stamp=file_stamp(batcher.model_file))
+        if model_file != self.catalog.model_file(model):
+            served.model_arg = str(model_file)  # the workers load the version's own copy
         served.dispatcher = asyncio.create_task(batcher.run(), name=f"batcher-{model.record.id}")
         served.watcher = asyncio.create_task(self.reload.watch(served), name=f"model-file-{model.record.id}")
         adopt = adopt or []
-        for slot in range(spec.replicas):
+        # An autoscaled model's replicas beyond those adopted are started by the scaler,
+        # admitted against the memory budget and the node's room.
+        served.target = max(spec.replicas, len(adopt)) if spec.autoscaled else spec.replicas
+        for slot in range(len(adopt) if spec.autoscaled else spec.replicas):
             replica = Replica(slot=slot)
             if slot < len(adopt):
                 replica.task_id, replica.socket = adopt[slot].id, socket_of(adopt[slot])
             self.runner.run(served, replica)
         self._served[model.record.id] = served
+        self.scaler.attach(served)
         return served
 
     async def _reconfigure(self, served: Served, spec: ServingSpec) -> None:
@@ -240,11 +282,17 @@ class ServingManager:
             del self._served[served.id]
             await self._teardown(served, "serving is restarting with another loader", stop_workers=True)
             await self._persist(served.id, "serving", spec)
-            self._start(served.model, spec)
+            self._start(served.model, spec, served.batcher.model_file)
             return
         await self._persist(served.id, "serving", spec)
         served.spec = spec
         served.batcher.configure(spec)
+        if spec.autoscaled:  # the scaler moves the replicas within the new range
+            self.scaler.attach(served)
+            served.changed.set()
+            return
+        served.target = spec.replicas
+        self.scaler.attach(served)
         while len(served.replicas) < spec.replicas:
             self.runner.run(served, Replica(slot=len(served.replicas)))
         surplus = served.replicas[spec.replicas:]
@@ -255,6 +303,7 @@ class ServingManager:
     async def _teardown(self, served: Served, message: str, stop_workers: bool) -> None:
         """Stop serving here. A replacement being started and the replaced workers still
         answering their last batches are stopped even when the others are let go of."""
+        self.scaler.detach(served)
         served.batcher.close(message)
         await cancel_and_wait(served.watcher)
         await asyncio.gather(*(self.runner.end(served, r, stop_worker=stop_workers) for r in served.replicas))
@@ -301,8 +350,9 @@ class ServingManager:
                 return
             spec = ServingSpec.from_json(stored)
             if model.task.status == Status.COMPLETED and self.catalog.model_file(model).is_file():
+                file = await self._file_for(model)
                 await self._persist(record.id, "serving", spec)
-                self._start(await self.catalog.get(record.id), spec)
+                self._start(await self.catalog.get(record.id), spec, file)
                 log.info("model %s trained: serving it with %d replica(s)", record.name, spec.replicas)
                 self._notify(record.id, spec.replicas)
                 return

@@ -13,7 +13,7 @@ import numpy as np
 
 from cnetd.bodies.jsonvalue import json_type
 from cnetd.errors import Invalid
-from cnetd.ml.serving.binary import HEADER, OCTET_STREAM, binary_size, decode_tensor, split_inputs
+from cnetd.ml.serving.binary import DTYPES, HEADER, OCTET_STREAM, binary_size, bytes_to_text, decode_tensor, split_inputs
 
 INT_RANGES: dict[str, tuple[int, int]] = {
     "INT8": (-(2**7), 2**7 - 1),
@@ -29,6 +29,7 @@ FLOAT_TYPES = ("FP16", "FP32", "FP64", "BF16")
 NUMERIC_TYPES = (*FLOAT_TYPES, *INT_RANGES)
 ALL_TYPES = (*NUMERIC_TYPES, "BOOL", "BYTES")
 OUTPUT_NAME = "predictions"
+ARRAY_DATATYPES = {dtype.str: name for name, dtype in DTYPES.items()}  # "<f4" -> "FP32", "|b1" -> "BOOL"
 MAX_ELEMENTS = 10_000_000
 MAX_DIMENSIONS = 8
 
@@ -76,6 +77,16 @@ def _shape(shape: Any, where: str) -> list[int]:
 
 
 def _check_values(values: list[Any], datatype: str, where: str) -> None:
+    if datatype == "BOOL":
+        for i, value in enumerate(values):
+            if not isinstance(value, bool):
+                raise Invalid(f"{where}.data[{i}]", f"not true or false: {json.dumps(value)[:100]} (datatype BOOL)")
+        return
+    if datatype == "BYTES":
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise Invalid(f"{where}.data[{i}]", f"not a string: {json.dumps(value)[:100]} (datatype BYTES)")
+        return
     ints = INT_RANGES.get(datatype)
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -139,8 +150,6 @@ def parse_infer_request(body: Any, binary: memoryview | None = None) -> InferReq
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in ALL_TYPES:
         raise Invalid(f"{where}.datatype", f"must be one of {', '.join(ALL_TYPES)}, got {json.dumps(datatype)[:100]}")
-    if datatype not in NUMERIC_TYPES:
-        raise Invalid(f"{where}.datatype", f"{datatype} is not supported: this model takes numbers ({', '.join(NUMERIC_TYPES)})")
     if binary is None and binary_size(tensor, where) is not None:
         raise Invalid(f"{where}.parameters.binary_data_size",
                       f"binary tensor data needs Content-Type {OCTET_STREAM} and the {HEADER} header")
@@ -151,12 +160,16 @@ def parse_infer_request(body: Any, binary: memoryview | None = None) -> InferReq
     if slices[0] is not None:
         # Binary: the samples stay one array (a view of the body) all the way to the worker.
         array = decode_tensor(slices[0], datatype, shape, where)
-        _check_finite(array, datatype, where)
-        instances = array.reshape(1) if not shape else array
+        if datatype == "BYTES":  # as the JSON form has them: text (bytes that are not UTF-8 kept by surrogateescape)
+            texts = [bytes_to_text(b) for b in array.reshape(-1)]
+            instances = texts if not shape else _nest(texts, shape)
+        else:
+            _check_finite(array, datatype, where)
+            instances = array.reshape(1) if not shape else array
     else:
         data = tensor.get("data")
         if not isinstance(data, list):
-            raise Invalid(f"{where}.data", f"is required: an array of numbers (flat or nested), got {json_type(data)}")
+            raise Invalid(f"{where}.data", f"is required: an array of values (flat or nested), got {json_type(data)}")
         flat: list[Any] = []
         _flatten(data, flat)  # no bigger than the body, which is capped
         if len(flat) != count:
@@ -186,8 +199,15 @@ def _shape_of(value: Any) -> list[int]:
     return shape
 
 
-def output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
-    """Predictions (one per instance, each a scalar or nested list) as a V2 output tensor."""
+def output_tensor(name: str, predictions: list[Any] | np.ndarray[Any, Any]) -> dict[str, Any]:
+    """Predictions (one per instance, each a scalar or nested list) as a V2 output tensor.
+    An array with a V2 datatype stays an array in "data" (its dtype names the datatype), so
+    that binary answers are its bytes; json_data() turns it into the JSON form's list."""
+    if isinstance(predictions, np.ndarray):
+        array_type = ARRAY_DATATYPES.get(predictions.dtype.newbyteorder("<").str)
+        if array_type is not None and predictions.ndim >= 1:
+            return {"name": name, "datatype": array_type, "shape": list(predictions.shape), "data": predictions}
+        predictions = predictions.tolist()
     shape = [len(predictions), *(_shape_of(predictions[0]) if predictions else [])]
     flat: list[Any] = []
     _flatten(predictions, flat)
@@ -207,6 +227,11 @@ def output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
         datatype = "BYTES"
         flat = [v if isinstance(v, str) else json.dumps(v) for v in flat]
     return {"name": name, "datatype": datatype, "shape": shape, "data": flat}
+
+
+def json_data(data: list[Any] | np.ndarray[Any, Any]) -> list[Any]:
+    """An output tensor's "data" as the flat list of JSON values."""
+    return data.reshape(-1).tolist() if isinstance(data, np.ndarray) else data
 
 
 def instances_from_input_data(value: Any, n_features: int | None) -> tuple[list[Any], bool]:

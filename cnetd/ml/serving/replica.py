@@ -101,6 +101,7 @@ class ReplicaRunner:
 
     async def _run_worker_once(self, served: Served, replica: Replica, label: str) -> bool:
         """One worker's life; True when it was ready long enough to reset the backoff."""
+        created, begun = replica.task_id is None, time.monotonic()
         if replica.task_id is None:
             replica.state = "starting"
             # Shielded: when the replica is ended meanwhile, end() still gets the task.
@@ -112,6 +113,8 @@ class ReplicaRunner:
         lost = "it never became ready"
         healthy = False
         client = await self.workers.connect(replica.task_id, replica.socket, label)
+        if client is not None and created:  # a worker reattached after a restart did not load now
+            served.batcher.metrics.load_time.observe(time.monotonic() - begun)
         link = Link(client, replica.task_id) if client is not None else None
         while client is not None and link is not None:
             lost, handover = await self._serve_through(served, replica, client, link)

@@ -79,7 +79,8 @@ class WorkerTasks:
         # can take the name and the worker cannot move the directory.
         uid = await self.tasks.uid_for_owner(owner)
         socket = str(self.sockets.socket_dir(f"serve-{uuid.uuid4().hex[:12]}", uid) / WORKER_SOCKET)
-        args = [str(self.worker_script), "--socket", socket, "--model", record.model_path, "--loader", served.spec.loader]
+        model = served.model_arg or record.model_path  # a version's own copy of its artifact, when it has one
+        args = [str(self.worker_script), "--socket", socket, "--model", model, "--loader", served.spec.loader]
         if record.script_path:
             args += ["--script", record.script_path]
         return await self.tasks.create(NewTask(
