@@ -144,3 +144,19 @@ def test_callers_are_remembered_for_transports_without_weak_references() -> None
     memo.remember(second, ANYONE)  # type: ignore[arg-type]
     assert len(memo) == 1  # the closed connection was let go
     assert memo.get(second) is ANYONE  # type: ignore[arg-type]
+
+
+def test_the_event_loop_is_the_configured_one() -> None:
+    import asyncio
+
+    from cnetd.loop import loop_factory
+
+    assert loop_factory("asyncio") == (None, "asyncio")
+    factory, name = loop_factory("auto")
+    pytest.importorskip("uvloop")  # pinned in constraints.txt: installed with the agent
+    assert factory is not None and name.startswith("uvloop")
+    loop = factory()
+    try:
+        assert isinstance(loop, asyncio.AbstractEventLoop) and type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
