@@ -448,8 +448,12 @@ class WorkerClient(asyncio.Protocol):
         self._lose(reason, error)
         transports, self._transports = self._transports, []
         for transport in transports:
-            # A read pipe has no abort(); its close() drops what was not read anyway.
-            getattr(transport, "abort", transport.close)()
+            # A read pipe has no abort() (uvloop's raises NotImplementedError); its close()
+            # drops what was not read anyway.
+            try:
+                getattr(transport, "abort", transport.close)()
+            except NotImplementedError:
+                transport.close()
 
     async def close(self) -> None:
         """Let go of the worker at once: whatever was not yet written is dropped."""
