@@ -254,6 +254,7 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("CNET_PORT", "70000", "environment: CNET_PORT: must be an integer in 1..65535, got 70000"),
         ("CNET_LOG_LEVEL", "loud", "environment: CNET_LOG_LEVEL: must be one of 'debug', 'info', 'warn', 'error', got 'loud'"),
         ("CNET_SANDBOX", "docker", "environment: CNET_SANDBOX: must be one of 'auto', 'systemd', 'cgroup', 'none', got 'docker'"),
+        ("CNET_EVENT_LOOP", "trio", "environment: CNET_EVENT_LOOP: must be one of 'auto', 'uvloop', 'asyncio', got 'trio'"),
     ],
 )
 def test_bad_env_value_names_the_variable(tmp_path: Path, var: str, value: str, message: str) -> None:
@@ -533,7 +534,7 @@ def test_every_key_is_documented() -> None:
     doc = REFERENCE.read_text()
     assert config_keys() <= documented_keys()
     env_vars = {"CNET_NODE_ID", "CNET_PORT", "CNET_REGION", "CNET_DATACENTER", "CNET_LOG_LEVEL", "CNET_ADDRESS"}
-    assert all(v in doc for v in env_vars | {"CNET_STATE_DIR", "CNET_SANDBOX"})
+    assert all(v in doc for v in env_vars | {"CNET_STATE_DIR", "CNET_SANDBOX", "CNET_EVENT_LOOP"})
 
 
 def test_every_documented_key_is_read_by_the_agent() -> None:

@@ -73,7 +73,7 @@ def _wants_json(request: web.Request) -> bool:
 
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or a 4xx saying what is wrong with it. That it is JSON at
-    all (Content-Type) was checked before the handler ran (jsonbody.json_only_middleware)."""
+    all (Content-Type) was checked before the handler ran (jsonbody.media_problem, in api/gate.py)."""
     return decode_json(await body_of(request))
 
 

@@ -14,6 +14,7 @@ apply: security/peer.py.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -45,6 +46,34 @@ def tasks_have_their_own_uids(config: Config, euid: int | None = None) -> bool:
         return False
 
 
+class ConnectionMemo:
+    """What was learnt about each open connection, forgotten with it. Keyed weakly by the
+    transport; uvloop's TLS transport takes no weak reference, so such a transport is held
+    by its id beside the object itself (the id cannot be reused while it is held) and let go
+    once it is closing, at the next connection remembered."""
+
+    def __init__(self) -> None:
+        self._weak: weakref.WeakKeyDictionary[object, Caller] = weakref.WeakKeyDictionary()
+        self._held: dict[int, tuple[asyncio.BaseTransport, Caller]] = {}
+
+    def get(self, transport: asyncio.BaseTransport) -> Caller | None:
+        try:
+            return self._weak.get(transport)
+        except TypeError:
+            held = self._held.get(id(transport))
+            return held[1] if held is not None and held[0] is transport else None
+
+    def remember(self, transport: asyncio.BaseTransport, caller: Caller) -> None:
+        try:
+            self._weak[transport] = caller
+        except TypeError:
+            self._held = {key: held for key, held in self._held.items() if not held[0].is_closing()}
+            self._held[id(transport)] = (transport, caller)
+
+    def __len__(self) -> int:
+        return len(self._weak) + len(self._held)
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is at the other end of one connection, as far as the guard cares."""
@@ -66,7 +95,7 @@ class TaskCallerGuard:
         self.tokens_configured = bool(config.auth.tokens)
         self._is_task_uid = self._task_uids(config, euid)
         self._lookup = lookup if lookup is not None or not self.enabled else PeerLookup()
-        self._callers: weakref.WeakKeyDictionary[object, Caller] = weakref.WeakKeyDictionary()
+        self._callers = ConnectionMemo()
         self._addresses: set[str] = set()
         self._read_at = float("-inf")
         if self.enabled and self._lookup is not None and self._lookup.method == UNAVAILABLE:
@@ -85,7 +114,7 @@ class TaskCallerGuard:
         known = self._callers.get(transport)
         if known is None:
             known = await self._identify(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
-            self._callers[transport] = known
+            self._callers.remember(transport, known)
         return known
 
     async def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Caller:
