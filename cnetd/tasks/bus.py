@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from cnetd.tasks.model import Status
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,27 @@ class TaskBus:
                     queue.put_nowait(None)
                 except (asyncio.QueueEmpty, asyncio.QueueFull):
                     pass
+
+    async def follow_ended(self, on_ended: Callable[[str], Awaitable[None]], missed: Callable[[], Awaitable[None]],
+                           what: str) -> None:
+        """Call on_ended(task_id) for each task that reaches a terminal status, until
+        cancelled. Dropped as a slow subscriber, it calls missed() (what ended meanwhile was
+        not seen) and subscribes again. what: names the follower in the log."""
+        while True:
+            queue = self.subscribe()
+            try:
+                while (change := await queue.get()) is not None:
+                    if change.kind == "status" and Status(change.status).terminal:
+                        try:
+                            await on_ended(change.task_id)
+                        except Exception:
+                            log.exception("%s after task %s ended failed", what, change.task_id)
+            finally:
+                self.unsubscribe(queue)
+            try:
+                await missed()
+            except Exception:
+                log.exception("%s: catching up on missed task changes failed", what)
 
     def close(self) -> None:
         for queue in list(self._subscribers):

@@ -317,21 +317,7 @@ class ServingManager:
     # ---- serving once training completes -------------------------------------------------------
 
     async def _follow_bus(self) -> None:
-        while True:
-            queue = self.tasks.bus.subscribe()
-            try:
-                while True:
-                    change = await queue.get()
-                    if change is None:
-                        break  # dropped as a slow subscriber, or the bus closed
-                    if change.kind == "status" and Status(change.status).terminal:
-                        try:
-                            await self._on_task_ended(change.task_id)
-                        except Exception:
-                            log.exception("serving after training failed for %s", change.task_id)
-            finally:
-                self.tasks.bus.unsubscribe(queue)
-            await self._check_awaiting()
+        await self.tasks.bus.follow_ended(self._on_task_ended, self._check_awaiting, "serving after training")
 
     async def _on_task_ended(self, task_id: str) -> None:
         record = await self.db.read(lambda c: get_model(c, task_id))

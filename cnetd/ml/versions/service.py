@@ -243,10 +243,7 @@ class VersionService:
     async def start(self) -> None:
         """After serving started: settle versions whose training ended while the agent was
         away, give names without a default their newest ready version, follow the bus."""
-        for row in await self.db.read(vq.all_versions):
-            if row.state == "training":
-                with contextlib.suppress(Exception):
-                    await self.recorder.settle(row.model_id)
+        await self._settle_training()
         for name in {r.name for r in await self.db.read(vq.all_versions)}:
             if name not in self.pointers or self.pointers[name].default_id is None:
                 ready = [r for r in await self.db.read(partial(vq.versions_of, name=name)) if r.state == "ready"]
@@ -279,30 +276,25 @@ class VersionService:
     # ---- following training -----------------------------------------------------------------
 
     async def _follow_bus(self) -> None:
-        while True:
-            queue = self.tasks.bus.subscribe()
-            try:
-                while True:
-                    change = await queue.get()
-                    if change is None:
-                        break
-                    if change.kind != "status" or not Status(change.status).terminal:
-                        continue
-                    row = self.book.row(change.task_id)
-                    if row is None and self.book.version_of(change.task_id) is None:
-                        continue
-                    try:
-                        settled = await self.recorder.settle(change.task_id)
-                    except Exception:
-                        log.exception("recording version %s failed", change.task_id)
-                        continue
-                    if settled is not None and settled.state == "ready" and settled.promote == "auto":
-                        self._promoting.add(settled.model_id)
-                        self._spawn(self.promote_when_warm(settled), f"promote-{settled.model_id}")
-                    if settled is not None and settled.state == "ready":
-                        self._retain_soon(settled.name)
-            finally:
-                self.tasks.bus.unsubscribe(queue)
+        await self.tasks.bus.follow_ended(self._task_ended, self._settle_training, "recording a version")
+
+    async def _settle_training(self) -> None:
+        """Settle the versions whose training ended unseen (while the agent was away, or
+        while the bus had dropped this follower)."""
+        for row in await self.db.read(vq.all_versions):
+            if row.state == "training":
+                with contextlib.suppress(Exception):
+                    await self.recorder.settle(row.model_id)
+
+    async def _task_ended(self, task_id: str) -> None:
+        if self.book.row(task_id) is None and self.book.version_of(task_id) is None:
+            return
+        settled = await self.recorder.settle(task_id)
+        if settled is not None and settled.state == "ready" and settled.promote == "auto":
+            self._promoting.add(settled.model_id)
+            self._spawn(self.promote_when_warm(settled), f"promote-{settled.model_id}")
+        if settled is not None and settled.state == "ready":
+            self._retain_soon(settled.name)
 
     def note_registered(self, row: VersionRow) -> None:
         if row.promote == "auto":
