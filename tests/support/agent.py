@@ -113,7 +113,14 @@ class AgentProcess:
             os.kill(self.inner_pid(self.proc), sig)
         else:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # A shutdown that hangs is a failure, but the agent must not outlive the test.
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise AssertionError(f"the agent did not exit within 30s of signal {sig} (its log: {self.log_path})") from None
         self.proc = None
         return code
 
