@@ -1,14 +1,17 @@
 """V2 protocol costs: a 1 MB FP32 tensor through binary HTTP, gRPC and JSON, and a small
 request through gRPC and HTTP, each against a floor measured in the same run.
 
-    .venv/bin/python bench/protocol.py [--rounds 5] [--big 20] [--small 400]
+    .venv/bin/python bench/protocol.py [--rounds 5] [--big 20] [--small 400] [--loader builtin|script]
 
 One agent (sandbox none, gRPC on) serves bench/sum_model.py, whose answer is each
-instance's sum: a big tensor in, a small answer out. The floor (bench/protocol_floor.py) is
+instance's sum: a big tensor in, a small answer out. With --loader builtin (the default) it
+is a scikit-learn model loaded by the agent's built-in loader, so tensors travel to the
+worker as raw bytes and reach the model as numpy arrays; with --loader script it is the
+script's own serve command, which reads JSON lines (the seed's serving protocol). The floor (bench/protocol_floor.py) is
 one bare process answering the same requests with numpy in place, over the same three
 protocols. The clients are the official ones in their default modes (tritonclient.http:
-binary tensors; tritonclient.grpc: raw_input_contents; JSON: urllib, since tritonclient.http
-sends JSON without a Content-Type), one request at a time (c=1): on a small shared machine that is the
+binary tensors; tritonclient.grpc: raw_input_contents; JSON: urllib with Content-Type
+application/json), one request at a time (c=1): on a small shared machine that is the
 steadiest measure. Paths take turns, --rounds times, so that whatever else runs weighs on
 all alike. For the big tensor the agent's own CPU (user + system, psutil on its pid; the
 worker's is not counted) per request is shown too.
@@ -44,7 +47,8 @@ sys.path.insert(0, str(REPO))
 from tests.support.agent import AgentProcess, free_port  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 
-NAME = "sum"
+NAME = "sum"  # the big tensor's model (BIG_VALUES features)
+SMALL_NAME = "sum-small"  # the small request's (one feature)
 BIG_VALUES = 250_000  # x 4 bytes (FP32) = 1,000,000 bytes
 MAX_REQUEST = 64 << 20
 
@@ -68,22 +72,22 @@ class Path_:
 
 
 def http_call(client: httpclient.InferenceServerClient, x: np.ndarray[Any, Any], datatype: str,
-              binary: bool) -> Callable[[], Any]:
+              binary: bool, name: str = NAME) -> Callable[[], Any]:
     tensor = httpclient.InferInput("x", list(x.shape), datatype)
     tensor.set_data_from_numpy(x, binary_data=binary)
     outputs = [httpclient.InferRequestedOutput("predictions", binary_data=binary)]
     expected = float(x.reshape(x.shape[0], -1).sum(dtype=np.float64)) if x.ndim > 1 else float(x[0])
 
     def call() -> Any:
-        got = client.infer(NAME, [tensor], outputs=outputs).as_numpy("predictions")
+        got = client.infer(name, [tensor], outputs=outputs).as_numpy("predictions")
         assert abs(float(got[0]) - expected) <= 1e-6 * max(1.0, abs(expected)), (got, expected)
 
     return call
 
 
 def json_call(url: str, x: np.ndarray[Any, Any], datatype: str) -> Callable[[], Any]:
-    """JSON with Content-Type: application/json (tritonclient.http sends none in JSON mode,
-    which the agent refuses with a 415: only the binary form may come without one)."""
+    """JSON with Content-Type: application/json, built by hand (the floor is a bare aiohttp
+    server that would read a body without one all the same)."""
     body = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": datatype,
                                    "data": x.reshape(-1).tolist()}]}).encode()
     expected = float(x.reshape(x.shape[0], -1).sum(dtype=np.float64))
@@ -101,13 +105,14 @@ def json_call(url: str, x: np.ndarray[Any, Any], datatype: str) -> Callable[[], 
     return call
 
 
-def grpc_call(client: grpcclient.InferenceServerClient, x: np.ndarray[Any, Any], datatype: str) -> Callable[[], Any]:
+def grpc_call(client: grpcclient.InferenceServerClient, x: np.ndarray[Any, Any], datatype: str,
+              name: str = NAME) -> Callable[[], Any]:
     tensor = grpcclient.InferInput("x", list(x.shape), datatype)
     tensor.set_data_from_numpy(x)
     expected = float(x.reshape(x.shape[0], -1).sum(dtype=np.float64)) if x.ndim > 1 else float(x[0])
 
     def call() -> Any:
-        got = client.infer(NAME, [tensor]).as_numpy("predictions")
+        got = client.infer(name, [tensor]).as_numpy("predictions")
         assert abs(float(got[0]) - expected) <= 1e-6 * max(1.0, abs(expected)), (got, expected)
 
     return call
@@ -123,8 +128,8 @@ def paths_for(who: str, http_url: str, grpc_url: str) -> dict[str, Path_]:
         "big binary HTTP": Path_(f"{who}: 1 MB binary HTTP", http_call(http, big, "FP32", True)),
         "big gRPC": Path_(f"{who}: 1 MB gRPC", grpc_call(grpc_client, big, "FP32")),
         "big JSON": Path_(f"{who}: 1 MB JSON", json_call(http_url, big, "FP32")),
-        "small HTTP": Path_(f"{who}: small HTTP (binary)", http_call(http, small, "FP64", True)),
-        "small gRPC": Path_(f"{who}: small gRPC", grpc_call(grpc_client, small, "FP64")),
+        "small HTTP": Path_(f"{who}: small HTTP (binary)", http_call(http, small, "FP64", True, SMALL_NAME)),
+        "small gRPC": Path_(f"{who}: small gRPC", grpc_call(grpc_client, small, "FP64", SMALL_NAME)),
     }
 
 
@@ -172,6 +177,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--big", type=int, default=20, help="1 MB requests per path per round")
     parser.add_argument("--small", type=int, default=400, help="small requests per path per round")
+    parser.add_argument("--loader", choices=("builtin", "script"), default="builtin",
+                        help="builtin: a scikit-learn model, tensors as bytes to the worker; script: JSON lines")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="cnet-bench-protocol-"))
     grpc_port = free_port()
@@ -182,12 +189,16 @@ def main() -> None:
         scripts = agent.workdir / "scripts"
         scripts.mkdir()
         shutil.copy(REPO / "bench" / "sum_model.py", scripts / "sum_model.py")
-        deployed = agent.api.post("/api/ml/models", {"name": NAME, "command": sys.executable,
-                                                     "script_path": "scripts/sum_model.py", "model_path": "models/sum.txt"})
-        assert deployed.status == 201, deployed.text
-        assert agent.wait_done(deployed.body["id"])["status"] == "completed"
-        served = agent.api.post(f"/api/ml/models/{deployed.body['id']}/serve?wait=true", {"replicas": 1})
-        assert served.status == 200, served.text
+        for name, features in ((NAME, BIG_VALUES), (SMALL_NAME, 1)):
+            model_path = f"models/{name}.joblib" if args.loader == "builtin" else f"models/{name}.txt"
+            deployed = agent.api.post("/api/ml/models", {
+                "name": name, "command": sys.executable, "script_path": "scripts/sum_model.py", "model_path": model_path,
+                "args": ["scripts/sum_model.py", "train", model_path, str(features)]})
+            assert deployed.status == 201, deployed.text
+            assert agent.wait_done(deployed.body["id"])["status"] == "completed"
+            served = agent.api.post(f"/api/ml/models/{deployed.body['id']}/serve?wait=true",
+                                    {"replicas": 1, "loader": args.loader})
+            assert served.status == 200, served.text
         assert agent.proc is not None
         agent_cpu = psutil.Process(agent.proc.pid)
         floor_proc, floor_http, floor_grpc = start_floor(workdir)
@@ -202,7 +213,7 @@ def main() -> None:
                 n = args.big if key.startswith("big") else args.small
                 run_path(mine[key], n, agent_cpu)
                 run_path(floor[key], n, None)
-        print(f"{psutil.cpu_count()} CPUs; c=1; {args.rounds} rounds; big = [1, {BIG_VALUES}] FP32 "
+        print(f"{psutil.cpu_count()} CPUs; loader {args.loader}; c=1; {args.rounds} rounds; big = [1, {BIG_VALUES}] FP32 "
               f"({BIG_VALUES * 4:,} bytes); small = [1, 1] FP64\n")
         head = (f"{'path':<26} {'req/s':>8} {'p50 ms':>8} {'floor req/s':>12} {'floor p50':>10} {'x floor':>8} "
                 f"{'agent CPU ms/req':>17}")
