@@ -74,6 +74,8 @@ async def remote_page(request: web.Request, found: Remote, as_model: bool) -> we
         "logs": detail.LogTail(lines, lines[-1][0] if lines else 0, 0, None),
         "usage": None,
         "serving_card": None,
+        "versions_card": None,  # versions and monitoring are the other node's to show
+        "monitoring_card": None,
         "as_model": as_model,
         "predict_form": Form(values={"input_data": ""}),
         "outcome": None,
