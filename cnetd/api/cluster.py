@@ -143,9 +143,9 @@ async def owner_elsewhere(request: web.Request) -> str | None:
     return owner if owner is not None and owner != agent.node_id else None
 
 
-@web.middleware
-async def owner_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A task or model this node does not have, asked for by id: the node that has it answers."""
+async def answered_here_or_by_owner(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer; for a task or model this node does not have, asked for by id,
+    the answer of the node that has it (the gate's last step, cnetd/api/gate.py)."""
     started = time.monotonic()
     try:
         return await handler(request)

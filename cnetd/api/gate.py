@@ -19,17 +19,15 @@ they reach what the gate answers itself, errors and streams alike.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from cnetd.api.bodylimit import is_inference, read_inference_body
-from cnetd.api.cluster import forward, owner_elsewhere
+from cnetd.api.cluster import answered_here_or_by_owner
 from cnetd.api.errors import ANSWERED, answer_error
 from cnetd.api.jsonbody import media_problem
-from cnetd.errors import NotFound
 from cnetd.security.auth import Authenticator, auth_refusal
 from cnetd.security.callers import TaskCallerGuard, caller_refusal
 from cnetd.security.cluster_token import ClusterToken, cluster_token_refusal
@@ -64,14 +62,7 @@ def gate_middleware(hosts: AllowedHosts, guard: TaskCallerGuard, auth: Authentic
                 refused = await read_inference_body(request, max_request_bytes, respond)
                 if refused is not None:
                     return refused
-            started = time.monotonic()
-            try:
-                return await handler(request)
-            except NotFound:
-                owner = await owner_elsewhere(request)
-                if owner is None:
-                    raise
-            return await forward(request, owner, request.rel_url.raw_path, started)
+            return await answered_here_or_by_owner(request, handler)
         except ANSWERED as exc:
             return answer_error(request, exc)
 
