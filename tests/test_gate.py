@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tests.support.agent import AgentProcess
 from tests.support.http import Client, Reply
-from tests.support.pure_served import serve_pure_model
+from tests.support.pure_served import pure_model_agent
 
 TOKEN = "gate-token-0123456789abcdef"
 LIMIT = 64 * 1024
@@ -29,13 +29,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     agent = AgentProcess(tmp_path_factory.mktemp("gate"), {"serving": {"max_request_bytes": LIMIT},
                                                            "auth": {"tokens": [TOKEN]}})
     agent.api = Client(agent.url, TOKEN)
-    agent.start()
-    try:
-        serve_pure_model(agent)
+    with pure_model_agent(agent):
         yield agent
-    finally:
-        agent.stop()
-        agent.kill_task_processes()
 
 
 def secured(reply: Reply) -> None:

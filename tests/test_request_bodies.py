@@ -20,7 +20,7 @@ import pytest
 from cnetd.api.jsonbody import nesting_depth
 from tests.support.agent import AgentProcess
 from tests.support.http import Reply
-from tests.support.pure_served import serve_pure_model
+from tests.support.pure_served import pure_model_agent
 
 PY = sys.executable
 DEEP_ARRAY = b"[" * 100_000 + b"]" * 100_000
@@ -33,13 +33,8 @@ CROSS_SITE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipar
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """One agent with the standard-library model trained and served as "pure"."""
-    agent = AgentProcess(tmp_path_factory.mktemp("bodies")).start()
-    try:
-        serve_pure_model(agent)
+    with pure_model_agent(AgentProcess(tmp_path_factory.mktemp("bodies"))) as agent:
         yield agent
-    finally:
-        agent.stop()
-        agent.kill_task_processes()
 
 
 def rss(agent: AgentProcess) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.http import Client
-from tests.support.pure_served import serve_pure_model
+from tests.support.pure_served import pure_model_agent
 from tests.support.waiting import wait_until
 
 LIMIT = 2 * 1024 * 1024
@@ -31,13 +31,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     agent = AgentProcess(tmp_path_factory.mktemp("limits"), {"serving": {"max_request_bytes": "2MiB"},
                                                              "auth": {"tokens": [TOKEN]}})
     agent.api = Client(agent.url, TOKEN)
-    agent.start()
-    try:
-        serve_pure_model(agent)
+    with pure_model_agent(agent):
         yield agent
-    finally:
-        agent.stop()
-        agent.kill_task_processes()
 
 
 def binary_body(total: int) -> tuple[bytes, dict[str, str], int]:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.http import Reply
-from tests.support.pure_served import serve_pure_model
+from tests.support.pure_served import pure_model_agent
 
 INFER = "/v2/models/pure/infer"
 SIZE = "inputs[0].parameters.binary_data_size"
@@ -24,13 +24,8 @@ FORMATS = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    agent = AgentProcess(tmp_path_factory.mktemp("v2binary")).start()
-    try:
-        serve_pure_model(agent)
+    with pure_model_agent(AgentProcess(tmp_path_factory.mktemp("v2binary"))) as agent:
         yield agent
-    finally:
-        agent.stop()
-        agent.kill_task_processes()
 
 
 def binary_request(header: dict[str, Any], tensors: bytes, length: int | None = None) -> tuple[bytes, dict[str, str]]:

@@ -2,8 +2,10 @@
 agent: what the V2 and request-body tests need before they can send anything."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.agent import AgentProcess
@@ -26,3 +28,16 @@ def serve_pure_model(agent: AgentProcess) -> str:
     serving = agent.api.post(f"/api/ml/models/{model_id}/serve?wait=true", {"replicas": 1})
     assert serving.status == 200, serving.text
     return model_id
+
+
+@contextlib.contextmanager
+def pure_model_agent(agent: AgentProcess) -> Iterator[AgentProcess]:
+    """Start `agent` (not started yet), serve the model on it, and stop the agent and its
+    tasks' processes afterwards."""
+    agent.start()
+    try:
+        serve_pure_model(agent)
+        yield agent
+    finally:
+        agent.stop()
+        agent.kill_task_processes()
