@@ -67,7 +67,7 @@ def test_every_operation_documents_the_host_and_task_caller_refusals() -> None:
 
 
 def test_every_unsafe_operation_documents_the_json_only_rule() -> None:
-    """jsonbody.json_only_middleware answers 415 on any POST or DELETE with a non-JSON body."""
+    """The gate (jsonbody.media_problem) answers 415 on any POST or DELETE with a non-JSON body."""
     missing = [f"{method} {path}" for path, item in DOCUMENT["paths"].items() for method, op in item.items()
                if method in ("post", "put", "patch", "delete") and "415" not in op["responses"]]
     assert missing == []

@@ -19,11 +19,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.typedefs import Handler
 
 from cnetd.api.jsonbody import passed_through
 from cnetd.cluster.relay import is_v2_infer
@@ -98,17 +96,3 @@ async def read_inference_body(request: web.Request, limit: int,
         return None
     response.force_close()  # no more of this body is read (and no one may be left to read it)
     return response
-
-
-def body_limit_middleware(limit: int, respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:
-    """Reads an inference's body under `limit` before its handler runs. `respond` builds an
-    error in the shape of the route's protocol (the error envelope, or V2's {"error"})."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not is_inference(request) or not request.body_exists:
-            return await handler(request)
-        refused = await read_inference_body(request, limit, respond)
-        return refused if refused is not None else await handler(request)
-
-    return middleware

@@ -1,7 +1,8 @@
 """The gate: one middleware that every request passes, doing in one coroutine what eight
 middlewares did one inside the other (issue 14: on a small request the eight frames, and
-the awaits between them, cost more than the checks themselves). The checks are the very
-functions the single middlewares call, in the same order, so every route gets each of them:
+the awaits between them, cost more than the checks themselves). The checks are plain
+functions of their own modules, run in the order the middlewares had, so every route gets
+each of them:
 
 1. errors: a DomainError, an HTTP error or a full disk becomes the JSON envelope
    (api/errors.answer_error) — around everything below;

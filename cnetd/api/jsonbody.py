@@ -91,20 +91,6 @@ def takes_binary(request: web.Request) -> bool:
     return request.method == "POST" and request.match_info.route.name in BINARY_ROUTES
 
 
-def json_only_middleware(respond: Callable[[web.Request, int, str], web.StreamResponse]) -> Any:
-    """415 for a body that is not JSON, before any handler reads it. `respond` builds the
-    answer in the shape of the route's protocol (the error envelope, or V2's {"error"})."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        problem = media_problem(request)
-        if problem is not None:
-            return respond(request, 415, problem)
-        return await handler(request)
-
-    return middleware
-
-
 def nesting_depth(raw: bytes) -> int:
     """How deep arrays and objects nest in JSON text (well-formed or not: an unclosed "["
     counts, as the decoder would recurse into it), found without parsing and in C: escapes

@@ -124,12 +124,3 @@ def auth_refusal(auth: Authenticator, request: web.Request) -> web.Response | No
         response.headers["WWW-Authenticate"] = 'Bearer realm="cnet-agent"'
         return response
     raise web.HTTPSeeOther(f"/login?next={request.path_qs}" if request.path != "/" else "/login")
-
-
-def auth_middleware(auth: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = auth_refusal(auth, request)
-        return refused if refused is not None else await handler(request)
-
-    return middleware

@@ -75,12 +75,3 @@ def cluster_token_refusal(token: ClusterToken | None, request: web.Request) -> w
         return _refused(f"wrong cluster token in {HEADER}: this agent's cluster.token_file holds another")
     request[PEER] = True
     return None
-
-
-def cluster_token_middleware(token: ClusterToken | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = cluster_token_refusal(token, request)
-        return refused if refused is not None else await handler(request)
-
-    return middleware

@@ -154,12 +154,3 @@ def host_refusal(hosts: AllowedHosts, request: web.Request) -> web.Response | No
         if host is None or not hosts.allows(host):
             return misdirected(header.strip()[:255])
     return None
-
-
-def host_middleware(hosts: AllowedHosts) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = host_refusal(hosts, request)
-        return refused if refused is not None else await handler(request)
-
-    return middleware
