@@ -239,35 +239,66 @@ def decode_payload(head: FrameHead, payload: Any) -> Any:
     return np.frombuffer(payload, dtype=np.dtype(DATATYPES[head.datatype][1])).reshape(head.shape)
 
 
-def _read_exact(stream: Any, size: int) -> bytearray | None:
-    """`size` bytes from a buffered reader; None at a clean end before the first byte."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = stream.readinto(view[got:])
-        if not n:
-            if got == 0:
-                return None
-            raise FrameError(f"the connection ended {size - got} bytes short of a frame")
-        got += n
-    return buffer
+class FrameReceiver:
+    """Frames from a blocking byte source (a socket's recv_into): one call usually brings a
+    whole small frame into the reused buffer; a payload bigger than the buffer is read
+    straight into a buffer of its own."""
 
+    def __init__(self, read_into: Callable[[memoryview], int], max_payload: int = MAX_PAYLOAD,
+                 buffer_size: int = 256 * 1024) -> None:
+        self._read_into = read_into
+        self.max_payload = max_payload
+        self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+        self._start = 0  # the unparsed bytes are _buffer[_start:_end]
+        self._end = 0
 
-def read_frame(stream: Any, max_payload: int = MAX_PAYLOAD) -> tuple[FrameHead, bytearray] | None:
-    """The next frame from a buffered reader (None at a clean end)."""
-    prefix = _read_exact(stream, PREFIX.size)
-    if prefix is None:
-        return None
-    _kind, _code, ndim, name_len, _id, size = parse_prefix(prefix, max_payload)
-    rest = _read_exact(stream, name_len + 8 * ndim) if name_len or ndim else bytearray()
-    if rest is None:
-        raise FrameError("the connection ended inside a frame's head")
-    head = parse_head(prefix + rest, max_payload)
-    payload = _read_exact(stream, size) if size else bytearray()
-    if payload is None:
-        raise FrameError("the connection ended before a frame's payload")
-    return head, payload
+    def _fill(self, need: int, where: str, first: bool = False) -> bool:
+        """At least `need` unparsed bytes in the buffer (need <= its size); False at a clean
+        end before the first byte of a frame (`first`)."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        while self._end - self._start < need:
+            if self._start + need > len(self._buffer):
+                rest = self._end - self._start
+                self._buffer[:rest] = self._buffer[self._start:self._end]
+                self._start, self._end = 0, rest
+            n = self._read_into(self._view[self._end:])
+            if not n:
+                if first and self._end == self._start:
+                    return False
+                raise FrameError(f"the connection ended {where}")
+            self._end += n
+        return True
+
+    def next(self) -> tuple[FrameHead, bytearray] | None:
+        """The next frame (None at a clean end); the payload is the frame's own copy."""
+        if not self._fill(PREFIX.size, "inside a frame's prefix", first=True):
+            return None
+        view, start = self._view, self._start
+        _kind, _code, ndim, name_len, _id, size = parse_prefix(view[start:start + PREFIX.size], self.max_payload)
+        length = head_length(ndim, name_len)
+        self._fill(length, "inside a frame's head")
+        start = self._start
+        head = parse_head(self._view[start:start + length], self.max_payload)
+        start += length
+        self._start = start
+        have = min(self._end - start, size)
+        if size <= len(self._buffer) - PREFIX.size - MAX_NAME - 8 * MAX_DIMS:
+            self._fill(size, "before a frame's payload was complete")
+            start = self._start
+            self._start = start + size
+            return head, bytearray(self._view[start:start + size])  # (writable: a model may scale its input in place)
+        payload = bytearray(size)
+        payload[:have] = self._view[start:start + have]
+        self._start += have
+        got, target = have, memoryview(payload)
+        while got < size:
+            n = self._read_into(target[got:])
+            if not n:
+                raise FrameError(f"the connection ended {size - got} bytes short of a frame")
+            got += n
+        return head, payload
 
 
 # --------------------------------------------------------------------------- predictors
@@ -582,8 +613,8 @@ class Worker:
                 return
             conn.sendall(hello)
             assert isinstance(self.predictor, BuiltinPredictor)
-            stream = conn.makefile("rb")
-            while (frame := read_frame(stream)) is not None:
+            frames = FrameReceiver(conn.recv_into)
+            while (frame := frames.next()) is not None:
                 with self.lock:
                     reply = self.predictor.answer_frame(*frame)
                 send_frame(conn, reply)
