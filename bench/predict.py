@@ -3,16 +3,21 @@ agent (the seed's /predict?wait=true and the V2 infer endpoint), and the floor â
 aiohttp server holding the same model in its own process â€” all in one run.
 
     .venv/bin/python bench/predict.py [--requests 3000] [--seconds 6] [--rounds 10] [--task-samples 10]
+                                      [--busy-poll-us 1000]
 
-One agent (sandbox none) trains the example linear regression model. Prediction tasks are
-measured first, on their own (the model is not served yet): --task-samples one after another,
-then one round of 64 at once. Then the model is served and the two warm paths and the floor
-take turns, --rounds times: each its share of --requests sequential requests (p50/p99 at
-concurrency 1), then each its share of --seconds with 64 requests always in flight
-(requests/s at concurrency 64). Taking turns matters on a shared machine: whatever else
-runs weighs on every path alike. Goals: warm V2 p50 within 1.25x of the floor and its p99
-within 1.5x (issue 14), its throughput at least 0.7x the floor's, and at least 300x faster
-(p50) than a process per prediction.
+One agent (sandbox none) trains the example linear regression model twice: versions 1 and 2
+of one name. Prediction tasks are measured first, on their own (nothing is served yet):
+--task-samples one after another, then one round of 64 at once. Then version 1 is served
+with the built-in loader (the worker holds the model, as the floor does) and version 2 with
+the script loader (the example script's own serve loop, JSON lines on its stdin), and the
+warm paths and the floor take turns, --rounds times: each its share of --requests
+sequential requests (p50/p99 at concurrency 1), then each its share of --seconds with 64
+requests always in flight (requests/s at concurrency 64). Taking turns matters on a shared
+machine: whatever else runs weighs on every path alike. Goals, for warm V2 with the
+built-in loader (the like-for-like of the floor): p50 within 1.25x of the floor and p99
+within 1.5x (issue 14), throughput at least 0.7x the floor's, and at least 300x faster (p50)
+than a process per prediction. The script loader's row is there to compare: its script
+sleeps on its stdin between requests, which the agent cannot change.
 """
 
 from __future__ import annotations
@@ -62,8 +67,8 @@ def percentile(values: list[float], q: float) -> float:
 Call = Callable[[aiohttp.ClientSession, int], Awaitable[bool]]
 
 
-def v2_call(base: str) -> Call:
-    url = f"{base}/v2/models/{NAME}/infer"
+def v2_call(base: str, version: int | None = None) -> Call:
+    url = f"{base}/v2/models/{NAME}{'' if version is None else f'/versions/{version}'}/infer"
 
     async def call(session: aiohttp.ClientSession, i: int) -> bool:
         x = (i % 100) / 10
@@ -218,34 +223,39 @@ def start_floor(workdir: Path, model: Path) -> tuple[subprocess.Popen[bytes], st
 async def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cnet-bench-predict-"))
     # Every prediction task of the c=64 round runs at once, with time to finish on a small machine.
-    config = {"tasks": {"max_concurrent": CONCURRENCY, "sandbox": args.sandbox}, "ml": {"timeout": "10m"}}
+    config = {"tasks": {"max_concurrent": CONCURRENCY, "sandbox": args.sandbox}, "ml": {"timeout": "10m"},
+              "serving": {"busy_poll_us": args.busy_poll_us}}
     agent = AgentProcess(workdir / "agent", config)
     agent.start()
     floor_proc = None
     try:
-        reply = agent.api.post("/api/ml/models", copy.deepcopy(LINEAR_BODY))
-        model_id = reply.body["id"]
-        done = agent.wait_status(model_id, {"completed", "failed"}, 120, path="/api/ml/models/")
-        assert done["status"] == "completed", done
-        print(f"agent {agent.url} ({agent.api.get('/api/health').body['sandbox']['backend']} sandbox), "
-              f"{os.cpu_count()} CPUs; model {model_id}", flush=True)
+        model_id, script_id = (agent.api.post("/api/ml/models", copy.deepcopy(LINEAR_BODY)).body["id"] for _ in range(2))
+        for trained in (model_id, script_id):
+            done = agent.wait_status(trained, {"completed", "failed"}, 120, path="/api/ml/models/")
+            assert done["status"] == "completed", done
+        print(f"agent {agent.url} ({agent.api.get('/api/health').body['sandbox']['backend']} sandbox, "
+              f"serving.busy_poll_us {args.busy_poll_us}), {os.cpu_count()} CPUs; models {model_id} (version 1, "
+              f"built-in loader), {script_id} (version 2, script loader)", flush=True)
 
         if args.task_samples > 0:
             tasks = await measure_tasks(predict_call(agent.url, model_id), args.task_samples)
         else:  # --task-samples 0: the warm paths alone (64 tasks at once load a shared machine for seconds)
             tasks = Row("prediction tasks (not measured)")
-        serving = {"replicas": args.replicas, "max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms,
-                   "loader": args.loader}
-        served = agent.api.post(f"/api/ml/models/{model_id}/serve?wait=true", serving)
-        assert served.status == 200, served.text
-        print(f"serving: {json.dumps({k: served.body['serving'][k] for k in serving})}", flush=True)
+        for served_id, loader in ((model_id, "builtin"), (script_id, "script")):
+            serving = {"replicas": args.replicas, "max_batch_size": args.max_batch_size,
+                       "max_delay_ms": args.max_delay_ms, "loader": loader}
+            served = agent.api.post(f"/api/ml/models/{served_id}/serve?wait=true", serving)
+            assert served.status == 200, served.text
+            print(f"serving {served_id}: {json.dumps({k: served.body['serving'][k] for k in serving})}", flush=True)
         floor_proc, floor_base = start_floor(agent.workdir, agent.workdir / LINEAR_BODY["model_path"])
-        warm, v2, floor = Row("warm /predict?wait=true"), Row("warm V2 infer"), Row("floor: bare aiohttp + model")
+        warm, v2, v2_script = Row("warm /predict?wait=true"), Row("warm V2 infer"), Row("warm V2 infer, script loader")
+        floor = Row("floor: bare aiohttp + model")
         await measure_interleaved(
-            [(warm, predict_call(agent.url, model_id)), (v2, v2_call(agent.url)), (floor, v2_call(floor_base))],
+            [(warm, predict_call(agent.url, model_id)), (v2, v2_call(agent.url, 1)),
+             (v2_script, v2_call(agent.url, 2)), (floor, v2_call(floor_base))],
             args.requests, args.seconds, args.rounds,
         )
-        rows = [tasks, warm, v2, floor]
+        rows = [tasks, warm, v2, v2_script, floor]
         print()
         print(table(rows, floor, tasks))
         print()
@@ -279,7 +289,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2)
-    parser.add_argument("--loader", default="auto", choices=("auto", "script", "builtin"))
+    parser.add_argument("--busy-poll-us", type=int, default=1000, help="serving.busy_poll_us (0: no busy polling)")
     parser.add_argument("--sandbox", default="none")
     asyncio.run(run(parser.parse_args()))
 

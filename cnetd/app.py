@@ -207,7 +207,8 @@ async def _parts(app: web.Application, config: Config, base_dir: Path) -> AsyncI
     resources = ResourceSampler(config.resources, state_dir)
     catalog = ModelCatalog(db, tasks, launcher)
     worker_script = stable_copy(WORKER_RELATIVE, state_dir, always=identities.drops_privileges)
-    serving = ServingManager(db, tasks, catalog, launcher, worker_script, memory_budget=config.serving.memory_budget)
+    serving = ServingManager(db, tasks, catalog, launcher, worker_script, memory_budget=config.serving.memory_budget,
+                             busy_poll_us=config.serving.busy_poll_us)
     models = ModelService(tasks, catalog, serving, launcher, confinement, config)
     book = VersionBook()
     models.versions_book = book

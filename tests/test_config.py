@@ -100,6 +100,8 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     assert cfg.ml.timeout == 30.0
     assert cfg.serving.max_request_bytes == 64 * 1024 * 1024
     assert load_text(tmp_path, "serving: {max_request_bytes: 8MiB}\n").serving.max_request_bytes == 8 * 1024 * 1024
+    assert cfg.serving.busy_poll_us == 1000
+    assert load_text(tmp_path, "serving: {busy_poll_us: 0}\n").serving.busy_poll_us == 0
 
 
 def test_comment_only_file_and_empty_sections_are_defaults(tmp_path: Path) -> None:
@@ -327,6 +329,8 @@ def test_bad_yaml_has_line_and_column(tmp_path: Path, text: str, pattern: str) -
          "ml.resource_limits.memory_limit: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'lots'"),
         ("ml: {resource_limits: {disk_limit: 0}}\n", "ml.resource_limits.disk_limit: must be a size > 0, got 0"),
         ("serving: {max_request_bytes: 0}\n", "serving.max_request_bytes: must be a size > 0, got 0"),
+        ("serving: {busy_poll_us: -1}\n", "serving.busy_poll_us: must be an integer in 0..100000, got -1"),
+        ("serving: {busy_poll_us: 1ms}\n", "serving.busy_poll_us: must be an integer in 0..100000, got '1ms'"),
         ("serving: {max_request_bytes: huge}\n",
          "serving.max_request_bytes: must be a size in bytes or like '512MB', '512MiB', '1.5G', got 'huge'"),
         ("ml: {resource_limits: {gpu_limit: -1}}\n", "ml.resource_limits.gpu_limit: must be an integer >= 0, got -1"),

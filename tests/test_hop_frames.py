@@ -17,6 +17,7 @@ import pytest
 from cnetd.ml.serving.client import Hello, ProtocolError, Values, WorkerClient, WorkerRejected, _FrameReader
 from cnetd.ml.serving.worker import (
     DATATYPES,
+    FLAG_POLL,
     FRAME_ARRAY,
     FRAME_ERROR,
     FRAME_JSON,
@@ -109,6 +110,7 @@ HOSTILE = [
     (prefix(name_len=200), "a tensor name of 200 bytes"),
     (prefix(ndim=0, name_len=2, size=8) + b"\xff\xfe" + b"\0" * 8, "not UTF-8"),
     (prefix(kind=FRAME_JSON, code=12, ndim=0), "a datatype or shape on a frame that is not an array"),
+    (prefix(kind=9 | FLAG_POLL), "unknown frame kind 137"),
 ]
 
 
@@ -147,6 +149,14 @@ def test_the_worker_reads_frames_in_any_pieces(piece: int) -> None:
         assert got.dtype == expected.dtype and np.array_equal(got, expected)
         got.reshape(-1)[:1] = 0  # the model's own copy: writable, and no later frame changes it
     assert frames.next() is None
+
+
+def test_a_request_may_ask_the_worker_to_poll_for_the_next() -> None:
+    for flags, poll in ((FLAG_POLL, True), (0, False)):
+        head, value = read_back(wire(encode_values(7, "instances", np.array([[1.5]]), flags)))
+        assert (head.kind, head.poll, head.request_id, value.tolist()) == (FRAME_ARRAY, poll, 7, [[1.5]])
+        head, value = read_back(wire(encode_values(8, "instances", ["text"], flags)))
+        assert (head.kind, head.poll, value) == (FRAME_JSON, poll, ["text"])
 
 
 def test_bool_bytes_other_than_0_and_1_and_json_that_is_not_json() -> None:
@@ -201,7 +211,8 @@ async def test_the_agent_reads_answers_in_any_pieces(piece: int) -> None:
     await answers.client.close()
 
 
-BREAKING = [*HOSTILE, (wire(encode_array(9, "", np.arange(2.0))), "expected the answer to request 1, got one to 9")]
+BREAKING = [*HOSTILE, (wire(encode_array(9, "", np.arange(2.0))), "expected the answer to request 1, got one to 9"),
+            (wire(encode_array(1, "", np.arange(2.0), FLAG_POLL)), "unknown frame kind 129")]  # (requests only)
 
 
 @pytest.mark.parametrize(("data", "message"), BREAKING, ids=[m for _, m in BREAKING])

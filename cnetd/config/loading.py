@@ -126,6 +126,7 @@ _SPEC: dict[str, Spec] = {
         "rollback_window": to.duration(allow_zero=True),
         "version_copies": to.boolean,
         "keep_versions": to.bound(to.integer(0, 1_000_000)),
+        "busy_poll_us": to.integer(0, 100_000),
     },
     "gpus": {
         "enabled": to.boolean,

@@ -210,6 +210,10 @@ class ServingSection:
     # that are not the default, previous default, canary, served or newest are retired and
     # their artifact copies removed. None: all are kept.
     keep_versions: int | None = 5
+    # Microseconds a worker polls for the next request after an answer, and the agent polls
+    # for a lone request's answer, before either sleeps (docs/serving.md, "Busy polling");
+    # 0: both always sleep. Each polls only while requests (answers) come within it.
+    busy_poll_us: int = 1000
 
 
 @dataclass(frozen=True)

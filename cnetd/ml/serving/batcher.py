@@ -261,7 +261,7 @@ class Batcher:
         if idle is not None:
             # A lone request with every worker idle: there is no batch to wait for, so it
             # goes out at once, without a turn through the dispatcher.
-            self._send(idle, [pending])
+            self._send(idle, [pending], lone=True)
         else:
             self._queue.append(pending)
             self._queued_instances += len(instances)
@@ -371,7 +371,7 @@ class Batcher:
             size += len(head.instances)
         return batch
 
-    def _send(self, link: Link, batch: list[_Pending]) -> None:
+    def _send(self, link: Link, batch: list[_Pending], lone: bool = False) -> None:
         instances: Values
         if len(batch) == 1:
             instances = batch[0].instances
@@ -385,7 +385,8 @@ class Batcher:
                 self.metrics.queue_time.observe(sent - pending.queued_at)
             pending.dispatched = True
         self.metrics.batch_size.observe(len(instances))
-        link.client.send(instances, lambda predictions, error: self._on_answer(link, batch, predictions, error, sent))
+        link.client.send(instances, lambda predictions, error: self._on_answer(link, batch, predictions, error, sent),
+                         lone)
 
     def _on_answer(
         self, link: Link, batch: list[_Pending], predictions: Values | None, exc: Exception | None, sent: float = 0.0,

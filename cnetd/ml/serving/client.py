@@ -16,6 +16,17 @@ pipes, the answers it left behind are skipped by a sync request first.
 
 An asyncio Protocol rather than streams: answers are handled in data_received itself, one
 turn of the event loop sooner than a reader task would see them.
+
+Busy polling (serving.busy_poll_us), for a request the batcher sends alone to an idle
+worker (`lone`), the latency-bound case: while it is out and this worker's answers have
+come within busy_poll, the event loop polls (a callback that schedules itself, yielding the
+CPU each time, keeps it from sleeping) until the answer is read or busy_poll has passed;
+other requests are served as usual meanwhile. The frame carries FLAG_POLL, so the worker
+polls for the next request after answering it (worker.py, PollingReader). Why: where idle
+CPUs halt (a virtual machine without guest halt polling), each wake-up of a sleeping
+process costs more than a small prediction, and the hop would add two. Batches sent under
+load are not polled for: there the worker and the agent rarely sleep, and polling would
+take CPU from the work.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import numpy as np
 
 from cnetd.background import resolve
 from cnetd.ml.serving.worker import (
+    FLAG_POLL,
     FRAME_ARRAY,
     FRAME_ERROR,
     FRAME_JSON,
@@ -87,6 +99,7 @@ class Hello:
     model_stamp: tuple[int, int] | None  # [mtime_ns, size] of the model file it loaded
     fresh: bool = True  # no agent spoke to this worker before
     loaded_at: float | None = None  # when it loaded the model (epoch seconds; None: an older worker)
+    busy_poll: bool = False  # it takes FLAG_POLL (an older worker does not)
 
 
 async def _recv_hello(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -212,9 +225,13 @@ class _FrameReader(asyncio.BufferedProtocol):
 class WorkerClient(asyncio.Protocol):
     """The protocol of the answer stream: the connection, or the script's stdout."""
 
-    def __init__(self, label: str, hello: Hello) -> None:
+    def __init__(self, label: str, hello: Hello, busy_poll: float = 0.0) -> None:
         self.label = label
         self.hello = hello
+        self.busy_poll = busy_poll  # seconds (the module's docstring)
+        self.last_round_trip = 0.0  # seconds from sending the latest answered batch to its answer
+        self._poll_until = 0.0
+        self._polling = False
         self.closed = asyncio.Event()
         self.lost_reason = ""
         self._transports: list[asyncio.BaseTransport] = []
@@ -229,10 +246,12 @@ class WorkerClient(asyncio.Protocol):
         self._synced: asyncio.Future[None] | None = None
 
     @classmethod
-    async def connect(cls, path: str, label: str, peer_check: PeerCheck | None = None) -> WorkerClient:
+    async def connect(cls, path: str, label: str, peer_check: PeerCheck | None = None,
+                      busy_poll: float = 0.0) -> WorkerClient:
         """Connect, check who listens (SO_PEERCRED: the worker task's uid, a pid in its
         cgroup), read the hello, set up the channel; OSError or ProtocolError when the worker
-        is not there (yet) or something else answers."""
+        is not there (yet) or something else answers. busy_poll: seconds (the module's
+        docstring)."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -262,7 +281,7 @@ class WorkerClient(asyncio.Protocol):
                 for fd in fds:
                     os.close(fd)
                 raise
-            client = cls(label, hello)
+            client = cls(label, hello, busy_poll)
             if hello.channel == "pipes":
                 if len(fds) != 2:
                     for fd in fds:
@@ -310,6 +329,11 @@ class WorkerClient(asyncio.Protocol):
         self._out.write(json.dumps({"id": self._sync_id, "instances": []}).encode() + b"\n")
 
     @property
+    def polling(self) -> bool:
+        """Whether the event loop is kept polling for this worker's answer now."""
+        return self._polling
+
+    @property
     def in_flight(self) -> int:
         return len(self._pending)
 
@@ -321,37 +345,58 @@ class WorkerClient(asyncio.Protocol):
         """Seconds the oldest unanswered batch has waited, None when there is none."""
         return time.monotonic() - self._pending[0][2] if self._pending else None
 
-    def send(self, instances: Values, done: Done) -> None:
+    def send(self, instances: Values, done: Done, lone: bool = False) -> None:
         """Send one batch (a list of samples, or an array of them along its first
         dimension); `done(predictions, None)` or `done(None, error)` is called once, straight
         from the read callback, with WorkerRejected, WorkerLost or ProtocolError. On the
-        socket channel predictions are an array when the model answered numbers."""
+        socket channel predictions are an array when the model answered numbers. lone: a
+        request sent alone to this idle worker (busy polling, the module's docstring)."""
         if self.closed.is_set() or self._out is None:
             done(None, WorkerLost(self.lost_reason or "connection closed"))
             return
         self._next_id += 1
         request_id = self._next_id & 0xFFFFFFFF  # the frame's id field; answers come in order anyway
-        self._pending.append((request_id, done, time.monotonic()))
+        now = time.monotonic()
+        self._pending.append((request_id, done, now))
         self._idle.clear()
+        poll = lone and self.busy_poll > 0 and len(self._pending) == 1
+        if poll and self.last_round_trip <= self.busy_poll:
+            self._poll_until = now + self.busy_poll
+            if not self._polling:
+                self._polling = True
+                asyncio.get_running_loop().call_soon(self._poll)
         if self.hello.channel == "pipes":  # the script's serve speaks JSON lines
             listed = instances.tolist() if isinstance(instances, np.ndarray) else instances
             self._out.write(json.dumps({"id": request_id, "instances": listed}).encode() + b"\n")
             return
-        buffers = encode_values(request_id, "instances", instances)
+        buffers = encode_values(request_id, "instances", instances, FLAG_POLL if poll and self.hello.busy_poll else 0)
         if len(buffers) == 1 or memoryview(buffers[1]).nbytes <= SMALL_FRAME:
             self._out.write(b"".join(buffers))  # one write: one wake-up of the worker
         else:
             for buffer in buffers:
                 self._out.write(buffer)
 
+    def _poll(self) -> None:
+        if self._pending and not self.closed.is_set() and time.monotonic() < self._poll_until:
+            os.sched_yield()  # whatever else wants this CPU runs first
+            asyncio.get_running_loop().call_soon(self._poll)
+        else:
+            self._polling = False
+
+    def _answered(self) -> tuple[int, Done]:
+        """The oldest batch in flight, taken off as answered."""
+        request_id, done, sent = self._pending.popleft()
+        self.last_round_trip = time.monotonic() - sent
+        return request_id, done
+
     def _frame(self, head: FrameHead, payload: bytes | bytearray) -> None:
         """One answer frame from the socket channel (its head already checked)."""
         if not self._pending:
             raise FrameError(f"an answer to no request (id {head.request_id})")
-        request_id, done, _ = self._pending[0]
+        request_id = self._pending[0][0]
         if head.request_id != request_id:
             raise FrameError(f"expected the answer to request {request_id}, got one to {head.request_id}")
-        self._pending.popleft()
+        _, done = self._answered()
         try:
             try:
                 value = decode_payload(head, payload)
@@ -414,10 +459,10 @@ class WorkerClient(asyncio.Protocol):
             return
         if not self._pending:
             raise ProtocolError(f"an answer to no request: {line[:200]!r}")
-        request_id, done, _ = self._pending[0]
+        request_id = self._pending[0][0]
         if not isinstance(reply, dict) or reply.get("id") != request_id:
             raise ProtocolError(f"expected the answer to request {request_id}, got {line[:200]!r}")
-        self._pending.popleft()
+        _, done = self._answered()
         try:
             if "error" in reply:
                 done(None, WorkerRejected(str(reply["error"])))
@@ -492,4 +537,5 @@ def _parse_hello(line: bytes) -> Hello:
         ),
         fresh=data.get("fresh") is not False,
         loaded_at=float(loaded_at) if isinstance(loaded_at, (int, float)) and not isinstance(loaded_at, bool) else None,
+        busy_poll=data.get("busy_poll") is True,
     )

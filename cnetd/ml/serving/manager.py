@@ -50,15 +50,16 @@ __all__ = ["WORKER_RELATIVE", "WORKER_SCRIPT", "Served", "ServingManager"]
 class ServingManager:
     def __init__(
         self, db: Database, tasks: TaskService, catalog: ModelCatalog, sockets: SocketDirs,
-        worker_script: Path = WORKER_SCRIPT, memory_budget: int | None = None,
+        worker_script: Path = WORKER_SCRIPT, memory_budget: int | None = None, busy_poll_us: int = 0,
     ) -> None:
         """worker_script: a worker.py that the model's python can read for as long as the
         worker lives (in the one-file binary: a stable copy under the state dir).
-        memory_budget: serving.memory_budget (the autoscaler's replicas stay within it)."""
+        memory_budget: serving.memory_budget (the autoscaler's replicas stay within it).
+        busy_poll_us: serving.busy_poll_us (client.py, worker.py)."""
         self.db = db
         self.tasks = tasks
         self.catalog = catalog
-        self.workers = WorkerTasks(tasks, sockets, worker_script)
+        self.workers = WorkerTasks(tasks, sockets, worker_script, busy_poll_us)
         self.runner = ReplicaRunner(self.workers)
         self.reload = RollingReload(self.workers)
         self.metrics: dict[str, tuple[str, ModelMetrics]] = {}  # model id -> (name, metrics)

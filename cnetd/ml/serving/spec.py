@@ -135,7 +135,7 @@ MaxQueue = Annotated[float, Meta(
 )]
 LoaderChoice = Annotated[Loader, Meta(
     description="script: the model's own serve command; builtin: the agent's loader for joblib, pickle and "
-                "Keras files; auto: builtin when it can load the file (default auto)",
+                "Keras files; auto: the script's serve when it has one and it becomes ready, else builtin (default auto)",
 )]
 
 

@@ -6,6 +6,7 @@ a standalone script: the standard library, plus numpy/joblib/keras only when the
 loader needs them. It never imports cnetd.
 
     python3 worker.py --socket PATH --model MODEL_PATH [--script SCRIPT] [--loader auto|script|builtin]
+                      [--busy-poll-us N]
 
 Loaders:
 
@@ -21,10 +22,12 @@ The socket is bound only once the model is loaded, so a successful connect means
 Nothing ties the worker to the agent: the agent connects to it, and after an agent restart
 it connects again. On a connection the worker first sends a hello line:
 
-    {"hello": {"pid", "loader", "channel", "n_features", "model", "model_stamp", "loaded_at", "fresh"}}
+    {"hello": {"pid", "loader", "channel", "n_features", "model", "model_stamp", "loaded_at", "fresh",
+               "busy_poll"}}
 
 ("model_stamp": [mtime_ns, size] of the model file as it was when loading began; "loaded_at":
-the wall-clock time the model was loaded, in seconds since the epoch.)
+the wall-clock time the model was loaded, in seconds since the epoch; "busy_poll": true, the
+worker takes requests with FLAG_POLL, see "frames".)
 
 channel "socket" (built-in loader): requests and answers then flow on the connection as
 length-prefixed frames (see "frames" below), answers in request order:
@@ -91,9 +94,12 @@ def log(**fields: Any) -> None:
 # (a list of instances or predictions that are not one numeric array: ragged, strings...),
 # for ERROR the message in UTF-8. Both ends check every field against the bytes there
 # before anything is built from it: what comes from the other end may be hostile.
+# A request's kind may carry FLAG_POLL: the agent sent it alone to an idle worker, so the
+# worker polls for the next request after answering it (PollingReader); answers carry no flag.
 
 FRAME_ARRAY, FRAME_JSON, FRAME_ERROR = 1, 2, 3
 FRAME_KINDS = (FRAME_ARRAY, FRAME_JSON, FRAME_ERROR)
+FLAG_POLL = 0x80
 PREFIX = struct.Struct("<BBBBIQ")
 MAX_PAYLOAD = 256 * 1024 * 1024  # what one frame may carry (a 10M-element FP64 tensor is 80 MB)
 MAX_NAME = 64
@@ -122,6 +128,7 @@ class FrameHead:
     request_id: int
     size: int  # payload bytes
     length: int  # bytes of prefix + name + dimensions
+    poll: bool = False  # FLAG_POLL (requests only)
 
 
 def _numpy() -> Any:
@@ -140,18 +147,18 @@ def datatype_of(array: Any) -> str | None:
 
 
 def encode_frame(kind: int, request_id: int, payload: Any = b"", name: str = "",
-                 datatype: str | None = None, shape: tuple[int, ...] = ()) -> list[Any]:
+                 datatype: str | None = None, shape: tuple[int, ...] = (), flags: int = 0) -> list[Any]:
     """The frame as buffers to write one after the other (the payload is not copied)."""
     raw_name = name.encode()
     code = DATATYPES[datatype][0] if datatype is not None else 0
     size = memoryview(payload).nbytes
-    head = PREFIX.pack(kind, code, len(shape), len(raw_name), request_id & 0xFFFFFFFF, size) + raw_name
+    head = PREFIX.pack(kind | flags, code, len(shape), len(raw_name), request_id & 0xFFFFFFFF, size) + raw_name
     if shape:
         head += struct.pack(f"<{len(shape)}Q", *shape)
     return [head, payload] if size else [head]
 
 
-def encode_array(request_id: int, name: str, array: Any) -> list[Any]:
+def encode_array(request_id: int, name: str, array: Any, flags: int = 0) -> list[Any]:
     """An array (numeric or BOOL) as an ARRAY frame; the bytes are the array's own when it is
     already little-endian and contiguous."""
     np = _numpy()
@@ -160,23 +167,26 @@ def encode_array(request_id: int, name: str, array: Any) -> list[Any]:
         raise FrameError(f"{array.dtype} has no V2 datatype")
     array = np.ascontiguousarray(array, dtype=np.dtype(DATATYPES[datatype][1]))
     return encode_frame(FRAME_ARRAY, request_id, array.reshape(-1).view("u1").data if array.size else b"",
-                        name, datatype, tuple(array.shape))
+                        name, datatype, tuple(array.shape), flags)
 
 
-def encode_values(request_id: int, name: str, values: Any) -> list[Any]:
+def encode_values(request_id: int, name: str, values: Any, flags: int = 0) -> list[Any]:
     """An array as an ARRAY frame when it has a V2 datatype; anything else as JSON."""
     if hasattr(values, "dtype") and hasattr(values, "shape") and datatype_of(values) is not None:
-        return encode_array(request_id, name, values)
+        return encode_array(request_id, name, values, flags)
     if hasattr(values, "tolist"):
         values = values.tolist()
-    return encode_frame(FRAME_JSON, request_id, json.dumps(values).encode(), name)
+    return encode_frame(FRAME_JSON, request_id, json.dumps(values).encode(), name, flags=flags)
 
 
-def parse_prefix(data: Any, max_payload: int = MAX_PAYLOAD) -> tuple[int, int, int, int, int, int]:
-    """The fixed prefix, checked: (kind, code, ndim, name length, request id, payload size)."""
+def parse_prefix(data: Any, max_payload: int = MAX_PAYLOAD, request: bool = False) -> tuple[int, int, int, int, int, int]:
+    """The fixed prefix, checked: (kind, code, ndim, name length, request id, payload size);
+    request: a request's kind may carry FLAG_POLL (left out of the kind returned)."""
     kind, code, ndim, name_len, request_id, size = PREFIX.unpack_from(data)
+    if request:
+        kind &= ~FLAG_POLL
     if kind not in FRAME_KINDS:
-        raise FrameError(f"unknown frame kind {kind}")
+        raise FrameError(f"unknown frame kind {data[0]}")
     if size > max_payload:
         raise FrameError(f"a frame of {size} bytes, more than {max_payload}")
     if name_len > MAX_NAME:
@@ -195,10 +205,11 @@ def head_length(ndim: int, name_len: int) -> int:
     return PREFIX.size + name_len + 8 * ndim
 
 
-def parse_head(data: Any, max_payload: int = MAX_PAYLOAD) -> FrameHead:
+def parse_head(data: Any, max_payload: int = MAX_PAYLOAD, request: bool = False) -> FrameHead:
     """The whole head (prefix, name, dimensions) from `data`, which holds at least
-    head_length() bytes; the shape is checked against the payload size."""
-    kind, code, ndim, name_len, request_id, size = parse_prefix(data, max_payload)
+    head_length() bytes; the shape is checked against the payload size. request: as for
+    parse_prefix."""
+    kind, code, ndim, name_len, request_id, size = parse_prefix(data, max_payload, request)
     offset = PREFIX.size
     try:
         name = bytes(data[offset:offset + name_len]).decode()
@@ -217,7 +228,8 @@ def parse_head(data: Any, max_payload: int = MAX_PAYLOAD) -> FrameHead:
             count *= d
         if count * itemsize != size:
             raise FrameError(f"shape {list(shape)} of {datatype} takes {count * itemsize} bytes, the frame has {size}")
-    return FrameHead(kind, datatype, tuple(shape), name, request_id, size, offset + 8 * ndim)
+    return FrameHead(kind, datatype, tuple(shape), name, request_id, size, offset + 8 * ndim,
+                     request and bool(data[0] & FLAG_POLL))
 
 
 def decode_payload(head: FrameHead, payload: Any) -> Any:
@@ -240,9 +252,9 @@ def decode_payload(head: FrameHead, payload: Any) -> Any:
 
 
 class FrameReceiver:
-    """Frames from a blocking byte source (a socket's recv_into): one call usually brings a
-    whole small frame into the reused buffer; a payload bigger than the buffer is read
-    straight into a buffer of its own."""
+    """Request frames from a blocking byte source (a socket's recv_into): one call usually
+    brings a whole small frame into the reused buffer; a payload bigger than the buffer is
+    read straight into a buffer of its own."""
 
     def __init__(self, read_into: Callable[[memoryview], int], max_payload: int = MAX_PAYLOAD,
                  buffer_size: int = 256 * 1024) -> None:
@@ -276,11 +288,12 @@ class FrameReceiver:
         if not self._fill(PREFIX.size, "inside a frame's prefix", first=True):
             return None
         view, start = self._view, self._start
-        _kind, _code, ndim, name_len, _id, size = parse_prefix(view[start:start + PREFIX.size], self.max_payload)
+        _kind, _code, ndim, name_len, _id, size = parse_prefix(view[start:start + PREFIX.size], self.max_payload,
+                                                               request=True)
         length = head_length(ndim, name_len)
         self._fill(length, "inside a frame's head")
         start = self._start
-        head = parse_head(self._view[start:start + length], self.max_payload)
+        head = parse_head(self._view[start:start + length], self.max_payload, request=True)
         start += length
         self._start = start
         have = min(self._end - start, size)
@@ -299,6 +312,46 @@ class FrameReceiver:
                 raise FrameError(f"the connection ended {size - got} bytes short of a frame")
             got += n
         return head, payload
+
+
+class PollingReader:
+    """A connection's recv_into that, right after answering a request the agent sent alone
+    to this idle worker (FLAG_POLL), polls for the next request for up to `poll` seconds
+    before it blocks, while the request before came within that time (so a worker that
+    gets a request now and then never polls, nor one kept busy by batches). Why: a blocked
+    worker is woken by the kernel, and where idle CPUs halt (a virtual machine without guest
+    halt polling) that wake-up costs more than a small prediction. The agent polls for the
+    answer the same way (client.py)."""
+
+    def __init__(self, conn: socket.socket, poll: float) -> None:
+        self.conn = conn
+        self.poll = poll
+        self.answered_at: float | None = None  # set by answered(); the next read measures the gap
+        self.last_gap = 0.0  # seconds from an answer to the next request
+
+    def answered(self, poll: bool) -> None:
+        """After each answer; poll: the request carried FLAG_POLL."""
+        self.answered_at = time.monotonic() if poll and self.poll else None
+
+    def read_into(self, view: memoryview) -> int:
+        answered_at, self.answered_at = self.answered_at, None
+        if answered_at is None:  # (inside a frame, or the first read: block)
+            return self.conn.recv_into(view)
+        if self.last_gap <= self.poll:
+            deadline = answered_at + self.poll
+            while True:
+                try:
+                    n = self.conn.recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        os.sched_yield()  # whatever else wants this CPU runs first
+                        continue
+                    break
+                self.last_gap = time.monotonic() - answered_at
+                return n
+        n = self.conn.recv_into(view)
+        self.last_gap = time.monotonic() - answered_at
+        return n
 
 
 # --------------------------------------------------------------------------- predictors
@@ -585,11 +638,13 @@ def file_stamp(path: str) -> list[int] | None:
 
 
 class Worker:
-    def __init__(self, predictor: ScriptPredictor | BuiltinPredictor, model: str, stamp: list[int] | None) -> None:
+    def __init__(self, predictor: ScriptPredictor | BuiltinPredictor, model: str, stamp: list[int] | None,
+                 busy_poll: float = 0.0) -> None:
         """stamp: the model file's, taken before loading it (a file replaced while it
         loads then shows as changed, and the agent reloads again, rather than the other
-        way round)."""
+        way round). busy_poll: seconds to poll for the next request (PollingReader)."""
         self.predictor = predictor
+        self.busy_poll = busy_poll
         self.lock = threading.Lock()  # one request at a time reaches the model
         self.hello = {
             "pid": os.getpid(),
@@ -599,6 +654,7 @@ class Worker:
             "model": model,
             "model_stamp": stamp,
             "loaded_at": time.time(),
+            "busy_poll": True,  # takes FLAG_POLL
         }
 
     def serve_connection(self, conn: socket.socket, fresh: bool) -> None:
@@ -613,11 +669,13 @@ class Worker:
                 return
             conn.sendall(hello)
             assert isinstance(self.predictor, BuiltinPredictor)
-            frames = FrameReceiver(conn.recv_into)
+            reader = PollingReader(conn, self.busy_poll)
+            frames = FrameReceiver(reader.read_into)
             while (frame := frames.next()) is not None:
                 with self.lock:
                     reply = self.predictor.answer_frame(*frame)
                 send_frame(conn, reply)
+                reader.answered(frame[0].poll)
         except FrameError as exc:
             log(status="error", error=f"the agent sent a frame that is not the protocol: {exc}")
         except OSError:
@@ -632,6 +690,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--script")
     parser.add_argument("--loader", choices=("auto", "script", "builtin"), default="auto")
+    parser.add_argument("--busy-poll-us", type=int, default=0, help="poll this long for the next request (0: block)")
     args = parser.parse_args(argv)
 
     def on_term(signum: int, frame: Any) -> None:
@@ -648,7 +707,7 @@ def main(argv: list[str]) -> int:
             log(status="error", error=str(exc))
             return 1
         listener = bind(args.socket)
-        worker = Worker(predictor, args.model, stamp)
+        worker = Worker(predictor, args.model, stamp, max(0, args.busy_poll_us) / 1e6)
         if isinstance(predictor, ScriptPredictor):
             predictor.watch()
         log(ready=True, loader=predictor.loader, n_features=predictor.n_features, socket=args.socket, pid=os.getpid())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cnetd.errors import Conflict, DomainError, NotFound
+from cnetd.limits import ResourceLimits
 from cnetd.ml.serving.client import ProtocolError, WorkerClient
 from cnetd.ml.serving.served import Served
 from cnetd.security.identity import model_owner
@@ -64,13 +65,24 @@ async def created_after_all(creating: asyncio.Future[Task], label: str) -> Task 
     return None
 
 
+def worker_busy_poll_us(busy_poll_us: int, resources: ResourceLimits) -> int:
+    """How long a worker may poll for its next request: not at all under a CPU quota below
+    one core, where polling would spend the quota and get the worker throttled."""
+    if resources.cpu_limit is not None and resources.cpu_limit < 1:
+        return 0
+    return busy_poll_us
+
+
 class WorkerTasks:
-    def __init__(self, tasks: TaskService, sockets: SocketDirs, worker_script: Path = WORKER_SCRIPT) -> None:
+    def __init__(self, tasks: TaskService, sockets: SocketDirs, worker_script: Path = WORKER_SCRIPT,
+                 busy_poll_us: int = 0) -> None:
         """worker_script: a worker.py that the model's python can read for as long as the
-        worker lives (in the one-file binary: a stable copy under the state dir)."""
+        worker lives (in the one-file binary: a stable copy under the state dir).
+        busy_poll_us: serving.busy_poll_us, for the workers and the agent's end of them."""
         self.tasks = tasks
         self.sockets = sockets
         self.worker_script = worker_script
+        self.busy_poll_us = busy_poll_us
 
     async def create(self, served: Served) -> Task:
         record, base = served.model.record, served.model.task
@@ -83,6 +95,8 @@ class WorkerTasks:
         args = [str(self.worker_script), "--socket", socket, "--model", model, "--loader", served.spec.loader]
         if record.script_path:
             args += ["--script", record.script_path]
+        if poll := worker_busy_poll_us(self.busy_poll_us, base.resources):
+            args += ["--busy-poll-us", str(poll)]
         return await self.tasks.create(NewTask(
             name=f"{record.name}-serve",
             command=interpreter_for(base.command),
@@ -108,7 +122,8 @@ class WorkerTasks:
         delay = 0.01
         while True:
             try:
-                return await WorkerClient.connect(socket, task_id, self.tasks.peer_check(task_id))
+                return await WorkerClient.connect(socket, task_id, self.tasks.peer_check(task_id),
+                                                  busy_poll=self.busy_poll_us / 1e6)
             except (OSError, ProtocolError):
                 pass
             # Wakes at once when the task ends; otherwise try the socket again.
