@@ -28,6 +28,8 @@ async def name_of(agent: Agent, id_or_name: str) -> str:
 
 async def deploy_id_of(agent: Agent, id_or_name: str) -> str:
     """A deploy id as it is; a name: its default version's deploy (its newest when it has none)."""
+    if agent.serving.served(id_or_name) is not None:  # a served deploy id: known without a store read (a thread hop)
+        return id_or_name
     if await agent.models.find(id_or_name) is not None:
         return id_or_name
     default = agent.versions.default_id(id_or_name)
