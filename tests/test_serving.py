@@ -119,6 +119,8 @@ def test_linear_model_answers_warm(served: dict[str, Any]) -> None:
     workers = [agent.api.get(f"/api/tasks/{w['task_id']}").body for w in serving["workers"]]
     assert all(w["kind"] == "serve" and w["type"] == "ml_model" and w["model_id"] == model_id for w in workers)
     assert all(w["status"] == "running" and w["resources"]["memory_limit"] == 512000000 for w in workers)
+    # ml.resource_limits gives them one core: they poll for a lone request's successor (serving.busy_poll_us)
+    assert all(w["args"][w["args"].index("--busy-poll-us") + 1] == "1000" for w in workers)
 
     reply = agent.api.post(f"/api/ml/models/{model_id}/predict?wait=true", {"input_data": 5.5})
     assert reply.status == 200, reply.text
@@ -320,9 +322,12 @@ def test_builtin_loader_serves_a_model_without_a_serve_command(served: dict[str,
     agent = served["agent"]
     body = script_body("plain", "plain_model.py", "models/plain.pkl")
     body["serving"] = {}
+    body["resources"] = {"cpu_limit": 0.5}
     model = deploy_and_train(agent, body, timeout=60)
     serving = wait_ready(agent, model["id"])
     assert serving["workers"][0]["loader"] == "builtin-joblib"
+    worker = agent.api.get(f"/api/tasks/{serving['workers'][0]['task_id']}").body
+    assert "--busy-poll-us" not in worker["args"]  # half a core: polling would spend its quota
     reply = infer(agent, "plain", [0.0, 2.0, 10.0], [3, 1], "FP32")
     assert reply.status == 200, reply.text
     assert reply.body["outputs"][0]["data"] == pytest.approx([-1.0, 5.0, 29.0])
