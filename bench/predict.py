@@ -5,10 +5,10 @@ aiohttp server holding the same model in its own process — all in one run.
     .venv/bin/python bench/predict.py [--requests 3000] [--seconds 6] [--rounds 10] [--task-samples 10]
                                       [--busy-poll-us 1000]
 
-One agent (sandbox none) trains the example linear regression model twice: versions 1 and 2
-of one name. Prediction tasks are measured first, on their own (nothing is served yet):
---task-samples one after another, then one round of 64 at once. Then version 1 is served
-with the built-in loader (the worker holds the model, as the floor does) and version 2 with
+One agent (sandbox none) trains the example linear regression model twice: two versions
+of one name, each addressed by its deploy id. Prediction tasks are measured first, on their own (nothing is served yet):
+--task-samples one after another, then one round of 64 at once. Then the first is served
+with the built-in loader (the worker holds the model, as the floor does) and the second with
 the script loader (the example script's own serve loop, JSON lines on its stdin), and the
 warm paths and the floor take turns, --rounds times: each its share of --requests
 sequential requests (p50/p99 at concurrency 1), then each its share of --seconds with 64
@@ -67,7 +67,7 @@ def percentile(values: list[float], q: float) -> float:
 Call = Callable[[aiohttp.ClientSession, int], Awaitable[bool]]
 
 
-def v2_call(base: str, version: int | None = None) -> Call:
+def v2_call(base: str, version: str | None = None) -> Call:
     url = f"{base}/v2/models/{NAME}{'' if version is None else f'/versions/{version}'}/infer"
 
     async def call(session: aiohttp.ClientSession, i: int) -> bool:
@@ -234,8 +234,8 @@ async def run(args: argparse.Namespace) -> None:
             done = agent.wait_status(trained, {"completed", "failed"}, 120, path="/api/ml/models/")
             assert done["status"] == "completed", done
         print(f"agent {agent.url} ({agent.api.get('/api/health').body['sandbox']['backend']} sandbox, "
-              f"serving.busy_poll_us {args.busy_poll_us}), {os.cpu_count()} CPUs; models {model_id} (version 1, "
-              f"built-in loader), {script_id} (version 2, script loader)", flush=True)
+              f"serving.busy_poll_us {args.busy_poll_us}), {os.cpu_count()} CPUs; models {model_id} (built-in "
+              f"loader), {script_id} (script loader)", flush=True)
 
         if args.task_samples > 0:
             tasks = await measure_tasks(predict_call(agent.url, model_id), args.task_samples)
@@ -251,8 +251,8 @@ async def run(args: argparse.Namespace) -> None:
         warm, v2, v2_script = Row("warm /predict?wait=true"), Row("warm V2 infer"), Row("warm V2 infer, script loader")
         floor = Row("floor: bare aiohttp + model")
         await measure_interleaved(
-            [(warm, predict_call(agent.url, model_id)), (v2, v2_call(agent.url, 1)),
-             (v2_script, v2_call(agent.url, 2)), (floor, v2_call(floor_base))],
+            [(warm, predict_call(agent.url, model_id)), (v2, v2_call(agent.url, model_id)),
+             (v2_script, v2_call(agent.url, script_id)), (floor, v2_call(floor_base))],
             args.requests, args.seconds, args.rounds,
         )
         rows = [tasks, warm, v2, v2_script, floor]
