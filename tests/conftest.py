@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -8,6 +10,8 @@ import pytest
 
 from cnetd.store.db import Database
 from tests.support.agent import AgentProcess
+
+LINEAR_SCRIPT = Path(__file__).resolve().parents[1] / "examples/ml_models/simple_linear_regression.py"
 
 
 @pytest.fixture
@@ -45,3 +49,11 @@ def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
 from tests.harness.fixtures import cgroup_group, systemd_ns  # noqa: E402,F401  (session fixtures)
 from tests.support.etcd import etcd_one, etcd_shared, etcd_three  # noqa: E402,F401  (real etcd members)
 from tests.support.no_skip import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401  (CI: no skips)
+
+
+@pytest.fixture(scope="module")
+def linear_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example linear regression model, trained once per test module (a joblib file)."""
+    path = tmp_path_factory.mktemp("model") / "lr.joblib"
+    subprocess.run([sys.executable, str(LINEAR_SCRIPT), "train", str(path), "200"], check=True, capture_output=True)
+    return path

@@ -24,18 +24,10 @@ from cnetd.limits import ResourceLimits
 from cnetd.ml.serving.client import Values, WorkerClient
 from cnetd.ml.serving.manager import WORKER_SCRIPT
 from cnetd.ml.serving.workers import worker_busy_poll_us
+from tests.support.waiting import wait_until_async
 
-REPO = Path(__file__).resolve().parents[1]
-LINEAR_SCRIPT = REPO / "examples/ml_models/simple_linear_regression.py"
 POLL = 0.4  # seconds: long enough to see on a loaded machine
 WINDOW = 0.2  # seconds of CPU time measured at a time
-
-
-@pytest.fixture(scope="module")
-def linear_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "lr.joblib"
-    subprocess.run([sys.executable, str(LINEAR_SCRIPT), "train", str(path), "200"], check=True, capture_output=True)
-    return path
 
 
 @pytest.fixture
@@ -115,7 +107,7 @@ async def test_the_agent_polls_for_a_lone_answer_only_and_never_longer_than_its_
     await asyncio.sleep(0)  # (the send happens in the task's first step)
     assert client.polling
     assert (await answer).tolist() == pytest.approx([7.0], abs=0.5)
-    await wait_for(lambda: not client.polling, "the poll to end with the answer")
+    await wait_until_async(lambda: not client.polling, 5, "the poll to end with the answer")
 
     answer = asyncio.ensure_future(ask(client, 2.0, lone=False))
     await asyncio.sleep(0)
@@ -128,7 +120,7 @@ async def test_the_agent_polls_for_a_lone_answer_only_and_never_longer_than_its_
         answer = asyncio.ensure_future(ask(client, 3.0, lone=True))
         await asyncio.sleep(0)
         assert client.polling
-        await wait_for(lambda: not client.polling, "the poll to end after busy_poll", timeout=POLL + 5)
+        await wait_until_async(lambda: not client.polling, POLL + 5, "the poll to end after busy_poll")
         assert client.in_flight == 1 and not answer.done()
     finally:
         worker.resume()
@@ -140,14 +132,6 @@ async def test_the_agent_polls_for_a_lone_answer_only_and_never_longer_than_its_
     await asyncio.sleep(0)
     assert not client.polling
     await answer
-
-
-async def wait_for(condition: Any, what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def test_a_worker_under_a_cpu_quota_below_one_core_never_polls() -> None:

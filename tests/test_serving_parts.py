@@ -27,13 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 LINEAR_SCRIPT = REPO / "examples/ml_models/simple_linear_regression.py"
 
 
-@pytest.fixture(scope="module")
-def linear_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "lr.joblib"
-    subprocess.run([sys.executable, str(LINEAR_SCRIPT), "train", str(path), "200"], check=True, capture_output=True)
-    return path
-
-
 async def connect(path: Path, worker: subprocess.Popen[bytes], timeout: float = 30) -> WorkerClient:
     """Connect once the worker listens (it binds only when its model is loaded)."""
     loop = asyncio.get_running_loop()

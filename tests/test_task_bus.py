@@ -6,15 +6,9 @@ through missed() and keeps following."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from cnetd.tasks.bus import TaskBus, TaskChange
-
-
-async def wait_for(condition: Callable[[], object], seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.001)
+from tests.support.waiting import wait_until_async
 
 
 async def test_terminal_statuses_reach_on_ended_and_a_drop_calls_missed() -> None:
@@ -32,18 +26,18 @@ async def test_terminal_statuses_reach_on_ended_and_a_drop_calls_missed() -> Non
 
     follower = asyncio.create_task(bus.follow_ended(on_ended, catch_up, "test"))
     try:
-        await wait_for(lambda: bus._subscribers)
+        await wait_until_async(lambda: bus._subscribers, 5, "the follower to subscribe", 0.001)
         bus.publish(TaskChange("a", "running", "status"))
         bus.publish(TaskChange("bad", "failed", "status"))
         bus.publish(TaskChange("b", "completed", "status"))
         bus.publish(TaskChange("c", "completed", "progress"))
-        await wait_for(lambda: ended == ["b"])
+        await wait_until_async(lambda: ended == ["b"], 5, "b to reach on_ended", 0.001)
 
         for i in range(10):  # more than the queue holds, without yielding: the follower is dropped
             bus.publish(TaskChange(f"lost-{i}", "completed", "status"))
-        await wait_for(lambda: missed and bus._subscribers)
+        await wait_until_async(lambda: missed and bus._subscribers, 5, "missed() and a new subscription", 0.001)
         bus.publish(TaskChange("d", "stopped", "status"))
-        await wait_for(lambda: ended[-1] == "d")
+        await wait_until_async(lambda: ended[-1] == "d", 5, "d to reach on_ended", 0.001)
         assert missed and not any(t.startswith("lost-") and int(t[5:]) >= 4 for t in ended)
     finally:
         follower.cancel()
