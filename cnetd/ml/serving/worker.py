@@ -294,17 +294,16 @@ class FrameReceiver:
         self._fill(length, "inside a frame's head")
         start = self._start
         head = parse_head(self._view[start:start + length], self.max_payload, request=True)
-        start += length
-        self._start = start
-        have = min(self._end - start, size)
-        if size <= len(self._buffer) - PREFIX.size - MAX_NAME - 8 * MAX_DIMS:
+        self._start = start = start + length
+        if size <= len(self._buffer):  # (_fill moves what is left of the buffer to its start)
             self._fill(size, "before a frame's payload was complete")
             start = self._start
             self._start = start + size
             return head, bytearray(self._view[start:start + size])  # (writable: a model may scale its input in place)
+        have = self._end - start  # (less than size: the buffer is smaller)
         payload = bytearray(size)
-        payload[:have] = self._view[start:start + have]
-        self._start += have
+        payload[:have] = self._view[start:self._end]
+        self._start = self._end
         got, target = have, memoryview(payload)
         while got < size:
             n = self._read_into(target[got:])
