@@ -279,27 +279,33 @@ def test_the_right_token_is_let_in(guarded: AgentProcess) -> None:
         assert error.status() == "StatusCode.NOT_FOUND", error  # past the gate: the model is unknown
 
 
+# The client is made (its modules loaded) first, then the process becomes the task uid
+# before its first call opens the connection: the checkout (and its .venv) may sit in a
+# directory that uid cannot enter. setresuid changes every thread's uid, gRPC's too.
 TASK_CALL = """
+import os
 import sys
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
-headers = {"authorization": "Bearer " + sys.argv[2]} if len(sys.argv) > 2 else None
+uid = int(sys.argv[2])
+headers = {"authorization": "Bearer " + sys.argv[3]} if len(sys.argv) > 3 else None
 try:
-    with triton.InferenceServerClient(sys.argv[1]) as client:
+    with triton.InferenceServerClient(sys.argv[1]) as client:  # (no connection yet: gRPC connects on the first call)
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
         print("live", client.is_server_live(headers=headers))
 except InferenceServerException as exc:
     print(exc.status(), exc.message())
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="task uids exist only when the agent runs as root; setpriv (util-linux) is needed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="task uids exist only when the agent runs as root")
 def test_a_task_uid_cannot_call_without_a_token(served: AgentProcess) -> None:
     """The attacker: a process under a uid of tasks.uid_range (as a task runs) calls the
     token-less agent over gRPC from this host; it is refused as over HTTP (403)."""
     task_uid = UidRange().start + 77
-    proc = subprocess.run(["setpriv", f"--reuid={task_uid}", f"--regid={task_uid}", "--clear-groups",
-                           sys.executable, "-c", TASK_CALL, grpc_url(served)],
+    proc = subprocess.run([sys.executable, "-c", TASK_CALL, grpc_url(served), str(task_uid)],
                           capture_output=True, text=True, timeout=60, cwd="/", stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("StatusCode.PERMISSION_DENIED tasks may not use this agent's API without a token "
